@@ -1,0 +1,1 @@
+"""The bridge's three services and the `bridge` command line."""

@@ -1,0 +1,76 @@
+"""`bridge`: the one console script. Each subcommand parses its settings and runs one thing.
+
+A subcommand exists here only once it works; the others in DESIGN §4 arrive with their
+services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from shared.nats_connection import NatsUnavailable, connect
+from shared.provisioning import ProvisioningError, provision
+from shared.settings import BridgeSettings, load_settings
+
+
+def _provision(args: Sequence[str]) -> int:
+    settings = load_settings(BridgeSettings, args)
+
+    async def run() -> int:
+        nc = await connect(settings.nats_url, "bridge-provision")
+        try:
+            report = await provision(nc.jetstream(), settings)
+        finally:
+            await nc.close()
+        print(f"created: {', '.join(report.created) or '-'}")
+        print(f"already there (left unchanged): {', '.join(report.existing) or '-'}")
+        return 0
+
+    return asyncio.run(run())
+
+
+COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
+    "provision": (
+        _provision,
+        "create the CDC and INIT streams and the schemas KV bucket where missing",
+    ),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="bridge",
+        description="PostgreSQL → NATS JetStream change-data-capture bridge.",
+        epilog="Run `bridge COMMAND --help` for a command's settings.",
+    )
+    parser.add_argument(
+        "command",
+        choices=sorted(COMMANDS),
+        help="; ".join(f"{name}: {help_}" for name, (_, help_) in sorted(COMMANDS.items())),
+    )
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    command = parser.parse_args(argv[:1]).command
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run, _ = COMMANDS[command]
+    try:
+        return run(argv[1:])
+    except (ValidationError, SettingsError) as exc:
+        print(f"bridge {command}: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    except (NatsUnavailable, ProvisioningError) as exc:
+        print(f"bridge {command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The replicator: pgoutput changes from a logical replication slot to JetStream."""

@@ -1,0 +1,1 @@
+"""Code shared by the replicator, snapshotter and admin services."""

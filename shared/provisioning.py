@@ -1,0 +1,127 @@
+"""Creates the JetStream streams and KV bucket the bridge writes to, when they are missing.
+
+An existing stream or bucket is never reconfigured: its operator may have tuned it, and a
+silent update could shorten retention under a running consumer. Differences from the
+bridge's settings are logged so the operator can decide.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig, StreamInfo
+from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
+
+from shared.settings import BridgeSettings
+
+log = logging.getLogger(__name__)
+
+_INSUFFICIENT_RESOURCES = 10047  # JetStream's err_code when a stream's limits cannot be reserved
+
+
+class ProvisioningError(RuntimeError):
+    """The streams cannot be set up as configured; the message says what to change."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisioningReport:
+    created: tuple[str, ...]
+    existing: tuple[str, ...]
+
+
+def cdc_stream_config(settings: BridgeSettings) -> StreamConfig:
+    return StreamConfig(
+        name=settings.cdc_stream,
+        subjects=["cdc.>"],
+        storage=StorageType.FILE,
+        max_age=settings.cdc_max_age_seconds,
+        max_msgs=settings.cdc_max_msgs,
+        max_bytes=settings.cdc_max_bytes,
+        duplicate_window=settings.effective_duplicate_window_seconds,
+    )
+
+
+def init_stream_config(settings: BridgeSettings) -> StreamConfig:
+    return StreamConfig(
+        name=settings.init_stream,
+        subjects=["init.>"],
+        storage=StorageType.FILE,
+        max_age=settings.init_max_age_seconds,
+        max_msgs=settings.init_max_msgs,
+        max_bytes=settings.init_max_bytes,
+    )
+
+
+def check_duplicate_window(config: StreamConfig) -> None:
+    window, max_age = config.duplicate_window or 0, config.max_age or 0
+    if max_age and window > max_age:
+        raise ProvisioningError(
+            f"stream {config.name}: duplicate window {window:g} s is longer than its max age "
+            f"{max_age:g} s; JetStream refuses such a stream. Lower the duplicate window "
+            "(BRIDGE_DUPLICATE_WINDOW_SECONDS) or raise the max age"
+        )
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> bool:
+    """Create the stream if it does not exist. True when it was created."""
+    check_duplicate_window(config)
+    assert config.name is not None
+    try:
+        info = await js.stream_info(config.name)
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+        except APIError as exc:
+            if exc.err_code == _INSUFFICIENT_RESOURCES:
+                raise ProvisioningError(
+                    f"stream {config.name}: JetStream cannot reserve max_bytes={config.max_bytes} "
+                    "(insufficient storage resources); lower the stream's max bytes setting or "
+                    "raise max_file_store in the nats-server's jetstream block"
+                ) from exc
+            raise ProvisioningError(f"stream {config.name}: JetStream refused it: {exc}") from exc
+        log.info("created stream %s subjects=%s", config.name, config.subjects)
+        return True
+    _log_differences(info, config)
+    return False
+
+
+def _log_differences(info: StreamInfo, wanted: StreamConfig) -> None:
+    have = info.config
+    for field in ("subjects", "max_age", "max_msgs", "max_bytes", "duplicate_window"):
+        want_value, have_value = getattr(wanted, field), getattr(have, field)
+        if want_value and want_value != have_value:
+            log.warning(
+                "stream %s exists with %s=%s (settings say %s); left unchanged",
+                wanted.name,
+                field,
+                have_value,
+                want_value,
+            )
+
+
+async def ensure_kv(js: JetStreamContext, bucket: str, history: int) -> bool:
+    """Create the KV bucket if it does not exist. True when it was created."""
+    try:
+        await js.key_value(bucket)
+    except BucketNotFoundError:
+        await js.create_key_value(KeyValueConfig(bucket=bucket, history=history))
+        log.info("created KV bucket %s history=%d", bucket, history)
+        return True
+    return False
+
+
+async def provision(js: JetStreamContext, settings: BridgeSettings) -> ProvisioningReport:
+    """Make sure the CDC and INIT streams and the schemas bucket exist."""
+    created: list[str] = []
+    existing: list[str] = []
+    for config in (cdc_stream_config(settings), init_stream_config(settings)):
+        assert config.name is not None
+        (created if await ensure_stream(js, config) else existing).append(config.name)
+    kv_name = f"KV_{settings.kv_bucket}"
+    if await ensure_kv(js, settings.kv_bucket, settings.kv_history):
+        created.append(kv_name)
+    else:
+        existing.append(kv_name)
+    return ProvisioningReport(tuple(created), tuple(existing))

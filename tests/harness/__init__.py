@@ -1,0 +1,1 @@
+"""Real servers for the tests (DESIGN §5): private PostgreSQL and nats-server instances."""

@@ -1,0 +1,60 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared import subjects
+from shared.lsn import Lsn
+
+names = st.text(min_size=1, max_size=30).filter(lambda s: "\x00" not in s)
+
+
+@pytest.mark.parametrize(
+    ("schema", "table", "token"),
+    [
+        ("public", "users", "users"),
+        ("public", "Order-Items_2", "Order-Items_2"),
+        ("sales", "orders", "sales~~orders"),
+        ("public", "a.b", "a~2Eb"),
+        ("public", "a b*>", "a~20b~2A~3E"),
+        ("public", "x~y", "x~7Ey"),
+        ("public", "é", "~C3~A9"),
+    ],
+)
+def test_documented_tokens(schema: str, table: str, token: str) -> None:
+    assert subjects.table_token(schema, table) == token
+    assert subjects.parse_table_token(token) == (schema, table)
+
+
+@given(names, names)
+def test_tokens_are_valid_subject_tokens_and_reversible(schema: str, table: str) -> None:
+    token = subjects.table_token(schema, table)
+    assert token and not any(c in token for c in ".*> \t\r\n")
+    assert subjects.parse_table_token(token) == (schema, table)
+
+
+@given(names, names, names, names)
+def test_different_tables_never_share_a_token(s1: str, t1: str, s2: str, t2: str) -> None:
+    if (s1, t1) != (s2, t2):
+        assert subjects.table_token(s1, t1) != subjects.table_token(s2, t2)
+
+
+def test_subjects() -> None:
+    assert subjects.cdc_subject("public", "users", "insert") == "cdc.users.insert"
+    assert subjects.schema_subject("s", "t") == "init.schema.s~~t"
+    assert subjects.snapshot_chunk_subject("public", "t", "snap-1", 3) == "init.snap.t.snap-1.3"
+    assert subjects.snapshot_meta_subject("public", "t") == "init.meta.t"
+
+
+@pytest.mark.parametrize("bad", ["", "a~~b~~c", "a~2", "a~zz", "a.b", "~FF"])
+def test_tokens_no_name_maps_to_are_refused(bad: str) -> None:
+    with pytest.raises(subjects.SubjectError):
+        subjects.parse_table_token(bad)
+
+
+def test_msg_id_is_unique_per_change_and_stable_across_replays() -> None:
+    commit = Lsn.parse("0/16B3748")
+    # The rows of one COPY share their WAL record's LSN; the ordinal tells them apart.
+    ids = [subjects.change_msg_id(commit, ordinal) for ordinal in range(10_000)]
+    assert len(set(ids)) == 10_000
+    assert subjects.change_msg_id(Lsn.parse("0/16B3748"), 7) == ids[7] == "0/16B3748:7"
+    assert subjects.change_msg_id(Lsn.parse("0/16B3749"), 7) != ids[7]
