@@ -36,7 +36,20 @@ def _provision(args: Sequence[str]) -> int:
     return asyncio.run(run())
 
 
+def _replicator(args: Sequence[str]) -> int:
+    from services.replicator.settings import ReplicatorSettings
+    from services.replicator.supervisor import Replicator
+
+    settings = load_settings(ReplicatorSettings, args)
+    logging.getLogger().setLevel(settings.log_level.upper())
+    return Replicator(settings).run()
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
+    "replicator": (
+        _replicator,
+        "stream changes of the configured tables from PostgreSQL to the CDC stream",
+    ),
     "provision": (
         _provision,
         "create the CDC and INIT streams and the schemas KV bucket where missing",

@@ -1,0 +1,44 @@
+"""Decoder: frames in, publishable messages out, one batch at a time."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pykka
+
+from services.replicator import metrics
+from services.replicator.events import EventBuilder, Outgoing
+from services.replicator.failure import FailureSignal
+from services.replicator.messages import Frames, Publish
+
+
+class Decoder(pykka.ThreadingActor):
+    def __init__(
+        self, builder: EventBuilder, publisher: pykka.ActorRef[Any], failure: FailureSignal
+    ) -> None:
+        super().__init__()
+        self.builder = builder
+        self.publisher = publisher
+        self.failure = failure
+
+    def on_failure(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.failure.fail(exc or RuntimeError("decoder failed"))
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Frames) and not self.failure.failed:
+            started = time.perf_counter()
+            builder = self.builder
+            builder.last_commit_end = None
+            out: list[Outgoing] = []
+            for frame in message.frames:
+                builder.feed(frame, out)
+            if out:
+                metrics.processing_us.set((time.perf_counter() - started) * 1e6 / len(out))
+            if builder.oversized_count:
+                metrics.oversized_rows.inc(builder.oversized_count)
+                builder.oversized_count = 0
+            self.publisher.tell(
+                Publish(message.batch_no, out, message.cost, builder.last_commit_end)
+            )
+        return None

@@ -1,0 +1,52 @@
+"""The replicator's Prometheus metrics (names as in DESIGN §4)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+REGISTRY = CollectorRegistry()
+STARTED = time.time()
+
+uptime = Gauge("bridge_uptime_seconds", "Seconds since the replicator started", registry=REGISTRY)
+uptime.set_function(lambda: time.time() - STARTED)
+wal_messages = Counter(
+    "bridge_wal_messages_received", "XLogData messages received from PostgreSQL", registry=REGISTRY
+)
+events_published = Counter(
+    "bridge_cdc_events_published", "CDC messages acknowledged by JetStream", registry=REGISTRY
+)
+last_ack_lsn = Gauge(
+    "bridge_last_ack_lsn", "Last LSN confirmed to PostgreSQL (as a number)", registry=REGISTRY
+)
+connected = Gauge("bridge_connected", "1 while the pipeline streams", registry=REGISTRY)
+reconnects = Counter(
+    "bridge_reconnects", "Pipeline restarts after a transient failure", registry=REGISTRY
+)
+processing_us = Gauge(
+    "bridge_last_processing_time_us",
+    "Decoding time of the last batch, microseconds per message",
+    registry=REGISTRY,
+)
+slot_active = Gauge(
+    "bridge_slot_active", "1 when the slot has an active walsender", registry=REGISTRY
+)
+wal_lag = Gauge(
+    "bridge_wal_lag_bytes",
+    "WAL bytes between the server's position and the slot's confirmed one",
+    registry=REGISTRY,
+)
+in_flight_bytes = Gauge(
+    "bridge_in_flight_bytes",
+    "WAL bytes read and not yet acknowledged by JetStream",
+    registry=REGISTRY,
+)
+oversized_rows = Counter(
+    "bridge_oversized_rows",
+    "Rows larger than NATS max_payload sent to the dead-letter subject",
+    registry=REGISTRY,
+)
+status_updates = Counter(
+    "bridge_status_updates_sent", "Standby status updates sent to PostgreSQL", registry=REGISTRY
+)

@@ -1,0 +1,94 @@
+"""One run of the actor pipeline: reader → decoder → publisher, acks back to the reader."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pykka
+
+from services.replicator.connection import pgoutput_options
+from services.replicator.decoder import Decoder
+from services.replicator.events import EventBuilder
+from services.replicator.failure import FailureSignal
+from services.replicator.flow import InFlightBudget
+from services.replicator.messages import Drain
+from services.replicator.publisher import AttachReader, Publisher
+from services.replicator.reader import WalReader
+from services.replicator.settings import ReplicatorSettings
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    def __init__(self, settings: ReplicatorSettings) -> None:
+        self.settings = settings
+        self.failure = FailureSignal()
+        self.budget = InFlightBudget(settings.max_in_flight_bytes)
+        self.actors: list[pykka.ActorRef[Any]] = []
+        self.reader: pykka.ActorRef[Any] | None = None
+        self.started_at = 0.0
+
+    def start(self) -> None:
+        s = self.settings
+        publisher = Publisher.start(
+            s.nats_url,
+            s.cdc_stream,
+            self.budget,
+            self.failure,
+            s.max_in_flight_messages,
+            s.ack_timeout_seconds,
+        )
+        self.actors.append(publisher)
+        self._raise_if_failed()
+        max_payload = publisher.proxy().get_max_payload().get(timeout=10)
+        builder = EventBuilder(s.value_mode, max_payload, s.oversized_policy)
+        decoder = Decoder.start(builder, publisher, self.failure)
+        self.actors.append(decoder)
+        options = pgoutput_options([s.publication], 1, messages=True)
+        self.reader = WalReader.start(
+            s.database_url.get_secret_value(),
+            s.slot,
+            options,
+            decoder,
+            self.budget,
+            self.failure,
+            s.status_interval_seconds,
+        )
+        self.actors.append(self.reader)
+        publisher.tell(AttachReader(self.reader))
+        self.started_at = time.monotonic()
+        time.sleep(0.05)
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self.failure.failed:
+            assert self.failure.error is not None
+            raise self.failure.error
+
+    def drain(self, timeout: float) -> bool:
+        """Stop reading, wait until JetStream acknowledged what was read, send the final status
+        update. True when everything in flight was acknowledged within `timeout`."""
+        if self.reader is None or self.failure.failed:
+            return False
+        self.reader.tell(Drain())
+        drained = self.budget.wait_until_empty(timeout)
+        try:
+            deadline = time.monotonic() + 2
+            while not self.reader.proxy().drained().get(timeout=2) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            lsn = self.reader.proxy().flush_status().get(timeout=5)
+            log.info("final status update: confirmed %s", lsn)
+        except Exception as exc:
+            log.warning("final status update failed: %s", exc)
+            return False
+        return drained
+
+    def stop(self) -> None:
+        for ref in reversed(self.actors):
+            try:
+                ref.stop(block=True, timeout=10)
+            except Exception as exc:
+                log.debug("stopping %s: %s", ref, exc)
+        self.actors.clear()

@@ -1,0 +1,242 @@
+"""Publisher: owns the NATS connection; publishes batches to JetStream with many in flight.
+
+Each message goes out as a core publish whose reply subject is `<inbox>.<seq>`; one wildcard
+subscription collects the PubAcks. No future per message: `acked_through` is the highest
+sequence below which everything is acknowledged, and a batch is done when its last sequence
+is at or below it. A done batch gives its budget back and tells the reader its confirm LSN.
+
+Messages on one connection reach the server in order, so a loss (a dropped connection) loses
+a suffix: nothing after a missing PubAck was stored. A PubAck overdue by `ack_timeout` fails
+the pipeline; the supervisor restarts from the slot's confirmed position and the Msg-Ids let
+JetStream drop what it already has, keeping per-table order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+
+from services.replicator import metrics
+from services.replicator.errors import PermanentError, TransientError
+from services.replicator.failure import FailureSignal
+from services.replicator.flow import InFlightBudget
+from services.replicator.messages import Acked, Publish
+from shared.lsn import Lsn
+from shared.nats_connection import connect
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Batch:
+    batch_no: int
+    last_seq: int
+    cost: int
+    confirm_lsn: Lsn | None
+    sent_at: float
+
+
+class AttachReader:
+    def __init__(self, ref: pykka.ActorRef[Any]) -> None:
+        self.ref = ref
+
+
+class Publisher(pykka.ThreadingActor):
+    def __init__(
+        self,
+        nats_url: str,
+        stream: str,
+        budget: InFlightBudget,
+        failure: FailureSignal,
+        max_in_flight: int,
+        ack_timeout: float,
+    ) -> None:
+        super().__init__()
+        self.nats_url = nats_url
+        self.stream = stream
+        self.budget = budget
+        self.failure = failure
+        self.max_in_flight = max_in_flight
+        self.ack_timeout = ack_timeout
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="publisher-io", daemon=True
+        )
+        self.nc: Client | None = None
+        self.inbox_prefix = ""
+        self.seq = 0
+        self.acked_through = 0
+        self.out_of_order: set[int] = set()
+        self.counted = 0
+        self.batches: deque[_Batch] = deque()
+        self.reader: pykka.ActorRef[Any] | None = None
+        self.last_ack: Acked | None = None
+        self.room: asyncio.Event | None = None
+        self.max_payload = 0
+        self.watchdog: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _run(self, coro: Any, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def on_start(self) -> None:
+        self.thread.start()
+        self._run(self._connect(), timeout=30)
+
+    async def _connect(self) -> None:
+        self.nc = await connect(self.nats_url, "bridge-replicator", reconnect=True)
+        try:
+            await self.nc.jetstream().stream_info(self.stream)
+        except NotFoundError:
+            raise PermanentError(
+                f"JetStream stream {self.stream} does not exist; it is created at start unless "
+                "provisioning failed: check the log above"
+            ) from None
+        self.max_payload = self.nc.max_payload
+        self.inbox_prefix = self.nc.new_inbox() + "."
+        self.room = asyncio.Event()
+        await self.nc.subscribe(self.inbox_prefix + "*", cb=self._on_ack)
+        self.watchdog = asyncio.create_task(self._watch())
+
+    def on_stop(self) -> None:
+        self._shutdown_io()
+
+    def on_failure(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.failure.fail(exc or RuntimeError("publisher failed"))
+        self._shutdown_io()
+
+    def _shutdown_io(self) -> None:
+        if self.thread.is_alive():
+            try:
+                self._run(self._close(), timeout=5)
+            except Exception as exc:
+                log.debug("closing NATS: %s", exc)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+
+    async def _close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.close()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Publish):
+            if not self.failure.failed:
+                self._run(self._publish(message))
+        elif isinstance(message, AttachReader):
+            self.reader = message.ref
+            if self.last_ack is not None:
+                self.reader.tell(self.last_ack)
+        return None
+
+    # -- publishing (on the I/O loop) -----------------------------------------------------
+
+    async def _publish(self, batch: Publish) -> None:
+        nc, room, prefix = self.nc, self.room, self.inbox_prefix
+        assert nc is not None and room is not None
+        publish = nc.publish
+        for message in batch.messages:
+            while self.seq - self.acked_through >= self.max_in_flight:
+                room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(room.wait(), 1.0)
+                if self.failure.failed:
+                    return
+            self.seq += 1
+            await publish(
+                message.subject,
+                message.payload,
+                reply=f"{prefix}{self.seq}",
+                headers={"Nats-Msg-Id": message.msg_id},
+            )
+        self.batches.append(
+            _Batch(batch.batch_no, self.seq, batch.cost, batch.confirm_lsn, time.monotonic())
+        )
+        self._advance()
+
+    async def _on_ack(self, msg: Msg) -> None:
+        error = self._ack_error(msg)
+        if error is not None:
+            self.failure.fail(error)
+            return
+        seq = int(msg.subject[len(self.inbox_prefix) :])
+        if seq == self.acked_through + 1:
+            self.acked_through = seq
+            pending = self.out_of_order
+            while self.acked_through + 1 in pending:
+                self.acked_through += 1
+                pending.remove(self.acked_through)
+        elif seq > self.acked_through:
+            self.out_of_order.add(seq)
+        if self.room is not None:
+            self.room.set()
+        self._advance()
+
+    def _ack_error(self, msg: Msg) -> Exception | None:
+        if msg.headers and msg.headers.get("Status") == "503":
+            return TransientError(
+                f"JetStream did not answer on {self.stream}: no responders (stream missing or "
+                "JetStream unavailable)"
+            )
+        if b'"error"' in msg.data:
+            try:
+                detail = json.loads(msg.data)["error"]
+            except (ValueError, KeyError):
+                detail = msg.data[:200]
+            return TransientError(f"JetStream refused a message: {detail}")
+        return None
+
+    def _advance(self) -> None:
+        batches = self.batches
+        done = 0
+        last: _Batch | None = None
+        confirm: Lsn | None = None
+        while batches and batches[0].last_seq <= self.acked_through:
+            last = batches.popleft()
+            done += last.cost
+            if last.confirm_lsn is not None:
+                confirm = last.confirm_lsn
+        if last is None:
+            return
+        self.budget.give_back(done)
+        metrics.events_published.inc(last.last_seq - self.counted)
+        self.counted = last.last_seq
+        if confirm is None and self.last_ack is not None:
+            confirm = self.last_ack.confirm_lsn
+        self.last_ack = Acked(last.batch_no, confirm)
+        if self.reader is not None:
+            self.reader.tell(self.last_ack)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if self.batches or self.seq > self.acked_through:
+                oldest = self.batches[0].sent_at if self.batches else time.monotonic()
+                if time.monotonic() - oldest > self.ack_timeout:
+                    self.failure.fail(
+                        TransientError(
+                            f"no PubAck from JetStream for {self.ack_timeout:g} s "
+                            f"({self.seq - self.acked_through} messages waiting): NATS slow or "
+                            "unreachable"
+                        )
+                    )
+                    return
+
+    # -- queries --------------------------------------------------------------------------
+
+    def get_max_payload(self) -> int:
+        return self.max_payload

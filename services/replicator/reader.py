@@ -1,0 +1,192 @@
+"""WalReader: owns the replication connection. Reads frames, answers keepalives, confirms.
+
+Status-update rule, in one place (`_confirmable` / `_send_status`): the flushed LSN sent to
+PostgreSQL only moves forward, and only to
+- the end of a transaction whose messages, and all earlier ones, JetStream acknowledged, or
+- the server's WAL position from a keepalive, when nothing is in flight (no batch awaiting
+  acknowledgement, no transaction half read), so an idle publication on a busy server does
+  not hold WAL back.
+Updates go out when the confirmed position moved (at most every 0.5 s), when the server asks,
+and at least every `status_interval`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pykka
+
+from services.replicator import metrics
+from services.replicator.connection import ReplicationConnection
+from services.replicator.failure import FailureSignal
+from services.replicator.flow import InFlightBudget
+from services.replicator.messages import Acked, Drain, Frames, Poll
+from services.replicator.protocol import (
+    PrimaryKeepalive,
+    XLogData,
+    parse_copy_data,
+    standby_status_update,
+)
+from shared.lsn import Lsn
+
+log = logging.getLogger(__name__)
+
+_BATCH_FRAMES = 2000
+_BATCH_SECONDS = 0.02
+_MIN_UPDATE_GAP = 0.5
+
+
+class WalReader(pykka.ThreadingActor):
+    def __init__(
+        self,
+        database_url: str,
+        slot: str,
+        options: dict[str, str],
+        decoder: pykka.ActorRef[Any],
+        budget: InFlightBudget,
+        failure: FailureSignal,
+        status_interval: float,
+    ) -> None:
+        super().__init__()
+        self.database_url = database_url
+        self.slot = slot
+        self.options = options
+        self.decoder = decoder
+        self.budget = budget
+        self.failure = failure
+        self.status_interval = status_interval
+        self.conn: ReplicationConnection | None = None
+        self.confirmed = Lsn(0)
+        self.reported = Lsn(0)
+        self.last_update = 0.0
+        self.next_batch = 0
+        self.acked_batch = -1
+        self.in_transaction = False
+        self.draining = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self.conn = ReplicationConnection(self.database_url, application_name=f"bridge:{self.slot}")
+        # 0/0: the server starts from the slot's confirmed position.
+        self.conn.start_replication(self.slot, Lsn(0), self.options)
+        metrics.connected.set(1)
+        log.info("streaming from slot %s", self.slot)
+        self.actor_ref.tell(Poll())
+
+    def on_stop(self) -> None:
+        metrics.connected.set(0)
+        if self.conn is not None:
+            try:
+                if self.conn.streaming:
+                    self._send_status(force=True)
+            except Exception as exc:  # the connection may already be gone
+                log.debug("final status update failed: %s", exc)
+            self.conn.close()
+
+    def on_failure(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        metrics.connected.set(0)
+        self.failure.fail(exc or RuntimeError("reader failed"))
+        if self.conn is not None:
+            self.conn.close()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Poll):
+            self._poll()
+        elif isinstance(message, Acked):
+            self._acked(message)
+        elif isinstance(message, Drain):
+            self.draining = True
+        return None
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _poll(self) -> None:
+        if self.failure.failed:
+            return
+        conn = self.conn
+        assert conn is not None
+        frames: list[XLogData] = []
+        cost = 0
+        if not self.draining and self.budget.wait_for_room(0.1):
+            deadline = time.monotonic() + _BATCH_SECONDS
+            while len(frames) < _BATCH_FRAMES and self.budget.used + cost < self.budget.limit:
+                raw = conn.read(0.05 if not frames else 0)
+                if raw is None:
+                    if frames or time.monotonic() > deadline:
+                        break
+                    continue
+                if raw[0] == 0x77:  # 'w'
+                    frame = parse_copy_data(raw)
+                    assert isinstance(frame, XLogData)
+                    frames.append(frame)
+                    cost += len(raw)
+                    kind = frame.payload[:1]
+                    if kind == b"B":
+                        self.in_transaction = True
+                    elif kind == b"C":
+                        self.in_transaction = False
+                else:
+                    keepalive = parse_copy_data(raw)
+                    assert isinstance(keepalive, PrimaryKeepalive)
+                    self._keepalive(keepalive, pending_frames=bool(frames))
+                if time.monotonic() > deadline:
+                    break
+        elif self.draining:
+            time.sleep(0.05)
+        if frames:
+            metrics.wal_messages.inc(len(frames))
+            self.budget.spend(cost)
+            metrics.in_flight_bytes.set(self.budget.used)
+            self.decoder.tell(Frames(self.next_batch, frames, cost))
+            self.next_batch += 1
+        self._send_status()
+        self.actor_ref.tell(Poll())
+
+    def _keepalive(self, keepalive: PrimaryKeepalive, pending_frames: bool) -> None:
+        nothing_pending = (
+            not pending_frames
+            and not self.in_transaction
+            and self.acked_batch == self.next_batch - 1
+        )
+        if nothing_pending and keepalive.wal_end > self.confirmed:
+            self.confirmed = keepalive.wal_end
+        if keepalive.reply_requested:
+            self._send_status(force=True)
+
+    # -- confirming -----------------------------------------------------------------------
+
+    def _acked(self, message: Acked) -> None:
+        self.acked_batch = max(self.acked_batch, message.batch_no)
+        if message.confirm_lsn is not None and message.confirm_lsn > self.confirmed:
+            self.confirmed = message.confirm_lsn
+        metrics.in_flight_bytes.set(self.budget.used)
+
+    def _send_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        moved = self.confirmed > self.reported
+        due = now - self.last_update >= self.status_interval
+        if not (force or due or (moved and now - self.last_update >= _MIN_UPDATE_GAP)):
+            return
+        assert self.conn is not None
+        lsn = self.confirmed
+        self.conn.send(standby_status_update(lsn, lsn, lsn))
+        self.reported = lsn
+        self.last_update = now
+        metrics.status_updates.inc()
+        metrics.last_ack_lsn.set(int(lsn))
+
+    # -- queries (supervisor) -------------------------------------------------------------
+
+    def drained(self) -> bool:
+        return self.acked_batch == self.next_batch - 1
+
+    def confirmed_lsn(self) -> Lsn:
+        return self.confirmed
+
+    def flush_status(self) -> Lsn:
+        """Send the confirmed position now (shutdown)."""
+        self._send_status(force=True)
+        return self.confirmed

@@ -1,0 +1,179 @@
+"""Start-up checks and setup on PostgreSQL: wal_level, tables, replica identity, publication,
+slot. Runs before every pipeline start; idempotent."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from services.replicator.errors import PermanentError, TransientError, is_permanent
+from shared.lsn import Lsn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TableName:
+    schema: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> TableName:
+        schema, dot, name = text.strip().rpartition(".")
+        if not name:
+            raise PermanentError(f"table {text!r}: empty name")
+        return cls(schema if dot else "public", name)
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class SlotState:
+    confirmed_flush: Lsn | None
+    created: bool
+
+
+def check_server(conn: psycopg.Connection) -> None:
+    (wal_level,) = conn.execute("SHOW wal_level").fetchone()  # type: ignore[misc]
+    if wal_level != "logical":
+        raise PermanentError(
+            f"wal_level is '{wal_level}'; set wal_level=logical (ALTER SYSTEM SET wal_level = "
+            "'logical') and restart PostgreSQL"
+        )
+    (encoding,) = conn.execute("SHOW server_encoding").fetchone()  # type: ignore[misc]
+    if encoding != "UTF8":
+        raise PermanentError(
+            f"the database encoding is {encoding}; the bridge needs a UTF8 database"
+        )
+
+
+def check_tables(
+    conn: psycopg.Connection, tables: list[TableName], replica_identity_full: bool
+) -> None:
+    """Every table must exist and be able to replicate UPDATE and DELETE. A table with no key
+    is refused before it joins a publication: once published, PostgreSQL rejects UPDATE and
+    DELETE on it in the application's own transactions."""
+    if not tables:
+        raise PermanentError("no tables configured: set --table / BRIDGE_TABLE")
+    missing, keyless = [], []
+    for table in tables:
+        row = conn.execute(
+            "SELECT c.relreplident, c.relkind,"
+            " EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)"
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = %s",
+            (table.schema, table.name),
+        ).fetchone()
+        if row is None:
+            missing.append(str(table))
+            continue
+        identity, kind, has_pk = row
+        if kind not in ("r", "p"):
+            raise PermanentError(f"{table} is not a table (relkind {kind!r})")
+        if identity == "n" or (identity == "d" and not has_pk):
+            keyless.append(table)
+    if missing:
+        raise PermanentError(f"configured tables do not exist: {', '.join(missing)}")
+    if keyless and not replica_identity_full:
+        names = ", ".join(str(t) for t in keyless)
+        raise PermanentError(
+            f"{names}: no primary key or replica identity. Publishing it would make UPDATE and "
+            "DELETE fail in your application. Add a primary key, set a REPLICA IDENTITY USING "
+            "INDEX, or start with --replica-identity-full to set REPLICA IDENTITY FULL"
+        )
+    for table in keyless:
+        conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table.ident()))
+        log.warning("set REPLICA IDENTITY FULL on %s (it has no primary key)", table)
+
+
+def ensure_publication(conn: psycopg.Connection, publication: str, tables: list[TableName]) -> None:
+    row = conn.execute(
+        "SELECT puballtables FROM pg_publication WHERE pubname = %s", (publication,)
+    ).fetchone()
+    if row is None:
+        conn.execute(
+            sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+                sql.Identifier(publication), sql.SQL(", ").join(t.ident() for t in tables)
+            )
+        )
+        log.info("created publication %s for %s", publication, ", ".join(map(str, tables)))
+        return
+    if row[0]:
+        return
+    present = {
+        TableName(s, n)
+        for s, n in conn.execute(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+            (publication,),
+        ).fetchall()
+    }
+    for table in tables:
+        if table not in present:
+            conn.execute(
+                sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                    sql.Identifier(publication), table.ident()
+                )
+            )
+            log.info("added %s to publication %s", table, publication)
+
+
+def ensure_slot(conn: psycopg.Connection, slot: str, create: bool) -> SlotState:
+    row = conn.execute(
+        "SELECT plugin, database, confirmed_flush_lsn::text, wal_status"
+        " FROM pg_replication_slots WHERE slot_name = %s",
+        (slot,),
+    ).fetchone()
+    if row is None:
+        if not create:
+            raise PermanentError(
+                f"replication slot {slot!r} disappeared while the replicator ran (dropped?); "
+                "changes since its last confirmed position are lost to it. Restart the "
+                "replicator to create it again and re-snapshot the tables"
+            )
+        try:
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+        except psycopg.errors.DuplicateObject:
+            return ensure_slot(conn, slot, create=False)  # a peer created it just now
+        log.info("created replication slot %s", slot)
+        return SlotState(None, True)
+    plugin, database, confirmed, wal_status = row
+    if plugin != "pgoutput":
+        raise PermanentError(f"slot {slot!r} uses plugin {plugin!r}, not pgoutput")
+    if database != conn.info.dbname:
+        raise PermanentError(f"slot {slot!r} belongs to database {database!r}")
+    if wal_status == "lost":
+        raise PermanentError(
+            f"replication slot {slot!r} has been invalidated (wal_status 'lost'): the WAL it "
+            f"needed was removed. Drop it (SELECT pg_drop_replication_slot('{slot}')), restart "
+            "the replicator to create it again, and re-snapshot the tables"
+        )
+    return SlotState(Lsn.parse(confirmed) if confirmed else None, False)
+
+
+def prepare(
+    database_url: str,
+    tables: list[str],
+    publication: str,
+    slot: str,
+    replica_identity_full: bool,
+    create_slot: bool,
+) -> SlotState:
+    """All start-up checks and setup, in order. Connection failures are transient."""
+    parsed = [TableName.parse(t) for t in tables]
+    try:
+        with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
+            check_server(conn)
+            check_tables(conn, parsed, replica_identity_full)
+            ensure_publication(conn, publication, parsed)
+            return ensure_slot(conn, slot, create_slot)
+    except psycopg.OperationalError as exc:
+        if is_permanent(exc):
+            raise PermanentError(str(exc).strip()) from exc
+        raise TransientError(f"PostgreSQL unreachable: {str(exc).strip()}") from exc

@@ -1,0 +1,226 @@
+"""Runs the replicator: setup, the pipeline, restarts with backoff, telemetry, shutdown.
+
+Exit codes: 0 after a graceful shutdown (signal or control request), 2 on a permanent error
+(the log's last line says what to fix).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from services.replicator import metrics
+from services.replicator.errors import PermanentError, TransientError, explain, is_permanent
+from services.replicator.pipeline import Pipeline
+from services.replicator.settings import ReplicatorSettings
+from services.replicator.setup import prepare
+from shared.http_endpoint import serve
+from shared.lsn import Lsn
+from shared.nats_connection import NatsUnavailable, connect
+from shared.provisioning import ProvisioningError, provision
+from shared.wire import to_json
+
+log = logging.getLogger("bridge.replicator")
+
+HEALTHY_RESET_SECONDS = 30.0
+SLOT_BUSY_RETRY_SECONDS = 1.0
+
+
+class Backoff:
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self.first, self.cap, self.current = first, cap, first
+
+    def next(self) -> float:
+        delay = self.current
+        self.current = min(self.cap, self.current * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.first
+
+
+class Replicator:
+    def __init__(self, settings: ReplicatorSettings) -> None:
+        self.settings = settings
+        self.stop_requested = threading.Event()
+        self.pipeline: Pipeline | None = None
+        self.running = False
+
+    # -- health and telemetry -------------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        ok = self.running and self.pipeline is not None and not self.pipeline.failure.failed
+        return ok, {"connected": ok, "slot": self.settings.slot}
+
+    def _check_slot(self) -> None:
+        url = self.settings.database_url.get_secret_value()
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+                row = conn.execute(
+                    "SELECT active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)"
+                    " FROM pg_replication_slots WHERE slot_name = %s",
+                    (self.settings.slot,),
+                ).fetchone()
+        except psycopg.Error as exc:
+            log.warning("slot check failed: %s", str(exc).strip())
+            return
+        if row is not None:
+            metrics.slot_active.set(1 if row[0] else 0)
+            metrics.wal_lag.set(float(row[1] or 0))
+
+    def _telemetry_loop(self) -> None:
+        next_slot = next_log = time.monotonic()
+        while not self.stop_requested.wait(0.5):
+            now = time.monotonic()
+            if now >= next_slot:
+                self._check_slot()
+                next_slot = now + self.settings.slot_check_seconds
+            if now >= next_log:
+                print(metrics_line(), flush=True)
+                next_log = now + self.settings.metrics_log_seconds
+
+    def _control_loop(self) -> None:
+        """Serve `<control_prefix>.replicator.shutdown` over NATS (while NATS is reachable)."""
+        subject = f"{self.settings.control_prefix}.replicator.shutdown"
+
+        async def serve_control() -> None:
+            while not self.stop_requested.is_set():
+                try:
+                    nc = await connect(
+                        self.settings.nats_url, "bridge-replicator-control", reconnect=True
+                    )
+                except NatsUnavailable:
+                    await asyncio.sleep(2)
+                    continue
+
+                async def on_request(msg: Any) -> None:
+                    log.info("shutdown requested on %s", subject)
+                    await msg.respond(to_json({"status": "shutting down"}))
+                    self.stop_requested.set()
+
+                await nc.subscribe(subject, cb=on_request)
+                while not self.stop_requested.is_set():
+                    await asyncio.sleep(0.2)
+                await nc.close()
+
+        asyncio.run(serve_control())
+
+    # -- main loop ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        s = self.settings
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stop_requested.set())
+        server = serve(s.port, metrics.REGISTRY, self.health)
+        threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True).start()
+        threading.Thread(target=self._control_loop, name="control", daemon=True).start()
+        log.info(
+            "replicator: tables=%s slot=%s publication=%s http=:%d",
+            ",".join(s.table),
+            s.slot,
+            s.publication,
+            s.port,
+        )
+        try:
+            return self._supervise()
+        finally:
+            self.stop_requested.set()
+            server.shutdown()
+
+    def _supervise(self) -> int:
+        s = self.settings
+        backoff = Backoff()
+        first = True
+        while not self.stop_requested.is_set():
+            pipeline: Pipeline | None = None
+            try:
+                prepare(
+                    s.database_url.get_secret_value(),
+                    s.table,
+                    s.publication,
+                    s.slot,
+                    s.replica_identity_full,
+                    create_slot=first,
+                )
+                asyncio.run(_provision(s))
+                first = False
+                pipeline = self.pipeline = Pipeline(s)
+                pipeline.start()
+                self.running = True
+                while not self.stop_requested.is_set() and not pipeline.failure.wait(0.5):
+                    if time.monotonic() - pipeline.started_at > HEALTHY_RESET_SECONDS:
+                        backoff.reset()
+                if self.stop_requested.is_set():
+                    drained = pipeline.drain(s.shutdown_drain_seconds)
+                    log.info(
+                        "shutdown: %s",
+                        "all in-flight messages acknowledged"
+                        if drained
+                        else "drain incomplete; unacknowledged changes will be replayed",
+                    )
+                    return 0
+                assert pipeline.failure.error is not None
+                raise pipeline.failure.error
+            except Exception as exc:
+                if is_permanent(exc):
+                    log.error("stopping: %s", explain(exc))
+                    return 2
+                delay = SLOT_BUSY_RETRY_SECONDS if _slot_busy(exc) else backoff.next()
+                if _slot_busy(exc):
+                    log.info("slot %s is in use by another replicator; waiting", s.slot)
+                else:
+                    metrics.reconnects.inc()
+                    log.warning("pipeline failed: %s; restarting in %.1f s", explain(exc), delay)
+                self.stop_requested.wait(delay)
+            finally:
+                self.running = False
+                if pipeline is not None:
+                    pipeline.stop()
+        return 0
+
+
+def _slot_busy(exc: BaseException) -> bool:
+    return "is active for pid" in str(exc).lower()
+
+
+async def _provision(settings: ReplicatorSettings) -> None:
+    try:
+        nc = await connect(settings.nats_url, "bridge-replicator-setup")
+    except NatsUnavailable as exc:
+        raise TransientError(str(exc)) from exc
+    try:
+        await provision(nc.jetstream(), settings)
+    except ProvisioningError as exc:
+        raise PermanentError(str(exc)) from exc
+    finally:
+        await nc.close()
+
+
+def metrics_line() -> str:
+    def value(metric: Any, suffix: str = "") -> float:
+        for family in metric.collect():
+            for sample in family.samples:
+                if sample.name.endswith(suffix):
+                    return float(sample.value)
+        return 0.0
+
+    return "METRICS " + " ".join(
+        [
+            f"uptime_seconds={value(metrics.uptime):.0f}",
+            f"wal_messages_received={value(metrics.wal_messages, '_total'):.0f}",
+            f"cdc_events_published={value(metrics.events_published, '_total'):.0f}",
+            f"last_ack_lsn={Lsn(int(value(metrics.last_ack_lsn)))}",
+            f"connected={value(metrics.connected):.0f}",
+            f"reconnects={value(metrics.reconnects, '_total'):.0f}",
+            f"in_flight_bytes={value(metrics.in_flight_bytes):.0f}",
+            f"slot_active={value(metrics.slot_active):.0f}",
+            f"wal_lag_bytes={value(metrics.wal_lag):.0f}",
+            f"oversized_rows={value(metrics.oversized_rows, '_total'):.0f}",
+        ]
+    )
