@@ -41,8 +41,8 @@ class Pipeline:
             s.ack_timeout_seconds,
         )
         self.actors.append(publisher)
+        max_payload = publisher.proxy().get_max_payload().get(timeout=60)  # after on_start
         self._raise_if_failed()
-        max_payload = publisher.proxy().get_max_payload().get(timeout=10)
         builder = EventBuilder(s.value_mode, max_payload, s.oversized_policy)
         decoder = Decoder.start(builder, publisher, self.failure)
         self.actors.append(decoder)

@@ -94,7 +94,10 @@ class Publisher(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         self.thread.start()
-        self._run(self._connect(), timeout=30)
+        try:
+            self._run(self._connect(), timeout=30)
+        except Exception as exc:  # pykka would only log it; the supervisor must hear of it
+            self.failure.fail(exc)
 
     async def _connect(self) -> None:
         self.nc = await connect(self.nats_url, "bridge-replicator", reconnect=True)

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 _BATCH_FRAMES = 2000
 _BATCH_SECONDS = 0.02
 _MIN_UPDATE_GAP = 0.5
+_IDLE_PING_SECONDS = 1.0
 
 
 class WalReader(pykka.ThreadingActor):
@@ -65,13 +66,21 @@ class WalReader(pykka.ThreadingActor):
         self.acked_batch = -1
         self.in_transaction = False
         self.draining = False
+        self.last_ping = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self.conn = ReplicationConnection(self.database_url, application_name=f"bridge:{self.slot}")
-        # 0/0: the server starts from the slot's confirmed position.
-        self.conn.start_replication(self.slot, Lsn(0), self.options)
+        # pykka only logs an exception raised here; the supervisor must hear of it.
+        try:
+            self.conn = ReplicationConnection(
+                self.database_url, application_name=f"bridge:{self.slot}"
+            )
+            # 0/0: the server starts from the slot's confirmed position.
+            self.conn.start_replication(self.slot, Lsn(0), self.options)
+        except Exception as exc:
+            self.failure.fail(exc)
+            return
         metrics.connected.set(1)
         log.info("streaming from slot %s", self.slot)
         self.actor_ref.tell(Poll())
@@ -143,15 +152,22 @@ class WalReader(pykka.ThreadingActor):
             self.decoder.tell(Frames(self.next_batch, frames, cost))
             self.next_batch += 1
         self._send_status()
+        if (
+            not frames
+            and self._nothing_pending()
+            and time.monotonic() - self.last_ping > _IDLE_PING_SECONDS
+        ):
+            # Ask the server where it is: its keepalive answer carries the WAL position we may
+            # confirm while nothing is pending, so an idle slot follows a busy server closely.
+            self.last_ping = time.monotonic()
+            self._send_status(force=True, reply=True)
         self.actor_ref.tell(Poll())
 
+    def _nothing_pending(self) -> bool:
+        return not self.in_transaction and self.acked_batch == self.next_batch - 1
+
     def _keepalive(self, keepalive: PrimaryKeepalive, pending_frames: bool) -> None:
-        nothing_pending = (
-            not pending_frames
-            and not self.in_transaction
-            and self.acked_batch == self.next_batch - 1
-        )
-        if nothing_pending and keepalive.wal_end > self.confirmed:
+        if not pending_frames and self._nothing_pending() and keepalive.wal_end > self.confirmed:
             self.confirmed = keepalive.wal_end
         if keepalive.reply_requested:
             self._send_status(force=True)
@@ -164,7 +180,7 @@ class WalReader(pykka.ThreadingActor):
             self.confirmed = message.confirm_lsn
         metrics.in_flight_bytes.set(self.budget.used)
 
-    def _send_status(self, force: bool = False) -> None:
+    def _send_status(self, force: bool = False, reply: bool = False) -> None:
         now = time.monotonic()
         moved = self.confirmed > self.reported
         due = now - self.last_update >= self.status_interval
@@ -172,7 +188,7 @@ class WalReader(pykka.ThreadingActor):
             return
         assert self.conn is not None
         lsn = self.confirmed
-        self.conn.send(standby_status_update(lsn, lsn, lsn))
+        self.conn.send(standby_status_update(lsn, lsn, lsn, reply=reply))
         self.reported = lsn
         self.last_update = now
         metrics.status_updates.inc()

@@ -90,6 +90,7 @@ class PostgresServer:
     port: int
     user: str | None
     version: int = 0
+    overrides: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     host: str = "127.0.0.1"
     _db_counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -106,11 +107,20 @@ class PostgresServer:
         return f"postgresql://postgres@{self.host}:{self.port}/{dbname}"
 
     @classmethod
-    def create(cls, bindir: Path | None = None) -> PostgresServer:
+    def create(
+        cls, bindir: Path | None = None, overrides: dict[str, str] | None = None
+    ) -> PostgresServer:
+        """A new cluster; `overrides` replace entries of SERVER_SETTINGS (wal_level=replica…)."""
         user = processes.unprivileged_user()
         bindir = _usable_by(bindir or find_bindir(), user)
         root = processes.make_dir("bridge-pg-", user)
-        server = cls(bindir=bindir, root=root, port=processes.free_port(), user=user)
+        server = cls(
+            bindir=bindir,
+            root=root,
+            port=processes.free_port(),
+            user=user,
+            overrides=dict(overrides or {}),
+        )
         try:
             subprocess.run(
                 [
@@ -146,7 +156,7 @@ class PostgresServer:
             "-k",
             str(self.root),
         ]
-        for key, value in SERVER_SETTINGS.items():
+        for key, value in {**SERVER_SETTINGS, **self.overrides}.items():
             argv += ["-c", f"{key}={value}"]
         self.process = processes.spawn(argv, self.log, user=self.user)
         deadline = time.monotonic() + timeout
