@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-unit test-e2e lint format clean
+.PHONY: install test test-unit test-e2e lint format clean bench
 
 install: $(STAMP)
 
@@ -34,3 +34,6 @@ format: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+bench: install
+	$(BIN)/python -m bench.replicator_drain $(BENCH_ARGS)

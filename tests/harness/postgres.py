@@ -14,8 +14,10 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -239,7 +241,9 @@ class Database:
     def connect(self, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
         return psycopg.connect(self.url, autocommit=autocommit)
 
-    def execute(self, query: str, params: object = None) -> list[tuple[object, ...]]:
+    def execute(
+        self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
         with self.connect() as conn:
-            cur = conn.execute(query, params)  # type: ignore[arg-type]
+            cur = conn.execute(query, params)
             return cur.fetchall() if cur.description else []
