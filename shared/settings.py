@@ -2,7 +2,7 @@
 
 One model per service, each built on `BridgeSettings`. Flags win over the environment, which
 wins over defaults; `--table a,b` and `BRIDGE_TABLE=a,b` both take a comma-separated list.
-The README's configuration table is generated from these models (`python -m shared.settings_doc`).
+The README's configuration table is generated from these models (`python -m services.settings_doc`).
 """
 
 from __future__ import annotations

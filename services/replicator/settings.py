@@ -24,23 +24,23 @@ class ReplicatorSettings(BridgeSettings):
     max_in_flight_bytes: int = Field(
         16 * 1024 * 1024,
         gt=0,
-        description="Replicator: WAL bytes read but not yet acknowledged by JetStream before "
+        description="WAL bytes read but not yet acknowledged by JetStream before "
         "reading pauses (bounds memory)",
     )
     max_in_flight_messages: int = Field(
-        20_000, gt=0, description="Replicator: messages published and awaiting their PubAck"
+        20_000, gt=0, description="messages published and awaiting their PubAck"
     )
     ack_timeout_seconds: float = Field(
-        10.0, gt=0, description="Replicator: a PubAck later than this restarts the pipeline"
+        10.0, gt=0, description="a PubAck later than this restarts the pipeline"
     )
     status_interval_seconds: float = Field(
-        10.0, gt=0, le=60, description="Replicator: most seconds between standby status updates"
+        10.0, gt=0, le=60, description="most seconds between standby status updates"
     )
     shutdown_drain_seconds: float = Field(
-        10.0, ge=0, description="Replicator: time to finish in-flight publishes at shutdown"
+        10.0, ge=0, description="time to finish in-flight publishes at shutdown"
     )
     slot_check_seconds: float = Field(
-        30.0, gt=0, description="Replicator: interval of the slot lag and activity check"
+        30.0, gt=0, description="interval of the slot lag and activity check"
     )
     metrics_log_seconds: float = Field(
         15.0, gt=0, description="Seconds between logfmt METRICS lines on stdout"

@@ -1,6 +1,6 @@
 """The README's configuration table, generated from the settings models so it cannot drift.
 
-`python -m shared.settings_doc` prints it; `--write README.md` replaces the table between the
+`python -m services.settings_doc` prints it; `--write README.md` replaces the table between the
 `<!-- settings:start -->` and `<!-- settings:end -->` markers.
 """
 
@@ -11,10 +11,15 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings
 
+from services.replicator.settings import ReplicatorSettings
 from shared.settings import BridgeSettings
 
 START, END = "<!-- settings:start -->", "<!-- settings:end -->"
-MODELS: list[type[BaseSettings]] = [BridgeSettings]
+# (heading, model); each later model lists only what it adds or changes.
+MODELS: list[tuple[str, type[BaseSettings]]] = [
+    ("Every service", BridgeSettings),
+    ("`bridge replicator`", ReplicatorSettings),
+]
 
 
 def _default(model: type[BaseSettings], name: str) -> str:
@@ -30,20 +35,26 @@ def _default(model: type[BaseSettings], name: str) -> str:
 
 
 def render() -> str:
-    lines = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
-    seen: set[str] = set()
-    for model in MODELS:
+    out: list[str] = []
+    shown: dict[str, str] = {}
+    for heading, model in MODELS:
+        lines = [
+            f"{heading}:",
+            "",
+            "| flag | environment | default | meaning |",
+            "|---|---|---|---|",
+        ]
         prefix = str(model.model_config.get("env_prefix", ""))
         for name, field in model.model_fields.items():
-            if name in seen:
+            default = _default(model, name)
+            if shown.get(name) == default:
                 continue
-            seen.add(name)
+            shown[name] = default
             flag = "--" + name.replace("_", "-")
             env = prefix + name.upper()
-            lines.append(
-                f"| `{flag}` | `{env}` | {_default(model, name)} | {field.description or ''} |"
-            )
-    return "\n".join(lines)
+            lines.append(f"| `{flag}` | `{env}` | {default} | {field.description or ''} |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def replace_in(text: str) -> str:
