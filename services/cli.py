@@ -45,10 +45,23 @@ def _replicator(args: Sequence[str]) -> int:
     return Replicator(settings).run()
 
 
+def _snapshotter(args: Sequence[str]) -> int:
+    from services.snapshotter.app import run
+    from services.snapshotter.settings import SnapshotterSettings
+
+    settings = load_settings(SnapshotterSettings, args)
+    logging.getLogger().setLevel(settings.log_level.upper())
+    return run(settings)
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "replicator": (
         _replicator,
         "stream changes of the configured tables from PostgreSQL to the CDC stream",
+    ),
+    "snapshotter": (
+        _snapshotter,
+        "publish table schemas and answer snapshot requests on the INIT stream",
     ),
     "provision": (
         _provision,

@@ -11,54 +11,9 @@ from psycopg import sql
 
 from services.replicator.errors import PermanentError, TransientError, is_permanent
 from shared.lsn import Lsn
+from shared.tables import TableName, TableNameError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class TableName:
-    schema: str
-    name: str
-
-    @classmethod
-    def parse(cls, text: str) -> TableName:
-        """`table`, `schema.table`, with PostgreSQL's identifier rules: unquoted parts fold to
-        lower case, double-quoted parts are kept as written (`public."Odd.Name"`)."""
-        parts: list[str] = []
-        current: list[str] = []
-        quoted = was_quoted = False
-        i, text = 0, text.strip()
-        while i < len(text):
-            ch = text[i]
-            if quoted:
-                if ch == '"' and text[i + 1 : i + 2] == '"':
-                    current.append('"')
-                    i += 1
-                elif ch == '"':
-                    quoted = False
-                else:
-                    current.append(ch)
-            elif ch == '"':
-                quoted = was_quoted = True
-            elif ch == ".":
-                parts.append("".join(current) if was_quoted else "".join(current).lower())
-                current, was_quoted = [], False
-            else:
-                current.append(ch)
-            i += 1
-        parts.append("".join(current) if was_quoted else "".join(current).lower())
-        if quoted or len(parts) > 2 or not all(parts):
-            raise PermanentError(
-                f"table {text!r} is not a table name: use table, schema.table or "
-                'double quotes for names with dots or capitals (public."Odd.Name")'
-            )
-        return cls(parts[0], parts[1]) if len(parts) == 2 else cls("public", parts[0])
-
-    def __str__(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-    def ident(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +148,10 @@ def prepare(
     create_slot: bool,
 ) -> SlotState:
     """All start-up checks and setup, in order. Connection failures are transient."""
-    parsed = [TableName.parse(t) for t in tables]
+    try:
+        parsed = [TableName.parse(t) for t in tables]
+    except TableNameError as exc:
+        raise PermanentError(str(exc)) from None
     try:
         with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
             check_server(conn)

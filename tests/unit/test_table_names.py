@@ -1,7 +1,6 @@
 import pytest
 
-from services.replicator.errors import PermanentError
-from services.replicator.setup import TableName
+from shared.tables import TableName, TableNameError
 
 
 @pytest.mark.parametrize(
@@ -22,5 +21,5 @@ def test_postgres_identifier_rules(text: str, schema: str, name: str) -> None:
 
 @pytest.mark.parametrize("bad", ["", "a.b.c", '"open', "a.", ".b"])
 def test_bad_names_are_refused(bad: str) -> None:
-    with pytest.raises(PermanentError, match="not a table name"):
+    with pytest.raises(TableNameError, match="not a table name"):
         TableName.parse(bad)

@@ -1,0 +1,1 @@
+"""The snapshotter: table schemas and consistent, chunked snapshots on the INIT stream."""

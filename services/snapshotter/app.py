@@ -1,0 +1,222 @@
+"""The snapshotter service: a FastStream NATS app answering snapshot requests, plus the schema
+publisher, the snapshot-at-start option and the /metrics and /health endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import psycopg
+from faststream import FastStream, Path
+from faststream.nats import NatsBroker, NatsMessage
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from services.snapshotter import metrics
+from services.snapshotter.schema import SchemaWatcher
+from services.snapshotter.settings import MAX_CHUNK_SIZE, SnapshotterSettings
+from services.snapshotter.snapshot import SnapshotError, SnapshotOptions, take_snapshot
+from shared import subjects
+from shared.http_endpoint import serve
+from shared.nats_connection import connect
+from shared.provisioning import provision
+from shared.tables import TableName
+from shared.wire import to_json
+
+log = logging.getLogger("bridge.snapshotter")
+
+
+class Snapshotter:
+    def __init__(self, settings: SnapshotterSettings) -> None:
+        self.settings = settings
+        self.tables = [(t.schema, t.name) for t in map(TableName.parse, settings.table)]
+        self.by_token = {subjects.table_token(s, t): (s, t) for s, t in self.tables}
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self.running: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
+        self.slots = asyncio.Semaphore(settings.max_concurrent_snapshots)
+        self.watcher = SchemaWatcher(self.tables, settings.kv_bucket)
+        self.tasks: list[asyncio.Task[None]] = []
+        self.db_ok = False
+
+    @property
+    def database_url(self) -> str:
+        return self.settings.database_url.get_secret_value()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        nats_ok = self.nc is not None and self.nc.is_connected
+        return nats_ok and self.db_ok, {
+            "nats": nats_ok,
+            "postgres": self.db_ok,
+            "snapshots_in_progress": len(self.running),
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.nc = await connect(self.settings.nats_url, "bridge-snapshotter", reconnect=True)
+        self.js = self.nc.jetstream()
+        await provision(self.js, self.settings)
+        self.tasks.append(asyncio.create_task(self._watch_schemas()))
+        if self.settings.snapshot_on_start:
+            self.tasks.append(asyncio.create_task(self._snapshot_missing()))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.nc is not None:
+            await self.nc.close()
+
+    async def _watch_schemas(self) -> None:
+        assert self.js is not None
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.database_url, autocommit=True, connect_timeout=5
+                ) as conn:
+                    self.db_ok = True
+                    while True:
+                        await self.watcher.check(conn, self.js)
+                        await asyncio.sleep(self.settings.schema_poll_seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.db_ok = False
+                log.warning("schema watch: %s; retrying", str(exc).strip())
+                await asyncio.sleep(2)
+
+    async def _snapshot_missing(self) -> None:
+        assert self.js is not None
+        for schema, table in self.tables:
+            subject = subjects.snapshot_meta_subject(schema, table)
+            try:
+                await self.js.get_last_msg(self.settings.init_stream, subject)
+                continue
+            except NotFoundError:
+                pass
+            try:
+                meta = await self.snapshot(schema, table, SnapshotOptions(self.settings.chunk_size))
+                log.info("start-up snapshot of %s.%s: %s", schema, table, meta["snapshot_id"])
+            except SnapshotError as exc:
+                log.error("start-up snapshot of %s.%s failed: %s", schema, table, exc)
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    async def handle_request(self, token: str, body: bytes) -> bytes:
+        """A request on `<prefix>.<table>`: the meta as JSON, or `{"error": …}`."""
+        try:
+            try:
+                schema, table = self.by_token[token]
+            except KeyError:
+                configured = ", ".join(f"{s}.{t}" for s, t in self.tables)
+                raise SnapshotError(
+                    "unknown_table",
+                    f"table {token!r} is not configured here (configured: {configured})",
+                ) from None
+            options = SnapshotOptions.parse(body, self.settings.chunk_size, MAX_CHUNK_SIZE)
+            running = self.running.get((schema, table))
+            if running is not None:
+                return to_json({**await asyncio.shield(running), "joined": True})
+            return to_json(await self.snapshot(schema, table, options))
+        except SnapshotError as exc:
+            metrics.errors.labels(exc.reason).inc()
+            log.warning("snapshot request for %s refused: %s", token, exc)
+            return to_json({"error": str(exc), "reason": exc.reason})
+        except Exception as exc:
+            metrics.errors.labels("internal").inc()
+            log.exception("snapshot request for %s failed", token)
+            return to_json(
+                {"error": f"snapshot failed: {type(exc).__name__}: {exc}", "reason": "internal"}
+            )
+
+    async def snapshot(self, schema: str, table: str, options: SnapshotOptions) -> dict[str, Any]:
+        assert self.js is not None and self.nc is not None
+        js = self.js
+        try:
+            await js.stream_info(self.settings.init_stream)
+        except NotFoundError:
+            raise SnapshotError(
+                "init_stream_missing",
+                f"stream {self.settings.init_stream} does not exist; run `bridge provision` or "
+                "restart the snapshotter to create it",
+            ) from None
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.running[(schema, table)] = future
+        metrics.in_progress.inc()
+        started = time.monotonic()
+
+        async def publish(subject: str, payload: bytes, msg_id: str) -> None:
+            await js.publish(
+                subject,
+                payload,
+                timeout=30,
+                stream=self.settings.init_stream,
+                headers={"Nats-Msg-Id": msg_id},
+            )
+            if subject.startswith("init.snap."):
+                metrics.chunks.inc()
+
+        try:
+            async with self.slots:
+                meta = await take_snapshot(
+                    self.database_url,
+                    schema,
+                    table,
+                    options,
+                    publish,
+                    self.nc.max_payload,
+                    self.settings.value_mode,
+                    on_rows=metrics.rows.inc,
+                )
+            metrics.duration.observe(time.monotonic() - started)
+            future.set_result(meta)
+            return meta
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # joined requests see it; nobody else must
+            raise
+        finally:
+            metrics.in_progress.dec()
+            del self.running[(schema, table)]
+
+
+def build_app(settings: SnapshotterSettings) -> tuple[FastStream, Snapshotter]:
+    service = Snapshotter(settings)
+    broker = NatsBroker(settings.nats_url.split(","), logger=log)
+    app = FastStream(broker, logger=log)
+
+    @broker.subscriber(
+        f"{settings.snapshot_prefix}.{{table}}",
+        queue=settings.queue_group,
+        max_workers=settings.max_concurrent_snapshots * 2,
+    )
+    async def on_snapshot_request(msg: NatsMessage, table: str = Path()) -> bytes:
+        return await service.handle_request(table, msg.body)
+
+    server_holder: dict[str, Any] = {}
+
+    @app.on_startup
+    async def startup() -> None:
+        server_holder["http"] = serve(settings.port, metrics.REGISTRY, service.health)
+        await service.start()
+
+    @app.on_shutdown
+    async def shutdown() -> None:
+        await service.stop()
+        if "http" in server_holder:
+            server_holder["http"].shutdown()
+
+    return app, service
+
+
+def run(settings: SnapshotterSettings) -> int:
+    app, _ = build_app(settings)
+    asyncio.run(app.run())
+    return 0

@@ -1,0 +1,39 @@
+"""The snapshotter's Prometheus metrics."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+STARTED = time.time()
+
+uptime = Gauge("bridge_uptime_seconds", "Seconds since the snapshotter started", registry=REGISTRY)
+uptime.set_function(lambda: time.time() - STARTED)
+rows = Counter(
+    "bridge_snapshot_rows_published", "Snapshot rows published to INIT", registry=REGISTRY
+)
+chunks = Counter(
+    "bridge_snapshot_chunks_published",
+    "Snapshot chunks acknowledged by JetStream",
+    registry=REGISTRY,
+)
+in_progress = Gauge("bridge_snapshots_in_progress", "Snapshots running now", registry=REGISTRY)
+duration = Histogram(
+    "bridge_snapshot_duration_seconds",
+    "Duration of completed snapshots",
+    registry=REGISTRY,
+    buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 1800, 7200),
+)
+errors = Counter(
+    "bridge_snapshot_errors",
+    "Snapshot requests answered with an error",
+    ["reason"],
+    registry=REGISTRY,
+)
+schemas = Counter(
+    "bridge_schema_documents_published",
+    "Schema documents published to KV and INIT",
+    registry=REGISTRY,
+)

@@ -1,0 +1,34 @@
+"""The snapshotter's settings: the shared ones plus snapshot and schema knobs."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import BridgeSettings
+
+MAX_CHUNK_SIZE = 10_000
+
+
+class SnapshotterSettings(BridgeSettings):
+    port: int = Field(9091, ge=0, le=65535, description="HTTP port for /health and /metrics")
+    snapshot_prefix: str = Field(
+        "bridge.snapshot", description="Snapshot requests arrive on <prefix>.<table>"
+    )
+    queue_group: str = Field(
+        "bridge-snapshotters", description="NATS queue group shared by all snapshotters"
+    )
+    chunk_size: int = Field(
+        1000,
+        ge=1,
+        le=MAX_CHUNK_SIZE,
+        description="Rows per snapshot chunk (requests may ask for 1 to 10000)",
+    )
+    snapshot_on_start: bool = Field(
+        False, description="At start, snapshot every table that has no snapshot in INIT yet"
+    )
+    schema_poll_seconds: float = Field(
+        2.0, gt=0, description="How often the catalog is checked for schema changes"
+    )
+    max_concurrent_snapshots: int = Field(
+        4, ge=1, le=64, description="Snapshots one snapshotter runs at once"
+    )

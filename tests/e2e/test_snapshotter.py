@@ -1,0 +1,390 @@
+"""The snapshotter as operators and consumers use it, against real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import nats
+import psycopg
+
+from examples.consumer import bootstrap
+from tests.e2e.conftest import Service, slot_lag, stream_count, wait_for
+from tests.harness.postgres import Database
+from tests.harness.processes import free_port
+
+
+def request(
+    url: str, table: str, body: bytes = b"", timeout: float = 120, prefix: str = "bridge.snapshot"
+) -> dict[str, Any]:
+    async def ask() -> dict[str, Any]:
+        nc = await nats.connect(url)
+        try:
+            for _ in range(100):
+                try:
+                    reply = await nc.request(f"{prefix}.{table}", body, timeout=timeout)
+                    return dict(json.loads(reply.data))
+                except nats.errors.NoRespondersError:
+                    await asyncio.sleep(0.1)
+            raise AssertionError("no snapshotter answered")
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
+def init_messages(url: str, subject: str) -> list[tuple[str, dict[str, str], bytes]]:
+    async def fetch() -> list[tuple[str, dict[str, str], bytes]]:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info("INIT", subjects_filter=subject)
+            total = sum((info.state.subjects or {}).values())
+            out: list[tuple[str, dict[str, str], bytes]] = []
+            if not total:
+                return out
+            sub = await js.subscribe(subject, stream="INIT", ordered_consumer=True)
+            while len(out) < total:
+                msg = await sub.next_msg(timeout=10)
+                out.append((msg.subject, dict(msg.headers or {}), msg.data))
+            await sub.unsubscribe()
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(fetch())
+
+
+def kv_get(url: str, key: str) -> dict[str, Any] | None:
+    async def get() -> dict[str, Any] | None:
+        nc = await nats.connect(url)
+        try:
+            kv = await nc.jetstream().key_value("schemas")
+            try:
+                return dict(json.loads((await kv.get(key)).value or b"{}"))
+            except nats.js.errors.KeyNotFoundError:
+                return None
+        finally:
+            await nc.close()
+
+    return asyncio.run(get())
+
+
+def test_snapshot_chunks_meta_and_reply(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    pg.execute("CREATE TABLE items (id int PRIMARY KEY, name text, price numeric, ok bool)")
+    pg.execute(
+        "INSERT INTO items SELECT g, 'n' || g, g * 1.5, g % 2 = 0"
+        " FROM generate_series(2500, 1, -1) g"
+    )  # inserted in reverse: order comes from the key
+    services("snapshotter", pg, nats_url, table="items").wait_healthy()
+    meta = request(nats_url, "items")
+    assert meta["row_count"] == 2500 and meta["batch_count"] == 3 and meta["table"] == "items"
+    assert meta["snapshot_id"].startswith("snap-") and "/" in meta["lsn"]
+    chunks = init_messages(nats_url, f"init.snap.items.{meta['snapshot_id']}.*")
+    assert [s for s, _, _ in chunks] == [
+        f"init.snap.items.{meta['snapshot_id']}.{i}" for i in range(3)
+    ]
+    assert [h["Nats-Msg-Id"] for _, h, _ in chunks] == [
+        f"{meta['snapshot_id']}:items:{i}" for i in range(3)
+    ]
+    decoded = [msgpack.unpackb(d, raw=False) for _, _, d in chunks]
+    assert [c["chunk"] for c in decoded] == [0, 1, 2]
+    assert [len(c["data"]) for c in decoded] == [1000, 1000, 500]
+    rows = [r for c in decoded for r in c["data"]]
+    assert [r["id"] for r in rows] == list(range(1, 2501))
+    assert rows[0] == {"id": 1, "name": "n1", "price": "1.5", "ok": False}
+    ((_, _, raw_meta),) = init_messages(nats_url, "init.meta.items")
+    assert json.loads(raw_meta) == meta
+
+    again = request(nats_url, "items", b'{"chunk_size": 700}')
+    assert again["batch_count"] == 4 and again["snapshot_id"] != meta["snapshot_id"]
+
+
+def test_schema_documents_in_kv_and_on_init_and_after_alter(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    pg.execute("CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL DEFAULT 'x')")
+    pg.execute('CREATE TABLE "Odd.Name" (id bigint)')
+    services("snapshotter", pg, nats_url, table='users,"Odd.Name"').wait_healthy()
+    doc = wait_for(lambda: kv_get(nats_url, "users"), 30, "the schema in KV")
+    assert doc["schema"] == "public.users" and doc["table"] == "users"
+    assert doc["columns"] == [
+        {
+            "column_default": None,
+            "data_type": "integer",
+            "is_nullable": "NO",
+            "name": "id",
+            "position": 1,
+        },
+        {
+            "column_default": "'x'::text",
+            "data_type": "text",
+            "is_nullable": "NO",
+            "name": "email",
+            "position": 2,
+        },
+    ]
+    assert isinstance(doc["timestamp"], int)
+    assert wait_for(lambda: kv_get(nats_url, "Odd=2EName"), 30, "the odd table's schema")
+    ((_, _, published),) = init_messages(nats_url, "init.schema.users")
+    assert json.loads(published)["columns"] == doc["columns"]
+
+    pg.execute("ALTER TABLE users ADD COLUMN age int")
+    pg.execute("INSERT INTO users (id) VALUES (1)")
+    changed_at = time.monotonic()
+    wait_for(lambda: len(kv_get(nats_url, "users")["columns"]) == 3, 10, "the new schema")  # type: ignore[index]
+    assert time.monotonic() - changed_at < 5
+    assert len(init_messages(nats_url, "init.schema.users")) == 2
+
+
+def test_bad_requests_get_clear_errors_and_change_nothing(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    pg.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    services("snapshotter", pg, nats_url, table="t").wait_healthy()
+    cases = {
+        ("nope", b""): "table 'nope' is not configured here (configured: public.t)",
+        ("t", b"{not json"): "the request body is not JSON",
+        ("t", b"[1]"): "must be a JSON object",
+        ("t", b'{"chunk_size": 0}'): "chunk_size must be an integer from 1 to 10000",
+        ("t", b'{"chunk_size": 20000}'): "chunk_size must be an integer from 1 to 10000",
+        ("t", b'{"chunk": 5}'): "unknown options ['chunk']",
+    }
+    for (table, body), message in cases.items():
+        reply = request(nats_url, table, body)
+        assert message in reply.get("error", ""), (table, body, reply)
+    assert init_messages(nats_url, "init.snap.>") == []
+    assert init_messages(nats_url, "init.meta.>") == []
+
+
+def test_missing_init_stream_and_unreachable_postgres_are_reported(
+    pg: Database, nats_url: str, services: Callable[..., Service], pg_server: Any
+) -> None:
+    pg.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    services("snapshotter", pg, nats_url, table="t").wait_healthy()
+
+    async def drop_init() -> None:
+        nc = await nats.connect(nats_url)
+        await nc.jetstream().delete_stream("INIT")
+        await nc.close()
+
+    asyncio.run(drop_init())
+    assert "stream INIT does not exist" in request(nats_url, "t")["error"]
+
+    asyncio.run(_recreate_streams(nats_url))
+    cut_off = services(
+        "snapshotter",
+        pg,
+        nats_url,
+        table="t",
+        snapshot_prefix="cutoff.snapshot",
+        database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/gone",
+    )
+    wait_for(lambda: cut_off.health() == 503, 30, "the snapshotter to answer", cut_off)
+    reply = request(nats_url, "t", prefix="cutoff.snapshot")
+    assert reply["reason"] == "postgres_unavailable" and "PostgreSQL" in reply["error"]
+    assert init_messages(nats_url, "init.meta.>") == []
+
+
+async def _recreate_streams(url: str) -> None:
+    from shared.provisioning import provision
+    from shared.settings import BridgeSettings
+
+    nc = await nats.connect(url)
+    try:
+        await provision(nc.jetstream(), BridgeSettings(nats_url=url))
+    finally:
+        await nc.close()
+
+
+def test_snapshot_then_cdc_from_its_lsn_equals_the_table(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    pg.execute("CREATE TABLE accounts (id int PRIMARY KEY, balance int, note text)")
+    pg.execute("INSERT INTO accounts SELECT g, 100, 'start' FROM generate_series(1, 5000) g")
+    replicator = services("replicator", pg, nats_url, table="accounts").wait_healthy()
+    services("snapshotter", pg, nats_url, table="accounts").wait_healthy()
+    stop = threading.Event()
+    transactions = 0
+
+    def write() -> None:
+        nonlocal transactions
+        rng = random.Random(7)
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            next_id = 5001
+            while not stop.is_set():
+                with conn.transaction():
+                    roll = rng.random()
+                    if roll < 0.4:
+                        conn.execute("INSERT INTO accounts VALUES (%s, 1, 'new')", (next_id,))
+                        next_id += 1
+                    elif roll < 0.8:
+                        conn.execute(
+                            "UPDATE accounts SET balance = balance + 1, note = 'upd' WHERE id = %s",
+                            (rng.randint(1, next_id),),
+                        )
+                    elif roll < 0.95:
+                        conn.execute(
+                            "DELETE FROM accounts WHERE id = %s", (rng.randint(1, next_id),)
+                        )
+                    else:
+                        conn.execute(
+                            "UPDATE accounts SET id = %s WHERE id = %s",
+                            (next_id, rng.randint(1, next_id - 1)),
+                        )
+                        next_id += 1
+                transactions += 1
+                time.sleep(0.002)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    time.sleep(1.0)
+    result: dict[str, Any] = {}
+    consumer = threading.Thread(
+        target=lambda: result.update(rows=asyncio.run(bootstrap(nats_url, "accounts", ["id"], 6))),
+        daemon=True,
+    )
+    consumer.start()
+    time.sleep(3.0)
+    stop.set()
+    writer.join(10)
+    wait_for(lambda: slot_lag(pg) == 0, 30, "the replicator to catch up", replicator)
+    consumer.join(60)
+    rate = transactions / 4.0
+    assert rate > 100, f"only {rate:.0f} transactions/s: the test would prove little"
+    expected = {
+        (r[0],): {"id": r[0], "balance": r[1], "note": r[2]}
+        for r in pg.execute("SELECT id, balance, note FROM accounts")
+    }
+    rows = result["rows"]
+    assert len(rows) == len(expected)
+    assert rows == expected
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_200k_row_snapshot_in_bounded_memory(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    pg.execute("CREATE TABLE big (id int PRIMARY KEY, pad text, n float8)")
+    pg.execute(
+        "INSERT INTO big SELECT g, repeat('p', 100), g / 3.0 FROM generate_series(1, 200000) g"
+    )
+    snapshotter = services("snapshotter", pg, nats_url, table="big").wait_healthy()
+    started = time.monotonic()
+    meta = request(nats_url, "big")
+    elapsed = time.monotonic() - started
+    assert meta["row_count"] == 200_000 and meta["batch_count"] == 200
+    peak = _peak_rss_mb(snapshotter.pid)
+    print(f"200k-row snapshot: {200_000 / elapsed:,.0f} rows/s, peak RSS {peak:.0f} MB")
+    assert peak < 200
+
+
+def test_kill_9_mid_snapshot_leaves_no_slot_and_no_meta(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    pg.execute("CREATE TABLE big (id int PRIMARY KEY, pad text)")
+    pg.execute("INSERT INTO big SELECT g, repeat('p', 100) FROM generate_series(1, 200000) g")
+    snapshotter = services("snapshotter", pg, nats_url, table="big").wait_healthy()
+    asking = threading.Thread(
+        target=lambda: _ignore(lambda: request(nats_url, "big", b'{"chunk_size": 20}', timeout=60)),
+        daemon=True,
+    )
+    asking.start()
+    wait_for(
+        lambda: (
+            pg.execute(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'bridge_snap_%'"
+            )[0][0]
+            == 1
+        ),
+        30,
+        "the temporary slot",
+        snapshotter,
+    )
+    wait_for(
+        lambda: len(init_messages(nats_url, "init.snap.big.>")) > 5, 30, "some chunks", snapshotter
+    )
+    snapshotter.kill()
+    wait_for(
+        lambda: (
+            pg.execute(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'bridge_snap_%'"
+            )[0][0]
+            == 0
+        ),
+        15,
+        "the temporary slot to go",
+    )
+    assert init_messages(nats_url, "init.meta.big") == []
+
+
+def _ignore(call: Callable[[], Any]) -> None:
+    try:
+        call()
+    except Exception:
+        pass
+
+
+def test_two_snapshotters_share_requests(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    pg.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    pg.execute("INSERT INTO t VALUES (1)")
+    first = services("snapshotter", pg, nats_url, table="t").wait_healthy()
+    second = services("snapshotter", pg, nats_url, table="t").wait_healthy()
+    for _ in range(16):
+        assert request(nats_url, "t")["row_count"] == 1
+
+    def served(service: Service) -> float:
+        for line in service.metrics().splitlines():
+            if line.startswith("bridge_snapshot_duration_seconds_count"):
+                return float(line.split()[1])
+        return 0.0
+
+    assert served(first) + served(second) == 16
+    assert served(first) > 0 and served(second) > 0
+
+
+def test_concurrent_requests_for_one_table_join(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    pg.execute("CREATE TABLE big (id int PRIMARY KEY, pad text)")
+    pg.execute("INSERT INTO big SELECT g, repeat('p', 100) FROM generate_series(1, 100000) g")
+    services("snapshotter", pg, nats_url, table="big").wait_healthy()
+    replies: list[dict[str, Any]] = []
+    threads = [
+        threading.Thread(target=lambda: replies.append(request(nats_url, "big"))) for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.3)
+    for thread in threads:
+        thread.join(120)
+    assert len(replies) == 2
+    assert replies[0]["snapshot_id"] == replies[1]["snapshot_id"]
+    assert sorted(r.get("joined", False) for r in replies) == [False, True]
+    assert len(init_messages(nats_url, "init.meta.big")) == 1
+
+
+def test_snapshot_at_start(pg: Database, nats_url: str, services: Callable[..., Service]) -> None:
+    pg.execute("CREATE TABLE a (id int PRIMARY KEY)")
+    pg.execute("INSERT INTO a VALUES (1), (2)")
+    services("snapshotter", pg, nats_url, table="a", snapshot_on_start="true").wait_healthy()
+    wait_for(lambda: len(init_messages(nats_url, "init.meta.a")) == 1, 30, "the start-up snapshot")
+    assert json.loads(init_messages(nats_url, "init.meta.a")[0][2])["row_count"] == 2
+    assert stream_count(nats_url, "INIT") >= 2
