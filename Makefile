@@ -36,4 +36,5 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 bench: install
-	$(BIN)/python -m bench.replicator_drain $(BENCH_ARGS)
+	$(BIN)/python -m bench.replicator_drain
+	$(BIN)/python -m bench.snapshot_vs_copy

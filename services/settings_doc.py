@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic_settings import BaseSettings
 
 from services.replicator.settings import ReplicatorSettings
+from services.snapshotter.settings import SnapshotterSettings
 from shared.settings import BridgeSettings
 
 START, END = "<!-- settings:start -->", "<!-- settings:end -->"
@@ -19,6 +20,7 @@ START, END = "<!-- settings:start -->", "<!-- settings:end -->"
 MODELS: list[tuple[str, type[BaseSettings]]] = [
     ("Every service", BridgeSettings),
     ("`bridge replicator`", ReplicatorSettings),
+    ("`bridge snapshotter`", SnapshotterSettings),
 ]
 
 
@@ -36,8 +38,9 @@ def _default(model: type[BaseSettings], name: str) -> str:
 
 def render() -> str:
     out: list[str] = []
-    shown: dict[str, str] = {}
+    base = {name: _default(BridgeSettings, name) for name in BridgeSettings.model_fields}
     for heading, model in MODELS:
+        shown = dict(base) if model is not BridgeSettings else {}
         lines = [
             f"{heading}:",
             "",

@@ -1,0 +1,115 @@
+"""Benchmark: a snapshot through the snapshotter beside a plain `COPY … TO STDOUT`.
+
+Same table, same run. The COPY is the ceiling of reading the rows; the snapshot also decodes
+every value, encodes MessagePack chunks and waits for JetStream's PubAck of each.
+
+    python -m bench.snapshot_vs_copy [--rows 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import nats
+import psycopg
+
+from tests.harness.nats import NatsServer
+from tests.harness.postgres import PostgresServer
+from tests.harness.processes import free_port
+
+
+def copy_rate(url: str, rows: int) -> float:
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        started = time.monotonic()
+        with cur.copy("COPY bench TO STDOUT") as copy:
+            for _ in copy:
+                pass
+        return rows / (time.monotonic() - started)
+
+
+async def snapshot(url: str) -> tuple[dict[str, object], float]:
+    nc = await nats.connect(url)
+    try:
+        started = time.monotonic()
+        reply = await nc.request("bridge.snapshot.bench", b"", timeout=600)
+        return json.loads(reply.data), time.monotonic() - started
+    finally:
+        await nc.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=200_000)
+    args = parser.parse_args()
+    pg, ns = PostgresServer.create(), NatsServer.create()
+    proc = None
+    try:
+        url = pg.url()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE bench (id int PRIMARY KEY, name text, amount numeric, ok bool,"
+                " at timestamptz)"
+            )
+            conn.execute(
+                "INSERT INTO bench SELECT g, 'name ' || g, g * 1.25, g %% 2 = 0, now()"
+                " FROM generate_series(1, %s) g",
+                (args.rows,),
+            )
+            conn.execute("VACUUM ANALYZE bench")
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+        env.update(
+            BRIDGE_DATABASE_URL=url,
+            BRIDGE_NATS_URL=ns.url,
+            BRIDGE_TABLE="bench",
+            BRIDGE_PORT=str(port),
+            BRIDGE_LOG_LEVEL="WARNING",
+        )
+        bridge = str(Path(sys.executable).parent / "bridge")
+        proc = subprocess.Popen(
+            [bridge, "snapshotter"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("snapshotter did not become healthy")
+            time.sleep(0.1)
+        ceiling = copy_rate(url, args.rows)
+        meta, seconds = asyncio.run(snapshot(ns.url))
+        rate = args.rows / seconds
+        peak_kb = next(
+            int(line.split()[1])
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+            if line.startswith("VmHWM:")
+        )
+        print(f"snapshot table: {args.rows:,} rows, {meta['batch_count']} chunks")
+        print(f"COPY … TO STDOUT (ceiling): {ceiling:>10,.0f} rows/s")
+        print(
+            f"snapshot → JetStream INIT:  {rate:>10,.0f} rows/s  ({seconds:.2f} s; "
+            f"peak RSS {peak_kb / 1024:.0f} MB)"
+        )
+        print(f"ratio snapshot / COPY: {rate / ceiling:.2f}")
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+        pg.destroy()
+        ns.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
