@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-unit test-e2e lint format clean bench
+.PHONY: install install-browser test test-unit test-e2e lint format clean bench
 
 install: $(STAMP)
 
@@ -15,7 +15,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: install
+# The status-page test renders the admin page in Debian's Chromium (installed here, as root,
+# when missing; the test itself installs nothing).
+install-browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; \
+	  else echo "chromium missing: install Debian's chromium package for the status-page test" >&2; fi; }
+
+test: install install-browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: install

@@ -54,6 +54,15 @@ def _snapshotter(args: Sequence[str]) -> int:
     return run(settings)
 
 
+def _admin(args: Sequence[str]) -> int:
+    from services.admin.app import run
+    from services.admin.settings import AdminSettings
+
+    settings = load_settings(AdminSettings, args)
+    logging.getLogger().setLevel(settings.log_level.upper())
+    return run(settings)
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "replicator": (
         _replicator,
@@ -62,6 +71,10 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "snapshotter": (
         _snapshotter,
         "publish table schemas and answer snapshot requests on the INIT stream",
+    ),
+    "admin": (
+        _admin,
+        "serve the admin HTTP API: health, status, metrics, stream management, shutdown",
     ),
     "provision": (
         _provision,

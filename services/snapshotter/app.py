@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -42,6 +43,7 @@ class Snapshotter:
         self.watcher = SchemaWatcher(self.tables, settings.kv_bucket)
         self.tasks: list[asyncio.Task[None]] = []
         self.db_ok = False
+        self.on_shutdown_request: Callable[[], None] = lambda: None
 
     @property
     def database_url(self) -> str:
@@ -61,9 +63,17 @@ class Snapshotter:
         self.nc = await connect(self.settings.nats_url, "bridge-snapshotter", reconnect=True)
         self.js = self.nc.jetstream()
         await provision(self.js, self.settings)
+        await self.nc.subscribe(
+            f"{self.settings.control_prefix}.snapshotter.shutdown", cb=self._shutdown_requested
+        )
         self.tasks.append(asyncio.create_task(self._watch_schemas()))
         if self.settings.snapshot_on_start:
             self.tasks.append(asyncio.create_task(self._snapshot_missing()))
+
+    async def _shutdown_requested(self, msg: Any) -> None:
+        log.info("shutdown requested on %s", msg.subject)
+        await msg.respond(to_json({"status": "shutting down"}))
+        self.on_shutdown_request()
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -201,6 +211,7 @@ def build_app(settings: SnapshotterSettings) -> tuple[FastStream, Snapshotter]:
         return await service.handle_request(table, msg.body)
 
     server_holder: dict[str, Any] = {}
+    service.on_shutdown_request = app.exit
 
     @app.on_startup
     async def startup() -> None:

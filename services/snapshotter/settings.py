@@ -32,3 +32,6 @@ class SnapshotterSettings(BridgeSettings):
     max_concurrent_snapshots: int = Field(
         4, ge=1, le=64, description="Snapshots one snapshotter runs at once"
     )
+    control_prefix: str = Field(
+        "bridge.control", description="NATS subject prefix of control requests (shutdown)"
+    )

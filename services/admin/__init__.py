@@ -1,0 +1,1 @@
+"""The admin service: one HTTP front for health, status, metrics and stream management."""
