@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings
 
+from services.admin.settings import AdminSettings
 from services.replicator.settings import ReplicatorSettings
 from services.snapshotter.settings import SnapshotterSettings
 from shared.settings import BridgeSettings
@@ -21,6 +22,7 @@ MODELS: list[tuple[str, type[BaseSettings]]] = [
     ("Every service", BridgeSettings),
     ("`bridge replicator`", ReplicatorSettings),
     ("`bridge snapshotter`", SnapshotterSettings),
+    ("`bridge admin`", AdminSettings),
 ]
 
 
