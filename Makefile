@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-browser test test-unit test-e2e lint format clean bench
+.PHONY: install install-browser test test-unit test-e2e lint format clean bench run
 
 install: $(STAMP)
 
@@ -46,3 +46,8 @@ clean:
 bench: install
 	$(BIN)/python -m bench.replicator_drain
 	$(BIN)/python -m bench.snapshot_vs_copy
+
+# Everything in one command: embedded PostgreSQL and nats-server (data in .bridge/), the three
+# services supervised, the admin on :8080. Ctrl-C stops it all.
+run: install
+	$(BIN)/bridge dev $(RUN_ARGS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -63,6 +64,30 @@ def _admin(args: Sequence[str]) -> int:
     return run(settings)
 
 
+def _dev_or_run(embedded: bool) -> Callable[[Sequence[str]], int]:
+    def command(args: Sequence[str]) -> int:
+        from services.dev.runner import run
+        from services.dev.settings import DevSettings
+
+        settings = load_settings(DevSettings, args)
+        configured = "BRIDGE_DATABASE_URL" in os.environ or any(
+            a.startswith("--database-url") for a in args
+        )
+        return run(settings, embedded=embedded and not configured)
+
+    return command
+
+
+def _tool(name: str) -> Callable[[Sequence[str]], int]:
+    def command(args: Sequence[str]) -> int:
+        from services import tools
+
+        result: int = getattr(tools, name)(args)
+        return result
+
+    return command
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "replicator": (
         _replicator,
@@ -76,6 +101,15 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
         _admin,
         "serve the admin HTTP API: health, status, metrics, stream management, shutdown",
     ),
+    "dev": (
+        _dev_or_run(embedded=True),
+        "everything in one command, with embedded PostgreSQL and nats-server unless "
+        "BRIDGE_DATABASE_URL is set",
+    ),
+    "run": (_dev_or_run(embedded=False), "the three services against the configured servers"),
+    "tail": (_tool("tail"), "print CDC events as they arrive: bridge tail [table] [--from-start]"),
+    "snapshot": (_tool("snapshot"), "trigger a snapshot with progress: bridge snapshot TABLE"),
+    "status": (_tool("status"), "the admin's status as a table: bridge status [--admin-url URL]"),
     "provision": (
         _provision,
         "create the CDC and INIT streams and the schemas KV bucket where missing",
@@ -100,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else 2
     command = parser.parse_args(argv[:1]).command
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     run, _ = COMMANDS[command]
     try:
         return run(argv[1:])

@@ -1,0 +1,183 @@
+"""The `bridge` commands for people: `tail`, `snapshot`, `status`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+from nats.js.api import DeliverPolicy
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
+from shared import subjects
+from shared.nats_connection import connect
+from shared.settings import BridgeSettings, load_settings
+from shared.tables import TableName
+from shared.wire import unpack
+
+console = Console(highlight=False)
+COLORS = {"insert": "green", "update": "yellow", "delete": "red", "truncate": "magenta"}
+
+
+def _split(
+    args: Sequence[str], parser: argparse.ArgumentParser, own_flags: set[str]
+) -> tuple[argparse.Namespace, BridgeSettings]:
+    """The command's own arguments, then the shared settings from the rest. Every settings
+    flag takes a value (`--nats-url URL` or `--nats-url=URL`), so values are never mistaken
+    for the command's positional table."""
+    own: list[str] = []
+    rest: list[str] = []
+    items = list(args)
+    i = 0
+    while i < len(items):
+        arg = items[i]
+        if arg.startswith("--") and arg.split("=", 1)[0] not in own_flags:
+            rest.append(arg)
+            if "=" not in arg and i + 1 < len(items):
+                rest.append(items[i + 1])
+                i += 1
+        else:
+            own.append(arg)
+        i += 1
+    return parser.parse_args(own), load_settings(BridgeSettings, rest)
+
+
+def _token(table: str) -> str:
+    name = TableName.parse(table)
+    return subjects.table_token(name.schema, name.name)
+
+
+def format_event(event: dict[str, Any]) -> str:
+    if "operation" not in event:  # a logical decoding message
+        return f"[cyan]message[/] {event.get('prefix')}: {event.get('content')!r}"
+    op = event["operation"]
+    when = event.get("commit_time", "")[11:23]
+    head = (
+        f"[dim]{when} {event.get('commit_lsn', '')}[/] [{COLORS.get(op, 'white')}]{op:<8}[/] "
+        f"[bold]{event['schema']}.{event['table']}[/]"
+    )
+    parts = []
+    if event.get("old"):
+        parts.append(f"old={event['old']}")
+    if event.get("data") is not None:
+        parts.append(f"data={event['data']}")
+    if event.get("unchanged"):
+        parts.append(f"unchanged={event['unchanged']}")
+    return head + " " + " ".join(parts)
+
+
+def tail(args: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bridge tail")
+    parser.add_argument("table", nargs="?")
+    parser.add_argument("--from-start", action="store_true")
+    parser.add_argument("--count", type=int, default=0, help="stop after this many events")
+    own, settings = _split(args, parser, {"--from-start", "--count"})
+    subject = f"cdc.{_token(own.table)}.*" if own.table else "cdc.>"
+
+    async def run() -> int:
+        nc = await connect(settings.nats_url, "bridge-tail", reconnect=True)
+        try:
+            js = nc.jetstream()
+            policy = DeliverPolicy.ALL if own.from_start else DeliverPolicy.NEW
+            sub = await js.subscribe(
+                subject, stream=settings.cdc_stream, ordered_consumer=True, deliver_policy=policy
+            )
+            console.print(
+                f"[dim]following {subject} on {settings.cdc_stream} "
+                f"({'from the start' if own.from_start else 'from now'}); Ctrl-C stops[/]"
+            )
+            seen = 0
+            async for msg in sub.messages:
+                console.print(format_event(unpack(msg.data)), soft_wrap=True)
+                seen += 1
+                if own.count and seen >= own.count:
+                    break
+            return 0
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        return 0
+
+
+def snapshot(args: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bridge snapshot")
+    parser.add_argument("table")
+    parser.add_argument("--chunk-size", type=int)
+    parser.add_argument("--prefix", default="bridge.snapshot")
+    own, settings = _split(args, parser, {"--chunk-size", "--prefix"})
+    token = _token(own.table)
+    body = json.dumps({"chunk_size": own.chunk_size}).encode() if own.chunk_size else b""
+
+    async def run() -> int:
+        nc = await connect(settings.nats_url, "bridge-snapshot")
+        try:
+            counts = {"chunks": 0}
+            with Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), console=console
+            ) as bar:
+                task = bar.add_task(f"snapshot of {own.table}: waiting", total=None)
+
+                async def on_chunk(msg: Any) -> None:
+                    counts["chunks"] += 1
+                    bar.update(
+                        task, description=f"snapshot of {own.table}: {counts['chunks']} chunks"
+                    )
+
+                sub = await nc.subscribe(f"init.snap.{token}.*.*", cb=on_chunk)
+                reply = json.loads(
+                    (await nc.request(f"{own.prefix}.{token}", body, timeout=3600)).data
+                )
+                await sub.unsubscribe()
+            if "error" in reply:
+                console.print(f"[red]snapshot failed:[/] {reply['error']}")
+                return 1
+            table = Table(title=f"snapshot of {own.table}")
+            for key in ("snapshot_id", "lsn", "row_count", "batch_count", "timestamp"):
+                table.add_row(key, str(reply.get(key)))
+            console.print(table)
+            return 0
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def status(args: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bridge status")
+    parser.add_argument("--admin-url", default="http://localhost:8080")
+    own = parser.parse_args(list(args))
+    try:
+        body = httpx.get(f"{own.admin_url.rstrip('/')}/status", timeout=10).json()
+        health = httpx.get(f"{own.admin_url.rstrip('/')}/health", timeout=10).json()
+    except httpx.HTTPError as exc:
+        console.print(f"[red]the admin API at {own.admin_url} does not answer:[/] {exc}")
+        return 1
+    table = Table(title=f"pg-nats-bridge — {health.get('status')}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for name, detail in health.get("checks", {}).items():
+        table.add_row(name, detail)
+    for key in (
+        "status",
+        "cdc_events_published",
+        "wal_messages_received",
+        "current_lsn",
+        "wal_lag_mb",
+        "slot_active",
+        "reconnect_count",
+        "uptime_seconds",
+    ):
+        table.add_row(key, str(body.get(key)))
+    for name, stream in body.get("streams", {}).items():
+        if isinstance(stream, dict):
+            table.add_row(f"stream {name}", str(stream.get("messages", stream.get("error"))))
+    console.print(table)
+    return 0
