@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic_settings import BaseSettings
 
 from services.admin.settings import AdminSettings
+from services.dev.settings import DevSettings
 from services.replicator.settings import ReplicatorSettings
 from services.snapshotter.settings import SnapshotterSettings
 from shared.settings import BridgeSettings
@@ -23,6 +24,7 @@ MODELS: list[tuple[str, type[BaseSettings]]] = [
     ("`bridge replicator`", ReplicatorSettings),
     ("`bridge snapshotter`", SnapshotterSettings),
     ("`bridge admin`", AdminSettings),
+    ("`bridge dev` / `bridge run`", DevSettings),
 ]
 
 
