@@ -22,7 +22,7 @@ import psycopg
 
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer
-from tests.harness.processes import free_port
+from tests.harness.processes import free_port, peak_rss_mb
 
 
 def load(url: str, rows: int, per_tx: int) -> None:
@@ -135,11 +135,7 @@ def main() -> int:
                     raise SystemExit(f"replicator stalled at {count} messages")
                 time.sleep(0.05)
             done = time.monotonic()
-            peak_kb = next(
-                int(line.split()[1])
-                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
-                if line.startswith("VmHWM:")
-            )
+            peak_mb = peak_rss_mb(proc.pid)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -148,7 +144,7 @@ def main() -> int:
         print(f"pg_recvlogical (ceiling): {recv_rate:>10,.0f} rows/s  ({recv_seconds:.2f} s)")
         print(
             f"replicator → JetStream:   {bridge_rate:>10,.0f} rows/s  ({done - first:.2f} s from "
-            f"first message; {first - launched:.2f} s start-up; peak RSS {peak_kb / 1024:.0f} MB)"
+            f"first message; {first - launched:.2f} s start-up; peak RSS {peak_mb:.0f} MB)"
         )
         print(f"ratio replicator / pg_recvlogical: {bridge_rate / recv_rate:.2f}")
     finally:

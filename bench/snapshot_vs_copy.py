@@ -23,7 +23,7 @@ import psycopg
 
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer
-from tests.harness.processes import free_port
+from tests.harness.processes import free_port, peak_rss_mb
 
 
 def copy_rate(url: str, rows: int) -> float:
@@ -90,16 +90,12 @@ def main() -> int:
         ceiling = copy_rate(url, args.rows)
         meta, seconds = asyncio.run(snapshot(ns.url))
         rate = args.rows / seconds
-        peak_kb = next(
-            int(line.split()[1])
-            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
-            if line.startswith("VmHWM:")
-        )
+        peak_mb = peak_rss_mb(proc.pid)
         print(f"snapshot table: {args.rows:,} rows, {meta['batch_count']} chunks")
         print(f"COPY … TO STDOUT (ceiling): {ceiling:>10,.0f} rows/s")
         print(
             f"snapshot → JetStream INIT:  {rate:>10,.0f} rows/s  ({seconds:.2f} s; "
-            f"peak RSS {peak_kb / 1024:.0f} MB)"
+            f"peak RSS {peak_mb:.0f} MB)"
         )
         print(f"ratio snapshot / COPY: {rate / ceiling:.2f}")
     finally:

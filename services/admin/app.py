@@ -320,50 +320,32 @@ def create_app(settings: AdminSettings) -> FastAPI:
         log.info("created stream %s subjects=%s", stream, parsed)
         return _jsonable(info.as_dict())
 
+    destructive: dict[int | str, dict[str, Any]] = {
+        401: {},
+        403: {},
+        404: {},
+        409: {"description": "A bridge stream without force=true"},
+    }
+
     @app.post(
-        "/streams/delete",
-        dependencies=[auth],
-        summary="Delete a stream",
-        responses={
-            401: {},
-            403: {},
-            404: {},
-            409: {"description": "A bridge stream without force=true"},
-        },
+        "/streams/delete", dependencies=[auth], summary="Delete a stream", responses=destructive
     )
     async def stream_delete(
         stream: Annotated[str, Query(pattern=STREAM_NAME)], force: bool = False
     ) -> dict[str, Any]:
-        state.requests.labels("streams_delete").inc()
-        _guard(state, stream, force, "delete")
-        try:
-            await state.js().delete_stream(stream)
-        except NotFoundError:
-            raise Error(404, f"stream {stream} does not exist") from None
-        log.warning("deleted stream %s", stream)
+        await _destroy(state, stream, force, "delete")
         return {"deleted": stream}
 
     @app.post(
         "/streams/purge",
         dependencies=[auth],
         summary="Remove every message of a stream",
-        responses={
-            401: {},
-            403: {},
-            404: {},
-            409: {"description": "A bridge stream without force=true"},
-        },
+        responses=destructive,
     )
     async def stream_purge(
         stream: Annotated[str, Query(pattern=STREAM_NAME)], force: bool = False
     ) -> dict[str, Any]:
-        state.requests.labels("streams_purge").inc()
-        _guard(state, stream, force, "purge")
-        try:
-            await state.js().purge_stream(stream)
-        except NotFoundError:
-            raise Error(404, f"stream {stream} does not exist") from None
-        log.warning("purged stream %s", stream)
+        await _destroy(state, stream, force, "purge")
         return {"purged": stream}
 
     @app.post(
@@ -391,13 +373,21 @@ def create_app(settings: AdminSettings) -> FastAPI:
     return app
 
 
-def _guard(state: AdminState, stream: str, force: bool, what: str) -> None:
+async def _destroy(state: AdminState, stream: str, force: bool, action: str) -> None:
+    """Delete or purge: the bridge's own streams only with `force`; 404 when missing."""
+    state.requests.labels(f"streams_{action}").inc()
     if stream in state.own_streams and not force:
         raise Error(
             409,
-            f"{stream} is one of the bridge's own streams; {what} it with force=true "
+            f"{stream} is one of the bridge's own streams; {action} it with force=true "
             "if you mean it (consumers lose their data)",
         )
+    js = state.js()
+    try:
+        await (js.delete_stream(stream) if action == "delete" else js.purge_stream(stream))
+    except NotFoundError:
+        raise Error(404, f"stream {stream} does not exist") from None
+    log.warning("%s stream %s", "deleted" if action == "delete" else "purged", stream)
 
 
 def _describe(resp: httpx.Response | None) -> str:

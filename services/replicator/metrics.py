@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-REGISTRY = CollectorRegistry()
-STARTED = time.time()
+from shared.metrics import uptime_gauge
 
-uptime = Gauge("bridge_uptime_seconds", "Seconds since the replicator started", registry=REGISTRY)
-uptime.set_function(lambda: time.time() - STARTED)
+REGISTRY = CollectorRegistry()
+
+uptime = uptime_gauge(REGISTRY, "replicator")
 wal_messages = Counter(
     "bridge_wal_messages_received", "XLogData messages received from PostgreSQL", registry=REGISTRY
 )

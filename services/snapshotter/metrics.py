@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-REGISTRY = CollectorRegistry()
-STARTED = time.time()
+from shared.metrics import uptime_gauge
 
-uptime = Gauge("bridge_uptime_seconds", "Seconds since the snapshotter started", registry=REGISTRY)
-uptime.set_function(lambda: time.time() - STARTED)
+REGISTRY = CollectorRegistry()
+
+uptime = uptime_gauge(REGISTRY, "snapshotter")
 rows = Counter(
     "bridge_snapshot_rows_published", "Snapshot rows published to INIT", registry=REGISTRY
 )

@@ -15,6 +15,7 @@ import pytest
 from shared.wire import unpack
 from tests.e2e.conftest import Service, slot_lag, stream_count, stream_messages, wait_for
 from tests.harness.postgres import Database, PostgresServer
+from tests.harness.processes import peak_rss_mb
 
 
 def test_a_table_without_a_key_is_refused_before_it_is_published(
@@ -170,13 +171,6 @@ def test_metrics_and_health(pg: Database, nats_url: str, services: Callable[...,
     } <= set(fields)
 
 
-def _rss_peak_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
-
 def test_a_1m_row_transaction_streams_in_bounded_memory(
     pg: Database, nats_url: str, services: Callable[..., Service]
 ) -> None:
@@ -187,7 +181,7 @@ def test_a_1m_row_transaction_streams_in_bounded_memory(
     started = time.monotonic()
     wait_for(lambda: stream_count(nats_url) >= 1_000_000, 240, "1M messages", replicator)
     elapsed = time.monotonic() - started
-    peak_mb = _rss_peak_kb(replicator.pid) / 1024
+    peak_mb = peak_rss_mb(replicator.pid)
     print(f"1M-row transaction: {1_000_000 / elapsed:,.0f} rows/s, peak RSS {peak_mb:.0f} MB")
     assert peak_mb < 200, f"peak RSS {peak_mb:.0f} MB"
 

@@ -9,7 +9,6 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -19,7 +18,7 @@ import psycopg
 from examples.consumer import bootstrap
 from tests.e2e.conftest import Service, slot_lag, stream_count, wait_for
 from tests.harness.postgres import Database
-from tests.harness.processes import free_port
+from tests.harness.processes import free_port, peak_rss_mb
 
 
 def request(
@@ -271,13 +270,6 @@ def test_snapshot_then_cdc_from_its_lsn_equals_the_table(
     assert rows == expected
 
 
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 def test_200k_row_snapshot_in_bounded_memory(
     pg: Database, nats_url: str, services: Callable[..., Service]
 ) -> None:
@@ -290,7 +282,7 @@ def test_200k_row_snapshot_in_bounded_memory(
     meta = request(nats_url, "big")
     elapsed = time.monotonic() - started
     assert meta["row_count"] == 200_000 and meta["batch_count"] == 200
-    peak = _peak_rss_mb(snapshotter.pid)
+    peak = peak_rss_mb(snapshotter.pid)
     print(f"200k-row snapshot: {200_000 / elapsed:,.0f} rows/s, peak RSS {peak:.0f} MB")
     assert peak < 200
 

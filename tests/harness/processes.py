@@ -87,3 +87,11 @@ def tail(path: Path, lines: int = 30) -> str:
 
 def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set size (VmHWM), in MiB; read while it still runs."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/{pid}/status has no VmHWM line")
