@@ -195,12 +195,13 @@ class Publisher(pykka.ThreadingActor):
                 f"JetStream did not answer on {self.stream}: no responders (stream missing or "
                 "JetStream unavailable)"
             )
-        if b'"error"' in msg.data:
+        if b'"error"' in msg.data:  # cheap pre-check; PubAcks are parsed only when it hits
             try:
-                detail = json.loads(msg.data)["error"]
-            except (ValueError, KeyError):
+                detail = json.loads(msg.data).get("error")
+            except ValueError:
                 detail = msg.data[:200]
-            return TransientError(f"JetStream refused a message: {detail}")
+            if detail is not None:
+                return TransientError(f"JetStream refused a message: {detail}")
         return None
 
     def _advance(self) -> None:
