@@ -3,6 +3,13 @@
 An existing stream or bucket is never reconfigured: its operator may have tuned it, and a
 silent update could shorten retention under a running consumer. Differences from the
 bridge's settings are logged so the operator can decide.
+
+A file stream's `max_bytes` is a reservation against the server's JetStream storage, which a
+stock nats-server sizes from its free disk (often a few GB in a container). So byte limits
+the operator did not set never block a start: the CDC stream asks for 1 GB and settles for the
+most the server can reserve (halving down to 64 MiB, logged in one line); the INIT stream has
+no byte limit unless one is set (its age and message count bound it). A limit the operator set
+explicitly is used as is, and one that cannot be reserved is an error.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from shared.settings import BridgeSettings
 log = logging.getLogger(__name__)
 
 _INSUFFICIENT_RESOURCES = 10047  # JetStream's err_code when a stream's limits cannot be reserved
+CDC_DEFAULT_MAX_BYTES = 1_000_000_000
+_SMALLEST_FITTED_MAX_BYTES = 64 * 1024 * 1024
 
 
 class ProvisioningError(RuntimeError):
@@ -38,7 +47,7 @@ def cdc_stream_config(settings: BridgeSettings) -> StreamConfig:
         storage=StorageType.FILE,
         max_age=settings.cdc_max_age_seconds,
         max_msgs=settings.cdc_max_msgs,
-        max_bytes=settings.cdc_max_bytes,
+        max_bytes=settings.cdc_max_bytes or CDC_DEFAULT_MAX_BYTES,
         duplicate_window=settings.effective_duplicate_window_seconds,
     )
 
@@ -50,7 +59,7 @@ def init_stream_config(settings: BridgeSettings) -> StreamConfig:
         storage=StorageType.FILE,
         max_age=settings.init_max_age_seconds,
         max_msgs=settings.init_max_msgs,
-        max_bytes=settings.init_max_bytes,
+        max_bytes=settings.init_max_bytes or -1,
     )
 
 
@@ -64,27 +73,53 @@ def check_duplicate_window(config: StreamConfig) -> None:
         )
 
 
-async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> bool:
-    """Create the stream if it does not exist. True when it was created."""
+async def ensure_stream(
+    js: JetStreamContext, config: StreamConfig, *, fit_max_bytes: bool = False
+) -> bool:
+    """Create the stream if it does not exist. True when it was created. With `fit_max_bytes`
+    (a default limit, not the operator's), a `max_bytes` JetStream cannot reserve is halved
+    until it fits."""
     check_duplicate_window(config)
     assert config.name is not None
     try:
         info = await js.stream_info(config.name)
     except NotFoundError:
+        await _add_stream(js, config, fit_max_bytes)
+        return True
+    _log_differences(info, config)
+    return False
+
+
+async def _add_stream(js: JetStreamContext, config: StreamConfig, fit_max_bytes: bool) -> None:
+    wanted = config.max_bytes
+    while True:
         try:
             await js.add_stream(config)
+            break
         except APIError as exc:
-            if exc.err_code == _INSUFFICIENT_RESOURCES:
+            if exc.err_code != _INSUFFICIENT_RESOURCES:
+                raise ProvisioningError(
+                    f"stream {config.name}: JetStream refused it: {exc}"
+                ) from exc
+            smaller = (config.max_bytes or 0) // 2
+            if not fit_max_bytes or smaller < _SMALLEST_FITTED_MAX_BYTES:
                 raise ProvisioningError(
                     f"stream {config.name}: JetStream cannot reserve max_bytes={config.max_bytes} "
                     "(insufficient storage resources); lower the stream's max bytes setting or "
                     "raise max_file_store in the nats-server's jetstream block"
                 ) from exc
-            raise ProvisioningError(f"stream {config.name}: JetStream refused it: {exc}") from exc
-        log.info("created stream %s subjects=%s", config.name, config.subjects)
-        return True
-    _log_differences(info, config)
-    return False
+            config.max_bytes = smaller
+    limit = "none" if (config.max_bytes or -1) < 0 else str(config.max_bytes)
+    if config.max_bytes != wanted:
+        limit += f" (JetStream could not reserve {wanted}; set the stream's max bytes to choose)"
+    log.info(
+        "created stream %s subjects=%s max_age=%gs max_msgs=%s max_bytes=%s",
+        config.name,
+        config.subjects,
+        config.max_age or 0,
+        config.max_msgs,
+        limit,
+    )
 
 
 def _log_differences(info: StreamInfo, wanted: StreamConfig) -> None:
@@ -116,9 +151,14 @@ async def provision(js: JetStreamContext, settings: BridgeSettings) -> Provision
     """Make sure the CDC and INIT streams and the schemas bucket exist."""
     created: list[str] = []
     existing: list[str] = []
-    for config in (cdc_stream_config(settings), init_stream_config(settings)):
+    streams = (
+        (cdc_stream_config(settings), settings.cdc_max_bytes is None),
+        (init_stream_config(settings), False),
+    )
+    for config, fit in streams:
         assert config.name is not None
-        (created if await ensure_stream(js, config) else existing).append(config.name)
+        created_now = await ensure_stream(js, config, fit_max_bytes=fit)
+        (created if created_now else existing).append(config.name)
     kv_name = f"KV_{settings.kv_bucket}"
     if await ensure_kv(js, settings.kv_bucket, settings.kv_history):
         created.append(kv_name)

@@ -66,7 +66,12 @@ class BridgeSettings(BaseSettings):
         60.0, gt=0, description="CDC stream: message retention, seconds (used when creating it)"
     )
     cdc_max_msgs: int = Field(1_000_000, gt=0, description="CDC stream: most messages kept")
-    cdc_max_bytes: int = Field(1_000_000_000, gt=0, description="CDC stream: most bytes kept")
+    cdc_max_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="CDC stream: most bytes kept; default: 1 GB, or the most JetStream can "
+        "reserve below that (logged)",
+    )
     duplicate_window_seconds: float | None = Field(
         None,
         gt=0,
@@ -76,7 +81,12 @@ class BridgeSettings(BaseSettings):
         7 * 24 * 3600.0, gt=0, description="INIT stream: message retention, seconds"
     )
     init_max_msgs: int = Field(10_000_000, gt=0, description="INIT stream: most messages kept")
-    init_max_bytes: int = Field(100_000_000_000, gt=0, description="INIT stream: most bytes kept")
+    init_max_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="INIT stream: most bytes kept; default: no byte limit (age and count bound "
+        "it, and nothing is reserved)",
+    )
     kv_history: int = Field(10, ge=1, le=64, description="KV bucket: revisions kept per key")
 
     _split_table = field_validator("table", "stream", mode="before")(_split_commas)

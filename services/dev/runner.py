@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from services.dev.servers import DevServerError, EmbeddedNats, EmbeddedPostgres
+from services.dev.servers import NatsProcess, PostgresProcess, ServerError
 from services.dev.settings import DevSettings
 from shared.tables import TableName
 
@@ -58,12 +58,12 @@ def run(settings: DevSettings, embedded: bool) -> int:
     nats_url = settings.nats_url
     try:
         if embedded:
-            pg = EmbeddedPostgres(settings.data_dir, settings.pg_port)
-            nats = EmbeddedNats(settings.data_dir, settings.nats_port)
+            pg = PostgresProcess(settings.data_dir / "postgres", settings.pg_port, announce=say)
+            nats = NatsProcess(settings.data_dir / "nats", settings.nats_port)
             say(f"starting PostgreSQL (data in {pg.root}) and nats-server (data in {nats.root})")
             pg.start()
             nats.start()
-            database_url, nats_url = pg.url, nats.url
+            database_url, nats_url = pg.url(), nats.url
         tables = ensure_demo_table(database_url, settings.table) if embedded else settings.table
         if not tables:
             say("no tables configured: set --table / BRIDGE_TABLE")
@@ -139,7 +139,7 @@ def run(settings: DevSettings, embedded: bool) -> int:
                 except subprocess.TimeoutExpired:
                     child.process.kill()
         return 0
-    except DevServerError as exc:
+    except ServerError as exc:
         say(str(exc))
         return 1
     finally:

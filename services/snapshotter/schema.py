@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 
 from services.snapshotter import metrics
 from shared import subjects
-from shared.wire import to_json
+from shared.wire import pack
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,9 @@ class SchemaDocument:
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.columns, sort_keys=True).encode()).hexdigest()[:16]
 
-    def as_json(self) -> bytes:
-        return to_json(
+    def encode(self) -> bytes:
+        """The document as MessagePack, like every INIT message and KV value (DESIGN §2)."""
+        return pack(
             {
                 "columns": list(self.columns),
                 "schema": f"{self.schema}.{self.table}",
@@ -76,7 +77,7 @@ async def publish_schema(
 ) -> None:
     """KV first (the current truth), then the INIT subject. The Msg-Id carries the columns'
     fingerprint, so several snapshotters announcing the same schema store it once."""
-    payload = doc.as_json()
+    payload = doc.encode()
     kv = await js.key_value(kv_bucket)
     await kv.put(kv_key(doc.schema, doc.table), payload)
     await js.publish(

@@ -30,7 +30,7 @@ from services.replicator.connection import ReplicationConnection, quote_ident
 from shared import subjects
 from shared.codec import RowCodec, ValueMode
 from shared.lsn import Lsn
-from shared.wire import pack, to_json
+from shared.wire import pack
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ async def take_snapshot(
         "timestamp": int(time.time()),
     }
     await publish(
-        subjects.snapshot_meta_subject(schema, table, prefix), to_json(meta), f"{snapshot_id}:meta"
+        subjects.snapshot_meta_subject(schema, table, prefix), pack(meta), f"{snapshot_id}:meta"
     )
     log.info(
         "snapshot %s of %s.%s: %d rows in %d chunks at %s (%.1f s)",

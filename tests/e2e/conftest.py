@@ -108,7 +108,7 @@ def wait_for(
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[Callable[..., Service]]:
     """Factory: `services("replicator", pg, nats_url, table="t")` starts one; all are killed
-    at the end of the test."""
+    at the end of the test. A setting given as None is left at the service's default."""
     started: list[Service] = []
 
     def start(command: str, pg: Database, nats_url: str, **settings: Any) -> Service:
@@ -123,7 +123,10 @@ def services(tmp_path: Path) -> Iterator[Callable[..., Service]]:
             BRIDGE_CDC_MAX_AGE_SECONDS="900",
         )
         for key, value in settings.items():
-            env[f"BRIDGE_{key.upper()}"] = str(value)
+            if value is None:  # back to the service's own default
+                env.pop(f"BRIDGE_{key.upper()}", None)
+            else:
+                env[f"BRIDGE_{key.upper()}"] = str(value)
         service = Service(command, env, port, tmp_path / f"{command}-{len(started)}.log")
         started.append(service)
         return service.start()

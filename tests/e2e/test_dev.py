@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from services.dev.servers import SHARED_ROOT
 from tests.e2e.conftest import BRIDGE
 from tests.harness.processes import free_port
 
@@ -61,15 +63,21 @@ def start_dev(data: Path, ports: dict[str, int], log: Path) -> subprocess.Popen[
         return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def test_bridge_dev_brings_up_a_working_stack(tmp_path: Path) -> None:
-    # As root, PostgreSQL runs as another user, which must reach the data directory: pytest's
-    # own tmp_path sits below a root-only directory, so use a world-searchable one.
+def test_bridge_dev_brings_up_a_working_stack_from_a_private_directory() -> None:
+    # A data directory inside a mode-0700 directory, as in a clone under /root: as root,
+    # PostgreSQL runs as another account, which cannot reach it, so bridge dev moves the data
+    # where it can and says so.
     tmp_path = Path(tempfile.mkdtemp(prefix="bridge-dev-"))
-    tmp_path.chmod(0o755)
+    assert tmp_path.stat().st_mode & 0o777 == 0o700
+    digest = hashlib.sha256(str(tmp_path / "data" / "postgres").encode()).hexdigest()[:12]
+    moved = SHARED_ROOT / f"data-{digest}"
     try:
         _exercise(tmp_path)
+        if os.geteuid() == 0:
+            assert f"its data is in {moved}" in (tmp_path / "dev.log").read_text()
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
+        shutil.rmtree(moved, ignore_errors=True)
 
 
 def _exercise(tmp_path: Path) -> None:

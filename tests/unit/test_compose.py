@@ -1,4 +1,5 @@
-"""What can be checked of the deployment files without a Docker engine (none runs in CI)."""
+"""The deployment files' shape, checked without a Docker engine (tests/e2e/test_compose.py
+runs them for real where one answers)."""
 
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ def test_compose_parses_and_has_the_stack() -> None:
     assert "wal_level=logical" in services["postgres"]["command"]
     assert services["postgres"]["image"].startswith("postgres:18")
     assert "-js" in services["nats"]["command"]
-    assert services["admin"]["ports"] == ["8080:8080"]
+    assert services["admin"]["ports"] == ["${ADMIN_HOST_PORT:-8080}:8080"]
     for name in ("postgres", "nats"):
         assert services[name]["healthcheck"]["test"]
+    for name in ("provision", "replicator", "snapshotter", "admin"):
+        assert services[name]["env_file"][0]["path"] == ".env", f"{name} must read .env"
     for name in ("replicator", "snapshotter", "admin"):
         assert services[name]["restart"] == "unless-stopped"
         assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -57,7 +60,8 @@ def test_commands_are_real_subcommands_and_dockerfiles_exist() -> None:
             assert command[1] in COMMANDS, (name, command)
         build = service.get("build")
         if build:
-            dockerfile = ROOT / build["dockerfile"]
+            assert build.get("dockerfile", "Dockerfile") == "Dockerfile", "one image for all"
+            dockerfile = ROOT / build["context"] / "Dockerfile"
             text = dockerfile.read_text()
             assert re.search(r"^FROM python:3\.\d+-slim", text, re.M), dockerfile
             assert re.search(r"^USER (?!root)\S+", text, re.M), f"{dockerfile} runs as root"

@@ -1,5 +1,6 @@
-# The replicator service. Build from the repository root:
-#   docker build -f services/replicator/Dockerfile -t pg-nats-bridge-replicator .
+# One image for every bridge service; the command picks the service (`bridge replicator`,
+# `bridge snapshotter`, `bridge admin`, `bridge provision`). Build from the repository root:
+#   docker build -t pg-nats-bridge .
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -17,8 +18,9 @@ COPY services ./services
 RUN pip install --no-deps .
 
 USER bridge
-ENV BRIDGE_PORT=9090
-EXPOSE 9090
-HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+# Each service serves /health on BRIDGE_PORT (compose sets it per service).
+ENV BRIDGE_PORT=8080
+EXPOSE 8080 9090 9091
+HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=3 \
   CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ['BRIDGE_PORT'], timeout=2)"
-CMD ["bridge", "replicator"]
+CMD ["bridge", "run"]
