@@ -138,7 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run, _ = COMMANDS[command]
     try:
         return run(argv[1:])
-    except (ValidationError, SettingsError) as exc:
+    except ValidationError as exc:
+        # Each error without its input: a URL given as input may hold a password.
+        for error in exc.errors(include_input=False, include_url=False):
+            where = ".".join(map(str, error["loc"])) or "settings"
+            print(f"bridge {command}: invalid setting {where}: {error['msg']}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
         print(f"bridge {command}: invalid settings: {exc}", file=sys.stderr)
         return 2
     except (NatsUnavailable, ProvisioningError) as exc:

@@ -14,15 +14,34 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, NoDecode, SettingsConfigDict
 
 from shared.codec import ValueMode
+from shared.postgres import check_database_url
 
 CommaList = Annotated[list[str], NoDecode]
 
 
+def split_list(text: str) -> list[str]:
+    """Split on commas outside double quotes: `a,"b,c",d` is three names (PostgreSQL quoting,
+    so a table name may hold a comma)."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        if char == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return [part.strip() for part in parts if part.strip()]
+
+
 def _split_commas(value: Any) -> Any:
     if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
+        return split_list(value)
     if isinstance(value, list | tuple):
-        return [part.strip() for item in value for part in str(item).split(",") if part.strip()]
+        return [part for item in value for part in split_list(str(item))]
     return value
 
 
@@ -90,6 +109,12 @@ class BridgeSettings(BaseSettings):
     kv_history: int = Field(10, ge=1, le=64, description="KV bucket: revisions kept per key")
 
     _split_table = field_validator("table", "stream", mode="before")(_split_commas)
+
+    @field_validator("database_url")
+    @classmethod
+    def _usable_url(cls, value: SecretStr) -> SecretStr:
+        check_database_url(value.get_secret_value())
+        return value
 
     @field_validator("stream")
     @classmethod

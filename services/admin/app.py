@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
-import psycopg
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
@@ -29,10 +28,11 @@ from nats.js.errors import APIError, NotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from services.admin.metrics_merge import merge, values
-from services.admin.redact import redact
 from services.admin.settings import AdminSettings
+from shared import postgres
 from shared.lsn import Lsn
 from shared.nats_connection import connect
+from shared.redact import redact, secrets_in_url
 
 log = logging.getLogger("bridge.admin")
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -116,7 +116,7 @@ class AdminState:
     async def postgres_ok(self) -> str:
         """'ok', or why PostgreSQL does not answer (passwords redacted)."""
         try:
-            async with await psycopg.AsyncConnection.connect(
+            async with await postgres.connect_async(
                 self.settings.database_url.get_secret_value(),
                 connect_timeout=max(1, int(self.settings.probe_timeout_seconds)),
             ) as conn:
@@ -124,7 +124,8 @@ class AdminState:
             return "ok"
         except Exception as exc:
             text = str(exc).strip()
-            return redact(text.splitlines()[0] if text else type(exc).__name__)
+            secrets = secrets_in_url(self.settings.database_url.get_secret_value())
+            return redact(text.splitlines()[0] if text else type(exc).__name__, *secrets)
 
 
 def require_token(state: AdminState) -> Any:

@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import psycopg
@@ -259,6 +260,7 @@ class PostgresProcess:
         bindir: Path | None = None,
         settings: Mapping[str, str] | None = None,
         throwaway: bool = False,
+        password: str | None = None,
         announce: Callable[[str], None] | None = None,
     ) -> None:
         self.user = unprivileged_user()
@@ -269,6 +271,8 @@ class PostgresProcess:
         # A cluster deleted after the run (tests) skips initdb's final sync; the server itself
         # keeps its shipped durability either way.
         self.throwaway = throwaway
+        # With a password, TCP connections need it (scram-sha-256); without, they are trusted.
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
         self.version = 0
 
@@ -281,7 +285,8 @@ class PostgresProcess:
         return self.root / "server.log"
 
     def url(self, dbname: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+        auth = f":{quote(self.password, safe='')}" if self.password else ""
+        return f"postgresql://postgres{auth}@127.0.0.1:{self.port}/{dbname}"
 
     @property
     def psql(self) -> str:
@@ -291,7 +296,14 @@ class PostgresProcess:
         if (self.datadir / "PG_VERSION").exists():
             return
         argv = [str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres"]
-        argv += ["-A", "trust", "-E", "UTF8", "--locale=C"]
+        argv += ["-E", "UTF8", "--locale=C"]
+        if self.password:
+            pwfile = self.root / "initdb.pw"
+            pwfile.write_text(self.password + "\n")
+            chown_to(pwfile, self.user)
+            argv += ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+        else:
+            argv += ["-A", "trust"]
         if self.throwaway:
             argv.append("--no-sync")
         done = subprocess.run(argv, user=self.user, capture_output=True, text=True, check=False)

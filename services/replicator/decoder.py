@@ -9,7 +9,7 @@ import pykka
 
 from services.replicator import metrics
 from services.replicator.events import EventBuilder, Outgoing
-from services.replicator.failure import FailureSignal
+from services.replicator.failure import FailureSignal, reports_expected_failures
 from services.replicator.messages import Frames, Publish
 
 
@@ -25,6 +25,7 @@ class Decoder(pykka.ThreadingActor):
     def on_failure(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         self.failure.fail(exc or RuntimeError("decoder failed"))
 
+    @reports_expected_failures
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Frames) and not self.failure.failed:
             started = time.perf_counter()

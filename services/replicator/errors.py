@@ -11,7 +11,9 @@ from __future__ import annotations
 import psycopg
 
 from services.replicator.wire_reader import DecodeError
+from shared import pg_errors
 from shared.codec import CodecError
+from shared.postgres import ReplicationConnectionError
 
 
 class PermanentError(RuntimeError):
@@ -30,28 +32,14 @@ class OversizedRowError(PermanentError):
     """A row larger than NATS max_payload under `--oversized-policy stop`."""
 
 
-_PERMANENT_SERVER_TEXT = (
-    "password authentication failed",
-    "authentication failed",
-    "no pg_hba.conf entry",
-    "does not exist",  # database, role
-    "can no longer get changes from replication slot",
-    "has been invalidated",
-    "must be superuser or replication role",
-    "permission denied",
-    "logical decoding requires",
-)
-
-
 def is_permanent(exc: BaseException) -> bool:
     """The single rule for transient vs permanent."""
     if isinstance(exc, PermanentError | DecodeError | CodecError):
         return True
     if isinstance(exc, TransientError):
         return False
-    text = str(exc).lower()
-    if isinstance(exc, psycopg.Error | ConnectionError | OSError) or "replication" in text:
-        return any(marker in text for marker in _PERMANENT_SERVER_TEXT)
+    if isinstance(exc, psycopg.Error | ReplicationConnectionError):
+        return pg_errors.is_permanent(exc)
     return False
 
 

@@ -6,6 +6,7 @@ Owns what the wire contract says about an event: subject, Msg-Id, payload fields
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ from services.replicator.errors import OversizedRowError
 from services.replicator.protocol import XLogData, pg_time_to_datetime
 from shared import subjects
 from shared.codec import RowCodec, ValueMode
+from shared.codec.domains import oids_to_resolve, with_base_types
 from shared.lsn import Lsn
 from shared.wire import pack
 
@@ -22,6 +24,9 @@ MESSAGE_TOKEN = "~message"
 with `~` followed by a non-hex letter, so this never collides with a table."""
 OVERSIZED_TOKEN = "~oversized"
 """`cdc.~oversized.<table>`: the dead-letter marker of a row larger than max_payload."""
+
+TypeResolver = Callable[[list[int]], list[tuple[int, int]]]
+"""Given type OIDs that may be domains, returns (oid, base type oid) pairs (a catalog query)."""
 
 # Room for the headers and protocol framing next to the payload.
 _HEADER_ALLOWANCE = 512
@@ -63,8 +68,11 @@ class EventBuilder:
         max_payload: int,
         oversized_policy: Literal["dead-letter", "stop"] = "dead-letter",
         prefix: str = "cdc",
+        resolve_types: TypeResolver | None = None,
     ) -> None:
         self.mode = mode
+        self.resolve_types = resolve_types
+        self._base_types: dict[int, int] = {}
         self.max_payload = max_payload
         self.oversized_policy = oversized_policy
         self.prefix = prefix
@@ -108,9 +116,13 @@ class EventBuilder:
 
     def _relation(self, rel: po.Relation) -> None:
         names = [c.name for c in rel.columns]
+        oids = [c.type_oid for c in rel.columns]
+        unknown = [oid for oid in oids_to_resolve(oids) if oid not in self._base_types]
+        if unknown and self.resolve_types is not None:
+            self._base_types.update(self.resolve_types(unknown))
         self.relations[rel.oid] = _RelationInfo(
             relation=rel,
-            codec=RowCodec(names, [c.type_oid for c in rel.columns], self.mode),
+            codec=RowCodec(names, with_base_types(oids, self._base_types.items()), self.mode),
             token=subjects.table_token(rel.namespace, rel.name),
             key_columns=frozenset(c.name for c in rel.columns if c.is_key),
         )

@@ -8,7 +8,6 @@ from typing import Any
 
 import pykka
 
-from services.replicator.connection import pgoutput_options
 from services.replicator.decoder import Decoder
 from services.replicator.events import EventBuilder
 from services.replicator.failure import FailureSignal
@@ -17,6 +16,9 @@ from services.replicator.messages import Drain
 from services.replicator.publisher import AttachReader, Publisher
 from services.replicator.reader import WalReader
 from services.replicator.settings import ReplicatorSettings
+from shared import postgres
+from shared.codec.domains import BASE_TYPES_QUERY
+from shared.postgres import pgoutput_options
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,9 @@ class Pipeline:
         self.actors.append(publisher)
         max_payload = publisher.proxy().get_max_payload().get(timeout=60)  # after on_start
         self._raise_if_failed()
-        builder = EventBuilder(s.value_mode, max_payload, s.oversized_policy)
+        builder = EventBuilder(
+            s.value_mode, max_payload, s.oversized_policy, resolve_types=self._base_types
+        )
         decoder = Decoder.start(builder, publisher, self.failure)
         self.actors.append(decoder)
         options = pgoutput_options([s.publication], 1, messages=True)
@@ -61,6 +65,12 @@ class Pipeline:
         self.started_at = time.monotonic()
         time.sleep(0.05)
         self._raise_if_failed()
+
+    def _base_types(self, oids: list[int]) -> list[tuple[int, int]]:
+        """Domains' base types, asked when a Relation names a non-built-in type (rarely)."""
+        url = self.settings.database_url.get_secret_value()
+        with postgres.connect(url, autocommit=True, connect_timeout=10) as conn:
+            return [(a, b) for a, b in conn.execute(BASE_TYPES_QUERY, (oids,)).fetchall()]
 
     def _raise_if_failed(self) -> None:
         if self.failure.failed:

@@ -30,7 +30,7 @@ from nats.js.errors import NotFoundError
 
 from services.replicator import metrics
 from services.replicator.errors import PermanentError, TransientError
-from services.replicator.failure import FailureSignal
+from services.replicator.failure import FailureSignal, reports_expected_failures
 from services.replicator.flow import InFlightBudget
 from services.replicator.messages import Acked, Publish
 from shared.lsn import Lsn
@@ -136,6 +136,7 @@ class Publisher(pykka.ThreadingActor):
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.close()
 
+    @reports_expected_failures
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Publish):
             if not self.failure.failed:

@@ -19,8 +19,7 @@ from typing import Any
 import pykka
 
 from services.replicator import metrics
-from services.replicator.connection import ReplicationConnection
-from services.replicator.failure import FailureSignal
+from services.replicator.failure import FailureSignal, reports_expected_failures
 from services.replicator.flow import InFlightBudget
 from services.replicator.messages import Acked, Drain, Frames, Poll
 from services.replicator.protocol import (
@@ -30,6 +29,7 @@ from services.replicator.protocol import (
     standby_status_update,
 )
 from shared.lsn import Lsn
+from shared.postgres import ReplicationConnection
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ class WalReader(pykka.ThreadingActor):
         if self.conn is not None:
             self.conn.close()
 
+    @reports_expected_failures
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Poll):
             self._poll()

@@ -10,6 +10,8 @@ import psycopg
 from psycopg import sql
 
 from services.replicator.errors import PermanentError, TransientError, is_permanent
+from services.replicator.publication import ensure_publication
+from shared import postgres, subjects
 from shared.lsn import Lsn
 from shared.tables import TableName, TableNameError
 
@@ -38,13 +40,13 @@ def check_server(conn: psycopg.Connection) -> None:
 
 def check_tables(
     conn: psycopg.Connection, tables: list[TableName], replica_identity_full: bool
-) -> None:
+) -> frozenset[TableName]:
     """Every table must exist and be able to replicate UPDATE and DELETE. A table with no key
     is refused before it joins a publication: once published, PostgreSQL rejects UPDATE and
-    DELETE on it in the application's own transactions."""
+    DELETE on it in the application's own transactions. Returns the partitioned ones."""
     if not tables:
         raise PermanentError("no tables configured: set --table / BRIDGE_TABLE")
-    missing, keyless = [], []
+    missing, keyless, partitioned = [], [], set()
     for table in tables:
         row = conn.execute(
             "SELECT c.relreplident, c.relkind,"
@@ -59,6 +61,8 @@ def check_tables(
         identity, kind, has_pk = row
         if kind not in ("r", "p"):
             raise PermanentError(f"{table} is not a table (relkind {kind!r})")
+        if kind == "p":
+            partitioned.add(table)
         if identity == "n" or (identity == "d" and not has_pk):
             keyless.append(table)
     if missing:
@@ -73,37 +77,7 @@ def check_tables(
     for table in keyless:
         conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table.ident()))
         log.warning("set REPLICA IDENTITY FULL on %s (it has no primary key)", table)
-
-
-def ensure_publication(conn: psycopg.Connection, publication: str, tables: list[TableName]) -> None:
-    row = conn.execute(
-        "SELECT puballtables FROM pg_publication WHERE pubname = %s", (publication,)
-    ).fetchone()
-    if row is None:
-        conn.execute(
-            sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-                sql.Identifier(publication), sql.SQL(", ").join(t.ident() for t in tables)
-            )
-        )
-        log.info("created publication %s for %s", publication, ", ".join(map(str, tables)))
-        return
-    if row[0]:
-        return
-    present = {
-        TableName(s, n)
-        for s, n in conn.execute(
-            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
-            (publication,),
-        ).fetchall()
-    }
-    for table in tables:
-        if table not in present:
-            conn.execute(
-                sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                    sql.Identifier(publication), table.ident()
-                )
-            )
-            log.info("added %s to publication %s", table, publication)
+    return frozenset(partitioned)
 
 
 def ensure_slot(conn: psycopg.Connection, slot: str, create: bool) -> SlotState:
@@ -139,6 +113,46 @@ def ensure_slot(conn: psycopg.Connection, slot: str, create: bool) -> SlotState:
     return SlotState(Lsn.parse(confirmed) if confirmed else None, False)
 
 
+def follow_renames(
+    conn: psycopg.Connection, tables: list[TableName], known: dict[TableName, int]
+) -> list[TableName]:
+    """`tables` under their current names. `known` maps each configured name to the OID it had
+    at the first start of this process: a table renamed since keeps streaming (its events
+    already carry the new name) instead of stopping the next pipeline restart."""
+    current = []
+    for table in tables:
+        oid = known.get(table)
+        row = None
+        if oid is not None:
+            row = conn.execute(
+                "SELECT n.nspname, c.relname FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
+                (oid,),
+            ).fetchone()
+        if row is not None and TableName(row[0], row[1]) != table:
+            renamed = TableName(row[0], row[1])
+            log.warning(
+                "table %s was renamed to %s: its events now go to cdc.%s.*; set --table to the "
+                "new name before the replicator is next started",
+                table,
+                renamed,
+                subjects.table_token(renamed.schema, renamed.name),
+            )
+            current.append(renamed)
+        else:
+            current.append(table)
+    for original, now in zip(tables, current, strict=True):
+        if original not in known:
+            row = conn.execute(
+                "SELECT c.oid::int FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND c.relname = %s",
+                (now.schema, now.name),
+            ).fetchone()
+            if row is not None:
+                known[original] = row[0]
+    return current
+
+
 def prepare(
     database_url: str,
     tables: list[str],
@@ -146,6 +160,7 @@ def prepare(
     slot: str,
     replica_identity_full: bool,
     create_slot: bool,
+    known_oids: dict[TableName, int] | None = None,
 ) -> SlotState:
     """All start-up checks and setup, in order. Connection failures are transient."""
     try:
@@ -153,12 +168,13 @@ def prepare(
     except TableNameError as exc:
         raise PermanentError(str(exc)) from None
     try:
-        with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
+        with postgres.connect(database_url, autocommit=True, connect_timeout=10) as conn:
             check_server(conn)
-            check_tables(conn, parsed, replica_identity_full)
-            ensure_publication(conn, publication, parsed)
+            parsed = follow_renames(conn, parsed, {} if known_oids is None else known_oids)
+            partitioned = check_tables(conn, parsed, replica_identity_full)
+            ensure_publication(conn, publication, parsed, partitioned)
             return ensure_slot(conn, slot, create_slot)
-    except psycopg.OperationalError as exc:
+    except psycopg.Error as exc:
         if is_permanent(exc):
             raise PermanentError(str(exc).strip()) from exc
         raise TransientError(f"PostgreSQL unreachable: {str(exc).strip()}") from exc

@@ -20,10 +20,13 @@ from services.replicator.errors import PermanentError, TransientError, explain, 
 from services.replicator.pipeline import Pipeline
 from services.replicator.settings import ReplicatorSettings
 from services.replicator.setup import prepare
+from shared import postgres
 from shared.http_endpoint import serve
 from shared.lsn import Lsn
 from shared.nats_connection import NatsUnavailable, connect
 from shared.provisioning import ProvisioningError, provision
+from shared.redact import redact, secrets_in_url
+from shared.tables import TableName
 from shared.wire import to_json
 
 log = logging.getLogger("bridge.replicator")
@@ -51,6 +54,7 @@ class Replicator:
         self.stop_requested = threading.Event()
         self.pipeline: Pipeline | None = None
         self.running = False
+        self.table_oids: dict[TableName, int] = {}  # the configured tables at first start
 
     # -- health and telemetry -------------------------------------------------------------
 
@@ -58,20 +62,25 @@ class Replicator:
         ok = self.running and self.pipeline is not None and not self.pipeline.failure.failed
         return ok, {"connected": ok, "slot": self.settings.slot}
 
+    def _shown(self, text: str) -> str:
+        """`text` as it may be logged: no part of the database password in it."""
+        return redact(text, *secrets_in_url(self.settings.database_url.get_secret_value()))
+
     def _check_slot(self) -> None:
         url = self.settings.database_url.get_secret_value()
         try:
-            with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            with postgres.connect(url, autocommit=True, connect_timeout=5) as conn:
                 row = conn.execute(
                     "SELECT active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)"
                     " FROM pg_replication_slots WHERE slot_name = %s",
                     (self.settings.slot,),
                 ).fetchone()
         except psycopg.Error as exc:
-            log.warning("slot check failed: %s", str(exc).strip())
+            metrics.slot_active.set(0)  # unknown counts as inactive: nothing reads it from here
+            log.warning("slot check failed: %s", self._shown(str(exc).strip()))
             return
+        metrics.slot_active.set(1 if row is not None and row[0] else 0)
         if row is not None:
-            metrics.slot_active.set(1 if row[0] else 0)
             metrics.wal_lag.set(float(row[1] or 0))
 
     def _telemetry_loop(self) -> None:
@@ -147,6 +156,7 @@ class Replicator:
                     s.slot,
                     s.replica_identity_full,
                     create_slot=first,
+                    known_oids=self.table_oids,
                 )
                 asyncio.run(_provision(s))
                 first = False
@@ -169,14 +179,18 @@ class Replicator:
                 raise pipeline.failure.error
             except Exception as exc:
                 if is_permanent(exc):
-                    log.error("stopping: %s", explain(exc))
+                    log.error("stopping: %s", self._shown(explain(exc)))
                     return 2
                 delay = SLOT_BUSY_RETRY_SECONDS if _slot_busy(exc) else backoff.next()
                 if _slot_busy(exc):
                     log.info("slot %s is in use by another replicator; waiting", s.slot)
                 else:
                     metrics.reconnects.inc()
-                    log.warning("pipeline failed: %s; restarting in %.1f s", explain(exc), delay)
+                    log.warning(
+                        "pipeline failed: %s; restarting in %.1f s",
+                        self._shown(explain(exc)),
+                        delay,
+                    )
                 self.stop_requested.wait(delay)
             finally:
                 self.running = False

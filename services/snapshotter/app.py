@@ -18,13 +18,14 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from services.snapshotter import metrics
-from services.snapshotter.schema import SchemaWatcher
+from services.snapshotter.schema import MissingTableError, SchemaWatcher
 from services.snapshotter.settings import MAX_CHUNK_SIZE, SnapshotterSettings
 from services.snapshotter.snapshot import SnapshotError, SnapshotOptions, take_snapshot
-from shared import subjects
+from shared import pg_errors, postgres, subjects
 from shared.http_endpoint import serve
 from shared.nats_connection import connect
 from shared.provisioning import provision
+from shared.redact import redact, secrets_in_url
 from shared.tables import TableName
 from shared.wire import to_json
 
@@ -35,15 +36,21 @@ class Snapshotter:
     def __init__(self, settings: SnapshotterSettings) -> None:
         self.settings = settings
         self.tables = [(t.schema, t.name) for t in map(TableName.parse, settings.table)]
-        self.by_token = {subjects.table_token(s, t): (s, t) for s, t in self.tables}
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self.running: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
         self.slots = asyncio.Semaphore(settings.max_concurrent_snapshots)
-        self.watcher = SchemaWatcher(self.tables, settings.kv_bucket)
+        self.watcher = SchemaWatcher(self.tables, settings.kv_bucket, settings.publication)
         self.tasks: list[asyncio.Task[None]] = []
         self.db_ok = False
         self.on_shutdown_request: Callable[[], None] = lambda: None
+        self.exit_code = 0
+        self.secrets = secrets_in_url(self.database_url)
+
+    def by_token(self) -> dict[str, tuple[str, str]]:
+        """The configured tables by subject token, under their current names (a rename is
+        followed by the schema watcher)."""
+        return {subjects.table_token(s, t): (s, t) for s, t in self.tables}
 
     @property
     def database_url(self) -> str:
@@ -88,7 +95,7 @@ class Snapshotter:
         assert self.js is not None
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(
+                async with await postgres.connect_async(
                     self.database_url, autocommit=True, connect_timeout=5
                 ) as conn:
                     self.db_ok = True
@@ -99,8 +106,23 @@ class Snapshotter:
                 raise
             except Exception as exc:
                 self.db_ok = False
-                log.warning("schema watch: %s; retrying", str(exc).strip())
+                if isinstance(exc, MissingTableError) or (
+                    isinstance(exc, psycopg.Error) and pg_errors.is_permanent(exc)
+                ):
+                    self.stop_for(str(exc).strip())
+                    return
+                log.warning("schema watch: %s; retrying", self.shown(str(exc).strip()))
                 await asyncio.sleep(2)
+
+    def stop_for(self, reason: str) -> None:
+        """A permanent error: say what to fix, and end the service with exit code 2."""
+        log.error("stopping: %s", self.shown(reason))
+        self.exit_code = 2
+        self.on_shutdown_request()
+
+    def shown(self, text: str) -> str:
+        """`text` as it may be logged or sent: no part of the database password in it."""
+        return redact(text, *self.secrets)
 
     async def _snapshot_missing(self) -> None:
         assert self.js is not None
@@ -123,7 +145,7 @@ class Snapshotter:
         """A request on `<prefix>.<table>`: the meta as JSON, or `{"error": …}`."""
         try:
             try:
-                schema, table = self.by_token[token]
+                schema, table = self.by_token()[token]
             except KeyError:
                 configured = ", ".join(f"{s}.{t}" for s, t in self.tables)
                 raise SnapshotError(
@@ -137,14 +159,13 @@ class Snapshotter:
             return to_json(await self.snapshot(schema, table, options))
         except SnapshotError as exc:
             metrics.errors.labels(exc.reason).inc()
-            log.warning("snapshot request for %s refused: %s", token, exc)
-            return to_json({"error": str(exc), "reason": exc.reason})
+            log.warning("snapshot request for %s refused: %s", token, self.shown(str(exc)))
+            return to_json({"error": self.shown(str(exc)), "reason": exc.reason})
         except Exception as exc:
             metrics.errors.labels("internal").inc()
-            log.exception("snapshot request for %s failed", token)
-            return to_json(
-                {"error": f"snapshot failed: {type(exc).__name__}: {exc}", "reason": "internal"}
-            )
+            error = self.shown(f"snapshot failed: {type(exc).__name__}: {exc}")
+            log.error("snapshot request for %s failed: %s", token, error)
+            return to_json({"error": error, "reason": "internal"})
 
     async def snapshot(self, schema: str, table: str, options: SnapshotOptions) -> dict[str, Any]:
         assert self.js is not None and self.nc is not None
@@ -183,6 +204,7 @@ class Snapshotter:
                     publish,
                     self.nc.max_payload,
                     self.settings.value_mode,
+                    self.settings.publication,
                     on_rows=metrics.rows.inc,
                 )
             metrics.duration.observe(time.monotonic() - started)
@@ -228,6 +250,6 @@ def build_app(settings: SnapshotterSettings) -> tuple[FastStream, Snapshotter]:
 
 
 def run(settings: SnapshotterSettings) -> int:
-    app, _ = build_app(settings)
+    app, service = build_app(settings)
     asyncio.run(app.run())
-    return 0
+    return service.exit_code

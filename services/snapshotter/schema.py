@@ -1,5 +1,12 @@
 """Table schema documents (DESIGN §2, INIT): read from the catalog, published to the KV bucket
-and to `init.schema.<table>`, again whenever the catalog shows a change."""
+and to `init.schema.<table>`, again whenever the catalog shows a change.
+
+The KV entry is the current truth and the INIT message announces each new revision of it. The
+KV write is a compare-and-set on the entry's revision, and the INIT Msg-Id carries that
+revision: several snapshotters seeing one change announce it once, and a table that returns to
+an earlier shape (ADD then DROP COLUMN) is announced again, so the last `init.schema.<table>`
+always matches the table. Only the columns CDC carries are listed (services/snapshotter/columns.py).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +19,12 @@ from typing import Any
 
 import psycopg
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from services.snapshotter import metrics
+from services.snapshotter.columns import published_columns
 from shared import subjects
-from shared.wire import pack
+from shared.wire import pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +50,7 @@ class SchemaDocument:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.columns, sort_keys=True).encode()).hexdigest()[:16]
+        return _fingerprint(list(self.columns))
 
     def encode(self) -> bytes:
         """The document as MessagePack, like every INIT message and KV value (DESIGN §2)."""
@@ -56,8 +65,9 @@ class SchemaDocument:
 
 
 async def read_schema(
-    conn: psycopg.AsyncConnection[Any], schema: str, table: str
+    conn: psycopg.AsyncConnection[Any], schema: str, table: str, publication: str
 ) -> SchemaDocument:
+    published = set((await published_columns(conn, schema, table, publication)).names)
     cur = await conn.execute(_COLUMNS, (schema, table))
     columns = tuple(
         {
@@ -68,52 +78,145 @@ async def read_schema(
             "position": position,
         }
         for name, data_type, nullable, default, position in await cur.fetchall()
+        if name in published
     )
     return SchemaDocument(schema, table, columns)
 
 
+def _fingerprint(columns: Any) -> str:
+    return hashlib.sha256(json.dumps(columns, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _decoded(value: bytes | None) -> Any:
+    """A stored document, or None when there is none or it is not MessagePack (an earlier
+    version wrote JSON): then it is replaced."""
+    try:
+        return unpack(value) if value else None
+    except ValueError:
+        return None
+
+
 async def publish_schema(
-    js: JetStreamContext, kv_bucket: str, doc: SchemaDocument, prefix: str = "init"
-) -> None:
-    """KV first (the current truth), then the INIT subject. The Msg-Id carries the columns'
-    fingerprint, so several snapshotters announcing the same schema store it once."""
-    payload = doc.encode()
+    js: JetStreamContext,
+    kv_bucket: str,
+    doc: SchemaDocument,
+    prefix: str = "init",
+    announce_current: bool = False,
+) -> bool:
+    """Store `doc` in KV unless it is already there, and announce the new revision on INIT.
+    With `announce_current`, the stored revision is announced even when unchanged (at start: a
+    snapshotter may have died between the two writes). True when KV changed."""
     kv = await js.key_value(kv_bucket)
-    await kv.put(kv_key(doc.schema, doc.table), payload)
+    key = kv_key(doc.schema, doc.table)
+    payload = doc.encode()
+    while True:
+        try:
+            entry: Any = await kv.get(key)
+        except KeyNotFoundError:
+            entry = None
+        stored = _decoded(entry.value) if entry is not None else None
+        if isinstance(stored, dict) and _fingerprint(stored.get("columns")) == doc.fingerprint:
+            if not announce_current:
+                return False
+            revision, payload, changed = entry.revision, entry.value, False
+            break
+        try:
+            if entry is None:
+                revision = await kv.create(key, payload)
+            else:
+                revision = await kv.update(key, payload, last=entry.revision)
+            changed = True
+            break
+        except KeyWrongLastSequenceError:
+            continue  # another snapshotter wrote first: compare with what it wrote
+    token = subjects.table_token(doc.schema, doc.table)
     await js.publish(
         subjects.schema_subject(doc.schema, doc.table, prefix),
         payload,
-        headers={
-            "Nats-Msg-Id": f"schema:{subjects.table_token(doc.schema, doc.table)}:{doc.fingerprint}"
-        },
+        headers={"Nats-Msg-Id": f"schema:{token}:{revision}"},
     )
-    metrics.schemas.inc()
-    log.info(
-        "published schema of %s.%s (%d columns, %s)",
-        doc.schema,
-        doc.table,
-        len(doc.columns),
-        doc.fingerprint,
-    )
+    if changed:
+        metrics.schemas.inc()
+        log.info(
+            "published schema of %s.%s (%d columns, %s, revision %d)",
+            doc.schema,
+            doc.table,
+            len(doc.columns),
+            doc.fingerprint,
+            revision,
+        )
+    return changed
+
+
+class MissingTableError(RuntimeError):
+    """A configured table does not exist: the operator must fix --table."""
 
 
 class SchemaWatcher:
-    """Remembers the last published fingerprint per table; publishes what changed."""
+    """Publishes each configured table's schema when it changes, following the table by OID:
+    a renamed table keeps its schema document and snapshots under its new name, as its CDC
+    events do (their Relation message carries the new name), and the log says so once."""
 
-    def __init__(self, tables: list[tuple[str, str]], kv_bucket: str) -> None:
-        self.tables = tables
+    def __init__(self, tables: list[tuple[str, str]], kv_bucket: str, publication: str) -> None:
+        self.tables = tables  # shared with the snapshotter, which serves them by name
         self.kv_bucket = kv_bucket
+        self.publication = publication
         self.published: dict[tuple[str, str], str] = {}
+        self.oids: dict[int, int] = {}  # index in `tables` -> pg_class OID
+        self.dropped: set[int] = set()
 
     async def check(self, conn: psycopg.AsyncConnection[Any], js: JetStreamContext) -> int:
         changed = 0
-        for schema, table in self.tables:
-            doc = await read_schema(conn, schema, table)
-            if not doc.columns:
-                log.warning("table %s.%s not found in the catalog", schema, table)
+        for index in range(len(self.tables)):
+            if not await self._follow(conn, index):
                 continue
-            if self.published.get((schema, table)) != doc.fingerprint:
-                await publish_schema(js, self.kv_bucket, doc)
+            schema, table = self.tables[index]
+            doc = await read_schema(conn, schema, table, self.publication)
+            known = self.published.get((schema, table))
+            if known != doc.fingerprint:
+                if await publish_schema(js, self.kv_bucket, doc, announce_current=known is None):
+                    changed += 1
                 self.published[(schema, table)] = doc.fingerprint
-                changed += 1
         return changed
+
+    async def _follow(self, conn: psycopg.AsyncConnection[Any], index: int) -> bool:
+        """Whether the table still exists; its entry in `tables` updated after a rename."""
+        schema, table = self.tables[index]
+        oid = self.oids.get(index)
+        if oid is None:
+            cur = await conn.execute(
+                "SELECT c.oid::int FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+                (schema, table),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise MissingTableError(
+                    f"configured table {schema}.{table} does not exist; fix --table "
+                    "(BRIDGE_TABLE) and restart"
+                )
+            self.oids[index] = row[0]
+            return True
+        cur = await conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
+            (oid,),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            if index not in self.dropped:
+                self.dropped.add(index)
+                log.error("table %s.%s was dropped: no schema or snapshot for it", schema, table)
+            return False
+        if tuple(row) != (schema, table):
+            log.warning(
+                "table %s.%s was renamed to %s.%s: its schema document and snapshots now use "
+                "the new name, as its CDC events do; set --table to the new name before the "
+                "next restart",
+                schema,
+                table,
+                row[0],
+                row[1],
+            )
+            self.tables[index] = (row[0], row[1])
+        return True

@@ -26,10 +26,11 @@ import psycopg
 from psycopg import sql
 from psycopg.adapt import Loader
 
-from services.replicator.connection import ReplicationConnection, quote_ident
-from shared import subjects
+from services.snapshotter.columns import published_columns
+from shared import postgres, subjects
 from shared.codec import RowCodec, ValueMode
 from shared.lsn import Lsn
+from shared.postgres import ReplicationConnection, quote_ident
 from shared.wire import pack
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ async def take_snapshot(
     publish: PublishChunk,
     max_payload: int,
     mode: ValueMode,
+    publication: str,
     prefix: str = "init",
     on_rows: Callable[[int], None] = lambda n: None,
 ) -> dict[str, Any]:
@@ -188,14 +190,14 @@ async def take_snapshot(
         publish, schema, table, snapshot_id, options.chunk_size, max_payload, prefix, on_rows
     )
     try:
-        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        async with await postgres.connect_async(database_url) as conn:
             await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
             await conn.set_read_only(True)
             async with conn.transaction():
                 await conn.execute(
                     sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
                 )
-                names, oids, key = await _describe(conn, schema, table)
+                names, oids, key = await _describe(conn, schema, table, publication)
                 codec = RowCodec(names, oids, mode)
                 query = sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT").format(
                     sql.SQL(", ").join(sql.Identifier(n) for n in names),
@@ -247,15 +249,10 @@ async def take_snapshot(
 
 
 async def _describe(
-    conn: psycopg.AsyncConnection[Any], schema: str, table: str
+    conn: psycopg.AsyncConnection[Any], schema: str, table: str, publication: str
 ) -> tuple[list[str], list[int], list[str]]:
-    cur = await conn.execute(
-        "SELECT a.attname, a.atttypid::int FROM pg_attribute a"
-        " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped"
-        " ORDER BY a.attnum",
-        (sql.Identifier(schema, table).as_string(conn),),
-    )
-    columns = await cur.fetchall()
+    """The published columns (names, value-codec type OIDs) and the primary key."""
+    columns = await published_columns(conn, schema, table, publication)
     cur = await conn.execute(
         "SELECT a.attname FROM pg_index i"
         " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
@@ -264,7 +261,7 @@ async def _describe(
         (sql.Identifier(schema, table).as_string(conn),),
     )
     key = [name for (name,) in await cur.fetchall()]
-    return [n for n, _ in columns], [o for _, o in columns], key
+    return columns.names, columns.type_oids, key
 
 
 def _describe_row(row: dict[str, Any], key: list[str]) -> str:

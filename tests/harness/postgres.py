@@ -43,7 +43,12 @@ def find_bindir() -> Path:
 class PostgresServer(PostgresProcess):
     host = "127.0.0.1"
 
-    def __init__(self, bindir: Path | None = None, overrides: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        bindir: Path | None = None,
+        overrides: Mapping[str, str] | None = None,
+        password: str | None = None,
+    ):
         user = processes.unprivileged_user()
         super().__init__(
             make_temp_dir("bridge-pg-", user),
@@ -51,6 +56,7 @@ class PostgresServer(PostgresProcess):
             bindir=bindir or find_bindir(),
             settings={**TEST_SETTINGS, **(overrides or {})},
             throwaway=True,
+            password=password,
         )
         self._db_counter = itertools.count(1)
 
@@ -60,10 +66,14 @@ class PostgresServer(PostgresProcess):
 
     @classmethod
     def create(
-        cls, bindir: Path | None = None, overrides: dict[str, str] | None = None
+        cls,
+        bindir: Path | None = None,
+        overrides: dict[str, str] | None = None,
+        password: str | None = None,
     ) -> PostgresServer:
-        """A new cluster; `overrides` replace server settings (wal_level=replica…)."""
-        server = cls(bindir, overrides)
+        """A new cluster; `overrides` replace server settings (wal_level=replica…); with a
+        `password`, TCP connections authenticate with scram-sha-256."""
+        server = cls(bindir, overrides, password)
         try:
             server.start()
         except BaseException:

@@ -10,7 +10,6 @@ import psycopg
 import pytest
 
 from services.replicator import pgoutput as po
-from services.replicator.connection import ReplicationConnection, pgoutput_options
 from services.replicator.protocol import (
     PrimaryKeepalive,
     XLogData,
@@ -19,6 +18,7 @@ from services.replicator.protocol import (
 )
 from shared.codec import UNCHANGED_TOAST, BinaryValue, RowCodec, ValueMode
 from shared.lsn import Lsn
+from shared.postgres import ReplicationConnection, pgoutput_options
 from shared.subjects import change_msg_id
 from tests.harness.postgres import Database
 from tests.integration import scenarios

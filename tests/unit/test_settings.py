@@ -59,3 +59,8 @@ def test_duplicate_window_longer_than_max_age_is_refused() -> None:
 def test_stream_needs_two_names() -> None:
     with pytest.raises(ValidationError, match="two stream names"):
         BridgeSettings(stream="CDC")  # type: ignore[arg-type]
+
+
+def test_a_quoted_table_name_may_hold_a_comma() -> None:
+    s = BridgeSettings(table='orders,"a,b",sales."x,y"')  # type: ignore[arg-type]
+    assert s.table == ["orders", '"a,b"', 'sales."x,y"']

@@ -1,24 +1,93 @@
-"""A replication-protocol connection on psycopg's libpq layer: I/O only, no policy.
+"""Every PostgreSQL connection the services open: SQL (sync and async) and replication.
 
-psycopg 3 has no replication API, but its `psycopg.pq` wrapper exposes what libpq offers for
-COPY BOTH: a connection opened with `replication=database`, replication commands sent as simple
-queries, then `get_copy_data` / `put_copy_data` for the stream. What to confirm and when is
-decided above this layer.
+Text output depends on session settings (DateStyle, IntervalStyle, extra_float_digits,
+TimeZone) that a server, database or role may set to anything; the wire contract promises the
+same values whatever they are (DESIGN §2). So every connection is opened here, with those four
+pinned through libpq's `options` (added to any options the URL already has), and no other code
+calls `psycopg.connect`.
+
+The replication connection sits on psycopg's libpq layer: psycopg 3 has no replication API, but
+`psycopg.pq` exposes what libpq offers for COPY BOTH: a connection opened with
+`replication=database`, replication commands sent as simple queries, then `get_copy_data` /
+`put_copy_data` for the stream. I/O only: what to confirm and when is decided above it.
 """
 
 from __future__ import annotations
 
 import select
 from collections.abc import Mapping
+from typing import Any
 
+import psycopg
 from psycopg import pq, sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from shared.lsn import Lsn
 
+PINNED_SETTINGS = {
+    "DateStyle": "ISO",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "3",
+    "TimeZone": "UTC",
+}
+_PINNED_OPTIONS = " ".join(f"-c {key}={value}" for key, value in PINNED_SETTINGS.items())
+
+
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+class InvalidDatabaseUrl(ValueError):
+    """The database URL cannot be used; the message never quotes it (it may hold a password)."""
+
+
+def check_database_url(database_url: str) -> None:
+    """Refuse, before any connection, a URL libpq cannot parse or an sslmode it does not know:
+    retrying those is a crash loop, and libpq's own messages quote the offending fragment."""
+    try:
+        params = conninfo_to_dict(database_url)
+    except psycopg.Error as exc:
+        hint = ""
+        if "percent" in str(exc):
+            hint = ": a '%' must start a %XX escape (write a literal % in a password as %25)"
+        raise InvalidDatabaseUrl(
+            f"the database URL is not a valid libpq URL or connection string{hint}"
+        ) from None
+    mode = params.get("sslmode")
+    if mode is not None and mode not in SSL_MODES:
+        raise InvalidDatabaseUrl(f"sslmode={mode!r} is not one of {', '.join(SSL_MODES)}")
+
+
+def conninfo(database_url: str, **extra: Any) -> str:
+    """The URL's connection string with the pinned settings (and `extra` parameters) added."""
+    options = conninfo_to_dict(database_url).get("options")
+    pinned = f"{options} {_PINNED_OPTIONS}" if options else _PINNED_OPTIONS
+    return make_conninfo(database_url, options=pinned, **extra)
+
+
+def connect(database_url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A SQL connection (psycopg.connect's keyword arguments) with the pinned settings."""
+    return psycopg.connect(conninfo(database_url), **kwargs)
+
+
+async def connect_async(database_url: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+    return await psycopg.AsyncConnection.connect(conninfo(database_url), **kwargs)
+
 
 class ReplicationConnectionError(RuntimeError):
-    """The server refused or dropped the replication connection (its message included)."""
+    """The server refused or dropped the replication connection (its message included, and
+    its SQLSTATE where it sent one)."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def _error(result: pq.abc.PGresult | None, fallback: str) -> ReplicationConnectionError:
+    if result is None:
+        return ReplicationConnectionError(fallback)
+    state = result.error_field(pq.DiagnosticField.SQLSTATE)
+    message = result.error_message.decode(errors="replace").strip() or fallback
+    return ReplicationConnectionError(message, state.decode() if state else None)
 
 
 class ReplicationStreamEnded(ReplicationConnectionError):
@@ -52,10 +121,8 @@ class ReplicationConnection:
     """One walsender connection (`replication=database`) to a PostgreSQL server."""
 
     def __init__(self, database_url: str, application_name: str = "pg-nats-bridge") -> None:
-        conninfo = make_conninfo(
-            database_url, replication="database", application_name=application_name
-        )
-        self.pgconn = pq.PGconn.connect(conninfo.encode())
+        info = conninfo(database_url, replication="database", application_name=application_name)
+        self.pgconn = pq.PGconn.connect(info.encode())
         if self.pgconn.status != pq.ConnStatus.OK:
             message = _message(self.pgconn, "connection failed")
             self.pgconn.finish()
@@ -67,9 +134,7 @@ class ReplicationConnection:
         text = query if isinstance(query, str) else query.as_string(None)
         result = self.pgconn.exec_(text.encode())
         if result.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
-            raise ReplicationConnectionError(
-                result.error_message.decode(errors="replace").strip() or f"{text} failed"
-            )
+            raise _error(result, f"{text} failed")
         rows = []
         for row in range(result.ntuples):
             values = (result.get_value(row, col) for col in range(result.nfields))
@@ -91,12 +156,7 @@ class ReplicationConnection:
         self.pgconn.flush()
         result = self.pgconn.get_result()
         if result is None or result.status != pq.ExecStatus.COPY_BOTH:
-            message = (
-                result.error_message.decode(errors="replace").strip()
-                if result is not None
-                else _message(self.pgconn, "START_REPLICATION failed")
-            )
-            raise ReplicationConnectionError(message or "START_REPLICATION failed")
+            raise _error(result, _message(self.pgconn, "START_REPLICATION failed"))
         self.pgconn.nonblocking = 1
         self.streaming = True
 
@@ -117,10 +177,8 @@ class ReplicationConnection:
         if nbytes == -1:
             self.streaming = False
             result = pgconn.get_result()
-            detail = (
-                result.error_message.decode(errors="replace").strip() if result is not None else ""
-            )
-            raise ReplicationStreamEnded(detail or "the server ended the replication stream")
+            error = _error(result, "the server ended the replication stream")
+            raise ReplicationStreamEnded(str(error), error.sqlstate)
         raise ReplicationConnectionError(_message(pgconn, "replication stream failed"))
 
     def send(self, message: bytes) -> None:
