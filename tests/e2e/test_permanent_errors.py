@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from tests.e2e.conftest import Service, wait_for
 from tests.harness.postgres import Database, PostgresServer
@@ -33,9 +34,9 @@ def test_a_role_that_cannot_create_the_publication_is_told_who_can(
     pg: Database, nats_url: str, services: Callable[..., Service]
 ) -> None:
     pg.execute("CREATE TABLE t (id int PRIMARY KEY)")
-    pg.execute("CREATE ROLE bridge_user LOGIN REPLICATION")
+    pg.execute("CREATE ROLE bridge_user LOGIN REPLICATION PASSWORD 'bridge-pw'")
     pg.execute("GRANT SELECT ON t TO bridge_user")
-    url = pg.url.replace("postgres@", "bridge_user@")
+    url = make_conninfo(pg.url, user="bridge_user", password="bridge-pw")
     # No CREATE on the database: the GRANT that fixes it is named.
     replicator = services("replicator", pg, nats_url, table="t", database_url=url)
     line = stopped_with(replicator, "stopping:", "GRANT CREATE ON DATABASE")
@@ -78,11 +79,8 @@ def test_a_malformed_url_or_sslmode_stops_every_service_without_showing_the_pass
 @pytest.fixture(scope="module")
 def scram_server() -> Iterator[PostgresServer]:
     """A server that checks passwords (scram-sha-256), as every production one does."""
-    server = PostgresServer.create(password=PASSWORD)
-    try:
+    with PostgresServer.create(password=PASSWORD) as server:
         yield server
-    finally:
-        server.destroy()
 
 
 def test_a_wrong_password_stops_replicator_and_snapshotter_and_no_output_shows_it(

@@ -16,11 +16,8 @@ from tests.harness.postgres import Database
 @pytest.fixture
 def one_gb_nats() -> Iterator[NatsServer]:
     """A stock nats-server whose JetStream file store is 1 GB (a small Docker disk's share)."""
-    server = NatsServer.create({"max_file_store": "1GB"})
-    try:
+    with NatsServer.create({"max_file_store": "1GB"}) as server:
         yield server
-    finally:
-        server.destroy()
 
 
 def test_defaults_run_on_a_one_gb_jetstream(

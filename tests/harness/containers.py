@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats
 import psycopg
 
 from tests.harness.nats import _delete_all_streams
@@ -78,9 +80,23 @@ class ContainerPostgres:
 
     def start(self) -> None:
         self.container.get_wrapped_container().start()
+        self._wait_ready()
 
     def restart(self) -> None:
         self.container.get_wrapped_container().restart()
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        """Like the process backend: back only once it accepts connections."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(self.url(), connect_timeout=2):
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def destroy(self) -> None:
         self.container.stop()
@@ -120,15 +136,37 @@ class ContainerNats:
 
     def start(self) -> None:
         self.container.get_wrapped_container().start()
+        self._wait_ready()
 
     def restart(self) -> None:
         self.container.get_wrapped_container().restart()
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        """Like the process backend: back only once JetStream answers."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                asyncio.run(_jetstream_answers(self.url))
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def destroy(self) -> None:
         self.container.stop()
 
     def delete_all_streams(self) -> None:
         asyncio.run(_delete_all_streams(self.url))
+
+
+async def _jetstream_answers(url: str) -> None:
+    nc = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
+    try:
+        await nc.jetstream().account_info()
+    finally:
+        await nc.close()
 
 
 __all__ = ["ContainerNats", "ContainerPostgres", "Database"]

@@ -40,6 +40,12 @@ class NatsServer(NatsProcess):
         self.stop()
         processes.remove(self.root)
 
+    def __enter__(self) -> NatsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
     def delete_all_streams(self) -> None:
         """Isolation between tests: every stream (KV buckets included) goes."""
         asyncio.run(_delete_all_streams(self.url))

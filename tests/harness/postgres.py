@@ -89,6 +89,12 @@ class PostgresServer(PostgresProcess):
         self.stop()
         processes.remove(self.root)
 
+    def __enter__(self) -> PostgresServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
     def create_database(self) -> str:
         name = f"test_{os.getpid()}_{next(self._db_counter)}"
         with psycopg.connect(self.url(), autocommit=True) as conn:

@@ -6,18 +6,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from services.dev.servers import free_port, make_temp_dir, spawn, stop, tail, unprivileged_user
+from services.dev.servers import free_port, unprivileged_user
 
-__all__ = [
-    "free_port",
-    "make_temp_dir",
-    "peak_rss_mb",
-    "remove",
-    "spawn",
-    "stop",
-    "tail",
-    "unprivileged_user",
-]
+__all__ = ["free_port", "peak_rss_mb", "remove", "unprivileged_user"]
 
 
 def remove(path: Path) -> None:

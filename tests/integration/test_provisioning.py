@@ -115,11 +115,8 @@ def test_a_stream_larger_than_jetstream_can_reserve_gets_a_clear_error(nats_url:
 @pytest.fixture(scope="module")
 def small_nats() -> Iterator[NatsServer]:
     """A server whose JetStream file store is 200 MiB: smaller than the CDC default."""
-    server = NatsServer.create({"max_file_store": "200MB"})
-    try:
+    with NatsServer.create({"max_file_store": "200MB"}) as server:
         yield server
-    finally:
-        server.destroy()
 
 
 def test_defaults_fit_a_small_store_and_say_what_they_chose(
