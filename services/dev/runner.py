@@ -11,10 +11,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
-
 from services.dev.servers import NatsProcess, PostgresProcess, ServerError
 from services.dev.settings import DevSettings
+from shared import postgres
 from shared.tables import TableName
 
 BRIDGE = str(Path(sys.executable).parent / "bridge")
@@ -41,7 +40,7 @@ def ensure_demo_table(url: str, tables: list[str]) -> list[str]:
     """With no table configured, `bridge dev` replicates a demo table it creates."""
     if tables:
         return tables
-    with psycopg.connect(url, autocommit=True) as conn:
+    with postgres.connect(url, autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS demo (id serial PRIMARY KEY, note text,"
             " created_at timestamptz DEFAULT now())"

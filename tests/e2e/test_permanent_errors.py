@@ -3,6 +3,7 @@ do, never a retry loop; and no part of a database password ever shows."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,7 +14,9 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from tests.e2e.conftest import Service, wait_for
+from tests.e2e.test_snapshotter import request
 from tests.harness.postgres import Database, PostgresServer
+from tests.harness.processes import free_port
 
 # A password with a literal '%' (and other URL-special characters), as managed databases
 # generate them.
@@ -146,3 +149,17 @@ def test_an_outage_is_one_line_and_the_slot_gauge_follows_it(
     snapshotter.wait_healthy(90)
     for service in (replicator, snapshotter):
         assert "Traceback" not in service.output(), service.output()[-4000:]
+
+
+def test_a_snapshot_error_reply_and_the_retry_log_hold_no_password(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    gone = f"postgresql://postgres:{quote(PASSWORD, safe='')}@127.0.0.1:{free_port()}/db"
+    snapshotter = services("snapshotter", pg, nats_url, table="t", database_url=gone)
+    wait_for(lambda: snapshotter.health() == 503, 30, "the snapshotter", snapshotter)
+    reply = request(nats_url, "t")
+    assert reply["reason"] == "postgres_unavailable", reply
+    wait_for(lambda: "retrying" in snapshotter.output(), 30, "a retry line", snapshotter)
+    for text in (json.dumps(reply), snapshotter.output(), snapshotter.metrics()):
+        for secret in (PASSWORD, quote(PASSWORD, safe=""), "s3cr", "Pa:ss"):
+            assert secret not in text, (secret, text[-2000:])
