@@ -1,0 +1,206 @@
+"""Benchmark: the replicator following live traffic of single-row transactions.
+
+A writer process commits single-row INSERT transactions at a steady rate (several
+connections, `synchronous_commit = on`, as applications run); the replicator streams them.
+Latency is JetStream's store timestamp of each message minus the event's `commit_time` (same
+machine, same clock); CPU per event is the replicator's CPU time over the run divided by the
+events. Prints figures; asserts nothing.
+
+    python -m bench.live_latency [--rates 1000,5000] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+import nats
+import psycopg
+
+from tests.harness.nats import NatsServer
+from tests.harness.postgres import PostgresServer
+from tests.harness.processes import free_port
+
+_WRITER = r"""
+import asyncio, sys, time
+import psycopg
+
+async def main(url, rate, seconds, connections):
+    conns = [await psycopg.AsyncConnection.connect(url, autocommit=True) for _ in range(connections)]
+    per_conn = rate / connections
+    started = time.monotonic()
+    done = 0
+
+    async def run(index, conn):
+        nonlocal done
+        n = 0
+        while True:
+            due = started + n / per_conn
+            now = time.monotonic()
+            if now - started >= seconds:
+                return
+            if due > now:
+                await asyncio.sleep(due - now)
+            await conn.execute(
+                "INSERT INTO live (writer, n, note) VALUES (%s, %s, 'x')", (index, n)
+            )
+            n += 1
+            done += 1
+
+    await asyncio.gather(*(run(i, c) for i, c in enumerate(conns)))
+    print(done, time.monotonic() - started, flush=True)
+
+asyncio.run(main(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])))
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _commit_time(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+async def latencies(url: str, expected: int) -> list[float]:
+    """Store time minus commit time of every message on CDC, in seconds."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe("cdc.>", ordered_consumer=True)
+        out: list[float] = []
+        while len(out) < expected:
+            msg = await sub.next_msg(timeout=30)
+            event = msgpack.unpackb(msg.data)
+            stored = msg.metadata.timestamp.timestamp()
+            out.append(stored - _commit_time(event["commit_time"]))
+        return out
+    finally:
+        await nc.close()
+
+
+async def stream_count(url: str) -> int:
+    nc = await nats.connect(url)
+    try:
+        return int((await nc.jetstream().stream_info("CDC")).state.messages)
+    except Exception:
+        return 0
+    finally:
+        await nc.close()
+
+
+def healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def run_rate(rate: float, seconds: float, connections: int) -> dict[str, Any]:
+    with PostgresServer.create() as pg, NatsServer.create() as ns:
+        url = pg.url()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE live (id bigserial PRIMARY KEY, writer int, n int, note text,"
+                " at timestamptz DEFAULT now())"
+            )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+        env.update(
+            BRIDGE_DATABASE_URL=url,
+            BRIDGE_NATS_URL=ns.url,
+            BRIDGE_TABLE="live",
+            BRIDGE_PORT=str(free_port()),
+            BRIDGE_CDC_MAX_AGE_SECONDS="3600",
+            BRIDGE_LOG_LEVEL="WARNING",
+            BRIDGE_METRICS_LOG_SECONDS="3600",
+        )
+        bridge = str(Path(sys.executable).parent / "bridge")
+        with open(pg.root / "replicator.log", "wb") as log:
+            proc = subprocess.Popen([bridge, "replicator"], env=env, stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 60
+            while not healthy(int(env["BRIDGE_PORT"])):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit((pg.root / "replicator.log").read_text()[-2000:])
+                time.sleep(0.05)
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("INSERT INTO live (writer, n) VALUES (-1, 0)")  # warm-up event
+            while asyncio.run(stream_count(ns.url)) < 1:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit((pg.root / "replicator.log").read_text()[-2000:])
+                time.sleep(0.05)
+            cpu_before = cpu_seconds(proc.pid)
+            writer = subprocess.run(
+                [sys.executable, "-c", _WRITER, url, str(rate), str(seconds), str(connections)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            written, took = writer.stdout.split()
+            total = int(written) + 1
+            deadline = time.monotonic() + 300
+            while asyncio.run(stream_count(ns.url)) < total:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the replicator fell behind for 5 minutes")
+                time.sleep(0.05)
+            cpu = cpu_seconds(proc.pid) - cpu_before
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        lat = asyncio.run(latencies(ns.url, total))[1:]
+    achieved = int(written) / float(took)
+    return {
+        "target_tx_per_s": rate,
+        "achieved_tx_per_s": round(achieved),
+        "events": int(written),
+        "p50_ms": round(percentile(lat, 50) * 1000, 1),
+        "p99_ms": round(percentile(lat, 99) * 1000, 1),
+        "max_ms": round(max(lat) * 1000, 1),
+        "cpu_us_per_event": round(cpu / int(written) * 1e6, 1),
+        "cpu_share_of_a_core": round(cpu / float(took), 2),
+    }
+
+
+def measure(rates: list[float], seconds: float, connections: int) -> list[dict[str, Any]]:
+    results = []
+    for rate in rates:
+        r = run_rate(rate, seconds, connections)
+        print(
+            f"live {r['target_tx_per_s']:>6,.0f} tx/s (achieved {r['achieved_tx_per_s']:,}): "
+            f"commit → stored p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms; "
+            f"CPU {r['cpu_us_per_event']} µs/event ({r['cpu_share_of_a_core']:.0%} of a core)",
+            flush=True,
+        )
+        results.append(r)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rates", default="1000,5000")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    print(json.dumps(measure(rates, args.seconds, args.connections), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
