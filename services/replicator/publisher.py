@@ -86,6 +86,8 @@ class Publisher(pykka.ThreadingActor):
         self.room: asyncio.Event | None = None
         self.max_payload = 0
         self.watchdog: asyncio.Task[None] | None = None
+        self.pump: asyncio.Task[None] | None = None
+        self.queue: asyncio.Queue[Publish] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -111,8 +113,10 @@ class Publisher(pykka.ThreadingActor):
         self.max_payload = self.nc.max_payload
         self.inbox_prefix = self.nc.new_inbox() + "."
         self.room = asyncio.Event()
+        self.queue = asyncio.Queue()
         await self.nc.subscribe(self.inbox_prefix + "*", cb=self._on_ack)
         self.watchdog = asyncio.create_task(self._watch())
+        self.pump = asyncio.create_task(self._pump())
 
     def on_stop(self) -> None:
         self._shutdown_io()
@@ -131,16 +135,19 @@ class Publisher(pykka.ThreadingActor):
             self.thread.join(5)
 
     async def _close(self) -> None:
-        if self.watchdog is not None:
-            self.watchdog.cancel()
+        for task in (self.watchdog, self.pump):
+            if task is not None:
+                task.cancel()
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.close()
 
     @reports_expected_failures
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Publish):
-            if not self.failure.failed:
-                self._run(self._publish(message))
+            if not self.failure.failed and self.queue is not None:
+                # Handed to the I/O loop without waiting: batches queue there in order (the
+                # in-flight budget bounds them) while this thread takes the next message.
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, message)
         elif isinstance(message, AttachReader):
             self.reader = message.ref
             if self.last_ack is not None:
@@ -148,6 +155,16 @@ class Publisher(pykka.ThreadingActor):
         return None
 
     # -- publishing (on the I/O loop) -----------------------------------------------------
+
+    async def _pump(self) -> None:
+        assert self.queue is not None
+        while True:
+            batch = await self.queue.get()
+            try:
+                await self._publish(batch)
+            except Exception as exc:
+                self.failure.fail(exc)
+                return
 
     async def _publish(self, batch: Publish) -> None:
         nc, room, prefix = self.nc, self.room, self.inbox_prefix
