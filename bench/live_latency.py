@@ -36,7 +36,8 @@ import asyncio, sys, time
 import psycopg
 
 async def main(url, rate, seconds, connections):
-    conns = [await psycopg.AsyncConnection.connect(url, autocommit=True) for _ in range(connections)]
+    connect = psycopg.AsyncConnection.connect
+    conns = [await connect(url, autocommit=True) for _ in range(connections)]
     per_conn = rate / connections
     started = time.monotonic()
     done = 0
@@ -109,7 +110,7 @@ def healthy(port: int) -> bool:
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def run_rate(rate: float, seconds: float, connections: int) -> dict[str, Any]:
