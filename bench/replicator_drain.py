@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import nats
 import psycopg
@@ -55,12 +56,9 @@ def stream_count(url: str) -> int:
     return asyncio.run(count())
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--rows-per-tx", type=int, default=1)
-    args = parser.parse_args()
-
+def measure(rows: int, rows_per_tx: int) -> dict[str, Any]:
+    """Drain `rows` rows through pg_recvlogical and the replicator; the figures."""
+    args = argparse.Namespace(rows=rows, rows_per_tx=rows_per_tx)
     pg, ns = PostgresServer.create(), NatsServer.create()
     try:
         url = pg.url()
@@ -146,10 +144,26 @@ def main() -> int:
             f"replicator → JetStream:   {bridge_rate:>10,.0f} rows/s  ({done - first:.2f} s from "
             f"first message; {first - launched:.2f} s start-up; peak RSS {peak_mb:.0f} MB)"
         )
-        print(f"ratio replicator / pg_recvlogical: {bridge_rate / recv_rate:.2f}")
+        print(f"ratio replicator / pg_recvlogical: {bridge_rate / recv_rate:.2f}", flush=True)
     finally:
         pg.destroy()
         ns.destroy()
+    return {
+        "rows": rows,
+        "rows_per_tx": rows_per_tx,
+        "pg_recvlogical_rows_per_s": round(recv_rate),
+        "replicator_rows_per_s": round(bridge_rate),
+        "ratio": round(bridge_rate / recv_rate, 3),
+        "peak_rss_mb": round(peak_mb),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--rows-per-tx", type=int, default=1)
+    args = parser.parse_args()
+    measure(args.rows, args.rows_per_tx)
     return 0
 
 

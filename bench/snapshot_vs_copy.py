@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats
@@ -45,10 +46,9 @@ async def snapshot(url: str) -> tuple[dict[str, object], float]:
         await nc.close()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=200_000)
-    args = parser.parse_args()
+def measure(rows: int) -> dict[str, Any]:
+    """Snapshot a `rows`-row table beside a plain COPY of it; the figures."""
+    args = argparse.Namespace(rows=rows)
     pg, ns = PostgresServer.create(), NatsServer.create()
     proc = None
     try:
@@ -97,13 +97,27 @@ def main() -> int:
             f"snapshot → JetStream INIT:  {rate:>10,.0f} rows/s  ({seconds:.2f} s; "
             f"peak RSS {peak_mb:.0f} MB)"
         )
-        print(f"ratio snapshot / COPY: {rate / ceiling:.2f}")
+        print(f"ratio snapshot / COPY: {rate / ceiling:.2f}", flush=True)
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(30)
         pg.destroy()
         ns.destroy()
+    return {
+        "rows": rows,
+        "copy_rows_per_s": round(ceiling),
+        "snapshot_rows_per_s": round(rate),
+        "ratio": round(rate / ceiling, 3),
+        "peak_rss_mb": round(peak_mb),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=200_000)
+    args = parser.parse_args()
+    measure(args.rows)
     return 0
 
 

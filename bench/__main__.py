@@ -1,0 +1,58 @@
+"""`make bench`: every figure of the performance table in one run, each beside its ceiling
+where it has one, printed and written to a JSON file so the next change can be compared.
+
+    python -m bench [--out bench-results.json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from bench import live_latency, replicator_drain, snapshot_vs_copy
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--out", type=Path, default=Path("bench-results.json"))
+    parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
+    args = parser.parse_args()
+    scale = 10 if args.quick else 1
+    started = time.time()
+    print("--- backlog drain: single-row transactions", flush=True)
+    drain = replicator_drain.measure(200_000 // scale, 1)
+    print("--- live load: single-row transactions at steady rates", flush=True)
+    live = live_latency.measure([1000.0, 5000.0], 10 / scale, 8)
+    print("--- snapshot beside COPY", flush=True)
+    snapshot = snapshot_vs_copy.measure(200_000 // scale)
+    print("--- one 1M-row transaction: peak RSS", flush=True)
+    big = replicator_drain.measure(1_000_000 // scale, 1_000_000 // scale)
+    results = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "drain": drain,
+        "live": live,
+        "snapshot": snapshot,
+        "big_transaction": big,
+    }
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print("--- summary")
+    print(f"drain ratio replicator / pg_recvlogical: {drain['ratio']:.2f}")
+    for r in live:
+        print(
+            f"live {r['target_tx_per_s']:,.0f} tx/s: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+            f"{r['cpu_us_per_event']} µs CPU/event"
+        )
+    print(f"snapshot ratio snapshot / COPY: {snapshot['ratio']:.2f}")
+    print(f"1M-row transaction peak RSS: {big['peak_rss_mb']} MB")
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
