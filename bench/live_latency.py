@@ -27,6 +27,7 @@ import msgpack
 import nats
 import psycopg
 
+from bench.replicator_drain import stream_count
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer
 from tests.harness.processes import free_port
@@ -91,16 +92,6 @@ async def latencies(url: str, expected: int) -> list[float]:
         await nc.close()
 
 
-async def stream_count(url: str) -> int:
-    nc = await nats.connect(url)
-    try:
-        return int((await nc.jetstream().stream_info("CDC")).state.messages)
-    except Exception:
-        return 0
-    finally:
-        await nc.close()
-
-
 def healthy(port: int) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
@@ -142,7 +133,7 @@ def run_rate(rate: float, seconds: float, connections: int) -> dict[str, Any]:
                 time.sleep(0.05)
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("INSERT INTO live (writer, n) VALUES (-1, 0)")  # warm-up event
-            while asyncio.run(stream_count(ns.url)) < 1:
+            while stream_count(ns.url) < 1:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit((pg.root / "replicator.log").read_text()[-2000:])
                 time.sleep(0.05)
@@ -156,7 +147,7 @@ def run_rate(rate: float, seconds: float, connections: int) -> dict[str, Any]:
             written, took = writer.stdout.split()
             total = int(written) + 1
             deadline = time.monotonic() + 300
-            while asyncio.run(stream_count(ns.url)) < total:
+            while stream_count(ns.url) < total:
                 if time.monotonic() > deadline:
                     raise SystemExit("the replicator fell behind for 5 minutes")
                 time.sleep(0.05)
