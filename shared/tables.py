@@ -6,6 +6,17 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
+# A configured table is followed by OID across renames (replicator and snapshotter alike):
+# its OID from its name once, then its current name from that OID.
+TABLE_OID_QUERY = (
+    "SELECT c.oid::int FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')"
+)
+TABLE_NAME_QUERY = (
+    "SELECT n.nspname, c.relname FROM pg_class c"
+    " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s"
+)
+
 
 class TableNameError(ValueError):
     """Text that is not `table` or `schema.table`."""

@@ -13,7 +13,7 @@ from services.replicator.errors import PermanentError, TransientError, is_perman
 from services.replicator.publication import ensure_publication
 from shared import postgres, subjects
 from shared.lsn import Lsn
-from shared.tables import TableName, TableNameError
+from shared.tables import TABLE_NAME_QUERY, TABLE_OID_QUERY, TableName, TableNameError
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,7 @@ def follow_renames(
         row = None
         if oid is not None:
             row = conn.execute(
-                "SELECT n.nspname, c.relname FROM pg_class c"
-                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
+                TABLE_NAME_QUERY,
                 (oid,),
             ).fetchone()
         if row is not None and TableName(row[0], row[1]) != table:
@@ -144,8 +143,7 @@ def follow_renames(
     for original, now in zip(tables, current, strict=True):
         if original not in known:
             row = conn.execute(
-                "SELECT c.oid::int FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = %s AND c.relname = %s",
+                TABLE_OID_QUERY,
                 (now.schema, now.name),
             ).fetchone()
             if row is not None:

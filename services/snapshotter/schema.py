@@ -24,6 +24,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from services.snapshotter import metrics
 from services.snapshotter.columns import published_columns
 from shared import subjects
+from shared.tables import TABLE_NAME_QUERY, TABLE_OID_QUERY
 from shared.wire import pack, unpack
 
 log = logging.getLogger(__name__)
@@ -185,8 +186,7 @@ class SchemaWatcher:
         oid = self.oids.get(index)
         if oid is None:
             cur = await conn.execute(
-                "SELECT c.oid::int FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+                TABLE_OID_QUERY,
                 (schema, table),
             )
             row = await cur.fetchone()
@@ -198,8 +198,7 @@ class SchemaWatcher:
             self.oids[index] = row[0]
             return True
         cur = await conn.execute(
-            "SELECT n.nspname, c.relname FROM pg_class c"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
+            TABLE_NAME_QUERY,
             (oid,),
         )
         row = await cur.fetchone()
