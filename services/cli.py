@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from shared.nats_connection import NatsUnavailable, connect
+from shared.nats_connection import NatsRefused, NatsUnavailable, connect
 from shared.provisioning import ProvisioningError, provision
 from shared.settings import BridgeSettings, load_settings
 
@@ -25,7 +25,7 @@ def _provision(args: Sequence[str]) -> int:
     settings = load_settings(BridgeSettings, args)
 
     async def run() -> int:
-        nc = await connect(settings.nats_url, "bridge-provision")
+        nc = await connect(settings, "bridge-provision")
         try:
             report = await provision(nc.jetstream(), settings)
         finally:
@@ -150,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NatsUnavailable, ProvisioningError) as exc:
         print(f"bridge {command}: {exc}", file=sys.stderr)
         return 1
+    except NatsRefused as exc:
+        print(f"bridge {command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def tail(args: Sequence[str]) -> int:
     subject = f"cdc.{_token(own.table)}.*" if own.table else "cdc.>"
 
     async def run() -> int:
-        nc = await connect(settings.nats_url, "bridge-tail", reconnect=True)
+        nc = await connect(settings, "bridge-tail", reconnect=True)
         try:
             js = nc.jetstream()
             policy = DeliverPolicy.ALL if own.from_start else DeliverPolicy.NEW
@@ -117,7 +117,7 @@ def snapshot(args: Sequence[str]) -> int:
     body = json.dumps({"chunk_size": own.chunk_size}).encode() if own.chunk_size else b""
 
     async def run() -> int:
-        nc = await connect(settings.nats_url, "bridge-snapshot")
+        nc = await connect(settings, "bridge-snapshot")
         try:
             counts = {"chunks": 0}
             with Progress(

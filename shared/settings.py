@@ -8,13 +8,16 @@ The README's configuration table is generated from these models (`python -m serv
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any, Self, TypeVar
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from psycopg.conninfo import make_conninfo
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, NoDecode, SettingsConfigDict
 
 from shared.codec import ValueMode
-from shared.postgres import check_database_url
+from shared.postgres import SSL_MODES, check_database_url
+from shared.redact import secrets_in_file, secrets_in_url
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -60,8 +63,46 @@ class BridgeSettings(BaseSettings):
         SecretStr("postgresql://postgres@localhost:5432/postgres"),
         description="PostgreSQL connection URL (libpq form); the password is never logged",
     )
+    database_password_file: Path | None = Field(
+        None,
+        description="File holding the database password (a Docker or Kubernetes secret); "
+        "wins over a password in the URL",
+    )
+    database_sslmode: str | None = Field(
+        None,
+        description="libpq sslmode (`require`, `verify-ca`, `verify-full`…); wins over the URL's",
+    )
+    database_sslrootcert: Path | None = Field(
+        None, description="CA certificate(s) the database server's certificate must chain to"
+    )
+    database_sslcert: Path | None = Field(
+        None, description="Client certificate presented to PostgreSQL"
+    )
+    database_sslkey: Path | None = Field(
+        None, description="Private key of the client certificate (mode 0600)"
+    )
     nats_url: str = Field(
-        "nats://localhost:4222", description="NATS server URL(s), comma-separated"
+        "nats://localhost:4222",
+        description="NATS server URL(s), comma-separated; `tls://` requires TLS, "
+        "`nats://user:password@…` or `nats://token@…` authenticate",
+    )
+    nats_user: str | None = Field(None, description="NATS user (with --nats-password)")
+    nats_password: SecretStr | None = Field(None, description="NATS password")
+    nats_token: SecretStr | None = Field(None, description="NATS authentication token")
+    nats_nkey_seed_file: Path | None = Field(
+        None, description="File holding the NKey seed (`SU…`) the NATS user signs in with"
+    )
+    nats_creds_file: Path | None = Field(
+        None, description="NATS credentials file (user JWT + NKey seed, as `nsc` writes it)"
+    )
+    nats_tls_ca_file: Path | None = Field(
+        None, description="CA certificate(s) the NATS server's certificate must chain to"
+    )
+    nats_tls_cert_file: Path | None = Field(
+        None, description="Client certificate for mutual TLS with NATS"
+    )
+    nats_tls_key_file: Path | None = Field(
+        None, description="Private key of the NATS client certificate"
     )
     table: CommaList = Field(
         default_factory=list,
@@ -108,6 +149,8 @@ class BridgeSettings(BaseSettings):
     )
     kv_history: int = Field(10, ge=1, le=64, description="KV bucket: revisions kept per key")
 
+    _database_password: str | None = PrivateAttr(None)
+
     _split_table = field_validator("table", "stream", mode="before")(_split_commas)
 
     @field_validator("database_url")
@@ -115,6 +158,70 @@ class BridgeSettings(BaseSettings):
     def _usable_url(cls, value: SecretStr) -> SecretStr:
         check_database_url(value.get_secret_value())
         return value
+
+    @field_validator("database_sslmode")
+    @classmethod
+    def _known_sslmode(cls, value: str | None) -> str | None:
+        if value is not None and value not in SSL_MODES:
+            raise ValueError(f"sslmode={value!r} is not one of {', '.join(SSL_MODES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _files_readable(self) -> Self:
+        """A file setting that names nothing readable is refused at start, by setting name (a
+        retry cannot fix it); the password file is read here, once."""
+        for name in _FILE_SETTINGS:
+            path = getattr(self, name)
+            if path is None:
+                continue
+            try:
+                content = Path(path).read_bytes()
+            except OSError as exc:
+                flag = name.replace("_", "-")
+                raise ValueError(
+                    f"--{flag} (BRIDGE_{name.upper()}): cannot read {path}: {exc.strerror}"
+                ) from None
+            if name == "database_password_file":
+                self._database_password = content.decode().rstrip("\r\n")
+        for cert, key in (
+            ("nats_tls_cert_file", "nats_tls_key_file"),
+            ("database_sslcert", "database_sslkey"),
+        ):
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ValueError(
+                    f"BRIDGE_{cert.upper()} and BRIDGE_{key.upper()} go together: a client "
+                    "certificate needs its key"
+                )
+        return self
+
+    def database_dsn(self) -> str:
+        """The connection string every PostgreSQL connection uses: the URL with the password
+        file and the TLS settings applied (they win over the URL's own)."""
+        url = self.database_url.get_secret_value()
+        extra: dict[str, str] = {}
+        if self._database_password is not None:
+            extra["password"] = self._database_password
+        for key in ("sslmode", "sslrootcert", "sslcert", "sslkey"):
+            value = getattr(self, f"database_{key}")
+            if value is not None:
+                extra[key] = str(value)
+        return make_conninfo(url, **extra) if extra else url
+
+    def secrets(self) -> list[str]:
+        """Every secret of this configuration in every form it may be quoted in, longest first:
+        what redaction removes from logs, replies and pages."""
+        found = set(secrets_in_url(self.database_dsn()))
+        found.update(secrets_in_url(self.database_url.get_secret_value()))
+        for url in self.nats_url.split(","):
+            found.update(secrets_in_url(url.strip(), token=True))
+        for secret in (self.nats_password, self.nats_token):
+            if secret is not None:
+                found.add(secret.get_secret_value())
+        for name in _SECRET_FILES:
+            path = getattr(self, name)
+            if path is not None:
+                found.update(secrets_in_file(Path(path)))
+        return sorted((s for s in found if s), key=len, reverse=True)
 
     @field_validator("stream")
     @classmethod
@@ -148,6 +255,27 @@ class BridgeSettings(BaseSettings):
     def effective_duplicate_window_seconds(self) -> float:
         return self.duplicate_window_seconds or self.cdc_max_age_seconds
 
+
+# Settings naming a file the services must be able to read.
+_FILE_SETTINGS = (
+    "database_password_file",
+    "database_sslrootcert",
+    "database_sslcert",
+    "database_sslkey",
+    "nats_nkey_seed_file",
+    "nats_creds_file",
+    "nats_tls_ca_file",
+    "nats_tls_cert_file",
+    "nats_tls_key_file",
+)
+# Files whose contents are secret.
+_SECRET_FILES = (
+    "database_password_file",
+    "database_sslkey",
+    "nats_nkey_seed_file",
+    "nats_creds_file",
+    "nats_tls_key_file",
+)
 
 S = TypeVar("S", bound=BaseSettings)
 

@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,8 +31,8 @@ from services.admin.metrics_merge import merge, values
 from services.admin.settings import AdminSettings
 from shared import postgres
 from shared.lsn import Lsn
-from shared.nats_connection import connect
-from shared.redact import redact, secrets_in_url
+from shared.nats_connection import NatsRefused, connect, shown_servers
+from shared.redact import redact
 
 log = logging.getLogger("bridge.admin")
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -77,6 +77,9 @@ class AdminState:
         self.nc: Client | None = None
         self.http: httpx.AsyncClient | None = None
         self.started = time.time()
+        self.secrets = settings.secrets()
+        self.exit_code = 0
+        self.stop_server: Callable[[], None] = lambda: None  # set by `run`
         self.registry = CollectorRegistry()
         uptime = Gauge(
             "bridge_uptime_seconds", "Seconds since the service started", registry=self.registry
@@ -98,11 +101,18 @@ class AdminState:
 
     def js(self) -> Any:
         if self.nc is None or not self.nc.is_connected:
-            raise Error(503, f"NATS is unreachable at {redact(self.settings.nats_url)}")
+            raise Error(503, f"NATS is unreachable at {shown_servers(self.settings)}")
         return self.nc.jetstream()
 
     async def keep_nats(self) -> None:
-        self.nc = await connect(self.settings.nats_url, "bridge-admin", reconnect=True)
+        """Connect (waiting while no server answers); a refusal (credentials, TLS) stops the
+        admin with exit code 2, as it does the other services."""
+        try:
+            self.nc = await connect(self.settings, "bridge-admin", reconnect=True)
+        except NatsRefused as exc:
+            log.error("stopping: %s", redact(str(exc), *self.secrets))
+            self.exit_code = 2
+            self.stop_server()
 
     async def fetch(self, base: str, path: str) -> httpx.Response | None:
         assert self.http is not None
@@ -117,15 +127,14 @@ class AdminState:
         """'ok', or why PostgreSQL does not answer (passwords redacted)."""
         try:
             async with await postgres.connect_async(
-                self.settings.database_url.get_secret_value(),
+                self.settings.database_dsn(),
                 connect_timeout=max(1, int(self.settings.probe_timeout_seconds)),
             ) as conn:
                 await conn.execute("SELECT 1")
             return "ok"
         except Exception as exc:
             text = str(exc).strip()
-            secrets = secrets_in_url(self.settings.database_url.get_secret_value())
-            return redact(text.splitlines()[0] if text else type(exc).__name__, *secrets)
+            return redact(text.splitlines()[0] if text else type(exc).__name__, *self.secrets)
 
 
 def require_token(state: AdminState) -> Any:
@@ -169,6 +178,7 @@ def create_app(settings: AdminSettings) -> FastAPI:
         description="Health, status, metrics and JetStream stream management for the bridge.",
         lifespan=lifespan,
     )
+    app.state.admin = state
     auth = require_token(state)
 
     @app.exception_handler(Error)
@@ -436,11 +446,17 @@ def _jsonable(value: Any) -> Any:
 def run(settings: AdminSettings) -> int:
     import uvicorn
 
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+        )
     )
-    return 0
+    state: AdminState = app.state.admin
+    state.stop_server = lambda: setattr(server, "should_exit", True)
+    server.run()
+    return state.exit_code

@@ -261,6 +261,7 @@ class PostgresProcess:
         settings: Mapping[str, str] | None = None,
         throwaway: bool = False,
         password: str | None = None,
+        hba: str | None = None,
         announce: Callable[[str], None] | None = None,
     ) -> None:
         self.user = unprivileged_user()
@@ -273,6 +274,8 @@ class PostgresProcess:
         self.throwaway = throwaway
         # With a password, TCP connections need it (scram-sha-256); without, they are trusted.
         self.password = password
+        # pg_hba.conf's lines, replacing initdb's (TLS-only access, client certificates…).
+        self.hba = hba
         self.process: subprocess.Popen[bytes] | None = None
         self.version = 0
 
@@ -309,6 +312,8 @@ class PostgresProcess:
         done = subprocess.run(argv, user=self.user, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise ServerError(f"initdb failed:\n{done.stdout}{done.stderr}")
+        if self.hba is not None:
+            (self.datadir / "pg_hba.conf").write_text(self.hba)
 
     def start(self, timeout: float = 60) -> None:
         self.init()
@@ -348,12 +353,14 @@ class NatsProcess:
         *,
         monitor_port: int | None = None,
         jetstream: Mapping[str, str] | None = None,
+        config: str = "",
     ) -> None:
         self.binary = find_nats_binary()
         self.root = root.resolve()
         self.port = port
         self.monitor_port = monitor_port or free_port()
         self.jetstream = dict(jetstream or {})
+        self.config = config  # more of the configuration file (tls, authorization…)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -369,7 +376,10 @@ class NatsProcess:
         block = {"store_dir": f'"{self.root / "jetstream"}"', **self.jetstream}
         config = self.root / "server.conf"
         config.write_text(
-            "jetstream {\n" + "".join(f"  {k}: {v}\n" for k, v in block.items()) + "}\n"
+            "jetstream {\n"
+            + "".join(f"  {k}: {v}\n" for k, v in block.items())
+            + "}\n"
+            + self.config
         )
         argv = [self.binary, "-c", str(config), "-js", "-a", "127.0.0.1", "-p", str(self.port)]
         argv += ["-m", str(self.monitor_port)]

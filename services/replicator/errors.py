@@ -13,6 +13,7 @@ import psycopg
 from services.replicator.wire_reader import DecodeError
 from shared import pg_errors
 from shared.codec import CodecError
+from shared.nats_connection import NatsRefused
 from shared.postgres import ReplicationConnectionError
 
 
@@ -34,7 +35,7 @@ class OversizedRowError(PermanentError):
 
 def is_permanent(exc: BaseException) -> bool:
     """The single rule for transient vs permanent."""
-    if isinstance(exc, PermanentError | DecodeError | CodecError):
+    if isinstance(exc, PermanentError | DecodeError | CodecError | NatsRefused):
         return True
     if isinstance(exc, TransientError):
         return False

@@ -35,7 +35,7 @@ class Pipeline:
     def start(self) -> None:
         s = self.settings
         publisher = Publisher.start(
-            s.nats_url,
+            s,
             s.cdc_stream,
             self.budget,
             self.failure,
@@ -52,7 +52,7 @@ class Pipeline:
         self.actors.append(decoder)
         options = pgoutput_options([s.publication], 1, messages=True)
         self.reader = WalReader.start(
-            s.database_url.get_secret_value(),
+            s.database_dsn(),
             s.slot,
             options,
             decoder,
@@ -68,7 +68,7 @@ class Pipeline:
 
     def _base_types(self, oids: list[int]) -> list[tuple[int, int]]:
         """Domains' base types, asked when a Relation names a non-built-in type (rarely)."""
-        url = self.settings.database_url.get_secret_value()
+        url = self.settings.database_dsn()
         with postgres.connect(url, autocommit=True, connect_timeout=10) as conn:
             return [(a, b) for a, b in conn.execute(BASE_TYPES_QUERY, (oids,)).fetchall()]
 

@@ -35,6 +35,7 @@ from services.replicator.flow import InFlightBudget
 from services.replicator.messages import Acked, Publish
 from shared.lsn import Lsn
 from shared.nats_connection import connect
+from shared.settings import BridgeSettings
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class AttachReader:
 class Publisher(pykka.ThreadingActor):
     def __init__(
         self,
-        nats_url: str,
+        settings: BridgeSettings,
         stream: str,
         budget: InFlightBudget,
         failure: FailureSignal,
@@ -64,7 +65,7 @@ class Publisher(pykka.ThreadingActor):
         ack_timeout: float,
     ) -> None:
         super().__init__()
-        self.nats_url = nats_url
+        self.settings = settings
         self.stream = stream
         self.budget = budget
         self.failure = failure
@@ -102,7 +103,7 @@ class Publisher(pykka.ThreadingActor):
             self.failure.fail(exc)
 
     async def _connect(self) -> None:
-        self.nc = await connect(self.nats_url, "bridge-replicator", reconnect=True)
+        self.nc = await connect(self.settings, "bridge-replicator", reconnect=True)
         try:
             await self.nc.jetstream().stream_info(self.stream)
         except NotFoundError:

@@ -23,9 +23,9 @@ from services.replicator.setup import prepare
 from shared import postgres
 from shared.http_endpoint import serve
 from shared.lsn import Lsn
-from shared.nats_connection import NatsUnavailable, connect
+from shared.nats_connection import NatsRefused, NatsUnavailable, connect
 from shared.provisioning import ProvisioningError, provision
-from shared.redact import redact, secrets_in_url
+from shared.redact import redact
 from shared.tables import TableName
 from shared.wire import to_json
 
@@ -55,6 +55,7 @@ class Replicator:
         self.pipeline: Pipeline | None = None
         self.running = False
         self.table_oids: dict[TableName, int] = {}  # the configured tables at first start
+        self.secrets = settings.secrets()
 
     # -- health and telemetry -------------------------------------------------------------
 
@@ -64,10 +65,10 @@ class Replicator:
 
     def _shown(self, text: str) -> str:
         """`text` as it may be logged: no part of the database password in it."""
-        return redact(text, *secrets_in_url(self.settings.database_url.get_secret_value()))
+        return redact(text, *self.secrets)
 
     def _check_slot(self) -> None:
-        url = self.settings.database_url.get_secret_value()
+        url = self.settings.database_dsn()
         try:
             with postgres.connect(url, autocommit=True, connect_timeout=5) as conn:
                 row = conn.execute(
@@ -101,9 +102,9 @@ class Replicator:
         async def serve_control() -> None:
             while not self.stop_requested.is_set():
                 try:
-                    nc = await connect(
-                        self.settings.nats_url, "bridge-replicator-control", reconnect=True
-                    )
+                    nc = await connect(self.settings, "bridge-replicator-control", reconnect=True)
+                except NatsRefused:
+                    return  # the supervisor stops on the same refusal
                 except NatsUnavailable:
                     await asyncio.sleep(2)
                     continue
@@ -149,8 +150,11 @@ class Replicator:
         while not self.stop_requested.is_set():
             pipeline: Pipeline | None = None
             try:
+                # NATS first: a refused connection then stops us before a slot exists to hold
+                # WAL for a replicator that will not come back until an operator acts.
+                asyncio.run(_provision(s))
                 prepare(
-                    s.database_url.get_secret_value(),
+                    s.database_dsn(),
                     s.table,
                     s.publication,
                     s.slot,
@@ -158,7 +162,6 @@ class Replicator:
                     create_slot=first,
                     known_oids=self.table_oids,
                 )
-                asyncio.run(_provision(s))
                 first = False
                 pipeline = self.pipeline = Pipeline(s)
                 pipeline.start()
@@ -205,9 +208,11 @@ def _slot_busy(exc: BaseException) -> bool:
 
 async def _provision(settings: ReplicatorSettings) -> None:
     try:
-        nc = await connect(settings.nats_url, "bridge-replicator-setup")
+        nc = await connect(settings, "bridge-replicator-setup")
     except NatsUnavailable as exc:
         raise TransientError(str(exc)) from exc
+    except NatsRefused as exc:
+        raise PermanentError(str(exc)) from exc
     try:
         await provision(nc.jetstream(), settings)
     except ProvisioningError as exc:

@@ -23,9 +23,9 @@ from services.snapshotter.settings import MAX_CHUNK_SIZE, SnapshotterSettings
 from services.snapshotter.snapshot import SnapshotError, SnapshotOptions, take_snapshot
 from shared import pg_errors, postgres, subjects
 from shared.http_endpoint import serve
-from shared.nats_connection import connect
+from shared.nats_connection import NatsRefused, broker_security, connect, servers
 from shared.provisioning import provision
-from shared.redact import redact, secrets_in_url
+from shared.redact import redact
 from shared.tables import TableName
 from shared.wire import to_json
 
@@ -45,7 +45,7 @@ class Snapshotter:
         self.db_ok = False
         self.on_shutdown_request: Callable[[], None] = lambda: None
         self.exit_code = 0
-        self.secrets = secrets_in_url(self.database_url)
+        self.secrets = settings.secrets()
 
     def by_token(self) -> dict[str, tuple[str, str]]:
         """The configured tables by subject token, under their current names (a rename is
@@ -54,7 +54,7 @@ class Snapshotter:
 
     @property
     def database_url(self) -> str:
-        return self.settings.database_url.get_secret_value()
+        return self.settings.database_dsn()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         nats_ok = self.nc is not None and self.nc.is_connected
@@ -67,7 +67,7 @@ class Snapshotter:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.nc = await connect(self.settings.nats_url, "bridge-snapshotter", reconnect=True)
+        self.nc = await connect(self.settings, "bridge-snapshotter", reconnect=True)
         self.js = self.nc.jetstream()
         await provision(self.js, self.settings)
         await self.nc.subscribe(
@@ -221,7 +221,15 @@ class Snapshotter:
 
 def build_app(settings: SnapshotterSettings) -> tuple[FastStream, Snapshotter]:
     service = Snapshotter(settings)
-    broker = NatsBroker(settings.nats_url.split(","), logger=log)
+    # The broker keeps reconnecting through any outage (nats-py's default gives up after 60
+    # attempts, leaving a snapshotter that answers nothing); a refusal was caught by
+    # `service.start`, which connects first.
+    broker = NatsBroker(
+        servers(settings),
+        security=broker_security(settings),
+        max_reconnect_attempts=-1,
+        logger=log,
+    )
     app = FastStream(broker, logger=log)
 
     @broker.subscriber(
@@ -251,5 +259,9 @@ def build_app(settings: SnapshotterSettings) -> tuple[FastStream, Snapshotter]:
 
 def run(settings: SnapshotterSettings) -> int:
     app, service = build_app(settings)
-    asyncio.run(app.run())
+    try:
+        asyncio.run(app.run())
+    except NatsRefused as exc:
+        log.error("stopping: %s", service.shown(str(exc)))
+        return 2
     return service.exit_code

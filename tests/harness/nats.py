@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from typing import Any
 
 import nats
 
@@ -18,9 +19,12 @@ from tests.harness import processes
 
 class NatsServer(NatsProcess):
     @classmethod
-    def create(cls, jetstream: Mapping[str, str] | None = None) -> NatsServer:
-        """A new server; `jetstream` adds settings to its jetstream block (max_file_store…)."""
-        server = cls(make_temp_dir("bridge-nats-", None), free_port(), jetstream=jetstream)
+    def create(cls, jetstream: Mapping[str, str] | None = None, config: str = "") -> NatsServer:
+        """A new server; `jetstream` adds settings to its jetstream block (max_file_store…),
+        `config` more of the configuration file (tls, authorization…)."""
+        server = cls(
+            make_temp_dir("bridge-nats-", None), free_port(), jetstream=jetstream, config=config
+        )
         try:
             server.start()
         except BaseException:
@@ -46,13 +50,14 @@ class NatsServer(NatsProcess):
     def __exit__(self, *exc: object) -> None:
         self.destroy()
 
-    def delete_all_streams(self) -> None:
-        """Isolation between tests: every stream (KV buckets included) goes."""
-        asyncio.run(_delete_all_streams(self.url))
+    def delete_all_streams(self, **connect_options: Any) -> None:
+        """Isolation between tests: every stream (KV buckets included) goes. `connect_options`
+        are nats-py's (tls, user, password…) for a secured server."""
+        asyncio.run(_delete_all_streams(self.url, connect_options))
 
 
-async def _delete_all_streams(url: str) -> None:
-    nc = await nats.connect(url, connect_timeout=5)
+async def _delete_all_streams(url: str, options: dict[str, Any]) -> None:
+    nc = await nats.connect(url, connect_timeout=5, **options)
     try:
         js = nc.jetstream()
         for info in await js.streams_info():

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 from psycopg import sql
@@ -48,6 +48,7 @@ class PostgresServer(PostgresProcess):
         bindir: Path | None = None,
         overrides: Mapping[str, str] | None = None,
         password: str | None = None,
+        hba: str | None = None,
     ):
         user = processes.unprivileged_user()
         super().__init__(
@@ -57,6 +58,7 @@ class PostgresServer(PostgresProcess):
             settings={**TEST_SETTINGS, **(overrides or {})},
             throwaway=True,
             password=password,
+            hba=hba,
         )
         self._db_counter = itertools.count(1)
 
@@ -70,10 +72,12 @@ class PostgresServer(PostgresProcess):
         bindir: Path | None = None,
         overrides: dict[str, str] | None = None,
         password: str | None = None,
-    ) -> PostgresServer:
+        hba: str | None = None,
+    ) -> Self:
         """A new cluster; `overrides` replace server settings (wal_level=replica…); with a
-        `password`, TCP connections authenticate with scram-sha-256."""
-        server = cls(bindir, overrides, password)
+        `password`, TCP connections authenticate with scram-sha-256; `hba` replaces
+        pg_hba.conf."""
+        server = cls(bindir, overrides, password, hba)
         try:
             server.start()
         except BaseException:

@@ -22,7 +22,7 @@ T = TypeVar("T")
 
 def with_js(url: str, work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
     async def run() -> T:
-        nc = await connect(url, "test")
+        nc = await connect(BridgeSettings(nats_url=url), "test")
         try:
             return await work(nc.jetstream())
         finally:
@@ -66,7 +66,7 @@ def test_creates_streams_and_bucket_with_the_seed_limits(nats_url: str) -> None:
 
 
 async def _kv_history(url: str) -> int:
-    nc = await connect(url, "test")
+    nc = await connect(BridgeSettings(nats_url=url), "test")
     try:
         return (await (await nc.jetstream().key_value("schemas")).status()).history
     finally:
@@ -103,7 +103,7 @@ def test_duplicate_window_longer_than_max_age_is_refused_before_asking_the_serve
 
 def test_unreachable_nats_is_a_clear_error() -> None:
     with pytest.raises(NatsUnavailable, match=r"no NATS server answered at nats://127\.0\.0\.1"):
-        asyncio.run(connect(f"nats://127.0.0.1:{free_port()}", "test"))
+        asyncio.run(connect(BridgeSettings(nats_url=f"nats://127.0.0.1:{free_port()}"), "test"))
 
 
 def test_a_stream_larger_than_jetstream_can_reserve_gets_a_clear_error(nats_url: str) -> None:
