@@ -30,6 +30,7 @@ from services.dev.servers import chown_to
 from shared.wire import unpack
 from tests.e2e.conftest import BRIDGE, Service, wait_for
 from tests.harness.nats import NatsServer
+from tests.harness.nats_jwt import Operator, make_operator
 from tests.harness.pki import Pki, make_pki
 from tests.harness.postgres import Database, PostgresServer, find_bindir
 
@@ -444,3 +445,41 @@ def test_a_refusal_stops_each_service_with_one_line(
     for service in started:
         stopped_with_one_line(service, "stopping:", *needles)
     assert_no_secret([s.output() for s in started], secrets_of(pki, nkey))
+
+
+@pytest.fixture(scope="module")
+def operator_nats(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[NatsServer, Operator]]:
+    """Decentralized authentication (operator, accounts, user JWTs), as `nsc` sets it up."""
+    operator = make_operator(tmp_path_factory.mktemp("operator"))
+    with NatsServer.create(config=operator.config) as server:
+        yield server, operator
+
+
+def test_a_credentials_file(
+    operator_nats: tuple[NatsServer, Operator],
+    pg: Database,
+    services: Callable[..., Service],
+) -> None:
+    server, operator = operator_nats
+    pg.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    creds = {"nats_creds_file": str(operator.creds_file)}
+    replicator = services("replicator", pg, server.url, table="t", **creds).wait_healthy(60)
+    snapshotter = services("snapshotter", pg, server.url, table="t", **creds).wait_healthy(60)
+    pg.execute("INSERT INTO t VALUES (1), (2)")
+    snapshot = run_cli(dict(snapshotter.env), "snapshot", "t")
+    assert snapshot.returncode == 0, snapshot.stdout + snapshot.stderr
+    wait_for(lambda: "bridge_cdc_events_published_total 2.0" in replicator.metrics(), 30, "2")
+    # A user of an account this server does not trust is refused: one line, exit 2.
+    stranger = services(
+        "replicator", pg, server.url, table="t", nats_creds_file=str(operator.stranger_creds_file)
+    )
+    stopped_with_one_line(stranger, "stopping:", "refused the connection")
+    for service in (replicator, snapshotter):
+        assert service.terminate() == 0
+    jwt_line = operator.creds_file.read_text().splitlines()[1]
+    assert_no_secret(
+        [s.output() for s in (replicator, snapshotter, stranger)] + [snapshot.stdout],
+        [operator.user_seed, jwt_line],
+    )
