@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from services.snapshotter import metrics
+from services.snapshotter.publishing import PipelinedPublisher
 from services.snapshotter.schema import MissingTableError, SchemaWatcher
 from services.snapshotter.settings import MAX_CHUNK_SIZE, SnapshotterSettings
 from services.snapshotter.snapshot import SnapshotError, SnapshotOptions, take_snapshot
@@ -183,29 +184,25 @@ class Snapshotter:
         metrics.in_progress.inc()
         started = time.monotonic()
 
-        async def publish(subject: str, payload: bytes, msg_id: str) -> None:
-            await js.publish(
-                subject,
-                payload,
-                timeout=30,
-                stream=self.settings.init_stream,
-                headers={"Nats-Msg-Id": msg_id},
-            )
-            if subject.startswith("init.snap."):
-                metrics.chunks.inc()
+        def on_chunk(rows: int) -> None:
+            metrics.chunks.inc()
+            metrics.rows.inc(rows)
 
         try:
-            async with self.slots:
+            async with (
+                self.slots,
+                PipelinedPublisher(self.nc, self.settings.init_stream) as publisher,
+            ):
                 meta = await take_snapshot(
                     self.database_url,
                     schema,
                     table,
                     options,
-                    publish,
+                    publisher,
                     self.nc.max_payload,
                     self.settings.value_mode,
                     self.settings.publication,
-                    on_rows=metrics.rows.inc,
+                    on_rows=on_chunk,
                 )
             metrics.duration.observe(time.monotonic() - started)
             future.set_result(meta)

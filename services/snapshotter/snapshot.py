@@ -7,15 +7,22 @@ transactions that committed before the consistent point, which is the `lsn` of t
 message: a consumer applies CDC events whose `commit_lsn` ≥ `lsn` on top. The slot is
 temporary, so it disappears with its connection, also when the snapshotter is killed.
 
-Memory: rows stream from the server through `COPY … TO STDOUT`; at most one chunk is held.
+Speed: the table is read by `COPY … TO STDOUT` in a thread (psycopg's C loaders decode the
+values, see shared/codec/copy_loaders.py) while the event loop publishes finished chunks with
+many PubAcks outstanding (publishing.py); the meta goes out once JetStream stored every chunk.
+
+Memory: rows stream from the server; a few chunks are held at most (the queue between the
+reader thread and the publisher, and the chunks awaiting their PubAck).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,11 +31,12 @@ from typing import Any
 import msgpack
 import psycopg
 from psycopg import sql
-from psycopg.adapt import Loader
 
 from services.snapshotter.columns import published_columns
+from services.snapshotter.publishing import PipelinedPublisher, PublishFailed
 from shared import postgres, subjects
-from shared.codec import RowCodec, ValueMode
+from shared.codec import ValueMode
+from shared.codec.copy_loaders import copy_loaders
 from shared.lsn import Lsn
 from shared.postgres import ReplicationConnection, quote_ident
 from shared.wire import pack
@@ -37,8 +45,6 @@ log = logging.getLogger(__name__)
 
 # Room for headers and framing beside a chunk's payload.
 _OVERHEAD = 1024
-
-PublishChunk = Callable[[str, bytes, str], Awaitable[None]]
 
 
 class SnapshotError(Exception):
@@ -83,14 +89,6 @@ def new_snapshot_id() -> str:
     return f"snap-{int(time.time())}-{secrets.token_hex(3)}"
 
 
-class _RawText(Loader):
-    """Keeps PostgreSQL's text output as bytes: the value codec does the typing, the same
-    way it does for CDC events."""
-
-    def load(self, data: Any) -> bytes:
-        return bytes(data)
-
-
 def _export_snapshot(database_url: str, slot: str) -> tuple[ReplicationConnection, Lsn, str]:
     repl = ReplicationConnection(database_url, application_name="bridge-snapshotter")
     try:
@@ -106,64 +104,153 @@ def _export_snapshot(database_url: str, slot: str) -> tuple[ReplicationConnectio
     return repl, Lsn.parse(consistent_point), snapshot_name
 
 
-class _ChunkWriter:
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    index: int
+    payload: bytes
+    rows: int
+
+
+class _ChunkBuilder:
     """Packs rows into `{"chunk": n, "data": [...]}` chunks no larger than `max_payload`."""
 
-    def __init__(
-        self,
-        publish: PublishChunk,
-        schema: str,
-        table: str,
-        snapshot_id: str,
-        chunk_size: int,
-        max_payload: int,
-        prefix: str,
-        on_rows: Callable[[int], None],
-    ) -> None:
-        self.publish, self.schema, self.table = publish, schema, table
-        self.on_rows = on_rows
-        self.snapshot_id, self.chunk_size, self.prefix = snapshot_id, chunk_size, prefix
+    def __init__(self, chunk_size: int, max_payload: int) -> None:
+        self.chunk_size = chunk_size
         self.limit = max_payload - _OVERHEAD
         self.rows: list[bytes] = []
         self.size = 0
         self.chunks = 0
         self.row_count = 0
+        self.packer = msgpack.Packer(use_bin_type=True)
 
-    async def add(self, packed_row: bytes, describe: Callable[[], str]) -> None:
-        if len(packed_row) + 64 > self.limit:
-            raise SnapshotError(
-                "row_too_large",
-                f"row {describe()} is {len(packed_row)} bytes encoded, more than NATS "
-                f"max_payload allows ({self.limit + _OVERHEAD}); raise max_payload on the server",
-            )
+    def too_large(self, packed_row: bytes) -> bool:
+        return len(packed_row) + 64 > self.limit
+
+    def refuse(self, packed_row: bytes, row: dict[str, Any], key: list[str]) -> SnapshotError:
+        return SnapshotError(
+            "row_too_large",
+            f"row {_describe_row(row, key)} is {len(packed_row)} bytes encoded, more than NATS "
+            f"max_payload allows ({self.limit + _OVERHEAD}); raise max_payload on the server",
+        )
+
+    def add(self, packed_row: bytes) -> Chunk | None:
+        """Add a row (not `too_large`); the chunk it completed, if it did."""
+        done = None
         if self.rows and (
             len(self.rows) >= self.chunk_size or self.size + len(packed_row) + 64 > self.limit
         ):
-            await self.flush()
+            done = self.finish()
         self.rows.append(packed_row)
         self.size += len(packed_row)
         self.row_count += 1
+        return done
 
-    async def flush(self) -> None:
+    def finish(self) -> Chunk | None:
         if not self.rows:
-            return
-        packer = msgpack.Packer(use_bin_type=True)
-        payload = (
-            packer.pack_map_header(2)
-            + packer.pack("chunk")
-            + packer.pack(self.chunks)
-            + packer.pack("data")
-            + packer.pack_array_header(len(self.rows))
-            + b"".join(self.rows)
+            return None
+        packer = self.packer
+        payload = b"".join(
+            (
+                packer.pack_map_header(2),
+                packer.pack("chunk"),
+                packer.pack(self.chunks),
+                packer.pack("data"),
+                packer.pack_array_header(len(self.rows)),
+                *self.rows,
+            )
         )
-        subject = subjects.snapshot_chunk_subject(
-            self.schema, self.table, self.snapshot_id, self.chunks, self.prefix
-        )
-        msg_id = subjects.snapshot_msg_id(self.snapshot_id, self.schema, self.table, self.chunks)
-        await self.publish(subject, payload, msg_id)
-        self.on_rows(len(self.rows))
+        chunk = Chunk(self.chunks, payload, len(self.rows))
         self.chunks += 1
         self.rows, self.size = [], 0
+        return chunk
+
+
+class _Stopped(Exception):
+    """The publishing side gave up; the table read ends early."""
+
+
+@dataclass(frozen=True)
+class _TableRead:
+    database_url: str
+    snapshot_name: str
+    query: sql.Composed
+    names: list[str]
+    oids: list[int]
+    key: list[str]
+    mode: ValueMode
+
+
+def _read_table(read: _TableRead, builder: _ChunkBuilder, emit: Callable[[Chunk], None]) -> None:
+    """In a thread: COPY the table under the exported snapshot, values decoded by psycopg's C
+    loaders (chosen to give exactly what the value codec gives CDC events), each row packed,
+    each full chunk handed to `emit`."""
+    with postgres.connect(read.database_url, autocommit=True) as conn:
+        # Text arrives as UTF-8 whatever the database's encoding, as the CDC codec reads it.
+        conn.execute("SET client_encoding TO 'UTF8'")
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(read.snapshot_name))
+            )
+            cur = conn.cursor()
+            for oid, loader in copy_loaders(read.oids, read.mode).items():
+                cur.adapters.register_loader(oid, loader)
+            names, add, too_large = read.names, builder.add, builder.too_large
+            pack_row = msgpack.Packer(use_bin_type=True).pack
+            with cur.copy(read.query) as copy:
+                copy.set_types(read.oids)
+                for values in copy.rows():
+                    row = dict(zip(names, values, strict=False))  # as many as the COPY's
+                    packed = pack_row(row)
+                    if too_large(packed):
+                        raise builder.refuse(packed, row, read.key)
+                    chunk = add(packed)
+                    if chunk is not None:
+                        emit(chunk)
+    last = builder.finish()
+    if last is not None:
+        emit(last)
+
+
+async def _publish_chunks(
+    read: _TableRead,
+    builder: _ChunkBuilder,
+    publish: Callable[[Chunk], Awaitable[None]],
+) -> None:
+    """Run the table read in a thread and publish its chunks as they come, a few chunks of
+    memory at most: the reader waits while the queue is full."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Chunk] = asyncio.Queue(maxsize=4)
+    stopped = threading.Event()
+
+    def emit(chunk: Chunk) -> None:
+        if stopped.is_set():
+            raise _Stopped
+        asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
+
+    reader = asyncio.ensure_future(asyncio.to_thread(_read_table, read, builder, emit))
+    try:
+        while True:
+            getting = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getting, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if getting.done():
+                await publish(getting.result())
+                continue
+            getting.cancel()
+            while not queue.empty():  # the reader put everything before it returned
+                await publish(queue.get_nowait())
+            reader.result()  # the reader's error, if it failed
+            return
+    finally:
+        if not reader.done():
+            stopped.set()
+            while not reader.done():  # let a waiting put finish, so the thread sees the stop
+                while not queue.empty():
+                    queue.get_nowait()
+                await asyncio.sleep(0.01)
+            with contextlib.suppress(_Stopped, Exception):
+                reader.result()
 
 
 async def take_snapshot(
@@ -171,14 +258,15 @@ async def take_snapshot(
     schema: str,
     table: str,
     options: SnapshotOptions,
-    publish: PublishChunk,
+    publisher: PipelinedPublisher,
     max_payload: int,
     mode: ValueMode,
     publication: str,
     prefix: str = "init",
     on_rows: Callable[[int], None] = lambda n: None,
 ) -> dict[str, Any]:
-    """Publish the snapshot's chunks (each acknowledged), then its meta; return the meta."""
+    """Publish the snapshot's chunks, then, once JetStream stored them all, its meta; return
+    the meta."""
     snapshot_id = new_snapshot_id()
     slot = f"bridge_snap_{secrets.token_hex(6)}"
     started = time.monotonic()
@@ -186,9 +274,14 @@ async def take_snapshot(
         repl, lsn, snapshot_name = await asyncio.to_thread(_export_snapshot, database_url, slot)
     except Exception as exc:
         raise SnapshotError("postgres_unavailable", f"PostgreSQL: {str(exc).strip()}") from exc
-    writer = _ChunkWriter(
-        publish, schema, table, snapshot_id, options.chunk_size, max_payload, prefix, on_rows
-    )
+    builder = _ChunkBuilder(options.chunk_size, max_payload)
+
+    async def publish(chunk: Chunk) -> None:
+        subject = subjects.snapshot_chunk_subject(schema, table, snapshot_id, chunk.index, prefix)
+        msg_id = subjects.snapshot_msg_id(snapshot_id, schema, table, chunk.index)
+        await publisher.publish(subject, chunk.payload, msg_id)
+        on_rows(chunk.rows)
+
     try:
         async with await postgres.connect_async(database_url) as conn:
             await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
@@ -198,50 +291,45 @@ async def take_snapshot(
                     sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
                 )
                 names, oids, key = await _describe(conn, schema, table, publication)
-                codec = RowCodec(names, oids, mode)
-                query = sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT").format(
-                    sql.SQL(", ").join(sql.Identifier(n) for n in names),
-                    sql.Identifier(schema, table),
-                    sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(map(sql.Identifier, key)))
-                    if key
-                    else sql.SQL(""),
-                )
-                cur = conn.cursor()
-                for oid in set(oids):
-                    cur.adapters.register_loader(oid, _RawText)
-                async with cur.copy(query) as copy:
-                    copy.set_types(oids)
-                    async for raw in copy.rows():
-                        row = codec.decode_values(raw)
-
-                        def describe(row: dict[str, Any] = row) -> str:
-                            return _describe_row(row, key)
-
-                        await writer.add(pack(row), describe)
-                await writer.flush()
+        query = sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT").format(
+            sql.SQL(", ").join(sql.Identifier(n) for n in names),
+            sql.Identifier(schema, table),
+            sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(map(sql.Identifier, key)))
+            if key
+            else sql.SQL(""),
+        )
+        read = _TableRead(database_url, snapshot_name, query, names, oids, key, mode)
+        await _publish_chunks(read, builder, publish)
+        await publisher.wait_acked()
     except psycopg.OperationalError as exc:
         raise SnapshotError("postgres_unavailable", f"PostgreSQL: {str(exc).strip()}") from exc
+    except PublishFailed as exc:
+        raise SnapshotError("publish_failed", str(exc)) from exc
     finally:
         await asyncio.to_thread(repl.close)  # drops the temporary slot
     meta = {
-        "batch_count": writer.chunks,
+        "batch_count": builder.chunks,
         "lsn": str(lsn),
-        "row_count": writer.row_count,
+        "row_count": builder.row_count,
         "snapshot_id": snapshot_id,
         "table": table,
         "schema": schema,
         "timestamp": int(time.time()),
     }
-    await publish(
-        subjects.snapshot_meta_subject(schema, table, prefix), pack(meta), f"{snapshot_id}:meta"
-    )
+    try:
+        await publisher.publish(
+            subjects.snapshot_meta_subject(schema, table, prefix), pack(meta), f"{snapshot_id}:meta"
+        )
+        await publisher.wait_acked()
+    except PublishFailed as exc:
+        raise SnapshotError("publish_failed", str(exc)) from exc
     log.info(
         "snapshot %s of %s.%s: %d rows in %d chunks at %s (%.1f s)",
         snapshot_id,
         schema,
         table,
-        writer.row_count,
-        writer.chunks,
+        builder.row_count,
+        builder.chunks,
         lsn,
         time.monotonic() - started,
     )

@@ -392,7 +392,8 @@ def test_concurrent_requests_for_one_table_join(
     pg: Database, nats_url: str, services: Callable[..., Service]
 ) -> None:
     pg.execute("CREATE TABLE big (id int PRIMARY KEY, pad text)")
-    pg.execute("INSERT INTO big SELECT g, repeat('p', 100) FROM generate_series(1, 100000) g")
+    # Big enough that the first snapshot still runs when the second request arrives.
+    pg.execute("INSERT INTO big SELECT g, repeat('p', 100) FROM generate_series(1, 300000) g")
     services("snapshotter", pg, nats_url, table="big").wait_healthy()
     replies: list[dict[str, Any]] = []
     threads = [
@@ -400,7 +401,7 @@ def test_concurrent_requests_for_one_table_join(
     ]
     for thread in threads:
         thread.start()
-        time.sleep(0.3)
+        time.sleep(0.1)
     for thread in threads:
         thread.join(120)
     assert len(replies) == 2
