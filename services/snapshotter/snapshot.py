@@ -7,8 +7,8 @@ transactions that committed before the consistent point, which is the `lsn` of t
 message: a consumer applies CDC events whose `commit_lsn` ≥ `lsn` on top. The slot is
 temporary, so it disappears with its connection, also when the snapshotter is killed.
 
-Speed: the table is read by `COPY … TO STDOUT` in a thread (psycopg's C loaders decode the
-values, see shared/codec/copy_loaders.py) while the event loop publishes finished chunks with
+Speed: the table is read by `COPY … TO STDOUT` in a thread, a libpq call per row
+(`postgres.copy_out`), while the event loop publishes finished chunks with
 many PubAcks outstanding (publishing.py); the meta goes out once JetStream stored every chunk.
 
 Memory: rows stream from the server; a few chunks are held at most (the queue between the
@@ -35,8 +35,8 @@ from psycopg import sql
 from services.snapshotter.columns import published_columns
 from services.snapshotter.publishing import PipelinedPublisher, PublishFailed
 from shared import postgres, subjects
-from shared.codec import ValueMode
-from shared.codec.copy_loaders import copy_loaders
+from shared.codec import RowCodec, ValueMode
+from shared.codec.copy_text import split_line
 from shared.lsn import Lsn
 from shared.postgres import ReplicationConnection, quote_ident
 from shared.wire import pack
@@ -181,9 +181,13 @@ class _TableRead:
 
 
 def _read_table(read: _TableRead, builder: _ChunkBuilder, emit: Callable[[Chunk], None]) -> None:
-    """In a thread: COPY the table under the exported snapshot, values decoded by psycopg's C
-    loaders (chosen to give exactly what the value codec gives CDC events), each row packed,
-    each full chunk handed to `emit`."""
+    """In a thread: COPY the table under the exported snapshot, each line split and its values
+    decoded by the very converters CDC events use, each row packed, each full chunk handed to
+    `emit`."""
+    codec = RowCodec(read.names, read.oids, read.mode)
+    names, converters = codec.names, codec.converters
+    add, too_large = builder.add, builder.too_large
+    pack_row = msgpack.Packer(use_bin_type=True).pack
     with postgres.connect(read.database_url, autocommit=True) as conn:
         # Text arrives as UTF-8 whatever the database's encoding, as the CDC codec reads it.
         conn.execute("SET client_encoding TO 'UTF8'")
@@ -193,21 +197,27 @@ def _read_table(read: _TableRead, builder: _ChunkBuilder, emit: Callable[[Chunk]
             conn.execute(
                 sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(read.snapshot_name))
             )
-            cur = conn.cursor()
-            for oid, loader in copy_loaders(read.oids, read.mode).items():
-                cur.adapters.register_loader(oid, loader)
-            names, add, too_large = read.names, builder.add, builder.too_large
-            pack_row = msgpack.Packer(use_bin_type=True).pack
-            with cur.copy(read.query) as copy:
-                copy.set_types(read.oids)
-                for values in copy.rows():
-                    row = dict(zip(names, values, strict=False))  # as many as the COPY's
-                    packed = pack_row(row)
-                    if too_large(packed):
-                        raise builder.refuse(packed, row, read.key)
-                    chunk = add(packed)
-                    if chunk is not None:
-                        emit(chunk)
+            for data in postgres.copy_out(conn, read.query):
+                line = bytes(data)
+                try:
+                    # zip(strict=True): a field count that differs raises, like a bad value.
+                    values: list[Any]
+                    if b"\\" in line:  # NULLs or escapes: the careful way
+                        raw = zip(converters, split_line(line), strict=True)
+                        values = [None if f is None else c(f) for c, f in raw]
+                    else:
+                        plain = zip(converters, line[:-1].split(b"\t"), strict=True)
+                        values = [c(f) for c, f in plain]
+                except (ValueError, UnicodeDecodeError):
+                    codec.decode_values(split_line(line))  # raises, naming the column
+                    raise
+                row = dict(zip(names, values, strict=True))
+                packed = pack_row(row)
+                if too_large(packed):
+                    raise builder.refuse(packed, row, read.key)
+                chunk = add(packed)
+                if chunk is not None:
+                    emit(chunk)
     last = builder.finish()
     if last is not None:
         emit(last)

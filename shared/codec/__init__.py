@@ -73,6 +73,12 @@ class RowCodec:
     def names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self._columns)
 
+    @property
+    def converters(self) -> tuple[TextConverter, ...]:
+        """Each column's text-output converter, for callers that loop over millions of rows
+        (snapshots) and cannot afford `decode`'s per-value checks."""
+        return tuple(convert for _, convert in self._columns)
+
     def decode(self, raw: Sequence[Any]) -> tuple[dict[str, Any], list[str]]:
         """Return the row map and the names of the unchanged-TOAST columns."""
         if len(raw) != len(self._columns):

@@ -11,8 +11,9 @@ from shared.codec.errors import CodecError
 TextConverter = Callable[[bytes], Any]
 
 
-def as_str(raw: bytes) -> str:
-    return raw.decode()
+# UTF-8, strict: the method itself, not a function around it (one call less per value, which
+# a snapshot of millions of values notices).
+as_str: TextConverter = bytes.decode
 
 
 def as_bool(raw: bytes) -> bool:
