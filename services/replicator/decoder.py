@@ -11,15 +11,14 @@ from services.replicator import metrics
 from services.replicator.events import EventBuilder, Outgoing
 from services.replicator.failure import FailureSignal, reports_expected_failures
 from services.replicator.messages import Frames, Publish
+from services.replicator.publisher import PublishInbox
 
 
 class Decoder(pykka.ThreadingActor):
-    def __init__(
-        self, builder: EventBuilder, publisher: pykka.ActorRef[Any], failure: FailureSignal
-    ) -> None:
+    def __init__(self, builder: EventBuilder, inbox: PublishInbox, failure: FailureSignal) -> None:
         super().__init__()
         self.builder = builder
-        self.publisher = publisher
+        self.inbox = inbox
         self.failure = failure
 
     def on_failure(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -39,7 +38,5 @@ class Decoder(pykka.ThreadingActor):
             if builder.oversized_count:
                 metrics.oversized_rows.inc(builder.oversized_count)
                 builder.oversized_count = 0
-            self.publisher.tell(
-                Publish(message.batch_no, out, message.cost, builder.last_commit_end)
-            )
+            self.inbox.put(Publish(message.batch_no, out, message.cost, builder.last_commit_end))
         return None

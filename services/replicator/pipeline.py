@@ -48,7 +48,8 @@ class Pipeline:
         builder = EventBuilder(
             s.value_mode, max_payload, s.oversized_policy, resolve_types=self._base_types
         )
-        decoder = Decoder.start(builder, publisher, self.failure)
+        inbox = publisher.proxy().get_inbox().get(timeout=10)
+        decoder = Decoder.start(builder, inbox, self.failure)
         self.actors.append(decoder)
         options = pgoutput_options([s.publication], 1, messages=True)
         self.reader = WalReader.start(

