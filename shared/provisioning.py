@@ -26,6 +26,10 @@ from shared.settings import BridgeSettings
 log = logging.getLogger(__name__)
 
 _INSUFFICIENT_RESOURCES = 10047  # JetStream's err_code when a stream's limits cannot be reserved
+# JetStream's err_codes when the replicas cannot be placed: a server without clustering
+# (10074), a cluster with fewer JetStream servers than replicas (10005 "insufficient
+# resources", 10023 "no suitable peers for placement").
+_REPLICAS_NOT_PLACEABLE = frozenset({10074, 10005, 10023})
 CDC_DEFAULT_MAX_BYTES = 1_000_000_000
 _SMALLEST_FITTED_MAX_BYTES = 64 * 1024 * 1024
 
@@ -49,6 +53,7 @@ def cdc_stream_config(settings: BridgeSettings) -> StreamConfig:
         max_msgs=settings.cdc_max_msgs,
         max_bytes=settings.cdc_max_bytes or CDC_DEFAULT_MAX_BYTES,
         duplicate_window=settings.effective_duplicate_window_seconds,
+        num_replicas=settings.stream_replicas,
     )
 
 
@@ -60,6 +65,7 @@ def init_stream_config(settings: BridgeSettings) -> StreamConfig:
         max_age=settings.init_max_age_seconds,
         max_msgs=settings.init_max_msgs,
         max_bytes=settings.init_max_bytes or -1,
+        num_replicas=settings.stream_replicas,
     )
 
 
@@ -97,6 +103,8 @@ async def _add_stream(js: JetStreamContext, config: StreamConfig, fit_max_bytes:
             await js.add_stream(config)
             break
         except APIError as exc:
+            if exc.err_code in _REPLICAS_NOT_PLACEABLE or "replica" in str(exc).lower():
+                raise _replicas_error(f"stream {config.name}", config.num_replicas, exc) from exc
             if exc.err_code != _INSUFFICIENT_RESOURCES:
                 raise ProvisioningError(
                     f"stream {config.name}: JetStream refused it: {exc}"
@@ -113,18 +121,28 @@ async def _add_stream(js: JetStreamContext, config: StreamConfig, fit_max_bytes:
     if config.max_bytes != wanted:
         limit += f" (JetStream could not reserve {wanted}; set the stream's max bytes to choose)"
     log.info(
-        "created stream %s subjects=%s max_age=%gs max_msgs=%s max_bytes=%s",
+        "created stream %s subjects=%s max_age=%gs max_msgs=%s max_bytes=%s replicas=%s",
         config.name,
         config.subjects,
         config.max_age or 0,
         config.max_msgs,
         limit,
+        config.num_replicas,
+    )
+
+
+def _replicas_error(name: object, replicas: object, exc: APIError) -> ProvisioningError:
+    return ProvisioningError(
+        f"{name}: JetStream cannot place {replicas} replicas ({exc.description}, "
+        f"err_code {exc.err_code}); a stream with {replicas} replicas needs a JetStream "
+        f"cluster of at least {replicas} servers. Lower BRIDGE_STREAM_REPLICAS or add servers"
     )
 
 
 def _log_differences(info: StreamInfo, wanted: StreamConfig) -> None:
     have = info.config
-    for field in ("subjects", "max_age", "max_msgs", "max_bytes", "duplicate_window"):
+    fields = ("subjects", "max_age", "max_msgs", "max_bytes", "duplicate_window", "num_replicas")
+    for field in fields:
         want_value, have_value = getattr(wanted, field), getattr(have, field)
         if want_value and want_value != have_value:
             log.warning(
@@ -136,13 +154,19 @@ def _log_differences(info: StreamInfo, wanted: StreamConfig) -> None:
             )
 
 
-async def ensure_kv(js: JetStreamContext, bucket: str, history: int) -> bool:
+async def ensure_kv(js: JetStreamContext, bucket: str, history: int, replicas: int = 1) -> bool:
     """Create the KV bucket if it does not exist. True when it was created."""
     try:
         await js.key_value(bucket)
     except BucketNotFoundError:
-        await js.create_key_value(KeyValueConfig(bucket=bucket, history=history))
-        log.info("created KV bucket %s history=%d", bucket, history)
+        config = KeyValueConfig(bucket=bucket, history=history, replicas=replicas)
+        try:
+            await js.create_key_value(config)
+        except APIError as exc:
+            if exc.err_code in _REPLICAS_NOT_PLACEABLE or "replica" in str(exc).lower():
+                raise _replicas_error(f"KV bucket {bucket}", replicas, exc) from exc
+            raise ProvisioningError(f"KV bucket {bucket}: JetStream refused it: {exc}") from exc
+        log.info("created KV bucket %s history=%d replicas=%d", bucket, history, replicas)
         return True
     return False
 
@@ -160,7 +184,7 @@ async def provision(js: JetStreamContext, settings: BridgeSettings) -> Provision
         created_now = await ensure_stream(js, config, fit_max_bytes=fit)
         (created if created_now else existing).append(config.name)
     kv_name = f"KV_{settings.kv_bucket}"
-    if await ensure_kv(js, settings.kv_bucket, settings.kv_history):
+    if await ensure_kv(js, settings.kv_bucket, settings.kv_history, settings.stream_replicas):
         created.append(kv_name)
     else:
         existing.append(kv_name)

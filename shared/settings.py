@@ -148,6 +148,13 @@ class BridgeSettings(BaseSettings):
         "it, and nothing is reserved)",
     )
     kv_history: int = Field(10, ge=1, le=64, description="KV bucket: revisions kept per key")
+    stream_replicas: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="Replicas of the CDC and INIT streams and the KV bucket (used when creating "
+        "them); 3 on a JetStream cluster survives the loss of a server",
+    )
 
     _database_password: str | None = PrivateAttr(None)
 

@@ -185,7 +185,12 @@ class Publisher(pykka.ThreadingActor):
         nc, room, prefix = self.nc, self.room, self.inbox_prefix
         assert nc is not None and room is not None
         publish = nc.publish
+        failure = self.failure
         for message in batch.messages:
+            if failure.failed:
+                # A refusal (e.g. a stream between leaders answering 503) stops the batch here:
+                # a later message must not be stored ahead of one that was not.
+                return
             while self.seq - self.acked_through >= self.max_in_flight:
                 room.clear()
                 with contextlib.suppress(TimeoutError):

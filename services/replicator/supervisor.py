@@ -56,12 +56,21 @@ class Replicator:
         self.running = False
         self.table_oids: dict[TableName, int] = {}  # the configured tables at first start
         self.secrets = settings.secrets()
+        self.restarts = 0
+        self.last_error: dict[str, str] | None = None  # {"at": ISO time, "error": why}
 
     # -- health and telemetry -------------------------------------------------------------
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """Up or not, and what happened meanwhile: how often the pipeline restarted and the
+        last reason (a NATS failover, a PostgreSQL restart…), so a blip shows after it."""
         ok = self.running and self.pipeline is not None and not self.pipeline.failure.failed
-        return ok, {"connected": ok, "slot": self.settings.slot}
+        return ok, {
+            "connected": ok,
+            "slot": self.settings.slot,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+        }
 
     def _shown(self, text: str) -> str:
         """`text` as it may be logged: no part of the database password in it."""
@@ -181,6 +190,10 @@ class Replicator:
                 assert pipeline.failure.error is not None
                 raise pipeline.failure.error
             except Exception as exc:
+                self.last_error = {
+                    "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "error": self._shown(explain(exc)),
+                }
                 if is_permanent(exc):
                     log.error("stopping: %s", self._shown(explain(exc)))
                     return 2
@@ -189,6 +202,7 @@ class Replicator:
                     log.info("slot %s is in use by another replicator; waiting", s.slot)
                 else:
                     metrics.reconnects.inc()
+                    self.restarts += 1
                     log.warning(
                         "pipeline failed: %s; restarting in %.1f s",
                         self._shown(explain(exc)),

@@ -1,11 +1,17 @@
 """Publishing a snapshot's messages to JetStream with many PubAcks outstanding.
 
 Awaiting each chunk's PubAck before sending the next costs a round trip per chunk, and the
-table read waits meanwhile. Here messages go out in order on one connection (JetStream stores
-them in that order), each with a reply subject under one inbox, and up to `window` of them
-wait for their PubAck at once. A refusal (a full stream, a missing stream) fails the snapshot
-at the next publish; `wait_acked` returns once every message is stored, so the meta is sent
-only after all chunks are.
+table read waits meanwhile. Here messages go out in order on one connection, each with a
+reply subject under one inbox, and up to `window` of them wait for their PubAck at once.
+
+A PubAck can be lost without a refusal: a stream leader that dies (in a cluster) takes the
+messages it had not replicated with it, and nobody answers for them. So when no PubAck came
+for `resend_after` seconds, the unacknowledged messages are sent again, in order, with the
+same Msg-Id (JetStream drops any it did store); after `attempts` rounds without progress the
+snapshot fails. Chunks are found by their index, not their stream order, so a resent chunk
+stored after a later one changes nothing for consumers. A refusal (a full stream, a missing
+stream) fails the snapshot at the next call; `wait_acked` returns once every message is
+stored, so the meta is sent only after all chunks are.
 """
 
 from __future__ import annotations
@@ -13,27 +19,48 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+log = logging.getLogger(__name__)
+
 
 class PublishFailed(Exception):
-    """JetStream refused a message, or did not acknowledge it in time."""
+    """JetStream refused a message, or acknowledged none for too long."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
 
 
 class PipelinedPublisher:
-    def __init__(self, nc: Client, stream: str, window: int = 16, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        stream: str,
+        window: int = 16,
+        resend_after: float = 5.0,
+        attempts: int = 4,
+    ) -> None:
         self.nc = nc
         self.stream = stream
-        self.timeout = timeout
-        self.room = asyncio.Semaphore(window)
-        self.pending: dict[int, asyncio.Future[None]] = {}
+        self.window = window
+        self.resend_after = resend_after
+        self.attempts = attempts
+        self.pending: dict[int, _Pending] = {}
         self.numbers = itertools.count()
+        self.progress = asyncio.Event()
         self.inbox = ""
         self.sub: Any = None
         self.error: PublishFailed | None = None
+        self.last_answer = ""  # the last non-PubAck answer, for the final error
 
     async def __aenter__(self) -> PipelinedPublisher:
         self.inbox = self.nc.new_inbox()
@@ -41,64 +68,83 @@ class PipelinedPublisher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for future in self.pending.values():
-            future.cancel()
         if self.sub is not None:
             await self.sub.unsubscribe()
 
     async def publish(self, subject: str, payload: bytes, msg_id: str) -> None:
         """Send one message (in call order); waits only while `window` PubAcks are due."""
-        if self.error is not None:
-            raise self.error
-        try:
-            await asyncio.wait_for(self.room.acquire(), self.timeout)
-        except TimeoutError:
-            raise PublishFailed(
-                f"JetStream acknowledged nothing for {self.timeout:g} s (is NATS reachable?)"
-            ) from None
-        if self.error is not None:
-            raise self.error
+        await self._wait_until(lambda: len(self.pending) < self.window)
         number = next(self.numbers)
-        self.pending[number] = asyncio.get_running_loop().create_future()
-        await self.nc.publish(
-            subject,
-            payload,
-            reply=f"{self.inbox}.{number}",
-            headers={"Nats-Msg-Id": msg_id, "Nats-Expected-Stream": self.stream},
+        message = _Pending(
+            subject, payload, {"Nats-Msg-Id": msg_id, "Nats-Expected-Stream": self.stream}
         )
+        self.pending[number] = message
+        await self._send(number, message)
 
     async def wait_acked(self) -> None:
         """Return once every message sent is stored; raise the first refusal."""
-        if self.pending:
-            _, waiting = await asyncio.wait(list(self.pending.values()), timeout=self.timeout)
-            if waiting:
-                raise PublishFailed(
-                    f"{len(waiting)} messages were not acknowledged within {self.timeout:g} s"
+        await self._wait_until(lambda: not self.pending)
+
+    async def _send(self, number: int, message: _Pending) -> None:
+        await self.nc.publish(
+            message.subject,
+            message.payload,
+            reply=f"{self.inbox}.{number}",
+            headers=message.headers,
+        )
+
+    async def _wait_until(self, done: Any) -> None:
+        rounds = 0
+        while True:
+            if self.error is not None:
+                raise self.error
+            if done():
+                return
+            self.progress.clear()
+            try:
+                await asyncio.wait_for(self.progress.wait(), self.resend_after)
+                rounds = 0
+            except TimeoutError:
+                rounds += 1
+                if rounds >= self.attempts:
+                    why = f"; last answer: {self.last_answer}" if self.last_answer else ""
+                    raise PublishFailed(
+                        f"JetStream acknowledged none of {len(self.pending)} messages in "
+                        f"{self.attempts} rounds of {self.resend_after:g} s (is NATS "
+                        f"reachable?){why}"
+                    ) from None
+                log.warning(
+                    "no PubAck for %g s: sending the %d unacknowledged messages again",
+                    self.resend_after,
+                    len(self.pending),
                 )
-        if self.error is not None:
-            raise self.error
+                for number in sorted(self.pending):
+                    await self._send(number, self.pending[number])
 
     async def _on_reply(self, msg: Msg) -> None:
         try:
             number = int(msg.subject.rsplit(".", 1)[1])
         except ValueError:
             return
-        future = self.pending.pop(number, None)
-        if future is None:
-            return
-        self.room.release()
         problem = _refusal(msg)
-        if problem is not None and self.error is None:
-            self.error = PublishFailed(problem)
-        if not future.done():
-            future.set_result(None)
+        if problem is not None:
+            if problem is _NO_RESPONDERS and number in self.pending:
+                self.last_answer = problem
+                return  # a stream between leaders; the message goes again after a pause
+            if self.error is None:
+                self.error = PublishFailed(problem)
+        self.pending.pop(number, None)
+        self.progress.set()
+
+
+_NO_RESPONDERS = "no JetStream stream listens on the subject (was the INIT stream deleted?)"
 
 
 def _refusal(msg: Msg) -> str | None:
     """Why JetStream did not store the message (None: it did)."""
     status = (msg.headers or {}).get("Status")
     if status == "503":
-        return "no JetStream stream listens on the subject (was the INIT stream deleted?)"
+        return _NO_RESPONDERS
     try:
         reply = json.loads(msg.data)
     except ValueError:

@@ -50,10 +50,21 @@ class Stack:
     project: str
     ports: dict[str, int]
     env: dict[str, str] = field(default_factory=dict)
+    files: tuple[str, ...] = ("compose.yaml",)
+
+    @property
+    def base(self) -> list[str]:
+        return [
+            "docker",
+            "compose",
+            "-p",
+            self.project,
+            *(a for f in self.files for a in ("-f", f)),
+        ]
 
     def compose(self, *args: str, timeout: float = 600) -> str:
         done = subprocess.run(
-            ["docker", "compose", "-p", self.project, *args],
+            [*self.base, *args],
             cwd=ROOT,
             env=self.env,
             capture_output=True,
@@ -70,7 +81,7 @@ class Stack:
 
     def logs(self) -> str:
         done = subprocess.run(
-            ["docker", "compose", "-p", self.project, "logs", "--no-color", "--tail", "40"],
+            [*self.base, "logs", "--no-color", "--tail", "40"],
             cwd=ROOT,
             env=self.env,
             capture_output=True,
@@ -96,6 +107,15 @@ class Stack:
 
 @pytest.fixture
 def stack() -> Iterator[Stack]:
+    yield from _stack(("compose.yaml",))
+
+
+@pytest.fixture
+def cluster_stack() -> Iterator[Stack]:
+    yield from _stack(("compose.yaml", "compose.cluster.yaml"))
+
+
+def _stack(files: tuple[str, ...]) -> Iterator[Stack]:
     problem = _engine_problem()
     if problem:
         if os.environ.get("BRIDGE_TEST_REQUIRE_DOCKER") == "1":
@@ -106,14 +126,14 @@ def stack() -> Iterator[Stack]:
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env.update({k: str(v) for k, v in ports.items()})
-    stack = Stack(f"bridge-test-{os.getpid()}", ports, env)
+    stack = Stack(f"bridge-test-{os.getpid()}-{len(files)}", ports, env, files)
     try:
         stack.compose("up", "-d", "--wait", "--build", timeout=900)
         yield stack
     finally:
         with_logs = stack.logs()
         subprocess.run(
-            ["docker", "compose", "-p", stack.project, "down", "-v", "--remove-orphans"],
+            [*stack.base, "down", "-v", "--remove-orphans"],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -284,3 +304,38 @@ def _exercise(stack: Stack, cdc: CdcCollector) -> None:
     assert notes == expected, "missing, extra or out-of-order changes"
     ids = [msg_id for _, msg_id, _ in cdc.messages]
     assert len(ids) == len(set(ids))
+
+
+def test_the_cluster_file_runs_r3_streams_and_survives_a_node(cluster_stack: Stack) -> None:
+    """compose.yaml + compose.cluster.yaml: three NATS nodes, R3 streams; one node is killed
+    under load and changes keep arriving, each once, in order."""
+    stack = cluster_stack
+
+    async def replicas() -> dict[str, int]:
+        nc = await nats.connect(stack.nats_url)
+        try:
+            js = nc.jetstream()
+            return {
+                name: (await js.stream_info(name)).config.num_replicas or 1
+                for name in ("CDC", "INIT", "KV_schemas")
+            }
+        finally:
+            await nc.close()
+
+    assert asyncio.run(replicas()) == {"CDC": 3, "INIT": 3, "KV_schemas": 3}
+    cdc = CdcCollector(stack.nats_url)
+    try:
+        with psycopg.connect(stack.database_url, autocommit=True) as conn:
+            for n in range(1, 201):
+                conn.execute("INSERT INTO demo (note) VALUES (%s)", (f"row {n}",))
+                if n == 60:
+                    stack.compose("kill", "-s", "KILL", "nats-2")
+                time.sleep(0.02)
+        expected = [f"row {n}" for n in range(1, 201)]
+        wait_until(lambda: len(cdc.notes()) >= 200, 120, "every row on CDC", stack)
+        time.sleep(2)
+        assert cdc.notes() == expected, "missing, extra or out-of-order changes"
+    finally:
+        cdc.close()
+    health = httpx.get(f"{stack.admin}/health", timeout=10)
+    assert health.status_code == 200, health.text

@@ -145,3 +145,12 @@ def test_an_explicit_limit_that_does_not_fit_is_still_an_error(small_nats: NatsS
     settings = BridgeSettings(nats_url=small_nats.url, cdc_max_bytes=1_000_000_000)
     with pytest.raises(ProvisioningError, match=r"stream CDC: JetStream cannot reserve"):
         with_js(small_nats.url, lambda js: provision(js, settings))
+
+
+def test_more_replicas_than_servers_is_a_clear_error(nats_url: str) -> None:
+    settings = BridgeSettings(nats_url=nats_url, stream_replicas=3)
+    with pytest.raises(ProvisioningError) as error:
+        with_js(nats_url, lambda js: provision(js, settings))
+    message = str(error.value)
+    assert "stream CDC: JetStream cannot place 3 replicas" in message, message
+    assert "cluster of at least 3 servers" in message and "BRIDGE_STREAM_REPLICAS" in message

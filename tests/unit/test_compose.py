@@ -43,7 +43,11 @@ def test_compose_parses_and_has_the_stack() -> None:
 
 
 def test_every_bridge_variable_is_a_real_setting() -> None:
-    names = set(re.findall(r"\b(BRIDGE_[A-Z_]+)\b", (ROOT / "compose.yaml").read_text()))
+    names = {
+        name
+        for file in ("compose.yaml", "compose.cluster.yaml")
+        for name in re.findall(r"\b(BRIDGE_[A-Z_]+)\b", (ROOT / file).read_text())
+    }
     names |= {
         line.split("=", 1)[0]
         for line in (ROOT / ".env.example").read_text().splitlines()
@@ -76,3 +80,18 @@ def test_env_example_table_matches_the_demo_init() -> None:
     init = (ROOT / "deploy" / "postgres-init.sql").read_text()
     table = re.search(r"^BRIDGE_TABLE=(\w+)", (ROOT / ".env.example").read_text(), re.M)
     assert table and f"CREATE TABLE IF NOT EXISTS {table.group(1)} " in init
+
+
+def test_the_cluster_file_gives_every_bridge_service_all_three_servers_and_r3() -> None:
+    cluster = yaml.safe_load((ROOT / "compose.cluster.yaml").read_text())["services"]
+    base = compose()["services"]
+    for node in ("nats", "nats-2", "nats-3"):
+        command = " ".join(cluster[node]["command"])
+        assert "--cluster_name bridge" in command and "-js" in command, node
+        assert all(f"nats-route://{n}:6222" in command for n in ("nats", "nats-2", "nats-3"))
+    for name in ("provision", "replicator", "snapshotter", "admin"):
+        assert name in base
+        env = cluster[name]["environment"]
+        assert env["BRIDGE_NATS_URL"].count("nats://") == 3, name
+        assert env["BRIDGE_STREAM_REPLICAS"] == "3", name
+        assert set(cluster[name]["depends_on"]) == {"nats", "nats-2", "nats-3"}, name
