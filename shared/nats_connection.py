@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -119,7 +120,13 @@ def broker_security(settings: BridgeSettings) -> Any:
     return NatsSecurity(ssl_context=context) if context else None
 
 
-async def connect(settings: BridgeSettings, name: str, *, reconnect: bool = False) -> Client:
+async def connect(
+    settings: BridgeSettings,
+    name: str,
+    *,
+    reconnect: bool = False,
+    on_closed: Callable[[], Awaitable[None]] | None = None,
+) -> Client:
     """Connect to the configured servers. With `reconnect`, the client keeps retrying after a
     later outage (services); without, a lost server is an error (one-shot commands).
 
@@ -128,7 +135,7 @@ async def connect(settings: BridgeSettings, name: str, *, reconnect: bool = Fals
     wait (`NatsUnavailable`) or stop (`NatsRefused`), and only then opens its reconnecting
     connection."""
     if not reconnect:
-        return await _connect_once(settings, name)
+        return await _connect_once(settings, name, on_closed)
     waiting = False
     while True:
         try:
@@ -143,9 +150,13 @@ async def connect(settings: BridgeSettings, name: str, *, reconnect: bool = Fals
     return await _open(settings, name, reconnect=True)
 
 
-async def _connect_once(settings: BridgeSettings, name: str) -> Client:
+async def _connect_once(
+    settings: BridgeSettings,
+    name: str,
+    on_closed: Callable[[], Awaitable[None]] | None = None,
+) -> Client:
     try:
-        return await _open(settings, name, reconnect=False)
+        return await _open(settings, name, reconnect=False, on_closed=on_closed)
     except NatsRefused:
         raise
     except Exception as exc:
@@ -160,7 +171,13 @@ async def _connect_once(settings: BridgeSettings, name: str) -> Client:
         ) from None
 
 
-async def _open(settings: BridgeSettings, name: str, *, reconnect: bool) -> Client:
+async def _open(
+    settings: BridgeSettings,
+    name: str,
+    *,
+    reconnect: bool,
+    on_closed: Callable[[], Awaitable[None]] | None = None,
+) -> Client:
     async def one_line_error(exc: Exception) -> None:
         # The first connection's errors are raised, explained, by `_connect_once`.
         if reconnect:
@@ -175,6 +192,7 @@ async def _open(settings: BridgeSettings, name: str, *, reconnect: bool) -> Clie
         max_reconnect_attempts=-1 if reconnect else 1,
         reconnect_time_wait=2 if reconnect else 0.5,
         error_cb=one_line_error,
+        closed_cb=on_closed,
         tls=tls_context(settings),
         **auth_options(settings),
     )

@@ -104,6 +104,7 @@ class Publisher(pykka.ThreadingActor):
         self.watchdog: asyncio.Task[None] | None = None
         self.pump: asyncio.Task[None] | None = None
         self.queue: asyncio.Queue[Publish] | None = None
+        self.closing = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -118,7 +119,12 @@ class Publisher(pykka.ThreadingActor):
             self.failure.fail(exc)
 
     async def _connect(self) -> None:
-        self.nc = await connect(self.settings, "bridge-replicator", reconnect=True)
+        # No silent reconnect: nats-py would, after a reconnect, flush the messages it buffered
+        # meanwhile, while those written to the lost socket just before are gone, so a later
+        # change could be stored ahead of an earlier one (seen when a cluster node died). A
+        # lost connection fails the pipeline instead; it restarts from the slot's confirmed
+        # position and the duplicate window drops what was stored twice.
+        self.nc = await connect(self.settings, "bridge-replicator", on_closed=self._lost)
         try:
             await self.nc.jetstream().stream_info(self.stream)
         except NotFoundError:
@@ -133,6 +139,13 @@ class Publisher(pykka.ThreadingActor):
         await self.nc.subscribe(self.inbox_prefix + "*", cb=self._on_ack)
         self.watchdog = asyncio.create_task(self._watch())
         self.pump = asyncio.create_task(self._pump())
+
+    async def _lost(self) -> None:
+        if self.closing:
+            return
+        self.failure.fail(
+            TransientError("NATS connection lost; unacknowledged changes will be replayed")
+        )
 
     def on_stop(self) -> None:
         self._shutdown_io()
@@ -151,6 +164,7 @@ class Publisher(pykka.ThreadingActor):
             self.thread.join(5)
 
     async def _close(self) -> None:
+        self.closing = True
         for task in (self.watchdog, self.pump):
             if task is not None:
                 task.cancel()

@@ -39,6 +39,11 @@ class ReplicatorSettings(BridgeSettings):
     shutdown_drain_seconds: float = Field(
         10.0, ge=0, description="time to finish in-flight publishes at shutdown"
     )
+    failover_slot: bool = Field(
+        True,
+        description="On PostgreSQL 17+, the slot is a failover slot (a standby with slot "
+        "synchronization keeps it; see High availability); ignored before 17",
+    )
     slot_check_seconds: float = Field(
         30.0, gt=0, description="interval of the slot lag and activity check"
     )

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from services.replicator import failover
 from services.replicator.errors import PermanentError, TransientError, is_permanent
 from services.replicator.publication import ensure_publication
 from shared import postgres, subjects
@@ -80,7 +81,9 @@ def check_tables(
     return frozenset(partitioned)
 
 
-def ensure_slot(conn: psycopg.Connection, slot: str, create: bool) -> SlotState:
+def ensure_slot(
+    conn: psycopg.Connection, slot: str, create: bool, failover_slot: bool = False
+) -> SlotState:
     row = conn.execute(
         "SELECT plugin, database, confirmed_flush_lsn::text, wal_status"
         " FROM pg_replication_slots WHERE slot_name = %s",
@@ -89,15 +92,17 @@ def ensure_slot(conn: psycopg.Connection, slot: str, create: bool) -> SlotState:
     if row is None:
         if not create:
             raise PermanentError(
-                f"replication slot {slot!r} disappeared while the replicator ran (dropped?); "
-                "changes since its last confirmed position are lost to it. Restart the "
-                "replicator to create it again and re-snapshot the tables"
+                f"replication slot {slot!r} disappeared while the replicator ran (dropped, or "
+                "a failover to a standby that did not synchronize it); changes since its last "
+                "confirmed position are lost to it. Restart the replicator to create it again "
+                "and re-snapshot the tables"
             )
         try:
-            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+            failover.create_slot(conn, slot, failover_slot)
         except psycopg.errors.DuplicateObject:
             return ensure_slot(conn, slot, create=False)  # a peer created it just now
-        log.info("created replication slot %s", slot)
+        on = failover_slot and failover.supported(conn)
+        log.info("created replication slot %s%s", slot, " (failover)" if on else "")
         return SlotState(None, True)
     plugin, database, confirmed, wal_status = row
     if plugin != "pgoutput":
@@ -159,8 +164,10 @@ def prepare(
     replica_identity_full: bool,
     create_slot: bool,
     known_oids: dict[TableName, int] | None = None,
+    failover_slot: bool = False,
 ) -> SlotState:
-    """All start-up checks and setup, in order. Connection failures are transient."""
+    """All start-up checks and setup, in order. Connection failures are transient. At the
+    first start (`create_slot`), what keeps the slot from surviving a failover is said."""
     try:
         parsed = [TableName.parse(t) for t in tables]
     except TableNameError as exc:
@@ -171,7 +178,15 @@ def prepare(
             parsed = follow_renames(conn, parsed, {} if known_oids is None else known_oids)
             partitioned = check_tables(conn, parsed, replica_identity_full)
             ensure_publication(conn, publication, parsed, partitioned)
-            return ensure_slot(conn, slot, create_slot)
+            state = ensure_slot(conn, slot, create_slot, failover_slot)
+            for problem in failover.missing_standby_slots(conn):
+                log.warning("failover: %s", problem)
+            if create_slot:
+                if failover_slot and not state.created:
+                    failover.ensure_failover(conn, database_url, slot)
+                for problem in failover.readiness(conn, database_url, slot):
+                    log.warning("failover: %s", problem)
+            return state
     except psycopg.Error as exc:
         if is_permanent(exc):
             raise PermanentError(str(exc).strip()) from exc

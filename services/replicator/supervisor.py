@@ -170,6 +170,7 @@ class Replicator:
                     s.replica_identity_full,
                     create_slot=first,
                     known_oids=self.table_oids,
+                    failover_slot=s.failover_slot,
                 )
                 first = False
                 pipeline = self.pipeline = Pipeline(s)
