@@ -42,11 +42,15 @@ def main() -> int:
     }
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print("--- summary")
-    print(f"drain ratio replicator / pg_recvlogical: {drain['ratio']:.2f}")
+    print(
+        f"drain ratio replicator / pg_recvlogical: {drain['ratio']:.2f}, "
+        f"{drain['cpu_us_per_event']} µs CPU/event"
+    )
     for r in live:
         print(
             f"live {r['target_tx_per_s']:,.0f} tx/s: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-            f"{r['cpu_us_per_event']} µs CPU/event"
+            f"{r['cpu_us_per_event']} µs CPU/event "
+            f"({r['cpu_us_per_event'] / drain['cpu_us_per_event']:.1f}x the drain's)"
         )
     print(f"snapshot ratio snapshot / COPY: {snapshot['ratio']:.2f}")
     print(f"1M-row transaction peak RSS: {big['peak_rss_mb']} MB")

@@ -30,7 +30,7 @@ import psycopg
 from bench.replicator_drain import stream_count
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer
-from tests.harness.processes import free_port
+from tests.harness.processes import cpu_seconds, free_port
 
 _WRITER = r"""
 import asyncio, sys, time
@@ -64,11 +64,6 @@ async def main(url, rate, seconds, connections):
 
 asyncio.run(main(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])))
 """
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _commit_time(text: str) -> float:

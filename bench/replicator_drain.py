@@ -23,7 +23,7 @@ import psycopg
 
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer
-from tests.harness.processes import free_port, peak_rss_mb
+from tests.harness.processes import cpu_seconds, free_port, peak_rss_mb
 
 
 def load(url: str, rows: int, per_tx: int) -> None:
@@ -128,11 +128,13 @@ def measure(rows: int, rows_per_tx: int) -> dict[str, Any]:
                     raise SystemExit(f"replicator did not start: {tail}")
                 time.sleep(0.02)
             first = time.monotonic()
+            cpu_first = cpu_seconds(proc.pid)
             while (count := stream_count(ns.url)) < args.rows:
                 if time.monotonic() - first > 600:
                     raise SystemExit(f"replicator stalled at {count} messages")
                 time.sleep(0.05)
             done = time.monotonic()
+            cpu_us = (cpu_seconds(proc.pid) - cpu_first) * 1e6 / args.rows
             peak_mb = peak_rss_mb(proc.pid)
         finally:
             proc.terminate()
@@ -142,7 +144,8 @@ def measure(rows: int, rows_per_tx: int) -> dict[str, Any]:
         print(f"pg_recvlogical (ceiling): {recv_rate:>10,.0f} rows/s  ({recv_seconds:.2f} s)")
         print(
             f"replicator → JetStream:   {bridge_rate:>10,.0f} rows/s  ({done - first:.2f} s from "
-            f"first message; {first - launched:.2f} s start-up; peak RSS {peak_mb:.0f} MB)"
+            f"first message; {first - launched:.2f} s start-up; {cpu_us:.1f} µs CPU/event; "
+            f"peak RSS {peak_mb:.0f} MB)"
         )
         print(f"ratio replicator / pg_recvlogical: {bridge_rate / recv_rate:.2f}", flush=True)
     finally:
@@ -154,6 +157,7 @@ def measure(rows: int, rows_per_tx: int) -> dict[str, Any]:
         "pg_recvlogical_rows_per_s": round(recv_rate),
         "replicator_rows_per_s": round(bridge_rate),
         "ratio": round(bridge_rate / recv_rate, 3),
+        "cpu_us_per_event": round(cpu_us, 1),
         "peak_rss_mb": round(peak_mb),
     }
 
