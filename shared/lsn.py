@@ -49,4 +49,10 @@ class Lsn(int):
         return int(self) - int(other)
 
 
+def lsn_from_u64(value: int) -> Lsn:
+    """An Lsn from a value read as an unsigned 64-bit integer, so in range by construction:
+    no check (the decoder makes several per transaction)."""
+    return int.__new__(Lsn, value)
+
+
 ZERO = Lsn(0)

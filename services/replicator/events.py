@@ -82,8 +82,21 @@ class EventBuilder:
         self._begin: po.Begin | None = None
         self._commit_lsn_text = ""
         self._commit_time_text = ""
+        self._second = -1  # the second `_second_text` formats (commit times repeat it)
+        self._second_text = ""
         self._ordinal = 0
         self.last_commit_end: Lsn | None = None
+
+    def _time_text(self, pg_us: int) -> str:
+        """ISO 8601 UTC with microseconds; the date-and-second part is formatted once per
+        second, not once per transaction."""
+        second, micro = divmod(pg_us, 1_000_000)
+        if second != self._second:
+            self._second = second
+            self._second_text = pg_time_to_datetime(second * 1_000_000).strftime(
+                "%Y-%m-%dT%H:%M:%S"
+            )
+        return f"{self._second_text}.{micro:06d}Z"
 
     def feed(self, frame: XLogData, out: list[Outgoing]) -> None:
         message = self.decoder.decode(frame.payload)
@@ -95,9 +108,7 @@ class EventBuilder:
             self._begin = message
             self._ordinal = 0
             self._commit_lsn_text = str(message.final_lsn)
-            self._commit_time_text = pg_time_to_datetime(message.commit_time).strftime(
-                "%Y-%m-%dT%H:%M:%S.%fZ"
-            )
+            self._commit_time_text = self._time_text(message.commit_time)
         elif kind is po.Commit:
             assert isinstance(message, po.Commit)
             self._begin = None

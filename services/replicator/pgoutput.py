@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from services.replicator.wire_reader import DecodeError, Reader
 from shared.codec import UNCHANGED_TOAST, BinaryValue
-from shared.lsn import Lsn
+from shared.lsn import Lsn, lsn_from_u64
 
 RawTuple = tuple[Any, ...]
 """Column values as sent: `None` (NULL), `bytes` (text), `BinaryValue`, `UNCHANGED_TOAST`."""
@@ -334,10 +334,10 @@ class PgOutputDecoder:
         return r.u32() if self.in_stream else None
 
     def _begin(self, r: Reader) -> Begin:
-        return Begin(Lsn(r.u64()), r.i64(), r.u32())
+        return Begin(lsn_from_u64(r.u64()), r.i64(), r.u32())
 
     def _commit(self, r: Reader) -> Commit:
-        return Commit(r.i8(), Lsn(r.u64()), Lsn(r.u64()), r.i64())
+        return Commit(r.i8(), lsn_from_u64(r.u64()), lsn_from_u64(r.u64()), r.i64())
 
     def _origin(self, r: Reader) -> Origin:
         return Origin(Lsn(r.u64()), r.cstring())

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from services.replicator.wire_reader import DecodeError, Reader
-from shared.lsn import Lsn
+from shared.lsn import Lsn, lsn_from_u64
 
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _PG_EPOCH_UNIX_US = 946_684_800_000_000
 _STATUS_UPDATE = struct.Struct("!cQQQqB")
+_XLOG_HEADER = struct.Struct("!QQq")
 
 
 def pg_now() -> int:
@@ -54,6 +55,11 @@ def parse_copy_data(buf: bytes) -> XLogData | PrimaryKeepalive:
         raise DecodeError("CopyData", 0, "empty message")
     kind = buf[0]
     if kind == 0x77:  # 'w'
+        if len(buf) >= _XLOG_HEADER.size + 1:  # one unpack; short ones get the Reader's error
+            start, end, sent = _XLOG_HEADER.unpack_from(buf, 1)
+            return XLogData(
+                lsn_from_u64(start), lsn_from_u64(end), sent, bytes(buf[_XLOG_HEADER.size + 1 :])
+            )
         r = Reader(buf, "XLogData", 1)
         start, end, sent = r.u64(), r.u64(), r.i64()
         return XLogData(Lsn(start), Lsn(end), sent, r.rest())

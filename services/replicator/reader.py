@@ -128,16 +128,19 @@ class WalReader(pykka.ThreadingActor):
         cost = 0
         if not self.draining and self.budget.wait_for_room(0.1):
             deadline = time.monotonic() + _BATCH_SECONDS
-            linger_until = 0.0
+            lingered = False
             while len(frames) < _BATCH_FRAMES and self.budget.used + cost < self.budget.limit:
-                wait = 0.05 if not frames else max(0.0, linger_until - time.monotonic())
-                raw = conn.read(wait)
+                raw = conn.read(0.05 if not frames else 0)
                 if raw is None:
+                    if frames and not lingered:
+                        # Sleep once rather than wake per frame: what arrives meanwhile
+                        # waits in the socket and is read below without a select each.
+                        lingered = True
+                        time.sleep(_LINGER_SECONDS)
+                        continue
                     if frames or time.monotonic() > deadline:
                         break
                     continue
-                if not frames:
-                    linger_until = time.monotonic() + _LINGER_SECONDS
                 if raw[0] == 0x77:  # 'w'
                     frame = parse_copy_data(raw)
                     assert isinstance(frame, XLogData)
