@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -35,6 +34,7 @@ from services.replicator.flow import InFlightBudget
 from services.replicator.messages import Acked, Publish
 from shared.lsn import Lsn
 from shared.nats_connection import connect
+from shared.pub_acks import refusal
 from shared.settings import BridgeSettings
 
 log = logging.getLogger(__name__)
@@ -242,19 +242,15 @@ class Publisher(pykka.ThreadingActor):
         self._advance()
 
     def _ack_error(self, msg: Msg) -> Exception | None:
-        if msg.headers and msg.headers.get("Status") == "503":
+        problem = refusal(msg)
+        if problem is None:
+            return None
+        if problem.no_responders:
             return TransientError(
                 f"JetStream did not answer on {self.stream}: no responders (stream missing or "
                 "JetStream unavailable)"
             )
-        if b'"error"' in msg.data:  # cheap pre-check; PubAcks are parsed only when it hits
-            try:
-                detail = json.loads(msg.data).get("error")
-            except ValueError:
-                detail = msg.data[:200]
-            if detail is not None:
-                return TransientError(f"JetStream refused a message: {detail}")
-        return None
+        return TransientError(f"JetStream refused a message: {problem.error}")
 
     def _advance(self) -> None:
         batches = self.batches

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+
+from shared.pub_acks import PubAckRefusal, refusal
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +127,13 @@ class PipelinedPublisher:
             number = int(msg.subject.rsplit(".", 1)[1])
         except ValueError:
             return
-        problem = _refusal(msg)
+        problem = refusal(msg)
         if problem is not None:
-            if problem is _NO_RESPONDERS and number in self.pending:
-                self.last_answer = problem
+            if problem.no_responders and number in self.pending:
+                self.last_answer = _NO_RESPONDERS
                 return  # a stream between leaders; the message goes again after a pause
             if self.error is None:
-                self.error = PublishFailed(problem)
+                self.error = PublishFailed(_describe(problem))
         self.pending.pop(number, None)
         self.progress.set()
 
@@ -140,16 +141,9 @@ class PipelinedPublisher:
 _NO_RESPONDERS = "no JetStream stream listens on the subject (was the INIT stream deleted?)"
 
 
-def _refusal(msg: Msg) -> str | None:
-    """Why JetStream did not store the message (None: it did)."""
-    status = (msg.headers or {}).get("Status")
-    if status == "503":
+def _describe(problem: PubAckRefusal) -> str:
+    if problem.no_responders:
         return _NO_RESPONDERS
-    try:
-        reply = json.loads(msg.data)
-    except ValueError:
-        return f"JetStream sent an unreadable PubAck: {msg.data[:100]!r}"
-    error = reply.get("error") if isinstance(reply, dict) else None
-    if error:
-        return f"JetStream refused the message: {error.get('description', error)}"
-    return None
+    if isinstance(problem.error, dict):
+        return f"JetStream refused the message: {problem.error.get('description', problem.error)}"
+    return f"JetStream sent an unreadable PubAck: {problem.error!r}"

@@ -136,11 +136,14 @@ def services(tmp_path: Path) -> Iterator[Callable[..., Service]]:
         service.stop()
 
 
-def stream_messages(url: str, stream: str = "CDC") -> list[tuple[str, dict[str, str], Any]]:
-    """Every message in the stream, in sequence order: (subject, headers, decoded payload)."""
+def stream_messages(
+    url: str, stream: str = "CDC", **connect_options: Any
+) -> list[tuple[str, dict[str, str], Any]]:
+    """Every message in the stream, in sequence order: (subject, headers, decoded payload).
+    `connect_options` are nats-py's (tls, user, password…) for a secured server."""
 
     async def fetch() -> list[tuple[str, dict[str, str], Any]]:
-        nc = await nats.connect(url)
+        nc = await nats.connect(url, **connect_options)
         try:
             js = nc.jetstream()
             info = await js.stream_info(stream)

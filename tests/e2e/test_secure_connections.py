@@ -10,7 +10,6 @@ with exit code 2 and one line; no output of any run holds a secret it was given.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import ssl
@@ -18,17 +17,15 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import httpx
-import nats
 import nkeys
 import pytest
 
 from services.dev.servers import chown_to
-from shared.wire import unpack
-from tests.e2e.conftest import BRIDGE, Service, wait_for
+from tests.e2e.conftest import BRIDGE, Service, stream_messages, wait_for
+from tests.e2e.test_permanent_errors import stopped_with
 from tests.harness.nats import NatsServer
 from tests.harness.nats_jwt import Operator, make_operator
 from tests.harness.pki import Pki, make_pki
@@ -204,32 +201,6 @@ def client_context(pki: Pki) -> ssl.SSLContext:
     return context
 
 
-def cdc_rows(server: NatsServer, pki: Pki) -> list[dict[str, Any]]:
-    """Every CDC event, read by a client of our own (TLS, password)."""
-
-    async def fetch() -> list[dict[str, Any]]:
-        nc = await nats.connect(
-            server.url, tls=client_context(pki), user="bridge", password=NATS_PASSWORD
-        )
-        try:
-            js = nc.jetstream()
-            try:
-                total = (await js.stream_info("CDC")).state.messages
-            except nats.js.errors.NotFoundError:
-                return []
-            out = []
-            if total:
-                sub = await js.subscribe("cdc.>", stream="CDC", ordered_consumer=True)
-                while len(out) < total:
-                    out.append(unpack((await sub.next_msg(timeout=10)).data))
-                await sub.unsubscribe()
-            return out
-        finally:
-            await nc.close()
-
-    return asyncio.run(fetch())
-
-
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [BRIDGE, *args], env=env, capture_output=True, text=True, timeout=120, check=False
@@ -267,7 +238,8 @@ def test_the_stack_streams_and_snapshots_through_tls_and_authentication(
     services: Callable[..., Service],
     tmp_path: Path,
 ) -> None:
-    tls_nats.delete_all_streams(tls=client_context(pki), user="bridge", password=NATS_PASSWORD)
+    nats_auth = {"tls": client_context(pki), "user": "bridge", "password": NATS_PASSWORD}
+    tls_nats.delete_all_streams(**nats_auth)
     tls_url = f"tls://127.0.0.1:{tls_nats.port}"
     # The replicator: PostgreSQL through settings, NATS user and password as settings.
     replicator = services(
@@ -315,7 +287,11 @@ def test_the_stack_streams_and_snapshots_through_tls_and_authentication(
     secure_db.execute("INSERT INTO t SELECT g, 'after ' || g FROM generate_series(51, 80) g")
     secure_db.execute("UPDATE t SET v = 'changed' WHERE id = 3")
     events = wait_for(
-        lambda: (rows := cdc_rows(tls_nats, pki)) and len(rows) >= 31 and rows,
+        lambda: (
+            (found := stream_messages(tls_nats.url, **nats_auth))
+            and len(found) >= 31
+            and [payload for _, _, payload in found]
+        ),
         60,
         "31 CDC events through TLS",
         replicator,
@@ -380,12 +356,11 @@ def test_a_token_in_the_url_or_as_a_setting(
 
 
 def stopped_with_one_line(service: Service, *needles: str) -> str:
-    assert service.wait(60) == 2, service.output()[-3000:]
-    output = service.output()
-    assert "Traceback" not in output, output[-3000:]
-    lines = [line for line in output.splitlines() if all(n in line for n in needles)]
-    assert len(lines) == 1, f"not one line with {needles}:\n{output[-3000:]}"
-    return lines[0]
+    """`stopped_with` (exit 2, no traceback), and the needles in exactly one line."""
+    line = stopped_with(service, *needles)
+    matching = [text for text in service.output().splitlines() if all(n in text for n in needles)]
+    assert len(matching) == 1, f"not one line with {needles}:\n{service.output()[-3000:]}"
+    return line
 
 
 NATS_REFUSALS = {
