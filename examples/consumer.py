@@ -1,85 +1,47 @@
-"""Bootstrap a table from the bridge: a snapshot, then CDC events from the snapshot's LSN.
+"""Keep a table in memory with the consumer library: a snapshot, then every change after it.
 
     python -m examples.consumer nats://localhost:4222 users
 
-Prints the table's rows (keyed by primary key) after applying every change since the
-snapshot, then keeps following changes until interrupted.
+Prints the table's rows once the copy has caught up, then the count after each batch of
+changes, until interrupted. `bridge replica` does the same into a SQLite file.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
-from typing import Any
 
-import msgpack
 import nats
-from nats.js.api import DeliverPolicy
 
-from shared.lsn import Lsn  # or parse "X/Y" yourself: (int(X, 16) << 32) | int(Y, 16)
-
-Rows = dict[tuple[Any, ...], dict[str, Any]]
+from pg_nats_bridge import CaughtUp, MemoryCopy, TableFollower
 
 
-async def load_snapshot(js: Any, nc: Any, table: str, key: list[str]) -> tuple[Rows, Lsn]:
-    """Ask for a snapshot, then read its chunks from the INIT stream."""
-    reply = json.loads((await nc.request(f"bridge.snapshot.{table}", b"", timeout=600)).data)
-    if "error" in reply:
-        raise RuntimeError(reply["error"])
-    rows: Rows = {}
-    sub = await js.subscribe(f"init.snap.{table}.{reply['snapshot_id']}.*", ordered_consumer=True)
-    for _ in range(reply["batch_count"]):
-        chunk = msgpack.unpackb((await sub.next_msg(timeout=30)).data, raw=False)
-        for row in chunk["data"]:
-            rows[tuple(row[k] for k in key)] = row
-    await sub.unsubscribe()
-    return rows, Lsn.parse(reply["lsn"])
-
-
-def apply(rows: Rows, event: dict[str, Any], key: list[str], since: Lsn) -> None:
-    """Apply one CDC event if its transaction committed at or after the snapshot's LSN."""
-    if Lsn.parse(event["commit_lsn"]) < since:
-        return  # already in the snapshot
-    op = event["operation"]
-    if op == "truncate":
-        rows.clear()
-        return
-    if event["old"]:  # delete, or an update that changed the key
-        old = rows.pop(tuple(event["old"][k] for k in key), {})
-    else:
-        old = rows.get(tuple(event["data"][k] for k in key), {})
-    if op in ("insert", "update"):
-        # Unchanged TOASTed columns are not sent: keep the value we have.
-        data = {**{c: old.get(c) for c in event["unchanged"]}, **event["data"]}
-        rows[tuple(data[k] for k in key)] = data
-
-
-async def bootstrap(url: str, table: str, key: list[str], follow_seconds: float = 0) -> Rows:
+async def follow(url: str, table: str, seconds: float | None = None) -> MemoryCopy:
+    """Follow `table`; with `seconds`, return the copy at the first catch-up after that."""
     nc = await nats.connect(url)
+    copy = MemoryCopy()
+    printed = False
+    deadline = None if seconds is None else asyncio.get_running_loop().time() + seconds
     try:
-        js = nc.jetstream()
-        # Subscribe to CDC first, so nothing committed during the snapshot is missed.
-        cdc = await js.subscribe(
-            f"cdc.{table}.*", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-        )
-        rows, since = await load_snapshot(js, nc, table, key)
-        deadline = asyncio.get_running_loop().time() + follow_seconds
-        while True:
-            timeout = max(0.5, deadline - asyncio.get_running_loop().time())
-            try:
-                msg = await cdc.next_msg(timeout=timeout)
-            except nats.errors.TimeoutError:
-                if asyncio.get_running_loop().time() >= deadline:
-                    return rows
-                continue
-            apply(rows, msgpack.unpackb(msg.data, raw=False), key, since)
+        # The follower subscribes to CDC before the snapshot, loads it, skips what it holds,
+        # and applies the wire-format rules; the copy only applies what it is given.
+        async for item in TableFollower(nc, [table]):
+            copy.apply(item)
+            if isinstance(item, CaughtUp):
+                if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+                    return copy
+                if not printed:
+                    for row in copy.tables[copy_name(table)]:
+                        print(row)
+                    printed = True
     finally:
         await nc.close()
+    return copy
+
+
+def copy_name(table: str) -> str:
+    return table if "." in table else f"public.{table}"
 
 
 if __name__ == "__main__":
-    url, table = sys.argv[1], sys.argv[2]
-    key = sys.argv[3].split(",") if len(sys.argv) > 3 else ["id"]
-    for _, row in sorted(asyncio.run(bootstrap(url, table, key, follow_seconds=5)).items()):
-        print(row)
+    asyncio.run(follow(sys.argv[1], sys.argv[2]))

@@ -88,6 +88,16 @@ def _tool(name: str) -> Callable[[Sequence[str]], int]:
     return command
 
 
+def _module_command(module: str, name: str) -> Callable[[Sequence[str]], int]:
+    def command(args: Sequence[str]) -> int:
+        import importlib
+
+        result: int = getattr(importlib.import_module(module), name)(args)
+        return result
+
+    return command
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "replicator": (
         _replicator,
@@ -109,6 +119,15 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "run": (_dev_or_run(embedded=False), "the three services against the configured servers"),
     "tail": (_tool("tail"), "print CDC events as they arrive: bridge tail [table] [--from-start]"),
     "snapshot": (_tool("snapshot"), "trigger a snapshot with progress: bridge snapshot TABLE"),
+    "replica": (
+        _module_command("services.replica", "replica"),
+        "keep a live SQLite copy of tables: bridge replica TABLE… --sqlite PATH",
+    ),
+    "verify": (
+        _module_command("services.verify", "verify"),
+        "compare a copy with PostgreSQL under load: bridge verify TABLE… --sqlite PATH "
+        "(exit 1 on any difference)",
+    ),
     "status": (_tool("status"), "the admin's status as a table: bridge status [--admin-url URL]"),
     "provision": (
         _provision,

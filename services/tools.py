@@ -24,7 +24,7 @@ console = Console(highlight=False)
 COLORS = {"insert": "green", "update": "yellow", "delete": "red", "truncate": "magenta"}
 
 
-def _split(
+def split_settings(
     args: Sequence[str], parser: argparse.ArgumentParser, own_flags: set[str]
 ) -> tuple[argparse.Namespace, BridgeSettings]:
     """The command's own arguments, then the shared settings from the rest. Every settings
@@ -76,7 +76,7 @@ def tail(args: Sequence[str]) -> int:
     parser.add_argument("table", nargs="?")
     parser.add_argument("--from-start", action="store_true")
     parser.add_argument("--count", type=int, default=0, help="stop after this many events")
-    own, settings = _split(args, parser, {"--from-start", "--count"})
+    own, settings = split_settings(args, parser, {"--from-start", "--count"})
     subject = f"cdc.{_token(own.table)}.*" if own.table else "cdc.>"
 
     async def run() -> int:
@@ -112,7 +112,7 @@ def snapshot(args: Sequence[str]) -> int:
     parser.add_argument("table")
     parser.add_argument("--chunk-size", type=int)
     parser.add_argument("--prefix", default="bridge.snapshot")
-    own, settings = _split(args, parser, {"--chunk-size", "--prefix"})
+    own, settings = split_settings(args, parser, {"--chunk-size", "--prefix"})
     token = _token(own.table)
     body = json.dumps({"chunk_size": own.chunk_size}).encode() if own.chunk_size else b""
 

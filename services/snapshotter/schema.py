@@ -20,7 +20,9 @@ from typing import Any
 import psycopg
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from psycopg import sql
 
+from pg_nats_bridge.names import kv_key
 from services.snapshotter import metrics
 from services.snapshotter.columns import published_columns
 from shared import subjects
@@ -36,11 +38,16 @@ WHERE table_schema = %s AND table_name = %s
 ORDER BY ordinal_position
 """
 
-
-def kv_key(schema: str, table: str) -> str:
-    """The KV key of a table: its subject token with `~` written `=` (KV keys allow neither
-    `~` nor `*`/`>`, and `=` never appears in a token, so keys stay collision-free)."""
-    return subjects.table_token(schema, table).replace("~", "=")
+# The primary key's columns in key order, and what `old` carries in update and delete events.
+_IDENTITY = """
+SELECT (SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))
+          FROM pg_index i
+          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+         WHERE i.indrelid = c.oid AND i.indisprimary),
+       c.relreplident::text
+FROM pg_class c WHERE c.oid = %s::regclass
+"""
+_IDENTITIES = {"d": "default", "f": "full", "i": "index", "n": "nothing"}
 
 
 @dataclass(frozen=True)
@@ -48,16 +55,26 @@ class SchemaDocument:
     schema: str
     table: str
     columns: tuple[dict[str, Any], ...]
+    primary_key: tuple[str, ...] = ()
+    replica_identity: str = "default"
 
     @property
     def fingerprint(self) -> str:
-        return _fingerprint(list(self.columns))
+        return _fingerprint(self._identity())
+
+    def _identity(self) -> dict[str, Any]:
+        """What a consumer rebuilds the table from: a change to any of it is announced."""
+        return {
+            "columns": list(self.columns),
+            "primary_key": list(self.primary_key),
+            "replica_identity": self.replica_identity,
+        }
 
     def encode(self) -> bytes:
         """The document as MessagePack, like every INIT message and KV value (DESIGN §2)."""
         return pack(
             {
-                "columns": list(self.columns),
+                **self._identity(),
                 "schema": f"{self.schema}.{self.table}",
                 "table": self.table,
                 "timestamp": int(time.time()),
@@ -81,7 +98,10 @@ async def read_schema(
         for name, data_type, nullable, default, position in await cur.fetchall()
         if name in published
     )
-    return SchemaDocument(schema, table, columns)
+    cur = await conn.execute(_IDENTITY, (sql.Identifier(schema, table).as_string(conn),))
+    row = await cur.fetchone()
+    key, identity = (list(row[0] or []), _IDENTITIES.get(row[1], "default")) if row else ([], "")
+    return SchemaDocument(schema, table, columns, tuple(key), identity)
 
 
 def _fingerprint(columns: Any) -> str:
@@ -116,7 +136,13 @@ async def publish_schema(
         except KeyNotFoundError:
             entry = None
         stored = _decoded(entry.value) if entry is not None else None
-        if isinstance(stored, dict) and _fingerprint(stored.get("columns")) == doc.fingerprint:
+        if (
+            isinstance(stored, dict)
+            and _fingerprint(
+                {k: stored.get(k) for k in ("columns", "primary_key", "replica_identity")}
+            )
+            == doc.fingerprint
+        ):
             if not announce_current:
                 return False
             revision, payload, changed = entry.revision, entry.value, False

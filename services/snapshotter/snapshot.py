@@ -89,8 +89,12 @@ def new_snapshot_id() -> str:
     return f"snap-{int(time.time())}-{secrets.token_hex(3)}"
 
 
-def _export_snapshot(database_url: str, slot: str) -> tuple[ReplicationConnection, Lsn, str]:
-    repl = ReplicationConnection(database_url, application_name="bridge-snapshotter")
+def export_snapshot(
+    database_url: str, slot: str, application_name: str = "bridge-snapshotter"
+) -> tuple[ReplicationConnection, Lsn, str]:
+    """A temporary slot's consistent point and exported snapshot; the snapshot stays usable
+    while the returned connection is open."""
+    repl = ReplicationConnection(database_url, application_name=application_name)
     try:
         (row,) = repl.command(
             f"CREATE_REPLICATION_SLOT {quote_ident(slot)} TEMPORARY LOGICAL pgoutput"
@@ -281,7 +285,7 @@ async def take_snapshot(
     slot = f"bridge_snap_{secrets.token_hex(6)}"
     started = time.monotonic()
     try:
-        repl, lsn, snapshot_name = await asyncio.to_thread(_export_snapshot, database_url, slot)
+        repl, lsn, snapshot_name = await asyncio.to_thread(export_snapshot, database_url, slot)
     except Exception as exc:
         raise SnapshotError("postgres_unavailable", f"PostgreSQL: {str(exc).strip()}") from exc
     builder = _ChunkBuilder(options.chunk_size, max_payload)
@@ -300,7 +304,7 @@ async def take_snapshot(
                 await conn.execute(
                     sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
                 )
-                names, oids, key = await _describe(conn, schema, table, publication)
+                names, oids, key = await describe_table(conn, schema, table, publication)
         query = sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT").format(
             sql.SQL(", ").join(sql.Identifier(n) for n in names),
             sql.Identifier(schema, table),
@@ -346,7 +350,7 @@ async def take_snapshot(
     return meta
 
 
-async def _describe(
+async def describe_table(
     conn: psycopg.AsyncConnection[Any], schema: str, table: str, publication: str
 ) -> tuple[list[str], list[int], list[str]]:
     """The published columns (names, value-codec type OIDs) and the primary key."""

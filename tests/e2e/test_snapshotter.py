@@ -15,7 +15,7 @@ import msgpack
 import nats
 import psycopg
 
-from examples.consumer import bootstrap
+from examples.consumer import follow
 from tests.e2e.conftest import Service, slot_lag, stream_count, wait_for
 from tests.harness.postgres import Database
 from tests.harness.processes import free_port, peak_rss_mb
@@ -286,7 +286,7 @@ def test_snapshot_then_cdc_from_its_lsn_equals_the_table(
     time.sleep(1.0)
     result: dict[str, Any] = {}
     consumer = threading.Thread(
-        target=lambda: result.update(rows=asyncio.run(bootstrap(nats_url, "accounts", ["id"], 6))),
+        target=lambda: result.update(copy=asyncio.run(follow(nats_url, "accounts", 6))),
         daemon=True,
     )
     consumer.start()
@@ -301,7 +301,7 @@ def test_snapshot_then_cdc_from_its_lsn_equals_the_table(
         (r[0],): {"id": r[0], "balance": r[1], "note": r[2]}
         for r in pg.execute("SELECT id, balance, note FROM accounts")
     }
-    rows = result["rows"]
+    rows = {(r["id"],): r for r in result["copy"].tables["public.accounts"]}
     assert len(rows) == len(expected)
     assert rows == expected
 

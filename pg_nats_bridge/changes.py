@@ -1,0 +1,140 @@
+"""What a consumer applies to its copy of a table, already reduced by the wire-format rules
+(docs/wire-format.md): events below a snapshot's LSN are gone, `unchanged` TOAST columns are
+named in `keep`, a key change says which row it replaces, a table without a primary key is
+matched on its whole old row.
+
+A copy applies each change in the order it arrives. `seq` is the CDC stream sequence of the
+event; after applying, the copy stores `TableFollower.state` with its data (in the same
+transaction), so that a restart resumes exactly after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TableSchema:
+    """A table's schema document (`init.schema.<table>`, KV bucket `schemas`)."""
+
+    table: str  # `schema.table`
+    columns: tuple[str, ...]
+    primary_key: tuple[str, ...]
+    replica_identity: str
+    document: dict[str, Any] = field(compare=False, repr=False)
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> TableSchema:
+        return cls(
+            table=str(document["schema"]),
+            columns=tuple(c["name"] for c in document.get("columns", ())),
+            primary_key=tuple(document.get("primary_key") or ()),
+            replica_identity=str(document.get("replica_identity") or "default"),
+            document=document,
+        )
+
+    def types(self) -> dict[str, str]:
+        """Column name → PostgreSQL data type, as information_schema names it."""
+        return {c["name"]: c["data_type"] for c in self.document.get("columns", ())}
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """A bootstrap of `table` begins: drop every row of the copy; `Rows` follow."""
+
+    table: str
+    schema: TableSchema
+    snapshot: dict[str, Any]  # the snapshot's meta (`snapshot_id`, `lsn`, `row_count`, …)
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """One snapshot chunk: rows to insert, in primary-key order."""
+
+    table: str
+    rows: list[Row]
+
+
+@dataclass(frozen=True, slots=True)
+class Bootstrapped:
+    """Every table's snapshot is loaded; CDC changes follow. Store `state` with the rows."""
+
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Insert:
+    table: str
+    row: Row
+    seq: int
+    commit_lsn: str
+    commit_time: str
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """Set the columns of `row` on the row matching `match` (its old key, or its whole old row
+    for a table without a primary key); columns in `keep` were not sent (unchanged TOAST) and
+    keep their stored value. `match` differs from the key in `row` when the key changed."""
+
+    table: str
+    match: Row
+    row: Row
+    keep: tuple[str, ...]
+    seq: int
+    commit_lsn: str
+    commit_time: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete the row matching `match` (one row, also in a table without a primary key)."""
+
+    table: str
+    match: Row
+    seq: int
+    commit_lsn: str
+    commit_time: str
+
+
+@dataclass(frozen=True, slots=True)
+class Truncate:
+    table: str
+    seq: int
+    commit_lsn: str
+    commit_time: str
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaChanged:
+    """A new schema document for `table`: columns added or dropped, a new primary key."""
+
+    table: str
+    schema: TableSchema
+
+
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """A row too large for NATS was replaced by a marker: the copy cannot have that change.
+    `marker` holds its key, operation and size (docs/wire-format.md)."""
+
+    table: str
+    marker: dict[str, Any]
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class CaughtUp:
+    """No change is waiting: the copy is current. Store `state` (its `seq` moves on while other
+    tables' events pass), so that a quiet table resumes without a new snapshot."""
+
+    state: dict[str, Any]
+
+
+Change = (
+    Reset | Rows | Bootstrapped | Insert | Update | Delete | Truncate | SchemaChanged | Oversized
+)
+Item = Change | CaughtUp

@@ -1,0 +1,489 @@
+"""Follow tables from the bridge: a consistent snapshot, then every change after it, in stream
+order, resumable.
+
+Why it is done this way (docs/wire-format.md has the contract):
+
+- The CDC position is taken before any snapshot is requested: a snapshot's rows are exactly the
+  transactions that committed below its `lsn`, and every later one is published after the
+  position, so reading CDC from it and skipping events whose `commit_lsn` is below the table's
+  `lsn` misses nothing and applies nothing twice.
+- An existing complete snapshot is reused only when the CDC stream provably still holds every
+  event from its `lsn` on: its oldest message committed below that `lsn`.
+- The position stored with the copy is a stream sequence "seen through": it moves past other
+  tables' events whenever the consumer has nothing pending, so a quiet table resumes without a
+  new snapshot. A restart resumes at that sequence + 1 while the stream still holds it, and
+  re-bootstraps (saying why) when retention removed it or the stream was recreated.
+- One consumer reads all the tables (several filter subjects), so changes of one transaction
+  arrive together and in commit order. It acknowledges nothing (`AckNone`): the caller's store
+  holds the position, and a consumer-sequence gap (a delivery lost with a connection) or any
+  consumer error recreates the consumer from that position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import msgpack
+import nats.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError, NotFoundError
+
+from pg_nats_bridge.changes import (
+    Bootstrapped,
+    CaughtUp,
+    Delete,
+    Insert,
+    Item,
+    Oversized,
+    Reset,
+    Row,
+    Rows,
+    SchemaChanged,
+    TableSchema,
+    Truncate,
+    Update,
+)
+from pg_nats_bridge.lsn import Lsn
+from pg_nats_bridge.names import kv_key, parse_table_name, table_token
+
+log = logging.getLogger("pg_nats_bridge")
+
+# Snapshot replies that a later request may not get: anything else is retried.
+_PERMANENT = {"unknown_table", "bad_request", "init_stream_missing", "row_too_large"}
+
+
+class FollowError(RuntimeError):
+    """Something the caller must fix: an unknown table, a snapshot the bridge refuses, a table
+    whose rows cannot be located."""
+
+
+class _Rebootstrap(Exception):
+    """The stream no longer holds what the copy needs next; the message says why."""
+
+
+class _ChunksMissing(Exception):
+    pass
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+class TableFollower:
+    """`async for item in TableFollower(nc, ["users"], state=stored): apply(item)`.
+
+    Items are the changes of pg_nats_bridge.changes, in the order to apply them. Store
+    `follower.state` (JSON) with the applied changes at `Bootstrapped`, at `CaughtUp` and as
+    often as you commit: a follower given it resumes right after.
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        tables: Sequence[str],
+        *,
+        state: dict[str, Any] | None = None,
+        durable: str | None = None,
+        cdc_stream: str = "CDC",
+        init_stream: str = "INIT",
+        kv_bucket: str = "schemas",
+        snapshot_subject: str = "bridge.snapshot",
+        chunk_size: int | None = None,
+        reuse_snapshot: bool = True,
+        snapshot_stall_seconds: float = 60.0,
+        batch: int = 1000,
+        idle_seconds: float = 1.0,
+    ) -> None:
+        if not tables:
+            raise FollowError("no table to follow")
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.tables = [".".join(parse_table_name(t)) for t in tables]
+        self.tokens = {t: table_token(*parse_table_name(t)) for t in self.tables}
+        self._by_token = {tok: t for t, tok in self.tokens.items()}
+        self.durable = durable
+        self.cdc_stream, self.init_stream, self.kv_bucket = cdc_stream, init_stream, kv_bucket
+        self.snapshot_subject = snapshot_subject
+        self.chunk_size = chunk_size
+        self.reuse_snapshot = reuse_snapshot
+        self.snapshot_stall_seconds = snapshot_stall_seconds
+        self.batch, self.idle_seconds = batch, idle_seconds
+        self._stored = state
+        self._seq = 0
+        self._lsns: dict[str, Lsn] = {}
+        self._schemas: dict[str, TableSchema] = {}
+        self._revisions: dict[str, int] = {}
+        self.pending = 0  # events the consumer holds beyond the last one delivered
+        self.last_commit_time: str | None = None
+
+    # -- the position ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """What to store with the copy: the CDC sequence applied (or seen) through and each
+        table's snapshot LSN."""
+        return {
+            "seq": self._seq,
+            "snapshots": {t: str(lsn) for t, lsn in self._lsns.items()},
+            "stream": self.cdc_stream,
+        }
+
+    def state_before(self, seq: int) -> dict[str, Any]:
+        """The state through the event before CDC sequence `seq`: what to store when stopping
+        without applying the change at `seq`."""
+        return {**self.state, "seq": seq - 1}
+
+    async def _resumable(self, stored: dict[str, Any]) -> str | None:
+        """Why `stored` cannot be resumed, or None when it can."""
+        if sorted(stored.get("snapshots", {})) != sorted(self.tables):
+            return f"the copy holds {sorted(stored.get('snapshots', {}))}, not {self.tables}"
+        seq = int(stored["seq"])
+        info = await self.js.stream_info(self.cdc_stream)
+        if info.state.last_seq < seq:
+            return (
+                f"stream {self.cdc_stream} ends at sequence {info.state.last_seq}, before the "
+                f"copy's {seq}: the stream was recreated"
+            )
+        if info.state.first_seq > seq + 1:
+            return (
+                f"stream {self.cdc_stream} no longer holds sequence {seq + 1} (its oldest is "
+                f"{info.state.first_seq}): retention removed changes the copy has not applied"
+            )
+        return None
+
+    # -- the items ---------------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[Item]:
+        return self.items()
+
+    async def items(self) -> AsyncIterator[Item]:
+        attempt = 0
+        while True:
+            try:
+                stored, self._stored = self._stored, None
+                why = await self._resumable(stored) if stored else "the copy is empty"
+                if why is None:
+                    assert stored is not None
+                    self._seq = int(stored["seq"])
+                    self._lsns = {t: Lsn.parse(v) for t, v in stored["snapshots"].items()}
+                    for table in self.tables:
+                        self._schemas[table] = await self._schema(table)
+                    log.info("resuming %s after CDC sequence %d", ", ".join(self.tables), self._seq)
+                else:
+                    log.info("bootstrapping %s: %s", ", ".join(self.tables), why)
+                    async for item in self._bootstrap():
+                        yield item
+                async for item in self._follow():
+                    yield item
+            except _Rebootstrap as exc:
+                log.warning("re-bootstrapping %s: %s", ", ".join(self.tables), exc)
+                self._stored = None
+            except (TimeoutError, nats.errors.Error, _ChunksMissing) as exc:
+                attempt += 1
+                delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
+                log.warning(
+                    "following %s: %s; again in %.1f s",
+                    ", ".join(self.tables),
+                    str(exc) or type(exc).__name__,
+                    delay,
+                )
+                self._stored = self.state if self._lsns and self._seq else None
+                await asyncio.sleep(delay)
+            else:  # pragma: no cover - _follow never ends by itself
+                return
+
+    # -- bootstrap ---------------------------------------------------------------------------
+
+    async def _bootstrap(self) -> AsyncIterator[Item]:
+        self._lsns = {}
+        info = await self.js.stream_info(self.cdc_stream)
+        start = info.state.last_seq + 1
+        for table in self.tables:
+            meta, reused_from = await self._snapshot(table)
+            schema = await self._schema(table)
+            if reused_from is not None:
+                start = min(start, reused_from)
+            yield Reset(table, schema, meta)
+            async for rows in self._chunks(table, meta):
+                yield Rows(table, rows)
+            self._lsns[table] = Lsn.parse(meta["lsn"])
+            log.info(
+                "%s: snapshot %s loaded (%d rows, lsn %s%s)",
+                table,
+                meta["snapshot_id"],
+                meta["row_count"],
+                meta["lsn"],
+                ", reused" if reused_from is not None else "",
+            )
+        self._seq = start - 1
+        yield Bootstrapped(self.state)
+
+    async def _schema(self, table: str) -> TableSchema:
+        kv = await self.js.key_value(self.kv_bucket)
+        try:
+            entry = await kv.get(kv_key(*parse_table_name(table)))
+        except KeyNotFoundError:
+            raise FollowError(
+                f"no schema document for {table} in KV bucket {self.kv_bucket}: is the "
+                "snapshotter running with this table in BRIDGE_TABLE?"
+            ) from None
+        assert entry.value is not None and entry.revision is not None
+        schema = TableSchema.from_document(_unpack(entry.value))
+        if not schema.primary_key and schema.replica_identity not in ("full", "default"):
+            raise FollowError(
+                f"{table} has no primary key and replica identity {schema.replica_identity}: "
+                "its rows cannot be located; give it a primary key or REPLICA IDENTITY FULL"
+            )
+        self._schemas[table] = schema
+        self._revisions[table] = entry.revision
+        return schema
+
+    async def _snapshot(self, table: str) -> tuple[dict[str, Any], int | None]:
+        """A complete snapshot to load, and the CDC sequence to read from when it is an
+        existing one (None for a new one: the position taken before it serves)."""
+        if self.reuse_snapshot:
+            reusable = await self._reusable(table)
+            if reusable is not None:
+                return reusable
+        return await self._request_snapshot(table), None
+
+    async def _reusable(self, table: str) -> tuple[dict[str, Any], int] | None:
+        token = self.tokens[table]
+        try:
+            last = await self.js.get_last_msg(self.init_stream, f"init.meta.{token}")
+            info = await self.js.stream_info(self.cdc_stream)
+            if not info.state.messages:
+                return None
+            first = await self.js.get_msg(self.cdc_stream, seq=info.state.first_seq)
+        except NotFoundError:
+            return None
+        meta = _unpack(last.data or b"")
+        event = _unpack(first.data or b"")
+        oldest = event.get("commit_lsn") or event.get("lsn")
+        if not oldest or Lsn.parse(oldest) >= Lsn.parse(meta["lsn"]):
+            return None  # the stream may have lost events after the snapshot
+        return meta, info.state.first_seq
+
+    async def _request_snapshot(self, table: str) -> dict[str, Any]:
+        """Ask the snapshotters, and ask again when the one working on it stops publishing
+        chunks for `snapshot_stall_seconds` (it died) or nobody answers yet."""
+        token = self.tokens[table]
+        body = json.dumps({"chunk_size": self.chunk_size}).encode() if self.chunk_size else b""
+        inbox = self.nc.new_inbox()
+        replies: asyncio.Queue[Any] = asyncio.Queue()
+        progress = {"at": time.monotonic()}
+
+        async def on_chunk(msg: Any) -> None:
+            progress["at"] = time.monotonic()
+
+        reply_sub = await self.nc.subscribe(inbox, cb=replies.put)
+        chunk_sub = await self.nc.subscribe(f"init.snap.{token}.*.*", cb=on_chunk)
+        waits = 0
+        try:
+            while True:
+                await self.nc.publish(f"{self.snapshot_subject}.{token}", body, reply=inbox)
+                progress["at"] = time.monotonic()
+                while time.monotonic() - progress["at"] < self.snapshot_stall_seconds:
+                    try:
+                        msg = await asyncio.wait_for(replies.get(), 1.0)
+                    except TimeoutError:
+                        continue
+                    if msg.headers and msg.headers.get("Status") == "503":
+                        break  # no responders: no snapshotter is running (yet)
+                    reply = json.loads(msg.data)
+                    if "error" not in reply:
+                        return dict(reply)
+                    if reply.get("reason") in _PERMANENT:
+                        raise FollowError(f"snapshot of {table} refused: {reply['error']}")
+                    log.warning("snapshot of %s failed: %s; asking again", table, reply["error"])
+                    break
+                else:
+                    log.warning(
+                        "snapshot of %s: no reply and no chunk for %.0f s; asking again",
+                        table,
+                        self.snapshot_stall_seconds,
+                    )
+                waits += 1
+                if waits % 10 == 1:
+                    log.warning("snapshot of %s: no snapshotter answered yet", table)
+                await asyncio.sleep(min(5.0, 0.2 * waits))
+        finally:
+            await reply_sub.unsubscribe()
+            await chunk_sub.unsubscribe()
+
+    async def _chunks(self, table: str, meta: dict[str, Any]) -> AsyncIterator[list[Row]]:
+        count = int(meta["batch_count"])
+        if not count:
+            return
+        subject = f"init.snap.{self.tokens[table]}.{meta['snapshot_id']}.*"
+        sub = await self.js.subscribe(
+            subject,
+            stream=self.init_stream,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        try:
+            for expected in range(count):
+                try:
+                    msg = await sub.next_msg(timeout=30)
+                except nats.errors.TimeoutError:
+                    raise _ChunksMissing(
+                        f"snapshot {meta['snapshot_id']} of {table}: chunk {expected} of "
+                        f"{count} is not in stream {self.init_stream}"
+                    ) from None
+                chunk = _unpack(msg.data)
+                if chunk.get("chunk") != expected:
+                    raise _ChunksMissing(
+                        f"snapshot {meta['snapshot_id']} of {table}: chunk {chunk.get('chunk')} "
+                        f"where {expected} was expected"
+                    )
+                yield chunk["data"]
+        finally:
+            await sub.unsubscribe()
+
+    # -- CDC ---------------------------------------------------------------------------------
+
+    async def _consumer(self) -> JetStreamContext.PullSubscription:
+        filters = [f"cdc.{tok}.*" for tok in self.tokens.values()]
+        filters += [f"cdc.~oversized.{tok}" for tok in self.tokens.values()]
+        name = self.durable or f"pnb-{secrets.token_hex(6)}"
+        config = ConsumerConfig(
+            name=name,
+            durable_name=self.durable,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self._seq + 1,
+            ack_policy=AckPolicy.NONE,
+            filter_subjects=filters,
+            inactive_threshold=3600.0 if self.durable else 300.0,
+            description=f"pg_nats_bridge copy of {', '.join(self.tables)}",
+        )
+        if self.durable:
+            with contextlib.suppress(NotFoundError):
+                await self.js.delete_consumer(self.cdc_stream, self.durable)
+        await self.js.add_consumer(self.cdc_stream, config)
+        return await self.js.pull_subscribe_bind(
+            consumer=name, stream=self.cdc_stream, durable=self.durable
+        )
+
+    async def _follow(self) -> AsyncIterator[Item]:
+        sub = await self._consumer()
+        delivered = 0  # consumer sequence of the last delivery
+        schema_checked = time.monotonic()
+        try:
+            while True:
+                info = await self.js.stream_info(self.cdc_stream)
+                if info.state.first_seq > self._seq + 1:
+                    raise _Rebootstrap(
+                        f"stream {self.cdc_stream} no longer holds sequence {self._seq + 1} "
+                        f"(its oldest is {info.state.first_seq}): the copy fell behind retention"
+                    )
+                if info.state.last_seq < self._seq:
+                    raise _Rebootstrap(
+                        f"stream {self.cdc_stream} ends at {info.state.last_seq}, before the "
+                        f"copy's {self._seq}: the stream was recreated"
+                    )
+                try:
+                    msgs = await sub.fetch(self.batch, timeout=self.idle_seconds)
+                except nats.errors.TimeoutError:
+                    msgs = []
+                for msg in msgs:
+                    meta = msg.metadata
+                    if meta.sequence.consumer != delivered + 1:
+                        raise nats.errors.Error(
+                            f"consumer delivered {meta.sequence.consumer} after {delivered}: "
+                            "a delivery was lost; reading again from the stored position"
+                        )
+                    delivered = meta.sequence.consumer
+                    self.pending = meta.num_pending
+                    item = self._change(msg.subject, meta.sequence.stream, msg.data)
+                    self._seq = meta.sequence.stream
+                    if item is not None:
+                        yield item
+                if not msgs or msgs[-1].metadata.num_pending == 0:
+                    # Nothing pending: every event of these tables up to the stream's end
+                    # (as it was before the fetch) has been delivered.
+                    self._seq = max(self._seq, info.state.last_seq)
+                    self.pending = 0
+                    if time.monotonic() - schema_checked >= self.idle_seconds:
+                        schema_checked = time.monotonic()
+                        for changed in await self._schema_changes():
+                            yield changed
+                    yield CaughtUp(self.state)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def _schema_changes(self) -> list[SchemaChanged]:
+        kv = await self.js.key_value(self.kv_bucket)
+        changed = []
+        for table in self.tables:
+            try:
+                entry = await kv.get(kv_key(*parse_table_name(table)))
+            except KeyNotFoundError:
+                continue
+            if entry.revision == self._revisions.get(table) or entry.value is None:
+                continue
+            assert entry.revision is not None
+            self._revisions[table] = entry.revision
+            schema = TableSchema.from_document(_unpack(entry.value))
+            if schema != self._schemas.get(table):
+                self._schemas[table] = schema
+                changed.append(SchemaChanged(table, schema))
+        return changed
+
+    def _change(self, subject: str, seq: int, data: bytes) -> Item | None:
+        """The change one CDC event asks for, or None when the snapshot already holds it."""
+        _, token, rest = subject.split(".", 2)
+        event = _unpack(data)
+        if token == "~oversized":
+            table = self._by_token[rest]
+            if Lsn.parse(event["commit_lsn"]) < self._lsns[table]:
+                return None
+            log.error(
+                "%s: a %s of %d bytes did not fit NATS and is missing from the copy (key %s)",
+                table,
+                event.get("operation"),
+                event.get("size", 0),
+                event.get("key"),
+            )
+            return Oversized(table, event, seq)
+        table = self._by_token[token]
+        if Lsn.parse(event["commit_lsn"]) < self._lsns[table]:
+            return None  # committed before the snapshot: already in it
+        when = event["commit_time"]
+        self.last_commit_time = when
+        lsn = event["commit_lsn"]
+        op = event["operation"]
+        if op == "insert":
+            return Insert(table, event["data"], seq, lsn, when)
+        if op == "update":
+            new = event["data"]
+            match = self._match(table, event["old"] or new, event)
+            return Update(table, match, new, tuple(event.get("unchanged") or ()), seq, lsn, when)
+        if op == "delete":
+            return Delete(table, self._match(table, event["old"] or {}, event), seq, lsn, when)
+        if op == "truncate":
+            return Truncate(table, seq, lsn, when)
+        raise FollowError(f"{table}: unknown operation {op!r} at CDC sequence {seq}")
+
+    def _match(self, table: str, row: Row, event: dict[str, Any]) -> Row:
+        """The columns locating the row an update or delete is about: the primary key when
+        `row` (the old key or row, else the new row) has it, otherwise the whole old row."""
+        key = self._schemas[table].primary_key
+        if key and all(k in row for k in key):
+            return {k: row[k] for k in key}
+        if event.get("old"):
+            return dict(event["old"])
+        raise FollowError(
+            f"{table}: a {event['operation']} at {event['commit_lsn']} carries no old row and "
+            "the table has no primary key: give it one or set REPLICA IDENTITY FULL"
+        )

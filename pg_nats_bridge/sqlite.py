@@ -1,0 +1,215 @@
+"""A copy of the followed tables in a SQLite file, with the follower's state in the same file,
+so that data and position commit together and a restart neither loses nor repeats a change.
+
+Each table is a SQLite table named `schema.table`, its columns untyped so that every value is
+stored as the bridge sent it, except what SQLite cannot hold: a boolean is stored as 0/1 and a
+float NaN as the text `NaN` (SQLite turns NaN into NULL). `stored_value` is that mapping;
+`bridge verify` compares PostgreSQL's rows through it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from pg_nats_bridge.changes import (
+    Bootstrapped,
+    CaughtUp,
+    Delete,
+    Insert,
+    Item,
+    Oversized,
+    Reset,
+    Row,
+    Rows,
+    SchemaChanged,
+    TableSchema,
+    Truncate,
+    Update,
+)
+
+log = logging.getLogger("pg_nats_bridge")
+
+
+def stored_value(value: Any) -> Any:
+    """The value as the copy holds it (see the module's docstring)."""
+    if value is True or value is False:
+        return int(value)
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    return value
+
+
+def ident(name: str) -> str:
+    """A SQLite identifier: double-quoted, embedded quotes doubled."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+class SqliteCopy:
+    """Apply follower items to a SQLite file; `commit()` makes them durable with the state."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.db = sqlite3.connect(self.path, isolation_level="DEFERRED")
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS _bridge_state (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+        )
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS _bridge_oversized"
+            " (tbl TEXT NOT NULL, seq INTEGER NOT NULL, marker TEXT NOT NULL)"
+        )
+        self.db.commit()
+        self._columns: dict[str, list[str]] = {}
+        self.applied = 0  # CDC changes applied since opened
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _get(self, name: str) -> Any:
+        row = self.db.execute("SELECT value FROM _bridge_state WHERE name = ?", (name,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def _put(self, name: str, value: Any) -> None:
+        self.db.execute(
+            "INSERT INTO _bridge_state VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (name, json.dumps(value)),
+        )
+
+    def state(self) -> dict[str, Any] | None:
+        """The follower state stored with the data, or None for a copy never bootstrapped."""
+        state: dict[str, Any] | None = self._get("follower")
+        return state
+
+    def schema(self, table: str) -> TableSchema | None:
+        doc = self._get(f"schema:{table}")
+        return TableSchema.from_document(doc) if doc else None
+
+    def commit(self, state: dict[str, Any] | None) -> None:
+        if state is not None:
+            self._put("follower", state)
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- applying ----------------------------------------------------------------------------
+
+    def apply(self, item: Item) -> None:
+        if isinstance(item, Rows):
+            self._insert_many(item.table, item.rows)
+        elif isinstance(item, Insert):
+            self._insert_many(item.table, [item.row])
+            self.applied += 1
+        elif isinstance(item, Update):
+            self._update(item)
+            self.applied += 1
+        elif isinstance(item, Delete):
+            self._delete(item.table, item.match)
+            self.applied += 1
+        elif isinstance(item, Truncate):
+            self.db.execute(f"DELETE FROM {ident(item.table)}")
+            self.applied += 1
+        elif isinstance(item, Reset):
+            self._reset(item)
+        elif isinstance(item, SchemaChanged):
+            self._put(f"schema:{item.table}", item.schema.document)
+            self._ensure_columns(item.table, item.schema.columns)
+        elif isinstance(item, Oversized):
+            self.db.execute(
+                "INSERT INTO _bridge_oversized VALUES (?, ?, ?)",
+                (item.table, item.seq, json.dumps(item.marker, default=repr)),
+            )
+        elif isinstance(item, Bootstrapped | CaughtUp):
+            self.commit(item.state)
+
+    def _reset(self, item: Reset) -> None:
+        table = ident(item.table)
+        self.db.execute(f"DROP TABLE IF EXISTS {table}")
+        columns = list(item.schema.columns)
+        self.db.execute(f"CREATE TABLE {table} ({', '.join(map(ident, columns))})")
+        key = item.schema.primary_key
+        if key:
+            self.db.execute(
+                f"CREATE INDEX {ident('key:' + item.table)} ON {table}"
+                f" ({', '.join(map(ident, key))})"
+            )
+        self._columns[item.table] = columns
+        # Until Bootstrapped, the file holds no position: a copy interrupted mid-load starts over.
+        self.db.execute("DELETE FROM _bridge_state WHERE name = 'follower'")
+        self._put(f"schema:{item.table}", item.schema.document)
+        self._put(f"snapshot:{item.table}", item.snapshot)
+
+    def columns(self, table: str) -> list[str]:
+        if table not in self._columns:
+            info = self.db.execute(f"PRAGMA table_info({ident(table)})").fetchall()
+            self._columns[table] = [row[1] for row in info]
+        return self._columns[table]
+
+    def _ensure_columns(self, table: str, names: Any) -> None:
+        known = self.columns(table)
+        for name in names:
+            if name not in known:  # a column added since the copy's last schema
+                self.db.execute(f"ALTER TABLE {ident(table)} ADD COLUMN {ident(name)}")
+                known.append(name)
+
+    def _insert_many(self, table: str, rows: list[Row]) -> None:
+        if not rows:
+            return
+        names = list(rows[0])
+        self._ensure_columns(table, names)
+        sql = (
+            f"INSERT INTO {ident(table)} ({', '.join(map(ident, names))})"
+            f" VALUES ({', '.join('?' * len(names))})"
+        )
+        self.db.executemany(sql, ([stored_value(row.get(n)) for n in names] for row in rows))
+
+    def _where(self, match: Row) -> tuple[str, list[Any]]:
+        return (
+            " AND ".join(f"{ident(c)} IS ?" for c in match),
+            [stored_value(v) for v in match.values()],
+        )
+
+    def _update(self, item: Update) -> None:
+        names = [c for c in item.row if c not in item.keep]
+        self._ensure_columns(item.table, names)
+        where, args = self._where(item.match)
+        table = ident(item.table)
+        cur = self.db.execute(
+            f"UPDATE {table} SET {', '.join(f'{ident(c)} = ?' for c in names)}"
+            f" WHERE rowid = (SELECT rowid FROM {table} WHERE {where} LIMIT 1)",
+            [stored_value(item.row[c]) for c in names] + args,
+        )
+        if cur.rowcount == 0:
+            # The copy diverged (it was changed by hand, or a change was lost upstream): say
+            # so, keep the new row when it is complete, and let `bridge verify` show the rest.
+            log.error(
+                "%s: CDC sequence %d updates the row %s, which the copy does not have",
+                item.table,
+                item.seq,
+                item.match,
+            )
+            if not item.keep:
+                self._insert_many(item.table, [item.row])
+
+    def _delete(self, table: str, match: Row) -> None:
+        where, args = self._where(match)
+        self.db.execute(
+            f"DELETE FROM {ident(table)}"
+            f" WHERE rowid = (SELECT rowid FROM {ident(table)} WHERE {where} LIMIT 1)",
+            args,
+        )
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def rows(self, table: str, columns: list[str]) -> Any:
+        """An iterator of the copy's rows of `table`, `columns` in that order (a column the
+        copy lacks reads as the text `<missing column>`)."""
+        have = set(self.columns(table))
+        select = ", ".join(ident(c) if c in have else "'<missing column>'" for c in columns)
+        return self.db.execute(f"SELECT {select} FROM {ident(table)}")

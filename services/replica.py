@@ -1,0 +1,200 @@
+"""`bridge replica TABLE… --sqlite PATH`: a live SQLite copy of tables, built on the consumer
+library (pg_nats_bridge). Changes and the follower's position commit together, every
+`--commit-seconds` and whenever the copy is caught up, so a kill loses nothing and repeats
+nothing; progress and lag are logged every `--progress-seconds`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pg_nats_bridge import (
+    Bootstrapped,
+    CaughtUp,
+    Delete,
+    FollowError,
+    Insert,
+    Reset,
+    Rows,
+    SqliteCopy,
+    TableFollower,
+    Truncate,
+    Update,
+)
+from services.copy_lock import CopyInUse, lock_copy
+from services.tools import split_settings
+from shared.nats_connection import connect
+from shared.settings import BridgeSettings
+
+log = logging.getLogger("bridge.replica")
+
+
+def copy_arguments(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("tables", nargs="+", metavar="TABLE")
+    parser.add_argument("--sqlite", required=True, type=Path, help="the SQLite file of the copy")
+    parser.add_argument(
+        "--snapshot-subject", default="bridge.snapshot", help="the snapshotters' request subject"
+    )
+    return parser
+
+
+class Progress:
+    """Bootstrap rows per table, then changes applied, the rate and the lag."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.last = time.monotonic()
+        self.expected: dict[str, int] = {}
+        self.loaded: dict[str, int] = {}
+        self.applied = 0
+        self.applied_at_last = 0
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.every
+
+    def bootstrap(self, table: str) -> None:
+        done, total = self.loaded.get(table, 0), self.expected.get(table, 0)
+        log.info(
+            "bootstrap %s: %d / %d rows (%.0f%%)",
+            table,
+            done,
+            total,
+            100.0 * done / total if total else 100.0,
+        )
+        self.last = time.monotonic()
+
+    def following(self, follower: TableFollower) -> None:
+        now = time.monotonic()
+        rate = (self.applied - self.applied_at_last) / max(now - self.last, 1e-9)
+        lag_seconds = 0.0
+        if follower.pending and follower.last_commit_time:
+            committed = datetime.fromisoformat(follower.last_commit_time.replace("Z", "+00:00"))
+            lag_seconds = max(0.0, (datetime.now(UTC) - committed).total_seconds())
+        log.info(
+            "applied %d changes (%.0f/s), CDC sequence %d, lag %d events, %.1f s",
+            self.applied,
+            rate,
+            follower.state["seq"],
+            follower.pending,
+            lag_seconds,
+        )
+        self.last, self.applied_at_last = now, self.applied
+
+
+async def run_replica(
+    settings: BridgeSettings,
+    tables: Sequence[str],
+    path: Path,
+    snapshot_subject: str,
+    durable: str | None,
+    commit_seconds: float,
+    progress_seconds: float,
+) -> int:
+    copy = SqliteCopy(path)
+    nc = await connect(settings, "bridge-replica", reconnect=True)
+    follower = TableFollower(
+        nc,
+        tables,
+        state=copy.state(),
+        durable=durable,
+        cdc_stream=settings.cdc_stream,
+        init_stream=settings.init_stream,
+        kv_bucket=settings.kv_bucket,
+        snapshot_subject=snapshot_subject,
+    )
+    bootstrapped = copy.state() is not None
+    progress = Progress(progress_seconds)
+    last_commit = time.monotonic()
+    try:
+        async for item in follower:
+            copy.apply(item)
+            if isinstance(item, Insert | Update | Delete | Truncate):
+                progress.applied += 1
+            elif isinstance(item, Reset):
+                bootstrapped = False
+                progress.expected[item.table] = int(item.snapshot.get("row_count", 0))
+                progress.loaded[item.table] = 0
+                progress.bootstrap(item.table)
+            elif isinstance(item, Rows):
+                progress.loaded[item.table] = progress.loaded.get(item.table, 0) + len(item.rows)
+                if progress.due():
+                    progress.bootstrap(item.table)
+            elif isinstance(item, Bootstrapped):
+                bootstrapped = True
+                for table in progress.expected:
+                    progress.bootstrap(table)
+            if isinstance(item, Bootstrapped | CaughtUp):
+                last_commit = time.monotonic()  # the copy committed with the item's state
+            elif time.monotonic() - last_commit >= commit_seconds:
+                copy.commit(follower.state if bootstrapped else None)
+                last_commit = time.monotonic()
+            if bootstrapped and progress.due():
+                progress.following(follower)
+        return 0
+    finally:
+        # Whatever stopped us (SIGTERM, an error), the applied changes and their position
+        # commit together; during a bootstrap the file holds no position and starts over.
+        copy.commit(follower.state if bootstrapped else None)
+        copy.close()
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+def replica(args: Sequence[str]) -> int:
+    parser = copy_arguments("bridge replica")
+    parser.add_argument(
+        "--durable",
+        help="name of the durable JetStream consumer (one process per name); default: the "
+        "file's name",
+    )
+    parser.add_argument("--commit-seconds", type=float, default=0.5)
+    parser.add_argument("--progress-seconds", type=float, default=5.0)
+    own, settings = split_settings(
+        args,
+        parser,
+        {"--sqlite", "--snapshot-subject", "--durable", "--commit-seconds", "--progress-seconds"},
+    )
+    try:
+        lock = lock_copy(own.sqlite, "replica")
+    except CopyInUse as exc:
+        print(f"bridge replica: {exc}", flush=True)
+        return 2
+    durable = own.durable or "replica-" + "".join(
+        c if c.isalnum() or c in "-_" else "_" for c in own.sqlite.stem
+    )
+
+    async def main() -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await run_replica(
+                settings,
+                own.tables,
+                own.sqlite,
+                own.snapshot_subject,
+                durable,
+                own.commit_seconds,
+                own.progress_seconds,
+            )
+        except asyncio.CancelledError:
+            log.info("stopped; the copy is committed")
+            return 0
+
+    try:
+        return asyncio.run(main())
+    except FollowError as exc:
+        print(f"bridge replica: {exc}", flush=True)
+        return 2
+    finally:
+        lock.close()

@@ -1,0 +1,300 @@
+"""`bridge verify TABLE… --sqlite PATH`: is the copy exactly the table, while writes go on?
+
+PostgreSQL is read under an exported snapshot at LSN X, as the snapshotter reads it (a
+temporary slot's consistent point, the same columns and value codec). The copy is then moved to
+exactly X: once the bridge's slot confirmed X, every change below X is in the CDC stream, so the
+copy applies changes until the first one at or after X, or until nothing is pending. Then both
+sides are compared row by row (a hash of each row, by primary key; as a multiset of rows for a
+table without one) and every missing, extra or different row is printed with its key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import secrets
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import psycopg
+from psycopg import sql
+
+from pg_nats_bridge import (
+    Bootstrapped,
+    CaughtUp,
+    Delete,
+    FollowError,
+    Insert,
+    Lsn,
+    Oversized,
+    Reset,
+    SqliteCopy,
+    TableFollower,
+    Truncate,
+    Update,
+)
+from pg_nats_bridge.names import parse_table_name
+from pg_nats_bridge.sqlite import stored_value
+from services.copy_lock import CopyInUse, lock_copy
+from services.replica import copy_arguments
+from services.snapshotter.columns import published_columns
+from services.snapshotter.snapshot import export_snapshot
+from services.tools import split_settings
+from shared import postgres
+from shared.codec import RowCodec
+from shared.codec.copy_text import split_line
+from shared.nats_connection import connect
+from shared.settings import BridgeSettings
+
+log = logging.getLogger("bridge.verify")
+
+_KEY_QUERY = (
+    "SELECT a.attname FROM pg_index i"
+    " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+    " WHERE i.indrelid = %s::regclass AND i.indisprimary"
+    " ORDER BY array_position(i.indkey::int2[], a.attnum)"
+)
+
+
+def shown(values: Sequence[Any]) -> str:
+    """A row for a person: long values cut to their first 40 characters."""
+    parts = []
+    for value in values:
+        text = repr(value)
+        parts.append(text if len(text) <= 48 else f"{text[:40]}…({len(text)} chars)")
+    return "(" + ", ".join(parts) + ")"
+
+
+def row_hash(values: Sequence[Any]) -> bytes:
+    return hashlib.blake2b(msgpack.packb(list(values), use_bin_type=True), digest_size=16).digest()
+
+
+@dataclass
+class SourceTable:
+    """One table as PostgreSQL holds it at X: a hash per key, or a multiset of row hashes."""
+
+    table: str
+    columns: list[str]
+    key: list[str]
+    by_key: dict[tuple[Any, ...], bytes] = field(default_factory=dict)
+    rows: Counter[bytes] = field(default_factory=Counter)
+    samples: dict[bytes, tuple[Any, ...]] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return len(self.by_key) if self.key else sum(self.rows.values())
+
+
+def read_source(
+    conn: psycopg.Connection[Any], dsn: str, table: str, publication: str, mode: Any
+) -> SourceTable:
+    """The table under the transaction's snapshot, values as the bridge encodes them."""
+    schema, name = parse_table_name(table)
+    columns = asyncio.run(_columns(dsn, schema, name, publication))
+    key = [k for (k,) in conn.execute(_KEY_QUERY, (sql.Identifier(schema, name).as_string(conn),))]
+    codec = RowCodec(columns.names, columns.type_oids, mode)
+    source = SourceTable(table, list(columns.names), key)
+    positions = [source.columns.index(k) for k in key]
+    query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(
+        sql.SQL(", ").join(map(sql.Identifier, source.columns)), sql.Identifier(schema, name)
+    )
+    for data in postgres.copy_out(conn, query):
+        decoded = codec.decode_values(split_line(bytes(data)))
+        values = tuple(stored_value(decoded[c]) for c in source.columns)
+        digest = row_hash(values)
+        if key:
+            source.by_key[tuple(values[p] for p in positions)] = digest
+        else:
+            source.rows[digest] += 1
+            source.samples.setdefault(digest, values)
+    return source
+
+
+async def _columns(dsn: str, schema: str, name: str, publication: str) -> Any:
+    """The published columns (the snapshotter's own query), read on a second connection."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        return await published_columns(conn, schema, name, publication)
+
+
+@dataclass
+class Difference:
+    kind: str  # missing (in PostgreSQL, not in the copy), extra, different
+    key: Any
+    detail: str = ""
+
+
+def compare(source: SourceTable, copy: SqliteCopy) -> list[Difference]:
+    differences: list[Difference] = []
+    positions = [source.columns.index(k) for k in source.key]
+    if source.key:
+        seen: set[tuple[Any, ...]] = set()
+        for values in copy.rows(source.table, source.columns):
+            key = tuple(values[p] for p in positions)
+            if key in seen:
+                differences.append(Difference("extra", key, "the key is twice in the copy"))
+                continue
+            seen.add(key)
+            expected = source.by_key.get(key)
+            if expected is None:
+                differences.append(Difference("extra", key, shown(values)))
+            elif expected != row_hash(values):
+                differences.append(Difference("different", key, "the copy has " + shown(values)))
+        for key in source.by_key.keys() - seen:
+            differences.append(Difference("missing", key))
+        return differences
+    counted: Counter[bytes] = Counter()
+    samples: dict[bytes, tuple[Any, ...]] = {}
+    for values in copy.rows(source.table, source.columns):
+        digest = row_hash(values)
+        counted[digest] += 1
+        samples.setdefault(digest, tuple(values))
+    for digest, n in (counted - source.rows).items():
+        differences.append(Difference("extra", None, f"{n} times {shown(samples[digest])}"))
+    for digest, n in (source.rows - counted).items():
+        differences.append(
+            Difference("missing", None, f"{n} times {shown(source.samples[digest])}")
+        )
+    return differences
+
+
+def wait_confirmed(conn: psycopg.Connection[Any], slot: str, lsn: Lsn, timeout: float) -> None:
+    """Until the bridge's slot confirmed `lsn`: every change below it is then in JetStream."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = conn.execute(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        ).fetchone()
+        if row is None:
+            raise FollowError(f"replication slot {slot} does not exist: is the replicator set up?")
+        if row[0] is not None and Lsn.parse(row[0]) >= lsn:
+            return
+        if time.monotonic() > deadline:
+            raise FollowError(
+                f"slot {slot} has not confirmed {lsn} after {timeout:.0f} s (it is at {row[0]}): "
+                "is the replicator running?"
+            )
+        time.sleep(0.2)
+
+
+async def catch_up(
+    settings: BridgeSettings, copy: SqliteCopy, tables: Sequence[str], until: Lsn, subject: str
+) -> bool:
+    """Apply to the copy every change below `until` and none after; False when the copy had
+    to bootstrap again (its snapshot is then past `until`, and the comparison starts over)."""
+    nc = await connect(settings, "bridge-verify", reconnect=True)
+    rebootstrapped = False
+    follower = TableFollower(
+        nc,
+        tables,
+        state=copy.state(),
+        cdc_stream=settings.cdc_stream,
+        init_stream=settings.init_stream,
+        kv_bucket=settings.kv_bucket,
+        snapshot_subject=subject,
+    )
+    try:
+        async for item in follower:
+            if isinstance(item, Insert | Update | Delete | Truncate | Oversized):
+                lsn = item.marker["commit_lsn"] if isinstance(item, Oversized) else item.commit_lsn
+                if Lsn.parse(lsn) >= until and not rebootstrapped:
+                    copy.commit(follower.state_before(item.seq))
+                    return True
+            elif isinstance(item, Reset):
+                rebootstrapped = True
+            copy.apply(item)
+            if isinstance(item, CaughtUp):
+                return not rebootstrapped
+            if isinstance(item, Bootstrapped):
+                continue
+        return True  # pragma: no cover - the follower does not end by itself
+    finally:
+        await nc.close()
+
+
+def verify_once(
+    settings: BridgeSettings, copy: SqliteCopy, tables: list[str], own: argparse.Namespace
+) -> tuple[bool, dict[str, list[Difference]], dict[str, SourceTable], Lsn]:
+    dsn = settings.database_dsn()
+    repl, lsn, snapshot = export_snapshot(
+        dsn, f"bridge_verify_{secrets.token_hex(6)}", application_name="bridge-verify"
+    )
+    with postgres.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET client_encoding TO 'UTF8'")
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        with conn.transaction():
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            repl.close()  # the transaction holds the snapshot now; no slot holds WAL
+            sources = {
+                t: read_source(conn, dsn, t, settings.publication, settings.value_mode)
+                for t in tables
+            }
+    log.info(
+        "PostgreSQL read at %s: %s",
+        lsn,
+        ", ".join(f"{t} {s.count} rows" for t, s in sources.items()),
+    )
+    with postgres.connect(dsn, autocommit=True) as conn:
+        wait_confirmed(conn, settings.slot, lsn, own.confirm_timeout)
+    if not asyncio.run(catch_up(settings, copy, tables, lsn, own.snapshot_subject)):
+        return False, {}, sources, lsn
+    return True, {t: compare(s, copy) for t, s in sources.items()}, sources, lsn
+
+
+def verify(args: Sequence[str]) -> int:
+    parser = copy_arguments("bridge verify")
+    parser.add_argument("--confirm-timeout", type=float, default=120.0)
+    parser.add_argument("--show", type=int, default=20, help="differences printed per table")
+    own, settings = split_settings(
+        args, parser, {"--sqlite", "--snapshot-subject", "--confirm-timeout", "--show"}
+    )
+    if not own.sqlite.exists():
+        print(f"bridge verify: {own.sqlite} does not exist: run `bridge replica` first")
+        return 2
+    try:
+        lock = lock_copy(own.sqlite, "verify")
+    except CopyInUse as exc:
+        print(f"bridge verify: {exc}; stop it first (verify moves the copy itself)")
+        return 2
+    copy = SqliteCopy(own.sqlite)
+    try:
+        if copy.state() is None:
+            print(f"bridge verify: {own.sqlite} holds no finished bootstrap: run `bridge replica`")
+            return 2
+        tables = [".".join(parse_table_name(t)) for t in own.tables]
+        for _ in range(3):
+            done, differences, sources, lsn = verify_once(settings, copy, tables, own)
+            if done:
+                break
+            log.warning("the copy bootstrapped again while catching up: comparing anew")
+        else:
+            print("bridge verify: the copy kept bootstrapping again; it cannot keep up")
+            return 2
+    except FollowError as exc:
+        print(f"bridge verify: {exc}")
+        return 2
+    finally:
+        copy.close()
+        lock.close()
+    total = 0
+    for table in tables:
+        found = differences[table]
+        total += len(found)
+        counts = Counter(d.kind for d in found)
+        verdict = (
+            "equal" if not found else ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+        )
+        print(f"{table} at {lsn}: {sources[table].count} rows in PostgreSQL: {verdict}")
+        for d in found[: own.show]:
+            key = f" key {d.key!r}" if d.key is not None else ""
+            print(f"  {d.kind}{key} {d.detail}".rstrip())
+    sys.stdout.flush()
+    return 1 if total else 0

@@ -1,0 +1,268 @@
+"""The consumer library (pg_nats_bridge), `bridge replica` and `bridge verify` against the real
+services: a copy built while writes go on must equal the table, resume after a kill without a
+new snapshot, and bootstrap again when the stream's retention passed it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nats
+import psycopg
+
+from pg_nats_bridge import CaughtUp, MemoryCopy, TableFollower
+from pg_nats_bridge.sqlite import stored_value
+from tests.e2e.conftest import BRIDGE, Service, slot_lag, wait_for
+from tests.harness.postgres import Database
+
+
+class Writer:
+    """Random single-row transactions (inserts, updates of a TOASTed column or not, deletes,
+    key changes) on `items`, and inserts/updates/deletes on the key-less `events`, in a thread."""
+
+    def __init__(self, url: str, seed: int = 1) -> None:
+        self.url = url
+        self.rng = random.Random(seed)
+        self.stop = threading.Event()
+        self.transactions = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Writer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(20)
+
+    def _run(self) -> None:
+        rng = self.rng
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM items").fetchone()[0]
+            while not self.stop.is_set():
+                roll = rng.random()
+                with conn.transaction():
+                    if roll < 0.3:
+                        conn.execute(
+                            "INSERT INTO items VALUES (%s, %s, %s, %s)",
+                            (
+                                next_id,
+                                rng.random(),
+                                "x" * rng.choice((5, 9000)),
+                                rng.random() < 0.5,
+                            ),
+                        )
+                        next_id += 1
+                    elif roll < 0.6:  # the TOASTed column is left unchanged
+                        conn.execute(
+                            "UPDATE items SET score = %s WHERE id = %s",
+                            (rng.random(), rng.randint(1, next_id)),
+                        )
+                    elif roll < 0.7:
+                        conn.execute(
+                            "UPDATE items SET big = %s WHERE id = %s",
+                            ("y" * rng.randint(1, 12000), rng.randint(1, next_id)),
+                        )
+                    elif roll < 0.8:
+                        conn.execute("DELETE FROM items WHERE id = %s", (rng.randint(1, next_id),))
+                    elif roll < 0.85:
+                        conn.execute(
+                            "UPDATE items SET id = %s WHERE id = %s",
+                            (next_id, rng.randint(1, next_id - 1)),
+                        )
+                        next_id += 1
+                    elif roll < 0.95:
+                        conn.execute(
+                            "INSERT INTO events VALUES (%s, %s)", (rng.randint(1, 20), "e")
+                        )
+                    else:
+                        conn.execute(
+                            "UPDATE events SET note = note || 'u' WHERE ctid = "
+                            "(SELECT ctid FROM events WHERE kind = %s LIMIT 1)",
+                            (rng.randint(1, 20),),
+                        )
+                self.transactions += 1
+                time.sleep(0.003)
+
+
+def make_tables(pg: Database) -> None:
+    pg.execute(
+        "CREATE TABLE items (id int PRIMARY KEY, score float8, big text, flag boolean);"
+        "CREATE TABLE events (kind int, note text);"
+        "ALTER TABLE events REPLICA IDENTITY FULL;"
+        "INSERT INTO items SELECT g, g / 7.0, repeat('b', 10 + g % 3 * 5000), g % 2 = 0"
+        " FROM generate_series(1, 3000) g;"
+        "INSERT INTO items VALUES (3001, 'NaN', NULL, NULL);"
+        "INSERT INTO events SELECT g % 20, 'n' FROM generate_series(1, 500) g"
+    )
+
+
+def table_rows(pg: Database, table: str, columns: str) -> list[tuple[Any, ...]]:
+    rows = pg.execute(f"SELECT {columns} FROM {table}")
+    return sorted((tuple(stored_value(v) for v in r) for r in rows), key=repr)
+
+
+def start_stack(pg: Database, nats_url: str, services: Callable[..., Service]) -> Service:
+    replicator = services("replicator", pg, nats_url, table="items,events").wait_healthy()
+    services("snapshotter", pg, nats_url, table="items,events").wait_healthy()
+    return replicator
+
+
+def test_library_keeps_a_copy_equal_to_the_tables_under_writes(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    make_tables(pg)
+    replicator = start_stack(pg, nats_url, services)
+    copy = MemoryCopy()
+    caught_up = threading.Event()
+    done = threading.Event()
+
+    async def follow() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            async for item in TableFollower(nc, ["items", "public.events"]):
+                copy.apply(item)
+                if isinstance(item, CaughtUp):
+                    caught_up.set()
+                    if done.is_set():
+                        return
+        finally:
+            await nc.close()
+
+    with Writer(pg.url) as writer:
+        time.sleep(0.5)
+        consumer = threading.Thread(target=lambda: asyncio.run(follow()), daemon=True)
+        consumer.start()
+        time.sleep(4)
+    assert writer.transactions > 300, f"only {writer.transactions} transactions"
+    wait_for(lambda: slot_lag(pg) == 0, 30, "the replicator to catch up", replicator)
+    caught_up.clear()
+    wait_for(caught_up.is_set, 30, "the copy to catch up")
+    done.set()
+    consumer.join(30)
+    for table, columns in (("items", "id, score, big, flag"), ("events", "kind, note")):
+        names = [c.strip() for c in columns.split(",")]
+        got = sorted(
+            (tuple(stored_value(r.get(c)) for c in names) for r in copy.tables[f"public.{table}"]),
+            key=repr,
+        )
+        assert got == table_rows(pg, table, columns), table
+    assert copy.schemas["public.items"].primary_key == ("id",)
+    assert copy.schemas["public.events"].replica_identity == "full"
+
+
+def bridge(
+    *args: str, env: dict[str, str], timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BRIDGE, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def start_replica(env: dict[str, str], path: Path, log: Path) -> Service:
+    """`bridge replica items events` with progress every second, logging to `log`."""
+    service = Service("replica", env, 0, log)
+    with open(log, "ab") as out:
+        service.process = subprocess.Popen(
+            [
+                BRIDGE,
+                "replica",
+                "items",
+                "events",
+                "--sqlite",
+                str(path),
+                "--progress-seconds",
+                "1",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return service
+
+
+def test_replica_resumes_after_kill_and_verify_proves_it_equal_under_writes(
+    pg: Database, nats_url: str, services: Callable[..., Service], tmp_path: Path
+) -> None:
+    make_tables(pg)
+    replicator = start_stack(pg, nats_url, services)
+    path = tmp_path / "copy.db"
+    env = replicator.env
+    with Writer(pg.url, seed=2):
+        replica = start_replica(env, path, tmp_path / "replica.log")
+        wait_for(lambda: "applied" in replica.output(), 60, "the replica to follow", replica)
+        time.sleep(2)
+        replica.kill()
+        time.sleep(1)
+        replica = start_replica(env, path, tmp_path / "replica.log")
+        wait_for(lambda: "resuming" in replica.output(), 30, "the replica to resume", replica)
+        busy = bridge("verify", "items", "--sqlite", str(path), env=env)
+        assert busy.returncode == 2 and "in use by `bridge replica`" in busy.stdout, busy
+        time.sleep(2)
+        assert replica.terminate() == 0
+        # Writes go on while verify reads PostgreSQL and moves the copy to the same LSN.
+        result = bridge("verify", "items", "events", "--sqlite", str(path), env=env)
+    output = replica.output()
+    print(result.stdout)
+    assert output.count("bootstrapping") == 1, output
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "public.items at " in result.stdout and ": equal" in result.stdout
+    assert result.stdout.count(": equal") == 2, result.stdout
+
+    db = sqlite3.connect(path)
+    db.execute(
+        'UPDATE "public.items" SET score = -1 WHERE id = (SELECT min(id) FROM "public.items")'
+    )
+    db.execute('DELETE FROM "public.events" WHERE rowid = (SELECT min(rowid) FROM "public.events")')
+    db.commit()
+    db.close()
+    broken = bridge("verify", "items", "events", "--sqlite", str(path), env=env)
+    print(broken.stdout)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "1 different" in broken.stdout and "different key (" in broken.stdout
+    assert "1 missing" in broken.stdout
+
+
+def test_replica_bootstraps_again_when_retention_passed_it(
+    pg: Database, nats_url: str, services: Callable[..., Service], tmp_path: Path
+) -> None:
+    make_tables(pg)
+    # A CDC stream that keeps events 5 s (the replicator creates it), so a copy stopped for
+    # longer can no longer resume from the stream.
+    replicator = services(
+        "replicator", pg, nats_url, table="items,events", cdc_max_age_seconds=5
+    ).wait_healthy()
+    services("snapshotter", pg, nats_url, table="items,events").wait_healthy()
+    path = tmp_path / "copy.db"
+    env = replicator.env
+    first = bridge_run(env, path, seconds=6)
+    assert "bootstrapping public.items, public.events: the copy is empty" in first, first
+    pg.execute("INSERT INTO items VALUES (9999, 1, 'late', true)")
+    time.sleep(8)
+    second = bridge_run(env, path, seconds=8)
+    assert "retention removed changes the copy has not applied" in second, second
+    wait_for(lambda: slot_lag(pg) == 0, 30, "the replicator to catch up", replicator)
+    result = bridge("verify", "items", "events", "--sqlite", str(path), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def bridge_run(env: dict[str, str], path: Path, seconds: float) -> str:
+    proc = subprocess.Popen(
+        [BRIDGE, "replica", "items", "events", "--sqlite", str(path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(seconds)
+    proc.terminate()
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    return out
