@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-browser test test-unit test-e2e lint format clean bench run
+.PHONY: install install-browser test test-unit test-e2e lint format clean bench chaos run
 
 install: $(STAMP)
 
@@ -47,6 +47,11 @@ clean:
 # printed and written to bench-results.json.
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The chaos soak for longer than make test's 60 s (CHAOS_ARGS="--seconds 600 --seed N" replays
+# a run): faults every few seconds under a random workload; exit 1 on any loss or duplicate.
+chaos: install
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 # Everything in one command: embedded PostgreSQL and nats-server (data in .bridge/), the three
 # services supervised, the admin on :8080. Ctrl-C stops it all.

@@ -1,0 +1,31 @@
+"""60 seconds of the chaos soak (tests/chaos/soak.py; `make chaos` runs it longer)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import pytest
+
+from tests.chaos.soak import run_soak
+
+
+def test_chaos_soak_loses_nothing_and_duplicates_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="chaos")
+    seed = int(os.environ["BRIDGE_CHAOS_SEED"]) if "BRIDGE_CHAOS_SEED" in os.environ else None
+    report = run_soak(float(os.environ.get("BRIDGE_CHAOS_SECONDS", "60")), seed)
+    print(report.summary())
+    replay = (
+        f"replay: BRIDGE_CHAOS_SEED={report.seed} (or python -m tests.chaos --seed {report.seed})"
+    )
+    assert sum(report.faults.values()) >= 6, report.summary()
+    assert report.transactions > 1000, report.summary()
+    assert report.verify_exit == 0, f"{report.verify_output}\n{replay}"
+    assert report.events > 10000, report.summary()
+    assert report.duplicated == 0 and report.out_of_order == 0, f"{report.summary()}\n{replay}"
+    assert all(math.isfinite(seconds) for _, seconds in report.recoveries), (
+        f"a fault the bridge never recovered from: {report.recoveries}\n{replay}"
+    )
+    unexpected = [(role, code) for role, code in report.exits if code not in (0, -9)]
+    assert not unexpected, f"services exited with errors: {unexpected}\n{replay}"
