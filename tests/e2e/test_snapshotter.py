@@ -135,7 +135,9 @@ def test_schema_documents_in_kv_and_on_init_and_after_alter(
         },
     ]
     assert isinstance(doc["timestamp"], int)
-    assert wait_for(lambda: kv_get(nats_url, "Odd=2EName"), 30, "the odd table's schema")
+    assert doc["primary_key"] == ["id"] and doc["replica_identity"] == "default"
+    odd = wait_for(lambda: kv_get(nats_url, "Odd=2EName"), 30, "the odd table's schema")
+    assert odd["primary_key"] == [] and odd["replica_identity"] == "default"
     ((_, _, published),) = init_messages(nats_url, "init.schema.users")
     assert msgpack.unpackb(published)["columns"] == doc["columns"]
 
@@ -145,6 +147,21 @@ def test_schema_documents_in_kv_and_on_init_and_after_alter(
     wait_for(lambda: len(kv_get(nats_url, "users")["columns"]) == 3, 10, "the new schema")  # type: ignore[index]
     assert time.monotonic() - changed_at < 5
     assert len(init_messages(nats_url, "init.schema.users")) == 2
+
+    # A new key or replica identity changes how consumers locate rows: announced too.
+    pg.execute("ALTER TABLE users DROP CONSTRAINT users_pkey, ADD PRIMARY KEY (email, id)")
+    wait_for(
+        lambda: (kv_get(nats_url, "users") or {}).get("primary_key") == ["email", "id"],
+        10,
+        "the new key",
+    )
+    pg.execute("ALTER TABLE users REPLICA IDENTITY FULL")
+    wait_for(
+        lambda: (kv_get(nats_url, "users") or {}).get("replica_identity") == "full",
+        10,
+        "the new replica identity",
+    )
+    assert len(init_messages(nats_url, "init.schema.users")) == 4
 
 
 def test_every_init_message_and_kv_value_is_plain_messagepack(
