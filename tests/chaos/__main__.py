@@ -15,6 +15,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     report = run_soak(args.seconds, args.seed)
     print(report.summary())
     ok = report.verify_exit == 0 and not report.duplicated and not report.out_of_order

@@ -17,7 +17,7 @@ from typing import Any
 import nats
 import psycopg
 
-from pg_nats_bridge import CaughtUp, MemoryCopy, TableFollower
+from pg_nats_bridge import CaughtUp, MemoryCopy, Reset, TableFollower
 from pg_nats_bridge.sqlite import stored_value
 from tests.e2e.conftest import BRIDGE, Service, slot_lag, wait_for
 from tests.harness.postgres import Database
@@ -316,3 +316,60 @@ def test_every_wire_type_verifies_equal_through_a_sqlite_copy(
     db = sqlite3.connect(path)
     by = db.execute('SELECT by, big FROM "public.typed" WHERE id = 1').fetchone()
     assert by == (b"\x00\xff", "z" * 9000)
+
+
+def test_follower_reuses_a_complete_snapshot_the_stream_still_covers(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    make_tables(pg)
+    start_stack(pg, nats_url, services)
+    pg.execute("UPDATE items SET score = 0 WHERE id <= 10")  # CDC older than the snapshot
+    first = bridge("snapshot", "items", env={**services_env(pg, nats_url)})
+    assert first.returncode == 0, first.stdout + first.stderr
+    pg.execute("UPDATE items SET score = 1 WHERE id <= 5")  # after it: applied on top
+
+    async def follow() -> tuple[MemoryCopy, list[str]]:
+        nc = await nats.connect(nats_url)
+        copy, snapshots = MemoryCopy(), []
+        try:
+            async for item in TableFollower(nc, ["items"]):
+                copy.apply(item)
+                if isinstance(item, Reset):
+                    snapshots.append(item.snapshot["snapshot_id"])
+                if isinstance(item, CaughtUp):
+                    return copy, snapshots
+        finally:
+            await nc.close()
+        raise AssertionError("the follower ended")
+
+    copy, snapshots = asyncio.run(follow())
+    metas = asyncio.run(meta_ids(nats_url, "items"))
+    assert snapshots == metas[-1:] and len(metas) == 1, (snapshots, metas)
+    got = sorted(
+        ((r["id"], stored_value(r["score"])) for r in copy.tables["public.items"]), key=repr
+    )
+    assert got == table_rows(pg, "items", "id, score")
+
+
+def services_env(pg: Database, nats_url: str) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    return {**env, "BRIDGE_DATABASE_URL": pg.url, "BRIDGE_NATS_URL": nats_url}
+
+
+async def meta_ids(url: str, token: str) -> list[str]:
+    """The snapshot ids of every meta on INIT for the table."""
+    import msgpack
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info("INIT", subjects_filter=f"init.meta.{token}")
+        total = sum((info.state.subjects or {}).values())
+        sub = await js.subscribe(f"init.meta.{token}", stream="INIT", ordered_consumer=True)
+        ids = [msgpack.unpackb((await sub.next_msg(5)).data)["snapshot_id"] for _ in range(total)]
+        await sub.unsubscribe()
+        return ids
+    finally:
+        await nc.close()
