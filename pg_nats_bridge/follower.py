@@ -27,7 +27,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import msgpack
@@ -124,6 +124,7 @@ class TableFollower:
         self._revisions: dict[str, int] = {}
         self.pending = 0  # events the consumer holds beyond the last one delivered
         self.last_commit_time: str | None = None
+        self._consumer_name = ""
 
     # -- the position ------------------------------------------------------------------------
 
@@ -165,7 +166,7 @@ class TableFollower:
     def __aiter__(self) -> AsyncIterator[Item]:
         return self.items()
 
-    async def items(self) -> AsyncIterator[Item]:
+    async def items(self) -> AsyncGenerator[Item, None]:
         attempt = 0
         while True:
             try:
@@ -183,6 +184,8 @@ class TableFollower:
                     async for item in self._bootstrap():
                         yield item
                 async for item in self._follow():
+                    if isinstance(item, CaughtUp):
+                        attempt = 0  # following again: the next failure waits briefly
                     yield item
             except _Rebootstrap as exc:
                 log.warning("re-bootstrapping %s: %s", ", ".join(self.tables), exc)
@@ -355,7 +358,7 @@ class TableFollower:
     async def _consumer(self) -> JetStreamContext.PullSubscription:
         filters = [f"cdc.{tok}.*" for tok in self.tokens.values()]
         filters += [f"cdc.~oversized.{tok}" for tok in self.tokens.values()]
-        name = self.durable or f"pnb-{secrets.token_hex(6)}"
+        name = self._consumer_name = self.durable or f"pnb-{secrets.token_hex(6)}"
         config = ConsumerConfig(
             name=name,
             durable_name=self.durable,
@@ -421,6 +424,9 @@ class TableFollower:
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
+            if not self.durable:  # an ephemeral one would linger until its inactive threshold
+                with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                    await self.js.delete_consumer(self.cdc_stream, self._consumer_name)
 
     async def _schema_changes(self) -> list[SchemaChanged]:
         kv = await self.js.key_value(self.kv_bucket)

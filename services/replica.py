@@ -97,6 +97,7 @@ async def run_replica(
     durable: str | None,
     commit_seconds: float,
     progress_seconds: float,
+    stopping: asyncio.Event,
 ) -> int:
     copy = SqliteCopy(path)
     nc = await connect(settings, "bridge-replica", reconnect=True)
@@ -138,6 +139,9 @@ async def run_replica(
                 last_commit = time.monotonic()
             if bootstrapped and progress.due():
                 progress.following(follower)
+            if stopping.is_set():  # between two items: what was applied commits below
+                break
+        log.info("stopped; the copy is committed")
         return 0
     finally:
         # Whatever stopped us (SIGTERM, an error), the applied changes and their position
@@ -175,8 +179,16 @@ def replica(args: Sequence[str]) -> int:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+
+        def stop() -> None:
+            # The loop stops at the next item (one comes at least every second); cancelling
+            # is the fallback, as a cancellation can be lost inside nats-py's waits.
+            stopping.set()
+            loop.call_later(10, task.cancel)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, stop)
         try:
             return await run_replica(
                 settings,
@@ -186,6 +198,7 @@ def replica(args: Sequence[str]) -> int:
                 durable,
                 own.commit_seconds,
                 own.progress_seconds,
+                stopping,
             )
         except asyncio.CancelledError:
             log.info("stopped; the copy is committed")

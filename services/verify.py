@@ -200,8 +200,9 @@ async def catch_up(
         kv_bucket=settings.kv_bucket,
         snapshot_subject=subject,
     )
+    items = follower.items()
     try:
-        async for item in follower:
+        async for item in items:
             if isinstance(item, Insert | Update | Delete | Truncate | Oversized):
                 lsn = item.marker["commit_lsn"] if isinstance(item, Oversized) else item.commit_lsn
                 if Lsn.parse(lsn) >= until and not rebootstrapped:
@@ -216,6 +217,7 @@ async def catch_up(
                 continue
         return True  # pragma: no cover - the follower does not end by itself
     finally:
+        await items.aclose()  # deletes its consumer while the connection is still open
         await nc.close()
 
 

@@ -105,6 +105,7 @@ class Workload:
         self.stop = threading.Event()
         self.next_id = 20001
         self.next_part = 3001
+        self.big_now = threading.Event()  # the soak asks for one 50,000-row transaction
         self.thread = threading.Thread(target=self._run, name="workload", daemon=True)
 
     def _run(self) -> None:
@@ -125,8 +126,9 @@ class Workload:
 
     def _transaction(self, conn: psycopg.Connection[Any]) -> int:
         rng, roll = self.rng, self.rng.random()
-        if roll < 0.004:  # a large transaction, up to 50,000 rows
-            n = rng.randint(5000, 50000)
+        if roll < 0.0015 or self.big_now.is_set():  # a large transaction, up to 50,000 rows
+            n = 50000 if self.big_now.is_set() else rng.randint(5000, 50000)
+            self.big_now.clear()
             conn.execute(
                 "INSERT INTO ledger SELECT g %% 1000, random(), 'bulk'"
                 " FROM generate_series(1, %s) g",
@@ -241,6 +243,7 @@ class Stack:
             # The end-of-soak scan reads every event: keep them (and the duplicate window)
             # for the whole run instead of the seed's 60 s.
             BRIDGE_CDC_MAX_AGE_SECONDS="7200",
+            BRIDGE_CDC_MAX_MSGS="20000000",
             BRIDGE_ADMIN_TOKEN=self.token,
             BRIDGE_STATUS_INTERVAL_SECONDS="2",
             **extra,
@@ -467,6 +470,7 @@ def run_soak(seconds: float, seed: int | None = None, work: Path | None = None) 
         started = time.monotonic()
         next_fault = started + rng.uniform(3, 6)
         next_snapshot = started + rng.uniform(1, 4)
+        big_at = started + seconds / 3
         probes: list[threading.Thread] = []
         while time.monotonic() - started < seconds:
             now = time.monotonic()
@@ -481,6 +485,9 @@ def run_soak(seconds: float, seed: int | None = None, work: Path | None = None) 
                 thread.start()
                 probes.append(thread)
                 next_fault = time.monotonic() + rng.uniform(3, 8)
+            if big_at and now >= big_at:
+                workload.big_now.set()
+                big_at = 0.0
             if now >= next_snapshot:
                 threading.Thread(
                     target=snapshot_request,
