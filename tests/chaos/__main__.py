@@ -19,6 +19,7 @@ def main() -> int:
     report = run_soak(args.seconds, args.seed)
     print(report.summary())
     ok = report.verify_exit == 0 and not report.duplicated and not report.out_of_order
+    ok = ok and not report.unexpected_exits and not report.workload_errors
     return 0 if ok else 1
 
 

@@ -83,6 +83,11 @@ class Report:
     exits: list[tuple[str, int]] = field(default_factory=list)
     workload_errors: list[str] = field(default_factory=list)
 
+    @property
+    def unexpected_exits(self) -> list[tuple[str, int]]:
+        """Exits other than a graceful one (0) or our kill -9: a crash the soak caused."""
+        return [(role, code) for role, code in self.exits if code not in (0, -9)]
+
     def summary(self) -> str:
         longest = max(self.recoveries, key=lambda r: r[1], default=("-", 0.0))
         lost = "0" if self.verify_exit == 0 else f"verify exit {self.verify_exit}"
@@ -92,7 +97,8 @@ class Report:
             f"{sum(self.faults.values())} faults survived ({dict(self.faults)}), longest "
             f"recovery {longest[1]:.1f} s ({longest[0]}), snapshots {self.snapshots_ok} "
             f"served / {self.snapshots_failed} failed during faults, lost {lost}, duplicated "
-            f"{self.duplicated}, out of order {self.out_of_order}"
+            f"{self.duplicated}, out of order {self.out_of_order}, service crashes "
+            f"{len(self.unexpected_exits)}"
         )
 
 

@@ -27,5 +27,4 @@ def test_chaos_soak_loses_nothing_and_duplicates_nothing(caplog: pytest.LogCaptu
     assert all(math.isfinite(seconds) for _, seconds in report.recoveries), (
         f"a fault the bridge never recovered from: {report.recoveries}\n{replay}"
     )
-    unexpected = [(role, code) for role, code in report.exits if code not in (0, -9)]
-    assert not unexpected, f"services exited with errors: {unexpected}\n{replay}"
+    assert not report.unexpected_exits, f"services crashed: {report.unexpected_exits}\n{replay}"
