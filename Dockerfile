@@ -13,6 +13,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
  && pip install -r requirements.txt
 
 COPY README.md ./
+COPY pg_nats_bridge ./pg_nats_bridge
 COPY shared ./shared
 COPY services ./services
 RUN pip install --no-deps .

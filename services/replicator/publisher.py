@@ -5,16 +5,25 @@ subscription collects the PubAcks. No future per message: `acked_through` is the
 sequence below which everything is acknowledged, and a batch is done when its last sequence
 is at or below it. A done batch gives its budget back and tells the reader its confirm LSN.
 
-Messages on one connection reach the server in order, so a loss (a dropped connection) loses
-a suffix: nothing after a missing PubAck was stored. A PubAck overdue by `ack_timeout` fails
-the pipeline; the supervisor restarts from the slot's confirmed position and the Msg-Ids let
-JetStream drop what it already has, keeping per-table order.
+Order: every message carries `Nats-Expected-Last-Sequence`, the stream sequence it must
+follow, so JetStream stores a message only right after the one before it. Without it, a message
+lost with a dying stream leader (or answered 503 between leaders) while later ones, already
+sent, reach the new leader would leave a gap that the replay after the restart fills out of
+order (seen in the cluster test: change 2918 stored before 2694). With it, every later message
+is refused ("wrong last sequence"), the pipeline restarts from the slot's confirmed position,
+and the stream stays the replicator's messages in order.
+
+A restart first replays what the stream already has (stored, not yet confirmed to PostgreSQL):
+the pipeline starts by sending one message at a time until JetStream answers one that is not a
+duplicate; its sequence is where the pipelined sending continues. A PubAck overdue by
+`ack_timeout` fails the pipeline the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -105,6 +114,11 @@ class Publisher(pykka.ThreadingActor):
         self.pump: asyncio.Task[None] | None = None
         self.queue: asyncio.Queue[Publish] | None = None
         self.closing = False
+        # The stream sequence the next message must follow; None while the replay of what
+        # the stream already holds is probed one message at a time.
+        self.expected: int | None = None
+        self.stream_last = 0
+        self.probe: tuple[int, asyncio.Future[dict[str, Any]]] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -126,7 +140,8 @@ class Publisher(pykka.ThreadingActor):
         # position and the duplicate window drops what was stored twice.
         self.nc = await connect(self.settings, "bridge-replicator", on_closed=self._lost)
         try:
-            await self.nc.jetstream().stream_info(self.stream)
+            info = await self.nc.jetstream().stream_info(self.stream)
+            self.stream_last = info.state.last_seq
         except NotFoundError:
             raise PermanentError(
                 f"JetStream stream {self.stream} does not exist; it is created at start unless "
@@ -212,23 +227,63 @@ class Publisher(pykka.ThreadingActor):
                 if self.failure.failed:
                     return
             self.seq += 1
+            if self.expected is None:
+                await self._probe(message)
+                continue
             await publish(
                 message.subject,
                 message.payload,
                 reply=f"{prefix}{self.seq}",
-                headers={"Nats-Msg-Id": message.msg_id},
+                headers={
+                    "Nats-Msg-Id": message.msg_id,
+                    "Nats-Expected-Last-Sequence": str(self.expected),
+                },
             )
+            self.expected += 1
         self.batches.append(
             _Batch(batch.batch_no, self.seq, batch.cost, batch.confirm_lsn, time.monotonic())
         )
         self._advance()
 
+    async def _probe(self, message: Any) -> None:
+        """Send one message and wait for its PubAck: a duplicate (the stream has it from
+        before the restart) keeps probing; a stored one sets where pipelining continues."""
+        assert self.nc is not None
+        seq = self.seq
+        future: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        self.probe = (seq, future)
+        await self.nc.publish(
+            message.subject,
+            message.payload,
+            reply=f"{self.inbox_prefix}{seq}",
+            headers={
+                "Nats-Msg-Id": message.msg_id,
+                # Stored only right after what the stream held when this pipeline started.
+                "Nats-Expected-Last-Sequence": str(self.stream_last),
+            },
+        )
+        try:
+            ack = await asyncio.wait_for(future, self.ack_timeout)
+        except TimeoutError:
+            raise TransientError(
+                f"no PubAck from JetStream for {self.ack_timeout:g} s: NATS slow or unreachable"
+            ) from None
+        finally:
+            self.probe = None
+        if not ack.get("duplicate"):
+            self.expected = int(ack["seq"])
+
     async def _on_ack(self, msg: Msg) -> None:
+        seq = int(msg.subject[len(self.inbox_prefix) :])
+        probe = self.probe[1] if self.probe is not None and self.probe[0] == seq else None
         error = self._ack_error(msg)
         if error is not None:
+            if probe is not None and not probe.done():
+                probe.set_exception(error)
             self.failure.fail(error)
             return
-        seq = int(msg.subject[len(self.inbox_prefix) :])
+        if probe is not None and not probe.done():
+            probe.set_result(json.loads(msg.data))
         if seq == self.acked_through + 1:
             self.acked_through = seq
             pending = self.out_of_order
@@ -249,6 +304,12 @@ class Publisher(pykka.ThreadingActor):
             return TransientError(
                 f"JetStream did not answer on {self.stream}: no responders (stream missing or "
                 "JetStream unavailable)"
+            )
+        if isinstance(problem.error, dict) and problem.error.get("err_code") == 10071:
+            return TransientError(
+                "JetStream refused a message whose predecessor it did not store (wrong last "
+                "sequence: a stream leader changed, or something else publishes to "
+                f"{self.stream}); replaying from the slot keeps the order"
             )
         return TransientError(f"JetStream refused a message: {problem.error}")
 

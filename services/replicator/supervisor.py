@@ -156,6 +156,7 @@ class Replicator:
         s = self.settings
         backoff = Backoff()
         first = True
+        published_before = 0.0
         while not self.stop_requested.is_set():
             pipeline: Pipeline | None = None
             try:
@@ -173,6 +174,7 @@ class Replicator:
                     failover_slot=s.failover_slot,
                 )
                 first = False
+                published_before = _published()
                 pipeline = self.pipeline = Pipeline(s)
                 pipeline.start()
                 self.running = True
@@ -198,6 +200,10 @@ class Replicator:
                 if is_permanent(exc):
                     log.error("stopping: %s", self._shown(explain(exc)))
                     return 2
+                if pipeline is not None and _published() > published_before:
+                    # It was working: this failure is a new incident, not the same one again
+                    # (faults close together otherwise stretch each stall with the backoff).
+                    backoff.reset()
                 delay = SLOT_BUSY_RETRY_SECONDS if _slot_busy(exc) else backoff.next()
                 if _slot_busy(exc):
                     log.info("slot %s is in use by another replicator; waiting", s.slot)
@@ -258,3 +264,8 @@ def metrics_line() -> str:
             f"oversized_rows={value(metrics.oversized_rows, '_total'):.0f}",
         ]
     )
+
+
+def _published() -> float:
+    """Messages JetStream acknowledged so far (this process)."""
+    return metrics.REGISTRY.get_sample_value("bridge_cdc_events_published_total") or 0.0
