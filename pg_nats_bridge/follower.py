@@ -199,7 +199,9 @@ class TableFollower:
                     str(exc) or type(exc).__name__,
                     delay,
                 )
-                self._stored = self.state if self._lsns and self._seq else None
+                # Resume from what was yielded, unless a bootstrap was cut short.
+                loaded = sorted(self._lsns) == sorted(self.tables)
+                self._stored = self.state if loaded else None
                 await asyncio.sleep(delay)
             else:  # pragma: no cover - _follow never ends by itself
                 return
