@@ -27,7 +27,6 @@ import psycopg
 from psycopg import sql
 
 from pg_nats_bridge import (
-    Bootstrapped,
     CaughtUp,
     Delete,
     FollowError,
@@ -213,8 +212,6 @@ async def catch_up(
             copy.apply(item)
             if isinstance(item, CaughtUp):
                 return not rebootstrapped
-            if isinstance(item, Bootstrapped):
-                continue
         return True  # pragma: no cover - the follower does not end by itself
     finally:
         await items.aclose()  # deletes its consumer while the connection is still open
