@@ -43,8 +43,7 @@ from pg_nats_bridge.names import parse_table_name
 from pg_nats_bridge.sqlite import stored_value
 from services.copy_lock import CopyInUse, lock_copy
 from services.replica import copy_arguments
-from services.snapshotter.columns import published_columns
-from services.snapshotter.snapshot import export_snapshot
+from services.snapshotter.snapshot import describe_table, export_snapshot
 from services.tools import split_settings
 from shared import postgres
 from shared.codec import RowCodec
@@ -53,13 +52,6 @@ from shared.nats_connection import connect
 from shared.settings import BridgeSettings
 
 log = logging.getLogger("bridge.verify")
-
-_KEY_QUERY = (
-    "SELECT a.attname FROM pg_index i"
-    " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
-    " WHERE i.indrelid = %s::regclass AND i.indisprimary"
-    " ORDER BY array_position(i.indkey::int2[], a.attnum)"
-)
 
 
 def shown(values: Sequence[Any]) -> str:
@@ -96,10 +88,9 @@ def read_source(
 ) -> SourceTable:
     """The table under the transaction's snapshot, values as the bridge encodes them."""
     schema, name = parse_table_name(table)
-    columns = asyncio.run(_columns(dsn, schema, name, publication))
-    key = [k for (k,) in conn.execute(_KEY_QUERY, (sql.Identifier(schema, name).as_string(conn),))]
-    codec = RowCodec(columns.names, columns.type_oids, mode)
-    source = SourceTable(table, list(columns.names), key)
+    names, oids, key = asyncio.run(_describe(dsn, schema, name, publication))
+    codec = RowCodec(names, oids, mode)
+    source = SourceTable(table, names, key)
     positions = [source.columns.index(k) for k in key]
     query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(
         sql.SQL(", ").join(map(sql.Identifier, source.columns)), sql.Identifier(schema, name)
@@ -116,10 +107,13 @@ def read_source(
     return source
 
 
-async def _columns(dsn: str, schema: str, name: str, publication: str) -> Any:
-    """The published columns (the snapshotter's own query), read on a second connection."""
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        return await published_columns(conn, schema, name, publication)
+async def _describe(
+    dsn: str, schema: str, name: str, publication: str
+) -> tuple[list[str], list[int], list[str]]:
+    """Columns, type OIDs and key as the snapshotter describes the table; the catalog does
+    not depend on the snapshot, so a second connection reads it."""
+    async with await postgres.connect_async(dsn, autocommit=True) as conn:
+        return await describe_table(conn, schema, name, publication)
 
 
 @dataclass
