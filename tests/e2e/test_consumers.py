@@ -19,7 +19,9 @@ import psycopg
 
 from pg_nats_bridge import CaughtUp, MemoryCopy, Reset, TableFollower
 from pg_nats_bridge.sqlite import stored_value
+from shared.wire import unpack
 from tests.e2e.conftest import BRIDGE, Service, slot_lag, wait_for
+from tests.e2e.test_snapshotter import init_messages
 from tests.harness.postgres import Database
 
 
@@ -166,24 +168,13 @@ def bridge(
     )
 
 
-def start_replica(env: dict[str, str], path: Path, log: Path) -> Service:
-    """`bridge replica items events` with progress every second, logging to `log`."""
+def start_replica(env: dict[str, str], path: Path, log: Path, *tables: str) -> Service:
+    """`bridge replica TABLES` (items and events by default) with progress every second."""
     service = Service("replica", env, 0, log)
+    argv = [BRIDGE, "replica", *(tables or ("items", "events")), "--sqlite", str(path)]
     with open(log, "ab") as out:
         service.process = subprocess.Popen(
-            [
-                BRIDGE,
-                "replica",
-                "items",
-                "events",
-                "--sqlite",
-                str(path),
-                "--progress-seconds",
-                "1",
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            [*argv, "--progress-seconds", "1"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
     return service
 
@@ -293,14 +284,7 @@ def test_every_wire_type_verifies_equal_through_a_sqlite_copy(
     services("snapshotter", pg, nats_url, table="typed").wait_healthy()
     path = tmp_path / "typed.db"
     env = replicator.env
-    replica = Service("replica", env, 0, tmp_path / "replica.log")
-    with open(replica.log, "ab") as out:
-        replica.process = subprocess.Popen(
-            [BRIDGE, "replica", "typed", "--sqlite", str(path), "--progress-seconds", "1"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    replica = start_replica(env, path, tmp_path / "replica.log", "typed")
     wait_for(lambda: "applied" in replica.output(), 60, "the replica to follow", replica)
     # Changes after the snapshot: an update leaving the TOASTed column unchanged, a key
     # change, a delete, an insert of every type.
@@ -322,9 +306,9 @@ def test_follower_reuses_a_complete_snapshot_the_stream_still_covers(
     pg: Database, nats_url: str, services: Callable[..., Service]
 ) -> None:
     make_tables(pg)
-    start_stack(pg, nats_url, services)
+    replicator = start_stack(pg, nats_url, services)
     pg.execute("UPDATE items SET score = 0 WHERE id <= 10")  # CDC older than the snapshot
-    first = bridge("snapshot", "items", env={**services_env(pg, nats_url)})
+    first = bridge("snapshot", "items", env=replicator.env)
     assert first.returncode == 0, first.stdout + first.stderr
     pg.execute("UPDATE items SET score = 1 WHERE id <= 5")  # after it: applied on top
 
@@ -343,33 +327,11 @@ def test_follower_reuses_a_complete_snapshot_the_stream_still_covers(
         raise AssertionError("the follower ended")
 
     copy, snapshots = asyncio.run(follow())
-    metas = asyncio.run(meta_ids(nats_url, "items"))
+    metas = [
+        unpack(data)["snapshot_id"] for _, _, data in init_messages(nats_url, "init.meta.items")
+    ]
     assert snapshots == metas[-1:] and len(metas) == 1, (snapshots, metas)
     got = sorted(
         ((r["id"], stored_value(r["score"])) for r in copy.tables["public.items"]), key=repr
     )
     assert got == table_rows(pg, "items", "id, score")
-
-
-def services_env(pg: Database, nats_url: str) -> dict[str, str]:
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    return {**env, "BRIDGE_DATABASE_URL": pg.url, "BRIDGE_NATS_URL": nats_url}
-
-
-async def meta_ids(url: str, token: str) -> list[str]:
-    """The snapshot ids of every meta on INIT for the table."""
-    import msgpack
-
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info("INIT", subjects_filter=f"init.meta.{token}")
-        total = sum((info.state.subjects or {}).values())
-        sub = await js.subscribe(f"init.meta.{token}", stream="INIT", ordered_consumer=True)
-        ids = [msgpack.unpackb((await sub.next_msg(5)).data)["snapshot_id"] for _ in range(total)]
-        await sub.unsubscribe()
-        return ids
-    finally:
-        await nc.close()
