@@ -227,41 +227,40 @@ class Publisher(pykka.ThreadingActor):
                 if self.failure.failed:
                     return
             self.seq += 1
-            if self.expected is None:
-                await self._probe(message)
-                continue
+            expected = self.expected
+            probe = self._arm_probe() if expected is None else None
             await publish(
                 message.subject,
                 message.payload,
                 reply=f"{prefix}{self.seq}",
                 headers={
                     "Nats-Msg-Id": message.msg_id,
-                    "Nats-Expected-Last-Sequence": str(self.expected),
+                    # Stored only right after the message before it; while probing, right
+                    # after what the stream held when this pipeline started.
+                    "Nats-Expected-Last-Sequence": str(
+                        self.stream_last if expected is None else expected
+                    ),
                 },
             )
-            self.expected += 1
+            if probe is None:
+                assert expected is not None
+                self.expected = expected + 1
+            else:
+                await self._probed(probe)
         self.batches.append(
             _Batch(batch.batch_no, self.seq, batch.cost, batch.confirm_lsn, time.monotonic())
         )
         self._advance()
 
-    async def _probe(self, message: Any) -> None:
-        """Send one message and wait for its PubAck: a duplicate (the stream has it from
-        before the restart) keeps probing; a stored one sets where pipelining continues."""
-        assert self.nc is not None
-        seq = self.seq
+    def _arm_probe(self) -> asyncio.Future[dict[str, Any]]:
+        """While probing, each message waits for its PubAck before the next is sent."""
         future: asyncio.Future[dict[str, Any]] = self.loop.create_future()
-        self.probe = (seq, future)
-        await self.nc.publish(
-            message.subject,
-            message.payload,
-            reply=f"{self.inbox_prefix}{seq}",
-            headers={
-                "Nats-Msg-Id": message.msg_id,
-                # Stored only right after what the stream held when this pipeline started.
-                "Nats-Expected-Last-Sequence": str(self.stream_last),
-            },
-        )
+        self.probe = (self.seq, future)
+        return future
+
+    async def _probed(self, future: asyncio.Future[dict[str, Any]]) -> None:
+        """A duplicate (the stream has it from before the restart) keeps probing; a stored
+        message sets the sequence pipelining continues from."""
         try:
             ack = await asyncio.wait_for(future, self.ack_timeout)
         except TimeoutError:
