@@ -5,16 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.replicator.events import Outgoing
-from services.replicator.protocol import XLogData
 from shared.lsn import Lsn
 
 
 @dataclass(frozen=True, slots=True)
 class Frames:
-    """Reader → decoder: XLogData frames in WAL order."""
+    """Reader → decoder: XLogData CopyData messages in WAL order, as read (the decoder parses
+    them: the reader's thread only reads)."""
 
     batch_no: int
-    frames: list[XLogData]
+    frames: list[bytes]
     cost: int
     """Budget spent reading them (bytes), given back when the batch is acknowledged."""
 

@@ -1,22 +1,28 @@
 """Publisher: owns the NATS connection; publishes batches to JetStream with many in flight.
 
-Each message goes out as a core publish whose reply subject is `<inbox>.<seq>`; one wildcard
-subscription collects the PubAcks. No future per message: `acked_through` is the highest
-sequence below which everything is acknowledged, and a batch is done when its last sequence
-is at or below it. A done batch gives its budget back and tells the reader its confirm LSN.
+Order and acknowledgement: every message carries `Nats-Expected-Last-Sequence`, the stream
+sequence it must follow, so JetStream stores a message only right after the one before it.
+Without it, a message lost with a dying stream leader (or answered 503 between leaders) while
+later ones, already sent, reach the new leader would leave a gap that the replay after the
+restart fills out of order (seen in the cluster test: change 2918 stored before 2694). With
+it, every later message is refused ("wrong last sequence"), the pipeline restarts from the
+slot's confirmed position, and the stream stays the replicator's messages in order.
 
-Order: every message carries `Nats-Expected-Last-Sequence`, the stream sequence it must
-follow, so JetStream stores a message only right after the one before it. Without it, a message
-lost with a dying stream leader (or answered 503 between leaders) while later ones, already
-sent, reach the new leader would leave a gap that the replay after the restart fills out of
-order (seen in the cluster test: change 2918 stored before 2694). With it, every later message
-is refused ("wrong last sequence"), the pipeline restarts from the slot's confirmed position,
-and the stream stays the replicator's messages in order.
+The same chain makes per-message PubAcks unnecessary: messages go out as pre-built HPUB frames,
+a run of them in one write, and only the last of each run (at least every `_ACK_EVERY`) has a
+reply subject. Its PubAck, stored at the sequence it expected, proves every message before it
+stored; a dropped or refused one anywhere before it turns that PubAck into an error. JetStream
+then answers (and the client parses) one PubAck per run instead of one per message, which
+halves nats-server's CPU per message and removes most of ours. A batch is done when the PubAck
+of its last message arrived; a done batch gives its budget back and tells the reader its
+confirm LSN.
 
 A restart first replays what the stream already has (stored, not yet confirmed to PostgreSQL):
-the pipeline starts by sending one message at a time until JetStream answers one that is not a
-duplicate; its sequence is where the pipelined sending continues. A PubAck overdue by
-`ack_timeout` fails the pipeline the same way.
+the pipeline starts by sending one message at a time, each with a reply, until JetStream
+answers one that is not a duplicate; its sequence is where the chained sending continues. So a
+refusal that a chained run only reports as "wrong last sequence" (a message over the stream's
+size limit, say) shows its own error on the restart. A PubAck overdue by `ack_timeout` fails
+the pipeline the same way.
 """
 
 from __future__ import annotations
@@ -38,15 +44,21 @@ from nats.js.errors import NotFoundError
 
 from services.replicator import metrics
 from services.replicator.errors import PermanentError, TransientError
+from services.replicator.events import Outgoing
 from services.replicator.failure import FailureSignal, reports_expected_failures
 from services.replicator.flow import InFlightBudget
 from services.replicator.messages import Acked, Publish
 from shared.lsn import Lsn
 from shared.nats_connection import connect
+from shared.nats_frames import FrameWriter, hpub
 from shared.pub_acks import refusal
 from shared.settings import BridgeSettings
 
 log = logging.getLogger(__name__)
+
+# A PubAck is asked for at least once per this many messages, so a long batch gives budget
+# back as it goes rather than at its end.
+_ACK_EVERY = 1000
 
 
 @dataclass(slots=True)
@@ -103,7 +115,11 @@ class Publisher(pykka.ThreadingActor):
         self.inbox_prefix = ""
         self.seq = 0
         self.acked_through = 0
-        self.out_of_order: set[int] = set()
+        # Sequence (ours) of each chained message awaiting its PubAck → stream sequence it
+        # must be stored at.
+        self.waiting: dict[int, int] = {}
+        self.writer: FrameWriter | None = None
+        self.inbox_prefix_bytes = b""
         self.counted = 0
         self.batches: deque[_Batch] = deque()
         self.reader: pykka.ActorRef[Any] | None = None
@@ -149,6 +165,8 @@ class Publisher(pykka.ThreadingActor):
             ) from None
         self.max_payload = self.nc.max_payload
         self.inbox_prefix = self.nc.new_inbox() + "."
+        self.inbox_prefix_bytes = self.inbox_prefix.encode()
+        self.writer = FrameWriter(self.nc)
         self.room = asyncio.Event()
         self.queue = asyncio.Queue()
         await self.nc.subscribe(self.inbox_prefix + "*", cb=self._on_ack)
@@ -211,57 +229,71 @@ class Publisher(pykka.ThreadingActor):
                 return
 
     async def _publish(self, batch: Publish) -> None:
-        nc, room, prefix = self.nc, self.room, self.inbox_prefix
-        assert nc is not None and room is not None
-        publish = nc.publish
-        failure = self.failure
-        for message in batch.messages:
-            if failure.failed:
+        messages = batch.messages
+        done = 0
+        while done < len(messages):
+            if self.failure.failed:
                 # A refusal (e.g. a stream between leaders answering 503) stops the batch here:
                 # a later message must not be stored ahead of one that was not.
                 return
-            while self.seq - self.acked_through >= self.max_in_flight:
-                room.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(room.wait(), 1.0)
-                if self.failure.failed:
-                    return
-            self.seq += 1
-            expected = self.expected
-            probe = self._arm_probe() if expected is None else None
-            await publish(
-                message.subject,
-                message.payload,
-                reply=f"{prefix}{self.seq}",
-                headers={
-                    "Nats-Msg-Id": message.msg_id,
-                    # Stored only right after the message before it; while probing, right
-                    # after what the stream held when this pipeline started.
-                    "Nats-Expected-Last-Sequence": str(
-                        self.stream_last if expected is None else expected
-                    ),
-                },
-            )
-            if probe is None:
-                assert expected is not None
-                self.expected = expected + 1
-            else:
-                await self._probed(probe)
+            room = self.max_in_flight - (self.seq - self.acked_through)
+            if room <= 0:
+                await self._wait_for_room()
+                continue
+            if self.expected is None:
+                await self._probe(messages[done])
+                done += 1
+                continue
+            end = min(len(messages), done + room, done + _ACK_EVERY)
+            await self._send_chained(messages, done, end)
+            done = end
         self.batches.append(
             _Batch(batch.batch_no, self.seq, batch.cost, batch.confirm_lsn, time.monotonic())
         )
         self._advance()
 
-    def _arm_probe(self) -> asyncio.Future[dict[str, Any]]:
-        """While probing, each message waits for its PubAck before the next is sent."""
+    async def _wait_for_room(self) -> None:
+        room = self.room
+        assert room is not None
+        room.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(room.wait(), 1.0)
+
+    async def _send_chained(self, messages: list[Outgoing], start: int, end: int) -> None:
+        """Messages `start`…`end-1` in one write, each stored only right after the one before;
+        only the last asks for a PubAck. Its PubAck, stored at the sequence it expected, says
+        every one before it was stored too: a message JetStream dropped or refused makes the
+        next one be refused ("wrong last sequence"), and so on up to the last."""
+        expected = self.expected
+        assert expected is not None
+        frames: list[bytes] = []
+        append = frames.append
+        for message in messages[start : end - 1]:
+            append(hpub(message.subject, b"", message.msg_id, expected, message.payload))
+            expected += 1
+        last = messages[end - 1]
+        self.seq += end - start
+        reply = b"%b%d" % (self.inbox_prefix_bytes, self.seq)
+        append(hpub(last.subject, reply, last.msg_id, expected, last.payload))
+        self.expected = expected + 1
+        self.waiting[self.seq] = self.expected
+        assert self.writer is not None
+        await self.writer.write(b"".join(frames))
+
+    async def _probe(self, message: Outgoing) -> None:
+        """One message, then its PubAck. A duplicate (the stream has it from before the
+        restart) keeps probing; a stored message sets the sequence pipelining continues from.
+        While probing, every message must follow what the stream held when the pipeline
+        started."""
+        self.seq += 1
         future: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         self.probe = (self.seq, future)
-        return future
-
-    async def _probed(self, future: asyncio.Future[dict[str, Any]]) -> None:
-        """A duplicate (the stream has it from before the restart) keeps probing; a stored
-        message sets the sequence pipelining continues from."""
+        reply = b"%b%d" % (self.inbox_prefix_bytes, self.seq)
+        assert self.writer is not None
         try:
+            await self.writer.write(
+                hpub(message.subject, reply, message.msg_id, self.stream_last, message.payload)
+            )
             ack = await asyncio.wait_for(future, self.ack_timeout)
         except TimeoutError:
             raise TransientError(
@@ -276,6 +308,8 @@ class Publisher(pykka.ThreadingActor):
         seq = int(msg.subject[len(self.inbox_prefix) :])
         probe = self.probe[1] if self.probe is not None and self.probe[0] == seq else None
         error = self._ack_error(msg)
+        if error is None and probe is None:
+            error = self._chain_error(seq, msg)
         if error is not None:
             if probe is not None and not probe.done():
                 probe.set_exception(error)
@@ -283,17 +317,24 @@ class Publisher(pykka.ThreadingActor):
             return
         if probe is not None and not probe.done():
             probe.set_result(json.loads(msg.data))
-        if seq == self.acked_through + 1:
+        if seq > self.acked_through:
             self.acked_through = seq
-            pending = self.out_of_order
-            while self.acked_through + 1 in pending:
-                self.acked_through += 1
-                pending.remove(self.acked_through)
-        elif seq > self.acked_through:
-            self.out_of_order.add(seq)
         if self.room is not None:
             self.room.set()
         self._advance()
+
+    def _chain_error(self, seq: int, msg: Msg) -> Exception | None:
+        """A chained PubAck vouches for the messages before it only when its message was
+        stored where it was expected; a duplicate was not stored at all (JetStream checks the
+        Msg-Id before the expected sequence), so it vouches for nothing."""
+        expected = self.waiting.pop(seq, None)
+        ack = json.loads(msg.data)
+        if expected is None or ack.get("duplicate") or ack.get("seq") != expected:
+            return TransientError(
+                f"JetStream answered {msg.data[:200]!r} for a message expected at stream "
+                f"sequence {expected}; replaying from the slot keeps the order"
+            )
+        return None
 
     def _ack_error(self, msg: Msg) -> Exception | None:
         problem = refusal(msg)

@@ -24,7 +24,6 @@ from services.replicator.flow import InFlightBudget
 from services.replicator.messages import Acked, Drain, Frames, Poll
 from services.replicator.protocol import (
     PrimaryKeepalive,
-    XLogData,
     parse_copy_data,
     standby_status_update,
 )
@@ -42,6 +41,7 @@ _BATCH_SECONDS = 0.02
 # p99 commit -> stored 175-231 -> 8-14 ms (the CPU it frees was what the queues waited for).
 _LINGER_SECONDS = 0.002
 _MIN_UPDATE_GAP = 0.5
+_PAYLOAD_KIND = 25  # offset of the pgoutput message type in an XLogData CopyData message
 _IDLE_PING_SECONDS = 1.0
 
 
@@ -124,7 +124,7 @@ class WalReader(pykka.ThreadingActor):
             return
         conn = self.conn
         assert conn is not None
-        frames: list[XLogData] = []
+        frames: list[bytes] = []
         cost = 0
         if not self.draining and self.budget.wait_for_room(0.1):
             deadline = time.monotonic() + _BATCH_SECONDS
@@ -141,12 +141,10 @@ class WalReader(pykka.ThreadingActor):
                     if frames or time.monotonic() > deadline:
                         break
                     continue
-                if raw[0] == 0x77:  # 'w'
-                    frame = parse_copy_data(raw)
-                    assert isinstance(frame, XLogData)
-                    frames.append(frame)
+                if raw[0] == 0x77:  # 'w': passed on as read; the decoder parses it
+                    frames.append(raw)
                     cost += len(raw)
-                    kind = frame.payload[:1]
+                    kind = raw[_PAYLOAD_KIND : _PAYLOAD_KIND + 1]
                     if kind == b"B":
                         self.in_transaction = True
                     elif kind == b"C":
