@@ -79,6 +79,15 @@ def copy_out(conn: psycopg.Connection[Any], query: sql.Composable) -> Iterator[m
     psycopg's `Copy` costs a generator and a wait loop per row, a third of a snapshot's time;
     here a row costs one libpq call. The query runs on `conn` (in its transaction), which is
     idle again when the iterator is exhausted."""
+    for block in copy_out_blocks(conn, query, 1):
+        yield memoryview(block[0])
+
+
+def copy_out_blocks(
+    conn: psycopg.Connection[Any], query: sql.Composable, lines: int
+) -> Iterator[list[bytes]]:
+    """`copy_out`'s lines, `lines` to a list (the last list may be shorter): one generator step
+    per block instead of per row."""
     pgconn = conn.pgconn
     pgconn.send_query(query.as_bytes(conn))
     result = _next_result(pgconn)
@@ -86,15 +95,24 @@ def copy_out(conn: psycopg.Connection[Any], query: sql.Composable) -> Iterator[m
         _finish(pgconn)
         raise _psycopg_error(result, pgconn, "COPY did not start")
     sock = pgconn.socket
+    get_copy_data = pgconn.get_copy_data
+    block: list[bytes] = []
+    append = block.append
     while True:
-        nbytes, data = pgconn.get_copy_data(1)
+        nbytes, data = get_copy_data(1)
         if nbytes > 0:
-            yield data
+            append(bytes(data))
+            if len(block) >= lines:
+                yield block
+                block = []
+                append = block.append
         elif nbytes == 0:
             select.select([sock], [], [], 1.0)
             pgconn.consume_input()
         else:
             break
+    if block:
+        yield block
     result = _next_result(pgconn)
     _finish(pgconn)
     if result is None or result.status != pq.ExecStatus.COMMAND_OK:

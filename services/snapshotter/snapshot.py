@@ -33,13 +33,13 @@ import psycopg
 from psycopg import sql
 
 from services.snapshotter.columns import published_columns
+from services.snapshotter.copy_rows import CopyRowPacker
 from services.snapshotter.publishing import PipelinedPublisher, PublishFailed
 from shared import postgres, subjects
 from shared.codec import RowCodec, ValueMode
-from shared.codec.copy_text import split_line
 from shared.lsn import Lsn
 from shared.postgres import ReplicationConnection, quote_ident
-from shared.wire import pack
+from shared.wire import pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +127,6 @@ class _ChunkBuilder:
         self.row_count = 0
         self.packer = msgpack.Packer(use_bin_type=True)
 
-    def too_large(self, packed_row: bytes) -> bool:
-        return len(packed_row) + 64 > self.limit
-
     def refuse(self, packed_row: bytes, row: dict[str, Any], key: list[str]) -> SnapshotError:
         return SnapshotError(
             "row_too_large",
@@ -137,16 +134,33 @@ class _ChunkBuilder:
             f"max_payload allows ({self.limit + _OVERHEAD}); raise max_payload on the server",
         )
 
-    def add(self, packed_row: bytes) -> Chunk | None:
-        """Add a row (not `too_large`); the chunk it completed, if it did."""
-        done = None
-        if self.rows and (
-            len(self.rows) >= self.chunk_size or self.size + len(packed_row) + 64 > self.limit
-        ):
-            done = self.finish()
-        self.rows.append(packed_row)
-        self.size += len(packed_row)
-        self.row_count += 1
+    def add_many(self, packed_rows: list[bytes], key: list[str]) -> list[Chunk]:
+        """Adds a block of packed rows; returns the chunks they completed (a row too large
+        for any chunk is refused)."""
+        done: list[Chunk] = []
+        limit, chunk_size = self.limit, self.chunk_size
+        sizes = list(map(len, packed_rows))
+        total = sum(sizes)
+        if (
+            len(self.rows) + len(packed_rows) <= chunk_size
+            and self.size + total + 64 <= limit
+            and max(sizes, default=0) + 64 <= limit
+        ):  # the whole block joins the chunk being filled (the common case)
+            self.rows.extend(packed_rows)
+            self.size += total
+            self.row_count += len(packed_rows)
+            return done
+        for packed in packed_rows:
+            size = len(packed) + 64
+            if size > limit:
+                raise self.refuse(packed, unpack(packed), key)
+            if self.rows and (len(self.rows) >= chunk_size or self.size + size > limit):
+                chunk = self.finish()
+                assert chunk is not None
+                done.append(chunk)
+            self.rows.append(packed)
+            self.size += size - 64
+        self.row_count += len(packed_rows)
         return done
 
     def finish(self) -> Chunk | None:
@@ -184,14 +198,20 @@ class _TableRead:
     mode: ValueMode
 
 
+# Lines decoded together (copy_rows.py); a block is a few hundred kB at most.
+_BLOCK_LINES = 256
+
+
 def _read_table(read: _TableRead, builder: _ChunkBuilder, emit: Callable[[Chunk], None]) -> None:
-    """In a thread: COPY the table under the exported snapshot, each line split and its values
-    decoded by the very converters CDC events use, each row packed, each full chunk handed to
+    """In a thread: COPY the table under the exported snapshot, its lines decoded by the very
+    converters CDC events use a block at a time, each row packed, each full chunk handed to
     `emit`."""
-    codec = RowCodec(read.names, read.oids, read.mode)
-    names, converters = codec.names, codec.converters
-    add, too_large = builder.add, builder.too_large
-    pack_row = msgpack.Packer(use_bin_type=True).pack
+    rows = CopyRowPacker(RowCodec(read.names, read.oids, read.mode))
+
+    def pack_block(lines: list[bytes]) -> None:
+        for chunk in builder.add_many(rows.pack_block(lines), read.key):
+            emit(chunk)
+
     with postgres.connect(read.database_url, autocommit=True) as conn:
         # Text arrives as UTF-8 whatever the database's encoding, as the CDC codec reads it.
         conn.execute("SET client_encoding TO 'UTF8'")
@@ -201,27 +221,8 @@ def _read_table(read: _TableRead, builder: _ChunkBuilder, emit: Callable[[Chunk]
             conn.execute(
                 sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(read.snapshot_name))
             )
-            for data in postgres.copy_out(conn, read.query):
-                line = bytes(data)
-                try:
-                    # zip(strict=True): a field count that differs raises, like a bad value.
-                    values: list[Any]
-                    if b"\\" in line:  # NULLs or escapes: the careful way
-                        raw = zip(converters, split_line(line), strict=True)
-                        values = [None if f is None else c(f) for c, f in raw]
-                    else:
-                        plain = zip(converters, line[:-1].split(b"\t"), strict=True)
-                        values = [c(f) for c, f in plain]
-                except (ValueError, UnicodeDecodeError):
-                    codec.decode_values(split_line(line))  # raises, naming the column
-                    raise
-                row = dict(zip(names, values, strict=True))
-                packed = pack_row(row)
-                if too_large(packed):
-                    raise builder.refuse(packed, row, read.key)
-                chunk = add(packed)
-                if chunk is not None:
-                    emit(chunk)
+            for lines in postgres.copy_out_blocks(conn, read.query, _BLOCK_LINES):
+                pack_block(lines)
     last = builder.finish()
     if last is not None:
         emit(last)
