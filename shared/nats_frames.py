@@ -20,17 +20,26 @@ from nats.errors import ConnectionClosedError
 
 _NEEDS = ("_send_command", "_flush_pending", "_flush_queue")
 
-_HEADER_START = b"NATS/1.0\r\nNats-Msg-Id: "
 _EXPECTED = b"\r\nNats-Expected-Last-Sequence: "
+_EXPECTED_ID = b"\r\nNats-Expected-Last-Msg-Id: "
 _HEADER_END = b"\r\n\r\n"
-_HEADER_FIXED = len(_HEADER_START) + len(_EXPECTED) + len(_HEADER_END)
+_HEADER_FIXED = len(b"NATS/1.0\r\nNats-Msg-Id: ") + len(_EXPECTED) + len(_HEADER_END)
 
 
-def hpub(subject: bytes, reply: bytes, msg_id: bytes, expected_last: int, payload: bytes) -> bytes:
-    """One HPUB frame with the `Nats-Msg-Id` and `Nats-Expected-Last-Sequence` headers
-    (`reply` empty for none). Subjects and ids are the replicator's own (table tokens, LSNs):
-    no spaces or line breaks, so nothing needs escaping."""
+def hpub(
+    subject: bytes,
+    reply: bytes,
+    msg_id: bytes,
+    expected_last: int,
+    payload: bytes,
+    expected_last_id: bytes = b"",
+) -> bytes:
+    """One HPUB frame with `Nats-Msg-Id`, `Nats-Expected-Last-Sequence` and, when given,
+    `Nats-Expected-Last-Msg-Id` (`reply` empty for none). Subjects and ids are the
+    replicator's own (table tokens, LSNs): no spaces or line breaks, nothing to escape."""
     last = b"%d" % expected_last
+    if expected_last_id:
+        last += _EXPECTED_ID + expected_last_id
     hlen = _HEADER_FIXED + len(msg_id) + len(last)
     if reply:
         return b"HPUB %b %b %d %d\r\nNATS/1.0\r\nNats-Msg-Id: %b%b%b%b%b\r\n" % (

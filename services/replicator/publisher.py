@@ -8,6 +8,11 @@ restart fills out of order (seen in the cluster test: change 2918 stored before 
 it, every later message is refused ("wrong last sequence"), the pipeline restarts from the
 slot's confirmed position, and the stream stays the replicator's messages in order.
 
+Each message also carries `Nats-Expected-Last-Msg-Id`, the Msg-Id of the one sent before it:
+the sequence alone is satisfied by any message in that place, so a refused message followed
+by a foreign one (something else publishing to the stream) would let the next one through,
+and the refused one would be lost unnoticed (a test does exactly that).
+
 The same chain makes per-message PubAcks unnecessary: messages go out as pre-built HPUB frames,
 a run of them in one write, and only the last of each run (at least every `_ACK_EVERY`) has a
 reply subject. Its PubAck, stored at the sequence it expected, proves every message before it
@@ -135,6 +140,7 @@ class Publisher(pykka.ThreadingActor):
         self.expected: int | None = None
         self.stream_last = 0
         self.probe: tuple[int, asyncio.Future[dict[str, Any]]] | None = None
+        self.last_id = b""  # Msg-Id of the last message sent after probing
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -264,18 +270,21 @@ class Publisher(pykka.ThreadingActor):
         only the last asks for a PubAck. Its PubAck, stored at the sequence it expected, says
         every one before it was stored too: a message JetStream dropped or refused makes the
         next one be refused ("wrong last sequence"), and so on up to the last."""
-        expected = self.expected
+        expected, previous = self.expected, self.last_id
         assert expected is not None
         frames: list[bytes] = []
         append = frames.append
         for message in messages[start : end - 1]:
-            append(hpub(message.subject, b"", message.msg_id, expected, message.payload))
+            msg_id = message.msg_id
+            append(hpub(message.subject, b"", msg_id, expected, message.payload, previous))
             expected += 1
+            previous = msg_id
         last = messages[end - 1]
         self.seq += end - start
         reply = b"%b%d" % (self.inbox_prefix_bytes, self.seq)
-        append(hpub(last.subject, reply, last.msg_id, expected, last.payload))
+        append(hpub(last.subject, reply, last.msg_id, expected, last.payload, previous))
         self.expected = expected + 1
+        self.last_id = last.msg_id
         self.waiting[self.seq] = self.expected
         assert self.writer is not None
         await self.writer.write(b"".join(frames))
@@ -303,6 +312,7 @@ class Publisher(pykka.ThreadingActor):
             self.probe = None
         if not ack.get("duplicate"):
             self.expected = int(ack["seq"])
+            self.last_id = message.msg_id
 
     async def _on_ack(self, msg: Msg) -> None:
         seq = int(msg.subject[len(self.inbox_prefix) :])
@@ -326,7 +336,7 @@ class Publisher(pykka.ThreadingActor):
     def _chain_error(self, seq: int, msg: Msg) -> Exception | None:
         """A chained PubAck vouches for the messages before it only when its message was
         stored where it was expected; a duplicate was not stored at all (JetStream checks the
-        Msg-Id before the expected sequence), so it vouches for nothing."""
+        Msg-Id before the expectations), so it vouches for nothing."""
         expected = self.waiting.pop(seq, None)
         ack = json.loads(msg.data)
         if expected is None or ack.get("duplicate") or ack.get("seq") != expected:
@@ -345,7 +355,7 @@ class Publisher(pykka.ThreadingActor):
                 f"JetStream did not answer on {self.stream}: no responders (stream missing or "
                 "JetStream unavailable)"
             )
-        if isinstance(problem.error, dict) and problem.error.get("err_code") == 10071:
+        if isinstance(problem.error, dict) and problem.error.get("err_code") in (10070, 10071):
             return TransientError(
                 "JetStream refused a message whose predecessor it did not store (wrong last "
                 "sequence: a stream leader changed, or something else publishes to "

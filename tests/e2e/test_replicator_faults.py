@@ -129,3 +129,40 @@ def test_a_standby_replicator_takes_over_within_10_s(
     wait_for(lambda: stream_count(nats_url) >= 2, 10, "row via the standby", standby)
     assert time.monotonic() - killed < 10
     assert [p["data"]["id"] for _, _, p in stream_messages(nats_url)] == [0, 1]
+
+
+def test_messages_jetstream_did_not_store_are_noticed_through_the_chain(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    """Only the last message of a run asks for a PubAck. A message JetStream does not store
+    (here: refused because a foreign message took the sequence it expected) must still fail
+    the run, through the later messages' `Nats-Expected-Last-Sequence`, and the restart must
+    store every change once and in order."""
+    import asyncio
+
+    import nats
+
+    pg.execute("CREATE TABLE load (id int PRIMARY KEY, n int)")
+    replicator = services("replicator", pg, nats_url, table="load").wait_healthy()
+    rows = 40_000
+    writer = Writer(pg, rows, per_tx=10)  # 4,000 transactions: still writing after the intrusions
+    writer.start()
+    wait_for(lambda: stream_count(nats_url) > 3000, 60, "the load to be under way", replicator)
+
+    async def intrude() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            for i in range(3):
+                await nc.jetstream().publish("cdc.intruder.insert", b"\x80", headers=None)
+                await asyncio.sleep(0.3 + 0.2 * i)
+        finally:
+            await nc.close()
+
+    asyncio.run(intrude())
+    assert writer.done_rows < rows, "the load finished first: the test proves nothing"
+    writer.join(120)
+    wait_for(lambda: stream_count(nats_url) >= rows + 3, 90, "every change", replicator)
+    msgs = [m for m in stream_messages(nats_url) if m[0] != "cdc.intruder.insert"]
+    ids = [p["data"]["id"] for _, _, p in msgs]
+    assert ids == list(range(rows)), "a change lost, duplicated or out of order"
+    assert "wrong last sequence" in replicator.output()
