@@ -9,6 +9,7 @@ each column with the column's type OID, so a value reads the same whichever path
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -50,6 +51,9 @@ class BinaryValue(bytes):
     __slots__ = ()
 
 
+_ONLY_TEXT = frozenset({bytes})
+
+
 class RowCodec:
     """Turns one relation's raw column values into a `{column: value}` map.
 
@@ -57,7 +61,7 @@ class RowCodec:
     unchanged columns are left out of the map and listed apart, never reported as NULL.
     """
 
-    __slots__ = ("_binary", "_columns", "mode")
+    __slots__ = ("_binary", "_columns", "_converters", "_names", "mode")
 
     def __init__(self, names: Sequence[str], type_oids: Sequence[int], mode: ValueMode) -> None:
         if len(names) != len(type_oids):
@@ -68,6 +72,8 @@ class RowCodec:
             (name, pick(oid)) for name, oid in zip(names, type_oids, strict=True)
         )
         self._binary = tuple(binary_converter(oid) for oid in type_oids)
+        self._names = tuple(names)
+        self._converters = tuple(convert for _, convert in self._columns)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -83,6 +89,14 @@ class RowCodec:
         """Return the row map and the names of the unchanged-TOAST columns."""
         if len(raw) != len(self._columns):
             raise CodecError(f"row has {len(raw)} columns, the relation has {len(self._columns)}")
+        if _ONLY_TEXT.issuperset(map(type, raw)):
+            # Every column is text output (nearly every row): converted in one C-level pass.
+            # A value a converter refuses is found again below, which names its column.
+            try:
+                values = map(operator.call, self._converters, raw)
+                return dict(zip(self._names, values, strict=True)), []
+            except (ValueError, UnicodeDecodeError):
+                pass
         row: dict[str, Any] = {}
         unchanged: list[str] = []
         for (name, convert), value, i in zip(self._columns, raw, range(len(raw)), strict=True):
