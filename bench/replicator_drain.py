@@ -1,10 +1,11 @@
 """Benchmark: drain a backlog through the replicator and through pg_recvlogical.
 
-Both read the same WAL (two pgoutput slots created before the load) in the same run, so the
-ratio compares the replicator (decode, encode, publish to JetStream, wait for PubAcks) with
-the ceiling of just receiving the bytes. Prints figures; asserts nothing.
+Both read the same WAL (pgoutput slots created before the load) in the same run, in
+alternating rounds, so the ratio compares the replicator (decode, encode, publish to
+JetStream, wait for PubAcks) with the ceiling of just receiving the bytes.
+Prints figures; asserts nothing.
 
-    python -m bench.replicator_drain [--rows 200000] [--rows-per-tx 1]
+    python -m bench.replicator_drain [--rows 200000] [--rows-per-tx 1] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.js.errors
 import psycopg
 
 from tests.harness.nats import NatsServer
@@ -56,106 +59,158 @@ def stream_count(url: str) -> int:
     return asyncio.run(count())
 
 
-def measure(rows: int, rows_per_tx: int) -> dict[str, Any]:
-    """Drain `rows` rows through pg_recvlogical and the replicator; the figures."""
-    args = argparse.Namespace(rows=rows, rows_per_tx=rows_per_tx)
+def delete_stream(url: str) -> None:
+    """A fresh CDC stream for the next round (its duplicate window would drop a replay)."""
+
+    async def delete() -> None:
+        nc = await nats.connect(url)
+        try:
+            await nc.jetstream().delete_stream("CDC")
+        except nats.js.errors.NotFoundError:
+            pass
+        finally:
+            await nc.close()
+
+    asyncio.run(delete())
+
+
+def recvlogical_rate(pg: PostgresServer, slot: str, end_lsn: str, rows: int) -> float:
+    """pg_recvlogical draining `slot` to `end_lsn`, rows/s from its first byte of output (the
+    replicator's rate is taken from its first message, so neither counts its start-up)."""
+    recv = [
+        str(pg.bindir / "pg_recvlogical"),
+        "-d",
+        pg.url(),
+        "--slot",
+        slot,
+        "--start",
+        "--endpos",
+        end_lsn,
+        "-o",
+        "proto_version=1",
+        "-o",
+        "publication_names=bench_pub",
+        "-f",
+        "-",
+        "--no-loop",
+    ]
+    proc = subprocess.Popen(recv, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.read(1)
+    first = time.monotonic()
+    while proc.stdout.read(1 << 20):
+        pass
+    if proc.wait() != 0:
+        raise SystemExit(f"pg_recvlogical exited with {proc.returncode}")
+    return rows / (time.monotonic() - first)
+
+
+def replicator_run(pg: PostgresServer, ns: NatsServer, slot: str, rows: int) -> dict[str, float]:
+    """The replicator draining `slot` into a fresh CDC stream: rows/s from its first message,
+    CPU per event and peak RSS."""
+    delete_stream(ns.url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(
+        BRIDGE_DATABASE_URL=pg.url(),
+        BRIDGE_NATS_URL=ns.url,
+        BRIDGE_TABLE="bench",
+        BRIDGE_SLOT=slot,
+        BRIDGE_PUBLICATION="bench_pub",
+        BRIDGE_PORT=str(free_port()),
+        BRIDGE_CDC_MAX_AGE_SECONDS="3600",
+        BRIDGE_LOG_LEVEL="WARNING",
+        BRIDGE_METRICS_LOG_SECONDS="3600",
+    )
+    bridge = str(Path(sys.executable).parent / "bridge")
+    log_path = pg.root / f"replicator-{slot}.log"
+    log = open(log_path, "wb")  # noqa: SIM115
+    launched = time.monotonic()
+    proc = subprocess.Popen([bridge, "replicator"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        while stream_count(ns.url) == 0:
+            if proc.poll() is not None or time.monotonic() - launched > 60:
+                raise SystemExit(f"replicator did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.02)
+        first = time.monotonic()
+        cpu_first = cpu_seconds(proc.pid)
+        while (count := stream_count(ns.url)) < rows:
+            if time.monotonic() - first > 600:
+                raise SystemExit(f"replicator stalled at {count} messages")
+            time.sleep(0.05)
+        done = time.monotonic()
+        cpu_us = (cpu_seconds(proc.pid) - cpu_first) * 1e6 / rows
+        peak_mb = peak_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    return {"rate": rows / (done - first), "cpu_us": cpu_us, "peak_mb": peak_mb}
+
+
+def measure(rows: int, rows_per_tx: int, rounds: int = 3) -> dict[str, Any]:
+    """Drain `rows` rows through pg_recvlogical and the replicator, `rounds` times each,
+    alternating (one slot per run, all on the same backlog); the median figures.
+
+    pg_recvlogical's rate on this kind of machine varies by a factor of two or more between
+    runs of the same backlog (one run: 180k to 520k rows/s), so one run of each says little:
+    the ratio is that of the medians, and both spreads are printed beside it."""
     pg, ns = PostgresServer.create(), NatsServer.create()
     try:
         url = pg.url()
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE TABLE bench (id int PRIMARY KEY, name text, amount float8)")
             conn.execute("CREATE PUBLICATION bench_pub FOR TABLE bench")
-            for slot in ("bench_bridge", "bench_recv"):
-                conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+            for i in range(rounds):
+                for slot in (f"bench_bridge_{i}", f"bench_recv_{i}"):
+                    conn.execute(
+                        "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)
+                    )
         started = time.monotonic()
-        load(url, args.rows, args.rows_per_tx)
+        load(url, rows, rows_per_tx)
         with psycopg.connect(url) as conn:
             (end_lsn,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()  # type: ignore[misc]
             (wal_bytes,) = conn.execute(  # type: ignore[misc]
                 "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint"
-                " FROM pg_replication_slots WHERE slot_name = 'bench_recv'"
+                " FROM pg_replication_slots WHERE slot_name = 'bench_recv_0'"
             ).fetchone()
         print(
-            f"backlog: {args.rows:,} rows in {args.rows // args.rows_per_tx:,} transactions, "
+            f"backlog: {rows:,} rows in {rows // rows_per_tx:,} transactions, "
             f"{wal_bytes / 1e6:.0f} MB of WAL (loaded in {time.monotonic() - started:.1f} s)"
         )
-
-        recv = [
-            str(pg.bindir / "pg_recvlogical"),
-            "-d",
-            url,
-            "--slot",
-            "bench_recv",
-            "--start",
-            "--endpos",
-            end_lsn,
-            "-o",
-            "proto_version=1",
-            "-o",
-            "publication_names=bench_pub",
-            "-f",
-            "/dev/null",
-            "--no-loop",
-        ]
-        t0 = time.monotonic()
-        subprocess.run(recv, check=True)
-        recv_seconds = time.monotonic() - t0
-        recv_rate = args.rows / recv_seconds
-
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-        env.update(
-            BRIDGE_DATABASE_URL=url,
-            BRIDGE_NATS_URL=ns.url,
-            BRIDGE_TABLE="bench",
-            BRIDGE_SLOT="bench_bridge",
-            BRIDGE_PUBLICATION="bench_pub",
-            BRIDGE_PORT=str(port),
-            BRIDGE_CDC_MAX_AGE_SECONDS="3600",
-            BRIDGE_LOG_LEVEL="WARNING",
-            BRIDGE_METRICS_LOG_SECONDS="3600",
-        )
-        bridge = str(Path(sys.executable).parent / "bridge")
-        log = open(pg.root / "replicator.log", "wb")  # noqa: SIM115
-        launched = time.monotonic()
-        proc = subprocess.Popen(
-            [bridge, "replicator"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            while stream_count(ns.url) == 0:
-                if proc.poll() is not None or time.monotonic() - launched > 60:
-                    tail = (pg.root / "replicator.log").read_text()[-2000:]
-                    raise SystemExit(f"replicator did not start: {tail}")
-                time.sleep(0.02)
-            first = time.monotonic()
-            cpu_first = cpu_seconds(proc.pid)
-            while (count := stream_count(ns.url)) < args.rows:
-                if time.monotonic() - first > 600:
-                    raise SystemExit(f"replicator stalled at {count} messages")
-                time.sleep(0.05)
-            done = time.monotonic()
-            cpu_us = (cpu_seconds(proc.pid) - cpu_first) * 1e6 / args.rows
-            peak_mb = peak_rss_mb(proc.pid)
-        finally:
-            proc.terminate()
-            proc.wait(30)
-            log.close()
-        bridge_rate = args.rows / (done - first)
-        print(f"pg_recvlogical (ceiling): {recv_rate:>10,.0f} rows/s  ({recv_seconds:.2f} s)")
-        print(
-            f"replicator → JetStream:   {bridge_rate:>10,.0f} rows/s  ({done - first:.2f} s from "
-            f"first message; {first - launched:.2f} s start-up; {cpu_us:.1f} µs CPU/event; "
-            f"peak RSS {peak_mb:.0f} MB)"
-        )
-        print(f"ratio replicator / pg_recvlogical: {bridge_rate / recv_rate:.2f}", flush=True)
+        recv_rates: list[float] = []
+        runs: list[dict[str, float]] = []
+        for i in range(rounds):
+            recv_rates.append(recvlogical_rate(pg, f"bench_recv_{i}", end_lsn, rows))
+            runs.append(replicator_run(pg, ns, f"bench_bridge_{i}", rows))
+            print(
+                f"round {i + 1}: pg_recvlogical {recv_rates[-1]:>9,.0f} rows/s, "
+                f"replicator {runs[-1]['rate']:>9,.0f} rows/s "
+                f"({runs[-1]['cpu_us']:.1f} µs CPU/event, peak RSS {runs[-1]['peak_mb']:.0f} MB)",
+                flush=True,
+            )
     finally:
         pg.destroy()
         ns.destroy()
+    recv_rate = statistics.median(recv_rates)
+    bridge_rate = statistics.median(r["rate"] for r in runs)
+    cpu_us = statistics.median(r["cpu_us"] for r in runs)
+    peak_mb = max(r["peak_mb"] for r in runs)
+    bridge_rates = [r["rate"] for r in runs]
+    print(
+        f"median of {rounds}: pg_recvlogical (ceiling) {recv_rate:,.0f} rows/s "
+        f"[{min(recv_rates):,.0f} to {max(recv_rates):,.0f}], replicator → JetStream "
+        f"{bridge_rate:,.0f} rows/s [{min(bridge_rates):,.0f} to {max(bridge_rates):,.0f}], "
+        f"{cpu_us:.1f} µs CPU/event, peak RSS {peak_mb:.0f} MB"
+    )
+    print(f"ratio replicator / pg_recvlogical: {bridge_rate / recv_rate:.2f}", flush=True)
     return {
         "rows": rows,
         "rows_per_tx": rows_per_tx,
+        "rounds": rounds,
         "pg_recvlogical_rows_per_s": round(recv_rate),
+        "pg_recvlogical_runs": [round(r) for r in recv_rates],
         "replicator_rows_per_s": round(bridge_rate),
+        "replicator_runs": [round(r["rate"]) for r in runs],
         "ratio": round(bridge_rate / recv_rate, 3),
         "cpu_us_per_event": round(cpu_us, 1),
         "peak_rss_mb": round(peak_mb),
@@ -166,8 +221,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--rows-per-tx", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    measure(args.rows, args.rows_per_tx)
+    measure(args.rows, args.rows_per_tx, args.rounds)
     return 0
 
 
