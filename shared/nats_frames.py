@@ -13,12 +13,16 @@ that changed them fails at start with a clear error, not mid-stream.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.client import Client
 from nats.errors import ConnectionClosedError
 
-_NEEDS = ("_send_command", "_flush_pending", "_flush_queue")
+_NEEDS = ("_send_command", "_flush_pending", "_flush_queue", "_pending_data_size", "_process_msg")
+
+RawHandler = Callable[[bytes, bytes, bytes | None], None]
+"""Called with a message's subject, payload and raw header block (None without headers)."""
 
 _EXPECTED = b"\r\nNats-Expected-Last-Sequence: "
 _EXPECTED_ID = b"\r\nNats-Expected-Last-Msg-Id: "
@@ -52,8 +56,13 @@ def hpub(
 
 
 class FrameWriter:
-    """Appends ready frames to a connected nats-py client's outgoing buffer and kicks its
-    flusher, as `Client.publish` does for one message."""
+    """Writes ready frames on a connected nats-py client, and hands one subscription's messages
+    over as the client's parser reads them.
+
+    Frames go straight to the transport when the client has nothing queued (the usual case):
+    its flusher is a task, and waking it costs a turn of the event loop per write. When the
+    client has something queued (a PING, a SUB), frames go behind it through the flusher, so
+    the bytes on the wire keep the order in which they were written."""
 
     def __init__(self, nc: Client) -> None:
         missing = [name for name in _NEEDS if not hasattr(nc, name)]
@@ -71,6 +80,27 @@ class FrameWriter:
         nc = self.nc
         if nc.is_closed or not nc.is_connected:
             raise ConnectionClosedError
+        if nc._pending_data_size == 0:
+            nc._transport.write(frames)
+            await nc._transport.drain()  # waits only while the socket's buffer is full
+            return
         await nc._send_command(frames)
         if nc._flush_queue is not None and nc._flush_queue.empty():
             await nc._flush_pending()
+
+    def deliver_inline(self, sid: int, handler: RawHandler) -> None:
+        """Messages of the subscription `sid` go to `handler` from the client's parser, before
+        nats-py builds a `Msg`, parses its headers and queues it for a task of its own (a
+        turn of the event loop and two objects per message). `handler` must not block."""
+        nc = self.nc
+        process_msg: Callable[..., Awaitable[None]] = nc._process_msg
+
+        async def process(
+            msg_sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+        ) -> None:
+            if msg_sid == sid:
+                handler(subject, data, headers)
+            else:
+                await process_msg(msg_sid, subject, reply, data, headers)
+
+        nc._process_msg = process

@@ -20,14 +20,28 @@ class PubAckRefusal:
     error: Any = None  # JetStream's error object, or the reply itself when unreadable
 
 
+_NO_RESPONDERS = b"NATS/1.0 503"
+
+
 def refusal(msg: Msg) -> PubAckRefusal | None:
     """Why JetStream did not store the message; None when it did."""
     if msg.headers and msg.headers.get("Status") == "503":
         return PubAckRefusal(no_responders=True)
-    if b'"error"' not in msg.data:  # cheap pre-check
+    return _error_in(msg.data)
+
+
+def raw_refusal(payload: bytes, headers: bytes | None) -> PubAckRefusal | None:
+    """`refusal` of a PubAck as the protocol carried it (payload and raw header block)."""
+    if headers is not None and headers.startswith(_NO_RESPONDERS):
+        return PubAckRefusal(no_responders=True)
+    return _error_in(payload)
+
+
+def _error_in(payload: bytes) -> PubAckRefusal | None:
+    if b'"error"' not in payload:  # cheap pre-check
         return None
     try:
-        error = json.loads(msg.data).get("error")
+        error = json.loads(payload).get("error")
     except ValueError:
-        error = msg.data[:200]
+        error = payload[:200]
     return None if error is None else PubAckRefusal(no_responders=False, error=error)

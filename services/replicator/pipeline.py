@@ -60,6 +60,7 @@ class Pipeline:
             self.budget,
             self.failure,
             s.status_interval_seconds,
+            s.batch_linger_seconds,
         )
         self.actors.append(self.reader)
         publisher.tell(AttachReader(self.reader))

@@ -44,7 +44,6 @@ from typing import Any
 
 import pykka
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from services.replicator import metrics
@@ -56,7 +55,7 @@ from services.replicator.messages import Acked, Publish
 from shared.lsn import Lsn
 from shared.nats_connection import connect
 from shared.nats_frames import FrameWriter, hpub
-from shared.pub_acks import refusal
+from shared.pub_acks import raw_refusal
 from shared.settings import BridgeSettings
 
 log = logging.getLogger(__name__)
@@ -175,7 +174,8 @@ class Publisher(pykka.ThreadingActor):
         self.writer = FrameWriter(self.nc)
         self.room = asyncio.Event()
         self.queue = asyncio.Queue()
-        await self.nc.subscribe(self.inbox_prefix + "*", cb=self._on_ack)
+        sub = await self.nc.subscribe(self.inbox_prefix + "*")
+        self.writer.deliver_inline(sub._id, self._on_ack)
         self.watchdog = asyncio.create_task(self._watch())
         self.pump = asyncio.create_task(self._pump())
 
@@ -314,40 +314,46 @@ class Publisher(pykka.ThreadingActor):
             self.expected = int(ack["seq"])
             self.last_id = message.msg_id
 
-    async def _on_ack(self, msg: Msg) -> None:
-        seq = int(msg.subject[len(self.inbox_prefix) :])
+    def _on_ack(self, subject: bytes, data: bytes, headers: bytes | None) -> None:
+        """A PubAck, as nats-py's parser read it (in the parser's call: must not raise)."""
+        try:
+            self._take_ack(int(subject[len(self.inbox_prefix_bytes) :]), data, headers)
+        except Exception as exc:
+            self.failure.fail(exc)
+
+    def _take_ack(self, seq: int, data: bytes, headers: bytes | None) -> None:
         probe = self.probe[1] if self.probe is not None and self.probe[0] == seq else None
-        error = self._ack_error(msg)
+        error = self._ack_error(data, headers)
         if error is None and probe is None:
-            error = self._chain_error(seq, msg)
+            error = self._chain_error(seq, data)
         if error is not None:
             if probe is not None and not probe.done():
                 probe.set_exception(error)
             self.failure.fail(error)
             return
         if probe is not None and not probe.done():
-            probe.set_result(json.loads(msg.data))
+            probe.set_result(json.loads(data))
         if seq > self.acked_through:
             self.acked_through = seq
         if self.room is not None:
             self.room.set()
         self._advance()
 
-    def _chain_error(self, seq: int, msg: Msg) -> Exception | None:
+    def _chain_error(self, seq: int, data: bytes) -> Exception | None:
         """A chained PubAck vouches for the messages before it only when its message was
         stored where it was expected; a duplicate was not stored at all (JetStream checks the
         Msg-Id before the expectations), so it vouches for nothing."""
         expected = self.waiting.pop(seq, None)
-        ack = json.loads(msg.data)
+        ack = json.loads(data)
         if expected is None or ack.get("duplicate") or ack.get("seq") != expected:
             return TransientError(
-                f"JetStream answered {msg.data[:200]!r} for a message expected at stream "
+                f"JetStream answered {data[:200]!r} for a message expected at stream "
                 f"sequence {expected}; replaying from the slot keeps the order"
             )
         return None
 
-    def _ack_error(self, msg: Msg) -> Exception | None:
-        problem = refusal(msg)
+    def _ack_error(self, data: bytes, headers: bytes | None) -> Exception | None:
+        problem = raw_refusal(data, headers)
         if problem is None:
             return None
         if problem.no_responders:

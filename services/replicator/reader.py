@@ -34,15 +34,13 @@ log = logging.getLogger(__name__)
 
 _BATCH_FRAMES = 2000
 _BATCH_SECONDS = 0.02
-# Once a batch has its first frame, frames arriving within this long join it. Live traffic
-# of small transactions otherwise makes every transaction a batch of its own, and the costs
-# paid per batch (thread hand-offs and wake-ups, a socket write, a PubAck round, an ack
-# message back) then dominate. Measured at 5k single-row tx/s: CPU 111 -> 80 µs per event,
-# p99 commit -> stored 175-231 -> 8-14 ms (the CPU it frees was what the queues waited for).
-# On this kind of machine a thread's wake-up alone costs 20-60 µs of CPU (a 2 ms sleep: 21 µs;
-# with another thread holding the GIL: 60 µs), so the linger is 5 ms rather than 2: at 5k tx/s
-# 52 -> 35 µs per event, p99 commit -> stored 7.0 -> 7.9 ms.
-_LINGER_SECONDS = 0.005
+# The linger (`batch_linger_seconds`): once a batch has its first frame, frames arriving
+# within this long join it. Live traffic of small transactions otherwise makes every
+# transaction a batch of its own, and the costs paid per batch (thread hand-offs and wake-ups,
+# a socket write, a PubAck round, an ack message back) then dominate. Measured at 5k single-row
+# tx/s: no linger 111 µs CPU per event; on this kind of machine a thread's wake-up alone costs
+# 20-60 µs of CPU, and a batch pays ~250 µs in all, so at 5k tx/s: linger 2 ms 36 µs/event
+# (p99 commit -> stored 3.3 ms), 5 ms 24 µs (6.7 ms), 10 ms 16 µs (11.8 ms).
 _MIN_UPDATE_GAP = 0.5
 _PAYLOAD_KIND = 25  # offset of the pgoutput message type in an XLogData CopyData message
 _IDLE_PING_SECONDS = 1.0
@@ -58,8 +56,10 @@ class WalReader(pykka.ThreadingActor):
         budget: InFlightBudget,
         failure: FailureSignal,
         status_interval: float,
+        linger: float,
     ) -> None:
         super().__init__()
+        self.linger = linger
         self.database_url = database_url
         self.slot = slot
         self.options = options
@@ -135,7 +135,7 @@ class WalReader(pykka.ThreadingActor):
             if self.trickle_sent_at:
                 # The last batch emptied the socket: let this one gather for a linger before
                 # reading, one wake-up per batch instead of a select's and a sleep's.
-                wait = self.trickle_sent_at + _LINGER_SECONDS - time.monotonic()
+                wait = self.trickle_sent_at + self.linger - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
                 lingered = True
@@ -150,7 +150,7 @@ class WalReader(pykka.ThreadingActor):
                         # Sleep once rather than wake per frame: what arrives meanwhile
                         # waits in the socket and is read below without a select each.
                         lingered = True
-                        time.sleep(_LINGER_SECONDS)
+                        time.sleep(self.linger)
                         continue
                     if frames or time.monotonic() > deadline:
                         break

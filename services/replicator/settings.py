@@ -30,6 +30,13 @@ class ReplicatorSettings(BridgeSettings):
     max_in_flight_messages: int = Field(
         20_000, gt=0, description="messages published and awaiting their PubAck"
     )
+    batch_linger_seconds: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="how long a batch gathers changes once PostgreSQL has sent all it had: "
+        "at high rates longer batches cost less CPU per change; a change waits at most this long",
+    )
     ack_timeout_seconds: float = Field(
         10.0, gt=0, description="a PubAck later than this restarts the pipeline"
     )
