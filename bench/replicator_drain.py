@@ -28,22 +28,45 @@ from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer
 from tests.harness.processes import cpu_seconds, free_port, peak_rss_mb
 
+_LOAD = """
+CREATE PROCEDURE bench_load(total int, per_tx int) LANGUAGE plpgsql AS $$
+BEGIN
+    FOR start IN 0 .. total - 1 BY per_tx LOOP
+        INSERT INTO bench SELECT g, 'name ' || g, g * 1.5
+            FROM generate_series(start, least(start + per_tx, total) - 1) g;
+        COMMIT;
+    END LOOP;
+END $$
+"""
+
 
 def load(url: str, rows: int, per_tx: int) -> None:
+    """`rows` rows in transactions of `per_tx` rows, each committed on its own (a procedure
+    that commits in its loop: a client's pipelined `executemany` would be one implicit
+    transaction). The load's own commits need not wait for the disk: the backlog, not the
+    load, is measured."""
     with psycopg.connect(url, autocommit=True) as conn:
-        if per_tx == 1:
-            with conn.pipeline(), conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO bench (id, name, amount) VALUES (%s, %s, %s)",
-                    [(i, f"name {i}", i * 1.5) for i in range(rows)],
-                )
-        else:
-            for start in range(0, rows, per_tx):
-                conn.execute(
-                    "INSERT INTO bench SELECT g, 'name ' || g, g * 1.5"
-                    " FROM generate_series(%s::int, %s::int) g",
-                    (start, min(start + per_tx, rows) - 1),
-                )
+        conn.execute(_LOAD)
+        conn.execute("SET synchronous_commit = off")
+        conn.execute("CALL bench_load(%s, %s)", (rows, per_tx))
+        # Decoding reads only flushed WAL: wait for the WAL writer to flush the last commits.
+        while conn.execute(
+            "SELECT pg_current_wal_flush_lsn() < pg_current_wal_insert_lsn()"
+        ).fetchone() != (False,):
+            time.sleep(0.05)
+
+
+def transactions(url: str, slot: str, end_lsn: str) -> int:
+    """Transactions on `slot` up to `end_lsn` (peeked: the slot does not move)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, NULL,"
+            " 'proto_version', '1', 'publication_names', 'bench_pub')"
+            " WHERE substr(data, 1, 1) = 'C'::bytea",
+            (slot, end_lsn),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def stream_count(url: str) -> int:
@@ -173,8 +196,11 @@ def measure(rows: int, rows_per_tx: int, rounds: int = 3) -> dict[str, Any]:
                 "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint"
                 " FROM pg_replication_slots WHERE slot_name = 'bench_recv_0'"
             ).fetchone()
+        txs = transactions(url, "bench_recv_0", end_lsn)
+        if txs != -(-rows // rows_per_tx):
+            raise SystemExit(f"the backlog has {txs} transactions, not {-(-rows // rows_per_tx)}")
         print(
-            f"backlog: {rows:,} rows in {rows // rows_per_tx:,} transactions, "
+            f"backlog: {rows:,} rows in {txs:,} transactions, "
             f"{wal_bytes / 1e6:.0f} MB of WAL (loaded in {time.monotonic() - started:.1f} s)"
         )
         recv_rates: list[float] = []

@@ -194,6 +194,7 @@ class ReplicationConnection:
             self.pgconn.finish()
             raise ReplicationConnectionError(message)
         self.streaming = False
+        self._end: ReplicationConnectionError | None = None  # seen, not yet raised
 
     def command(self, query: str | sql.Composable) -> list[tuple[str | None, ...]]:
         """Run a replication command (IDENTIFY_SYSTEM, CREATE_REPLICATION_SLOT, …) or plain SQL."""
@@ -228,6 +229,8 @@ class ReplicationConnection:
 
     def read(self, timeout: float) -> bytes | None:
         """The next CopyData message, or None when none arrived within `timeout` seconds."""
+        if self._end is not None:
+            raise self._end
         pgconn = self.pgconn
         nbytes, data = pgconn.get_copy_data(1)
         if nbytes == 0:
@@ -240,12 +243,61 @@ class ReplicationConnection:
                 return None
         if nbytes > 0:
             return bytes(data)
+        raise self._end_error(nbytes)
+
+    def read_ready(self, max_messages: int, max_bytes: int) -> tuple[list[bytes], list[bytes]]:
+        """The CopyData messages that are here already, without waiting: those libpq has
+        buffered, then those the socket holds (read once); XLogData (`w`) apart from the rest
+        (keepalives). At most `max_messages`, and stops once they reach `max_bytes`.
+
+        One call per batch instead of one per message (a busy stream has tens of thousands a
+        second). The end of the stream, or an error, is raised by the next call once the
+        messages before it were returned."""
+        if self._end is not None:
+            raise self._end
+        pgconn = self.pgconn
+        get_copy_data = pgconn.get_copy_data
+        xlog: list[bytes] = []
+        other: list[bytes] = []
+        append = xlog.append
+        count = size = 0
+        consumed = False
+        while count < max_messages and size < max_bytes:
+            nbytes, data = get_copy_data(1)
+            if nbytes > 0:
+                if data[0] == 0x77:
+                    append(bytes(data))
+                else:
+                    other.append(bytes(data))
+                count += 1
+                size += nbytes
+            elif nbytes == 0 and not consumed:
+                pgconn.consume_input()  # non-blocking: what the socket holds now
+                consumed = True
+            elif nbytes == 0:
+                break
+            else:
+                error = self._end_error(nbytes)
+                if not count:
+                    raise error
+                self._end = error  # libpq will not say it again
+                break
+        return xlog, other
+
+    def wait_readable(self, timeout: float) -> bool:
+        """Wait until the socket has bytes to read (after `read_ready` found none)."""
+        ready, _, _ = select.select([self.pgconn.socket], [], [], timeout)
+        return bool(ready)
+
+    def _end_error(self, nbytes: int) -> ReplicationConnectionError:
+        """What the end of the COPY stream (nbytes -1) or an error (-2) means."""
+        pgconn = self.pgconn
         if nbytes == -1:
             self.streaming = False
             result = pgconn.get_result()
             error = _error(result, "the server ended the replication stream")
-            raise ReplicationStreamEnded(str(error), error.sqlstate)
-        raise ReplicationConnectionError(_message(pgconn, "replication stream failed"))
+            return ReplicationStreamEnded(str(error), error.sqlstate)
+        return ReplicationConnectionError(_message(pgconn, "replication stream failed"))
 
     def send(self, message: bytes) -> None:
         """Queue a CopyData message (a status update) and push it out."""
