@@ -1,22 +1,25 @@
-"""Decoder: frames in, publishable messages out, one batch at a time."""
+"""Decoder: frames in, publishable messages out, one batch at a time.
+
+An actor on the publisher's I/O loop (`LoopActor`): the reader's thread hands it each batch,
+and it hands the messages to the publisher on the same thread."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-import pykka
-
 from services.replicator import metrics
 from services.replicator.events import EventBuilder, Outgoing
 from services.replicator.failure import FailureSignal, reports_expected_failures
+from services.replicator.loop_actor import LoopActor
 from services.replicator.messages import Frames, Publish
 from services.replicator.publisher import PublishInbox
 
 
-class Decoder(pykka.ThreadingActor):
+class Decoder(LoopActor):
     def __init__(self, builder: EventBuilder, inbox: PublishInbox, failure: FailureSignal) -> None:
         super().__init__()
+        self.loop, self.loop_thread_id = inbox.loop, inbox.thread_id
         self.builder = builder
         self.inbox = inbox
         self.failure = failure

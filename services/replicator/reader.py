@@ -27,6 +27,7 @@ from services.replicator.protocol import (
     parse_copy_data,
     standby_status_update,
 )
+from services.replicator.wire_reader import DecodeError
 from shared.lsn import Lsn
 from shared.postgres import ReplicationConnection
 
@@ -44,6 +45,8 @@ _BATCH_SECONDS = 0.02
 _MIN_UPDATE_GAP = 0.5
 _PAYLOAD_KIND = 25  # offset of the pgoutput message type in an XLogData CopyData message
 _KIND_BEGIN, _KIND_COMMIT = 0x42, 0x43  # B C
+_KIND_KEEPALIVE = 0x6B  # k
+_KEEPALIVE_SIZE = 18  # 'k', WAL end, send time, reply requested
 _IDLE_PING_SECONDS = 1.0
 
 
@@ -146,12 +149,10 @@ class WalReader(pykka.ThreadingActor):
             limit = self.budget.limit - self.budget.used
             while len(frames) < _BATCH_FRAMES and cost < limit:
                 got, other = conn.read_ready(_BATCH_FRAMES - len(frames), limit - cost)
-                for raw in other:
-                    keepalive = parse_copy_data(raw)
-                    assert isinstance(keepalive, PrimaryKeepalive)
+                if other:
                     # Order against the frames is not kept: with any in this batch, the
-                    # keepalive's position is not confirmed (the next one will be).
-                    self._keepalive(keepalive, pending_frames=bool(frames or got))
+                    # keepalives' position is not confirmed (a later one's will be).
+                    self._keepalives(other, pending_frames=bool(frames or got))
                 if got:
                     frames += got
                     cost += sum(map(len, got))
@@ -206,6 +207,21 @@ class WalReader(pykka.ThreadingActor):
 
     def _nothing_pending(self) -> bool:
         return not self.in_transaction and self.acked_batch == self.next_batch - 1
+
+    def _keepalives(self, raws: list[bytes], pending_frames: bool) -> None:
+        """The walsender sends a keepalive each time it has sent all it had and waits for WAL
+        (while the write position we reported is behind what it sent), so live traffic brings
+        about one per transaction (measured: 44k keepalives for 60k single-row transactions).
+        Each is checked; the last one's position counts, and whether any asks for a reply."""
+        reply = False
+        for raw in raws:
+            if len(raw) != _KEEPALIVE_SIZE or raw[0] != _KIND_KEEPALIVE:
+                message = parse_copy_data(raw)  # raises the framing error
+                raise DecodeError("CopyData", 0, f"unexpected {type(message).__name__}")
+            reply = reply or raw[-1] == 1
+        last = parse_copy_data(raws[-1])
+        assert isinstance(last, PrimaryKeepalive)
+        self._keepalive(PrimaryKeepalive(last.wal_end, last.send_time, reply), pending_frames)
 
     def _keepalive(self, keepalive: PrimaryKeepalive, pending_frames: bool) -> None:
         if not pending_frames and self._nothing_pending() and keepalive.wal_end > self.confirmed:
