@@ -21,6 +21,8 @@ from nats.errors import ConnectionClosedError
 
 _NEEDS = ("_send_command", "_flush_pending", "_flush_queue", "_pending_data_size", "_process_msg")
 
+_NOW_LIMIT = 1 << 20
+
 RawHandler = Callable[[bytes, bytes, bytes | None], None]
 """Called with a message's subject, payload and raw header block (None without headers)."""
 
@@ -87,6 +89,22 @@ class FrameWriter:
         await nc._send_command(frames)
         if nc._flush_queue is not None and nc._flush_queue.empty():
             await nc._flush_pending()
+
+    def can_write_now(self) -> bool:
+        """`write_now` may be used: connected, nothing queued in the client, and the socket's
+        buffer below `_NOW_LIMIT` (past that, `write` waits for it to drain)."""
+        nc = self.nc
+        if nc.is_closed or not nc.is_connected or nc._pending_data_size:
+            return False
+        writer = getattr(nc._transport, "_io_writer", None)  # TCP and TLS transports
+        if writer is None:
+            return False
+        return bool(writer.transport.get_write_buffer_size() < _NOW_LIMIT)
+
+    def write_now(self, frames: bytes) -> None:
+        """`write` without waiting, after `can_write_now` said yes (the buffer may then pass
+        `_NOW_LIMIT` by these frames: a batch at most, bounded by the in-flight limits)."""
+        self.nc._transport.write(frames)
 
     def deliver_inline(self, sid: int, handler: RawHandler) -> None:
         """Messages of the subscription `sid` go to `handler` from the client's parser, before

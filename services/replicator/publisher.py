@@ -39,6 +39,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,15 +85,18 @@ class PublishInbox:
     blocks; order is kept (one queue, one producer)."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, thread_id: int, queue: asyncio.Queue[Publish]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        thread_id: int,
+        accept: Callable[[Publish], None],
     ) -> None:
-        self.loop, self.thread_id, self.queue = loop, thread_id, queue
+        self.loop, self.thread_id, self.accept = loop, thread_id, accept
 
     def put(self, batch: Publish) -> None:
         if threading.get_ident() == self.thread_id:
-            self.queue.put_nowait(batch)
+            self.accept(batch)
         else:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, batch)
+            self.loop.call_soon_threadsafe(self.accept, batch)
 
 
 class AttachReader:
@@ -140,6 +144,7 @@ class Publisher(pykka.ThreadingActor):
         self.pump: asyncio.Task[None] | None = None
         self.queue: asyncio.Queue[Publish] | None = None
         self.closing = False
+        self.pumping = False  # the pump is sending a batch (maybe waiting for room)
         # The stream sequence the next message must follow; None while the replay of what
         # the stream already holds is probed one message at a time.
         self.expected: int | None = None
@@ -228,17 +233,47 @@ class Publisher(pykka.ThreadingActor):
 
     # -- publishing (on the I/O loop) -----------------------------------------------------
 
+    def _accept(self, batch: Publish) -> None:
+        """A batch from the decoder (on the loop's thread). Sent at once when nothing waits
+        before it, all of it fits in flight and the socket takes it (nearly always): the
+        decoder's next batch then finds this one's frames written, and no turn of the loop is
+        spent waking the pump. Otherwise it queues for the pump, which can wait."""
+        if self.failure.failed:
+            return  # the pipeline is being stopped; nothing more goes out
+        assert self.queue is not None and self.writer is not None
+        messages = batch.messages
+        if (
+            self.pumping
+            or not self.queue.empty()
+            or self.expected is None
+            or self.max_in_flight - (self.seq - self.acked_through) < len(messages)
+            or not self.writer.can_write_now()
+        ):
+            self.queue.put_nowait(batch)
+            return
+        try:
+            for start in range(0, len(messages), _ACK_EVERY):
+                end = min(len(messages), start + _ACK_EVERY)
+                self.writer.write_now(self._chain(messages, start, end))
+        except Exception as exc:
+            self.failure.fail(exc)
+            return
+        self._sent(batch)
+
     async def _pump(self) -> None:
         assert self.queue is not None
         while True:
             batch = await self.queue.get()
             if self.failure.failed:
                 continue  # the pipeline is being stopped; nothing more goes out
+            self.pumping = True
             try:
                 await self._publish(batch)
             except Exception as exc:
                 self.failure.fail(exc)
                 return
+            finally:
+                self.pumping = False
 
     async def _publish(self, batch: Publish) -> None:
         messages = batch.messages
@@ -257,8 +292,13 @@ class Publisher(pykka.ThreadingActor):
                 done += 1
                 continue
             end = min(len(messages), done + room, done + _ACK_EVERY)
-            await self._send_chained(messages, done, end)
+            assert self.writer is not None
+            await self.writer.write(self._chain(messages, done, end))
             done = end
+        self._sent(batch)
+
+    def _sent(self, batch: Publish) -> None:
+        """Every message of `batch` is written: it is done once the last one's PubAck came."""
         self.batches.append(
             _Batch(batch.batch_no, self.seq, batch.cost, batch.confirm_lsn, time.monotonic())
         )
@@ -271,11 +311,12 @@ class Publisher(pykka.ThreadingActor):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(room.wait(), 1.0)
 
-    async def _send_chained(self, messages: list[Outgoing], start: int, end: int) -> None:
-        """Messages `start`…`end-1` in one write, each stored only right after the one before;
-        only the last asks for a PubAck. Its PubAck, stored at the sequence it expected, says
-        every one before it was stored too: a message JetStream dropped or refused makes the
-        next one be refused ("wrong last sequence"), and so on up to the last."""
+    def _chain(self, messages: list[Outgoing], start: int, end: int) -> bytes:
+        """The frames of messages `start`…`end-1`, for one write, each stored only right after
+        the one before; only the last asks for a PubAck. Its PubAck, stored at the sequence it
+        expected, says every one before it was stored too: a message JetStream dropped or
+        refused makes the next one be refused ("wrong last sequence"), and so on up to the
+        last."""
         expected, previous = self.expected, self.last_id
         assert expected is not None
         frames: list[bytes] = []
@@ -292,8 +333,7 @@ class Publisher(pykka.ThreadingActor):
         self.expected = expected + 1
         self.last_id = last.msg_id
         self.waiting[self.seq] = self.expected
-        assert self.writer is not None
-        await self.writer.write(b"".join(frames))
+        return b"".join(frames)
 
     async def _probe(self, message: Outgoing) -> None:
         """One message, then its PubAck. A duplicate (the stream has it from before the
@@ -419,4 +459,4 @@ class Publisher(pykka.ThreadingActor):
     def get_inbox(self) -> PublishInbox:
         assert self.queue is not None, "asked before the publisher connected"
         assert self.thread.ident is not None
-        return PublishInbox(self.loop, self.thread.ident, self.queue)
+        return PublishInbox(self.loop, self.thread.ident, self._accept)
