@@ -24,8 +24,8 @@ class ReplicatorSettings(BridgeSettings):
     max_in_flight_bytes: int = Field(
         16 * 1024 * 1024,
         gt=0,
-        description="WAL bytes read but not yet acknowledged by JetStream before "
-        "reading pauses (bounds memory)",
+        description="memory held by changes read but not yet acknowledged by JetStream (their "
+        "WAL bytes plus ~320 bytes each for the decoded event) before reading pauses",
     )
     max_in_flight_messages: int = Field(
         20_000, gt=0, description="messages published and awaiting their PubAck"
