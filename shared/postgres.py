@@ -284,10 +284,9 @@ class ReplicationConnection:
                 break
         return xlog, other
 
-    def wait_readable(self, timeout: float) -> bool:
-        """Wait until the socket has bytes to read (after `read_ready` found none)."""
-        ready, _, _ = select.select([self.pgconn.socket], [], [], timeout)
-        return bool(ready)
+    def fileno(self) -> int:
+        """The socket, for an event loop to watch (after `read_ready` found nothing)."""
+        return int(self.pgconn.socket)
 
     def _end_error(self, nbytes: int) -> ReplicationConnectionError:
         """What the end of the COPY stream (nbytes -1) or an error (-2) means."""

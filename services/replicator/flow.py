@@ -9,6 +9,7 @@ stays bounded by the budget whatever the transaction size or NATS's speed.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 
 class InFlightBudget:
@@ -16,6 +17,8 @@ class InFlightBudget:
         self.limit = limit
         self._used = 0
         self._cond = threading.Condition()
+        self.on_room: Callable[[], None] | None = None
+        """Called (on the thread giving back) when a give-back leaves room."""
 
     @property
     def used(self) -> int:
@@ -29,11 +32,8 @@ class InFlightBudget:
         with self._cond:
             self._used -= amount
             self._cond.notify_all()
-
-    def wait_for_room(self, timeout: float) -> bool:
-        """True when the budget has room; waits at most `timeout` seconds for it."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._used < self.limit, timeout)
+        if self.on_room is not None and self._used < self.limit:
+            self.on_room()
 
     def wait_until_empty(self, timeout: float) -> bool:
         with self._cond:

@@ -61,6 +61,8 @@ class Pipeline:
             self.failure,
             s.status_interval_seconds,
             s.batch_linger_seconds,
+            inbox.loop,
+            inbox.thread_id,
         )
         self.actors.append(self.reader)
         publisher.tell(AttachReader(self.reader))

@@ -1,5 +1,8 @@
 """WalReader: owns the replication connection. Reads frames, answers keepalives, confirms.
 
+An actor on the publisher's event loop: it reads what the socket holds when the loop says it
+is readable, a batch at a time, and gathers a batch for a linger on the loop's timers.
+
 Status-update rule, in one place (`_confirmable` / `_send_status`): the flushed LSN sent to
 PostgreSQL only moves forward, and only to
 - the end of a transaction whose messages, and all earlier ones, JetStream acknowledged, or
@@ -12,7 +15,9 @@ and at least every `status_interval`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from typing import Any
 
@@ -21,6 +26,7 @@ import pykka
 from services.replicator import metrics
 from services.replicator.failure import FailureSignal, reports_expected_failures
 from services.replicator.flow import InFlightBudget
+from services.replicator.loop_actor import LoopActor
 from services.replicator.messages import Acked, Drain, Frames, Poll
 from services.replicator.protocol import (
     PrimaryKeepalive,
@@ -34,7 +40,6 @@ from shared.postgres import ReplicationConnection
 log = logging.getLogger(__name__)
 
 _BATCH_FRAMES = 2000
-_BATCH_SECONDS = 0.02
 # The linger (`batch_linger_seconds`): once a batch has its first frame, frames arriving
 # within this long join it. Live traffic of small transactions otherwise makes every
 # transaction a batch of its own, and the costs paid per batch (thread hand-offs and wake-ups,
@@ -56,7 +61,12 @@ _KEEPALIVE_SIZE = 18  # 'k', WAL end, send time, reply requested
 _IDLE_PING_SECONDS = 1.0
 
 
-class WalReader(pykka.ThreadingActor):
+class WalReader(LoopActor):
+    """An actor on the publisher's event loop (as the decoder): it reads the libpq socket when
+    the loop says it is readable and lingers on the loop's timers, so a batch costs no thread
+    wake-up or GIL hand-over between reading, decoding and publishing. Only connecting, which
+    can block for long, runs in a worker thread."""
+
     def __init__(
         self,
         database_url: str,
@@ -67,8 +77,11 @@ class WalReader(pykka.ThreadingActor):
         failure: FailureSignal,
         status_interval: float,
         linger: float,
+        loop: asyncio.AbstractEventLoop,
+        loop_thread_id: int,
     ) -> None:
         super().__init__()
+        self.loop, self.loop_thread_id = loop, loop_thread_id
         self.linger = linger
         self.database_url = database_url
         self.slot = slot
@@ -86,27 +99,57 @@ class WalReader(pykka.ThreadingActor):
         self.in_transaction = False
         self.draining = False
         self.last_ping = 0.0
-        self.trickle_sent_at = 0.0  # when a batch that emptied the socket was sent
+        # The batch being gathered: frames read and not yet handed to the decoder.
+        self.frames: list[bytes] = []
+        self.cost = 0
+        self.linger_until = 0.0  # when the gathering batch goes, if the socket stays empty
+        self.timer: asyncio.TimerHandle | None = None
+        self.watched_fd: int | None = None  # the socket, while the loop watches it for us
+        self.waiting_for_room = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        # pykka only logs an exception raised here; the supervisor must hear of it.
+        # Connecting can block for as long as the network takes: not on the loop (and in a
+        # daemon thread, which a hung connection cannot keep the process alive for).
+        threading.Thread(target=self._connect, name="reader-connect", daemon=True).start()
+        self.budget.on_room = self._room_back
+
+    def _connect(self) -> None:
+        error: BaseException | None = None
         try:
-            self.conn = ReplicationConnection(
-                self.database_url, application_name=f"bridge:{self.slot}"
-            )
-            # 0/0: the server starts from the slot's confirmed position.
-            self.conn.start_replication(self.slot, Lsn(0), self.options)
+            conn = ReplicationConnection(self.database_url, application_name=f"bridge:{self.slot}")
+            try:
+                # 0/0: the server starts from the slot's confirmed position.
+                conn.start_replication(self.slot, Lsn(0), self.options)
+            except BaseException:
+                conn.close()
+                raise
+            self.conn = conn
         except Exception as exc:
-            self.failure.fail(exc)
+            error = exc
+        try:
+            self.loop.call_soon_threadsafe(self._connected, error)
+        except RuntimeError:  # the loop is closed: the pipeline is gone
+            if self.conn is not None:
+                self.conn.close()
+
+    def _connected(self, error: BaseException | None) -> None:
+        # pykka only logs an exception raised in on_start; the supervisor must hear of it.
+        if error is not None:
+            self.failure.fail(error)
+            return
+        if self.actor_stopped.is_set():  # stopped while connecting
+            assert self.conn is not None
+            self.conn.close()
             return
         metrics.connected.set(1)
         log.info("streaming from slot %s", self.slot)
-        self.actor_ref.tell(Poll())
+        self._poll_soon()
 
     def on_stop(self) -> None:
         metrics.connected.set(0)
+        self._unwatch()
         if self.conn is not None:
             try:
                 if self.conn.streaming:
@@ -117,6 +160,7 @@ class WalReader(pykka.ThreadingActor):
 
     def on_failure(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         metrics.connected.set(0)
+        self._unwatch()
         self.failure.fail(exc or RuntimeError("reader failed"))
         if self.conn is not None:
             self.conn.close()
@@ -129,75 +173,126 @@ class WalReader(pykka.ThreadingActor):
             self._acked(message)
         elif isinstance(message, Drain):
             self.draining = True
+            self._send_batch()  # read already: better confirmed than replayed
         return None
+
+    # -- waking ---------------------------------------------------------------------------
+
+    def _poll_soon(self, delay: float = 0.0) -> None:
+        """One Poll, now or after `delay` (replacing any other timer)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if delay <= 0:
+            self.actor_ref.tell(Poll())
+        else:
+            self.timer = self.loop.call_later(delay, self._wake)
+
+    def _wake(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self._unwatch()
+        if self.actor_ref.is_alive():
+            self.actor_ref.tell(Poll())
+
+    def _room_back(self) -> None:
+        """The budget has room again (a PubAck, on this loop): read on if that was the wait."""
+        if self.waiting_for_room:
+            self.waiting_for_room = False
+            self._wake()
+
+    def _watch(self, timeout: float) -> None:
+        """Poll when the socket becomes readable, or after `timeout` (status duties)."""
+        assert self.conn is not None
+        if self.watched_fd is None:
+            self.watched_fd = self.conn.fileno()
+            self.loop.add_reader(self.watched_fd, self._wake)
+        self._poll_soon(timeout)
+
+    def _unwatch(self) -> None:
+        if self.watched_fd is not None:
+            self.loop.remove_reader(self.watched_fd)
+            self.watched_fd = None
 
     # -- reading --------------------------------------------------------------------------
 
     def _poll(self) -> None:
-        if self.failure.failed:
+        if self.failure.failed or self.conn is None:
             return
+        self._unwatch()
+        now = time.monotonic()
+        if self.draining:
+            self._send_status()
+            self._poll_soon(0.05)
+            return
+        if self.budget.used >= self.budget.limit:
+            # Room comes back when PubAcks arrive, on this loop (`_room_back`).
+            self.waiting_for_room = True
+            self._send_status()
+            self._poll_soon(0.1)
+            return
+        emptied = self._read()
+        if self.frames and (
+            not emptied
+            or len(self.frames) >= _BATCH_FRAMES
+            or self.cost >= self.budget.limit - self.budget.used
+            or now >= self.linger_until
+        ):
+            self._send_batch()
+            if emptied:
+                # The next batch gathers for a linger before the socket is read again: one
+                # wake-up per batch, whatever the rate.
+                self.linger_until = now + self.linger
+                self._poll_soon(self.linger)
+            else:
+                self._poll_soon()
+        elif self.frames:
+            self._poll_soon(self.linger_until - now)  # gathering: the rest of the linger
+        else:
+            if now >= self.linger_until:
+                self.linger_until = 0.0  # idle: the first frame to come starts a linger
+            if self._nothing_pending() and now - self.last_ping > _IDLE_PING_SECONDS:
+                # Ask the server where it is: its keepalive answer carries the WAL position we
+                # may confirm while nothing is pending, so an idle slot follows a busy server.
+                self.last_ping = now
+                self._send_status(force=True, reply=True)
+            self._watch(_IDLE_PING_SECONDS / 2)
+        self._send_status()
+
+    def _read(self) -> bool:
+        """Add what the socket holds to the gathering batch; True when it was all read."""
         conn = self.conn
         assert conn is not None
-        frames: list[bytes] = []
-        cost = 0
-        if not self.draining and self.budget.wait_for_room(0.1):
-            lingered = False
-            if self.trickle_sent_at:
-                # The last batch emptied the socket: let this one gather for a linger before
-                # reading, one wake-up per batch instead of a select's and a sleep's.
-                wait = self.trickle_sent_at + self.linger - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-                lingered = True
-                self.trickle_sent_at = 0.0
-            deadline = time.monotonic() + _BATCH_SECONDS
-            emptied = False
-            limit = self.budget.limit - self.budget.used
-            while len(frames) < _BATCH_FRAMES and cost < limit:
-                got, other = conn.read_ready(_BATCH_FRAMES - len(frames), limit - cost)
-                if other:
-                    # Order against the frames is not kept: with any in this batch, the
-                    # keepalives' position is not confirmed (a later one's will be).
-                    self._keepalives(other, pending_frames=bool(frames or got))
-                if got:
-                    frames += got
-                    cost += sum(map(len, got)) + _HELD_PER_FRAME * len(got)
-                    self._track_transaction(got)
-                elif not other:
-                    emptied = True
-                    if frames and not lingered:
-                        # Sleep once rather than wake per frame: what arrives meanwhile
-                        # waits in the socket and is read below without a select each.
-                        lingered = True
-                        time.sleep(self.linger)
-                        continue
-                    if frames or time.monotonic() > deadline:
-                        break
-                    conn.wait_readable(0.05)
-                    continue
-                if time.monotonic() > deadline:
-                    break
-        elif self.draining:
-            time.sleep(0.05)
-        if frames:
-            metrics.wal_messages.inc(len(frames))
-            self.budget.spend(cost)
-            metrics.in_flight_bytes.set(self.budget.used)
-            self.decoder.tell(Frames(self.next_batch, frames, cost))
-            self.next_batch += 1
-            if emptied:
-                self.trickle_sent_at = time.monotonic()
-        self._send_status()
-        if (
-            not frames
-            and self._nothing_pending()
-            and time.monotonic() - self.last_ping > _IDLE_PING_SECONDS
-        ):
-            # Ask the server where it is: its keepalive answer carries the WAL position we may
-            # confirm while nothing is pending, so an idle slot follows a busy server closely.
-            self.last_ping = time.monotonic()
-            self._send_status(force=True, reply=True)
-        self.actor_ref.tell(Poll())
+        limit = self.budget.limit - self.budget.used
+        started = not self.frames
+        while len(self.frames) < _BATCH_FRAMES and self.cost < limit:
+            got, other = conn.read_ready(_BATCH_FRAMES - len(self.frames), limit - self.cost)
+            if other:
+                # Order against the frames is not kept: with any in this batch, the
+                # keepalives' position is not confirmed (a later one's will be).
+                self._keepalives(other, pending_frames=bool(self.frames or got))
+            if got:
+                self.frames += got
+                self.cost += sum(map(len, got)) + _HELD_PER_FRAME * len(got)
+                self._track_transaction(got)
+            elif not other:
+                if started and self.frames and not self.linger_until:
+                    # The first frames after a quiet spell: gather for a linger from now.
+                    self.linger_until = time.monotonic() + self.linger
+                return True
+        return False
+
+    def _send_batch(self) -> None:
+        frames, cost = self.frames, self.cost
+        if not frames:
+            return
+        self.frames, self.cost = [], 0
+        metrics.wal_messages.inc(len(frames))
+        self.budget.spend(cost)
+        metrics.in_flight_bytes.set(self.budget.used)
+        self.decoder.tell(Frames(self.next_batch, frames, cost))
+        self.next_batch += 1
 
     def _track_transaction(self, frames: list[bytes]) -> None:
         """Whether the stream is inside a transaction after `frames`: the last Begin or
@@ -212,7 +307,9 @@ class WalReader(pykka.ThreadingActor):
                 return
 
     def _nothing_pending(self) -> bool:
-        return not self.in_transaction and self.acked_batch == self.next_batch - 1
+        return (
+            not self.frames and not self.in_transaction and self.acked_batch == self.next_batch - 1
+        )
 
     def _keepalives(self, raws: list[bytes], pending_frames: bool) -> None:
         """The walsender sends a keepalive each time it has sent all it had and waits for WAL
