@@ -24,13 +24,13 @@ def main() -> int:
     args = parser.parse_args()
     scale = 10 if args.quick else 1
     started = time.time()
-    print("--- backlog drain: single-row transactions", flush=True)
+    print("--- backlog drain: 200k single-row transactions", flush=True)
     drain = replicator_drain.measure(200_000 // scale, 1)
     print("--- live load: single-row transactions at steady rates", flush=True)
     live = live_latency.measure([1000.0, 5000.0], 10 / scale, 8)
     print("--- snapshot beside COPY", flush=True)
     snapshot = snapshot_vs_copy.measure(200_000 // scale)
-    print("--- one 1M-row transaction: peak RSS", flush=True)
+    print("--- one 1M-row transaction: drain and peak RSS", flush=True)
     big = replicator_drain.measure(1_000_000 // scale, 1_000_000 // scale)
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -53,7 +53,10 @@ def main() -> int:
             f"({r['cpu_us_per_event'] / drain['cpu_us_per_event']:.1f}x the drain's)"
         )
     print(f"snapshot ratio snapshot / COPY: {snapshot['ratio']:.2f}")
-    print(f"1M-row transaction peak RSS: {big['peak_rss_mb']} MB")
+    print(
+        f"1M-row transaction: ratio replicator / pg_recvlogical {big['ratio']:.2f}, "
+        f"{big['cpu_us_per_event']} µs CPU/event, peak RSS {big['peak_rss_mb']} MB"
+    )
     print(f"written to {args.out}")
     return 0
 
