@@ -75,6 +75,18 @@ class _Batch:
     sent_at: float
 
 
+def _stored_at(ack: bytes, seq: int) -> bool:
+    """The PubAck (nats-server's compact JSON, `{"stream":…,"seq":N…}`) says stored at
+    `seq`, not a duplicate: read without a JSON parse (one per batch, on the hot path).
+    False when unsure; the caller then parses it."""
+    marker = b'"seq":%d' % seq
+    at = ack.find(marker)
+    if at < 0 or b'"duplicate"' in ack or b'"error"' in ack:
+        return False
+    end = at + len(marker)
+    return ack[end : end + 1] in (b",", b"}")
+
+
 class PublishInbox:
     """Where the decoder hands its batches: straight onto the publisher's I/O loop.
 
@@ -390,8 +402,12 @@ class Publisher(pykka.ThreadingActor):
         stored where it was expected; a duplicate was not stored at all (JetStream checks the
         Msg-Id before the expectations), so it vouches for nothing."""
         expected = self.waiting.pop(seq, None)
+        if expected is None:
+            return TransientError(f"JetStream answered {data[:200]!r} for no message sent")
+        if _stored_at(data, expected):
+            return None
         ack = json.loads(data)
-        if expected is None or ack.get("duplicate") or ack.get("seq") != expected:
+        if ack.get("duplicate") or ack.get("seq") != expected:
             return TransientError(
                 f"JetStream answered {data[:200]!r} for a message expected at stream "
                 f"sequence {expected}; replaying from the slot keeps the order"
