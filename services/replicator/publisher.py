@@ -235,8 +235,8 @@ class Publisher(pykka.ThreadingActor):
 
     @reports_expected_failures
     def on_receive(self, message: Any) -> Any:
-        # Batches do not pass through here: the decoder puts them on the I/O loop's queue
-        # (PublishInbox), where they wait in order, bounded by the in-flight budget.
+        # Batches do not pass through here: the decoder, on the I/O loop, hands them to
+        # `_accept` (PublishInbox), which sends them or queues them in order for the pump.
         if isinstance(message, AttachReader):
             self.reader = message.ref
             if self.last_ack is not None:

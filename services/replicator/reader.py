@@ -40,18 +40,19 @@ from shared.postgres import ReplicationConnection
 log = logging.getLogger(__name__)
 
 _BATCH_FRAMES = 2000
-# The linger (`batch_linger_seconds`): once a batch has its first frame, frames arriving
-# within this long join it. Live traffic of small transactions otherwise makes every
-# transaction a batch of its own, and the costs paid per batch (thread hand-offs and wake-ups,
-# a socket write, a PubAck round, an ack message back) then dominate. Measured at 5k single-row
-# tx/s: no linger 111 µs CPU per event; on this kind of machine a thread's wake-up alone costs
-# 20-60 µs of CPU, and a batch pays ~250 µs in all, so at 5k tx/s: linger 2 ms 36 µs/event
-# (p99 commit -> stored 3.3 ms), 5 ms 24 µs (6.7 ms), 10 ms 16 µs (11.8 ms).
+# The linger (`batch_linger_seconds`): once PostgreSQL has sent all it had, a batch gathers
+# for this long before it goes, and the socket is not read again before the next linger ends.
+# Live traffic of small transactions otherwise makes every transaction a batch of its own, and
+# the costs paid per batch (wake-ups, a socket write, a PubAck, cold code) then dominate: at 5k
+# single-row tx/s, no linger cost 111 µs CPU per event; 2 ms 36 µs (p99 commit -> stored
+# 3.3 ms), 5 ms 24 µs (6.7 ms), 10 ms 16 µs (11.8 ms), measured with three threads; with the
+# actors on one loop, 10 ms costs 13-15 µs (README, Benchmark).
+
 # What a frame holds besides its bytes until JetStream acknowledged it: its bytes object, and
 # the event decoded from it (payload, subject and Msg-Id, the object around them). Charged to
 # the in-flight budget with the frame, so the budget bounds memory, not only WAL bytes: with
 # the bytes alone, a 1M-row transaction's small rows let 16 MiB of frames become ~100 MB of
-# events waiting for their PubAcks (peak RSS 142 MB; with this 70 MB, and faster).
+# events waiting for their PubAcks (peak RSS 142 MB; with this 65 MB, and faster).
 _HELD_PER_FRAME = 320
 _MIN_UPDATE_GAP = 0.5
 _PAYLOAD_KIND = 25  # offset of the pgoutput message type in an XLogData CopyData message
