@@ -212,24 +212,59 @@ async def catch_up(
         await nc.close()
 
 
+_STORAGE = (
+    "SELECT relid::regclass::text, pg_relation_filenode(relid)"
+    " FROM pg_partition_tree(%s::regclass) ORDER BY 1"
+)
+
+
+def storage(conn: psycopg.Connection[Any], tables: list[str]) -> dict[str, list[Any]]:
+    """Each table's storage (its and its partitions' relfilenodes, as the catalog has them now):
+    a TRUNCATE gives a table new storage."""
+    found: dict[str, list[Any]] = {}
+    for table in tables:
+        regclass = sql.Identifier(*parse_table_name(table)).as_string(conn)
+        found[table] = conn.execute(_STORAGE, (regclass,)).fetchall()
+    return found
+
+
 def verify_once(
     settings: BridgeSettings, copy: SqliteCopy, tables: list[str], own: argparse.Namespace
-) -> tuple[bool, dict[str, list[Difference]], dict[str, SourceTable], Lsn]:
+) -> tuple[str | None, dict[str, list[Difference]], dict[str, SourceTable], Lsn]:
+    """One comparison at a new snapshot; a reason to compare anew instead, when there is one.
+
+    TRUNCATE is not MVCC-safe: a transaction whose snapshot predates it sees the table empty
+    once it has committed. So the tables are locked (ACCESS SHARE, which TRUNCATE waits for)
+    before the snapshot is read, and a TRUNCATE that committed between the export and the lock
+    (their storage changed meanwhile) makes this comparison void: PostgreSQL's side would show
+    the table empty at an LSN where the copy, rightly, still has its rows."""
     dsn = settings.database_dsn()
-    repl, lsn, snapshot = export_snapshot(
-        dsn, f"bridge_verify_{secrets.token_hex(6)}", application_name="bridge-verify"
-    )
-    with postgres.connect(dsn, autocommit=True) as conn:
-        conn.execute("SET client_encoding TO 'UTF8'")
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        with conn.transaction():
-            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-            repl.close()  # the transaction holds the snapshot now; no slot holds WAL
-            sources = {
-                t: read_source(conn, dsn, t, settings.publication, settings.value_mode)
-                for t in tables
-            }
+    with postgres.connect(dsn, autocommit=True) as catalog:
+        before = storage(catalog, tables)
+        repl, lsn, snapshot = export_snapshot(
+            dsn, f"bridge_verify_{secrets.token_hex(6)}", application_name="bridge-verify"
+        )
+        with postgres.connect(dsn, autocommit=True) as conn:
+            conn.execute("SET client_encoding TO 'UTF8'")
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+                        sql.SQL(", ").join(sql.Identifier(*parse_table_name(t)) for t in tables)
+                    )
+                )
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+                repl.close()  # the transaction holds the snapshot now; no slot holds WAL
+                if storage(catalog, tables) != before:
+                    truncated = [
+                        t for t, ids in storage(catalog, tables).items() if ids != before[t]
+                    ]
+                    return f"{', '.join(truncated)} truncated meanwhile", {}, {}, lsn
+                sources = {
+                    t: read_source(conn, dsn, t, settings.publication, settings.value_mode)
+                    for t in tables
+                }
     log.info(
         "PostgreSQL read at %s: %s",
         lsn,
@@ -238,8 +273,8 @@ def verify_once(
     with postgres.connect(dsn, autocommit=True) as conn:
         wait_confirmed(conn, settings.slot, lsn, own.confirm_timeout)
     if not asyncio.run(catch_up(settings, copy, tables, lsn, own.snapshot_subject)):
-        return False, {}, sources, lsn
-    return True, {t: compare(s, copy) for t, s in sources.items()}, sources, lsn
+        return "the copy bootstrapped again while catching up", {}, sources, lsn
+    return None, {t: compare(s, copy) for t, s in sources.items()}, sources, lsn
 
 
 def verify(args: Sequence[str]) -> int:
@@ -263,13 +298,13 @@ def verify(args: Sequence[str]) -> int:
             print(f"bridge verify: {own.sqlite} holds no finished bootstrap: run `bridge replica`")
             return 2
         tables = [".".join(parse_table_name(t)) for t in own.tables]
-        for _ in range(3):
-            done, differences, sources, lsn = verify_once(settings, copy, tables, own)
-            if done:
+        for _ in range(5):
+            again, differences, sources, lsn = verify_once(settings, copy, tables, own)
+            if again is None:
                 break
-            log.warning("the copy bootstrapped again while catching up: comparing anew")
+            log.warning("%s: comparing anew", again)
         else:
-            print("bridge verify: the copy kept bootstrapping again; it cannot keep up")
+            print(f"bridge verify: could not compare: {again}, five times")
             return 2
     except FollowError as exc:
         print(f"bridge verify: {exc}")

@@ -92,6 +92,7 @@ class WalReader(LoopActor):
         self.failure = failure
         self.status_interval = status_interval
         self.conn: ReplicationConnection | None = None
+        self.conn_lock = threading.Lock()  # the connecting thread against a stop
         self.confirmed = Lsn(0)
         self.reported = Lsn(0)
         self.last_update = 0.0
@@ -126,23 +127,23 @@ class WalReader(LoopActor):
             except BaseException:
                 conn.close()
                 raise
-            self.conn = conn
+            with self.conn_lock:
+                if self.actor_stopped.is_set():
+                    # Stopped while connecting: nobody will close it, and an open walsender
+                    # connection keeps the slot busy for the next pipeline.
+                    conn.close()
+                    return
+                self.conn = conn
         except Exception as exc:
             error = exc
-        try:
-            self.loop.call_soon_threadsafe(self._connected, error)
-        except RuntimeError:  # the loop is closed: the pipeline is gone
-            if self.conn is not None:
-                self.conn.close()
+        self.loop.call_soon_threadsafe(self._connected, error)
 
     def _connected(self, error: BaseException | None) -> None:
         # pykka only logs an exception raised in on_start; the supervisor must hear of it.
         if error is not None:
             self.failure.fail(error)
             return
-        if self.actor_stopped.is_set():  # stopped while connecting
-            assert self.conn is not None
-            self.conn.close()
+        if self.actor_stopped.is_set():  # stopped meanwhile: on_stop closed the connection
             return
         metrics.connected.set(1)
         log.info("streaming from slot %s", self.slot)
@@ -151,20 +152,22 @@ class WalReader(LoopActor):
     def on_stop(self) -> None:
         metrics.connected.set(0)
         self._unwatch()
-        if self.conn is not None:
-            try:
-                if self.conn.streaming:
-                    self._send_status(force=True)
-            except Exception as exc:  # the connection may already be gone
-                log.debug("final status update failed: %s", exc)
-            self.conn.close()
+        with self.conn_lock:  # a connection that arrives after this is closed by `_connect`
+            if self.conn is not None:
+                try:
+                    if self.conn.streaming:
+                        self._send_status(force=True)
+                except Exception as exc:  # the connection may already be gone
+                    log.debug("final status update failed: %s", exc)
+                self.conn.close()
 
     def on_failure(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         metrics.connected.set(0)
         self._unwatch()
         self.failure.fail(exc or RuntimeError("reader failed"))
-        if self.conn is not None:
-            self.conn.close()
+        with self.conn_lock:
+            if self.conn is not None:
+                self.conn.close()
 
     @reports_expected_failures
     def on_receive(self, message: Any) -> Any:

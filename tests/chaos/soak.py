@@ -99,6 +99,7 @@ class Report:
             f"served / {self.snapshots_failed} failed during faults, lost {lost}, duplicated "
             f"{self.duplicated}, out of order {self.out_of_order}, service crashes "
             f"{len(self.unexpected_exits)}"
+            + (f", workload errors {self.workload_errors[:3]}" if self.workload_errors else "")
         )
 
 
@@ -156,7 +157,7 @@ class Workload:
             first, self.next_id = self.next_id, self.next_id + n
             conn.execute(
                 "INSERT INTO accounts (id, balance, owner, doc, active)"
-                " SELECT g, g % 100, 'bulk', 'd', true FROM generate_series(%s, %s) g",
+                " SELECT g, g %% 100, 'bulk', 'd', true FROM generate_series(%s::int, %s::int) g",
                 (first, first + n - 1),
             )
             return n

@@ -28,3 +28,4 @@ def test_chaos_soak_loses_nothing_and_duplicates_nothing(caplog: pytest.LogCaptu
         f"a fault the bridge never recovered from: {report.recoveries}\n{replay}"
     )
     assert not report.unexpected_exits, f"services crashed: {report.unexpected_exits}\n{replay}"
+    assert not report.workload_errors, f"the workload failed: {report.workload_errors}"
