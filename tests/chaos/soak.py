@@ -154,7 +154,8 @@ class Workload:
             return 1
         if roll < 0.05:
             n = rng.randint(50, 1500)
-            first, self.next_id = self.next_id, self.next_id + n
+            first = self.next_id + 1  # next_id is the last id handed out
+            self.next_id = first + n - 1
             conn.execute(
                 "INSERT INTO accounts (id, balance, owner, doc, active)"
                 " SELECT g, g %% 100, 'bulk', 'd', true FROM generate_series(%s::int, %s::int) g",
