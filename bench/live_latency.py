@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -27,10 +26,10 @@ import msgpack
 import nats
 import psycopg
 
-from bench.replicator_drain import stream_count
+from bench.replicator_drain import replicator_env, stream_count
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer
-from tests.harness.processes import cpu_seconds, free_port
+from tests.harness.processes import cpu_seconds
 
 _WRITER = r"""
 import asyncio, sys, time
@@ -107,16 +106,7 @@ def run_rate(rate: float, seconds: float, connections: int) -> dict[str, Any]:
                 "CREATE TABLE live (id bigserial PRIMARY KEY, writer int, n int, note text,"
                 " at timestamptz DEFAULT now())"
             )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-        env.update(
-            BRIDGE_DATABASE_URL=url,
-            BRIDGE_NATS_URL=ns.url,
-            BRIDGE_TABLE="live",
-            BRIDGE_PORT=str(free_port()),
-            BRIDGE_CDC_MAX_AGE_SECONDS="3600",
-            BRIDGE_LOG_LEVEL="WARNING",
-            BRIDGE_METRICS_LOG_SECONDS="3600",
-        )
+        env = replicator_env(url, ns.url, "live")
         bridge = str(Path(sys.executable).parent / "bridge")
         with open(pg.root / "replicator.log", "wb") as log:
             proc = subprocess.Popen([bridge, "replicator"], env=env, stdout=log, stderr=log)

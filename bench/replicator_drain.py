@@ -128,21 +128,30 @@ def recvlogical_rate(pg: PostgresServer, slot: str, end_lsn: str, rows: int) -> 
     return rows / (time.monotonic() - first)
 
 
-def replicator_run(pg: PostgresServer, ns: NatsServer, slot: str, rows: int) -> dict[str, float]:
-    """The replicator draining `slot` into a fresh CDC stream: rows/s from its first message,
-    CPU per event and peak RSS."""
-    delete_stream(ns.url)
+def replicator_env(database_url: str, nats_url: str, table: str, **more: str) -> dict[str, str]:
+    """The environment a benchmark runs `bridge replicator` in: this process's, less any
+    BRIDGE_* setting, plus the servers, the table, a free port, quiet logs and an hour of CDC
+    retention (a run must not age out of the stream)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env.update(
-        BRIDGE_DATABASE_URL=pg.url(),
-        BRIDGE_NATS_URL=ns.url,
-        BRIDGE_TABLE="bench",
-        BRIDGE_SLOT=slot,
-        BRIDGE_PUBLICATION="bench_pub",
+        BRIDGE_DATABASE_URL=database_url,
+        BRIDGE_NATS_URL=nats_url,
+        BRIDGE_TABLE=table,
         BRIDGE_PORT=str(free_port()),
         BRIDGE_CDC_MAX_AGE_SECONDS="3600",
         BRIDGE_LOG_LEVEL="WARNING",
         BRIDGE_METRICS_LOG_SECONDS="3600",
+        **more,
+    )
+    return env
+
+
+def replicator_run(pg: PostgresServer, ns: NatsServer, slot: str, rows: int) -> dict[str, float]:
+    """The replicator draining `slot` into a fresh CDC stream: rows/s from its first message,
+    CPU per event and peak RSS."""
+    delete_stream(ns.url)
+    env = replicator_env(
+        pg.url(), ns.url, "bench", BRIDGE_SLOT=slot, BRIDGE_PUBLICATION="bench_pub"
     )
     bridge = str(Path(sys.executable).parent / "bridge")
     log_path = pg.root / f"replicator-{slot}.log"

@@ -256,10 +256,9 @@ def verify_once(
                 )
                 conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
                 repl.close()  # the transaction holds the snapshot now; no slot holds WAL
-                if storage(catalog, tables) != before:
-                    truncated = [
-                        t for t, ids in storage(catalog, tables).items() if ids != before[t]
-                    ]
+                after = storage(catalog, tables)
+                truncated = [t for t in tables if after[t] != before[t]]
+                if truncated:
                     return f"{', '.join(truncated)} truncated meanwhile", {}, {}, lsn
                 sources = {
                     t: read_source(conn, dsn, t, settings.publication, settings.value_mode)

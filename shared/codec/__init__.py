@@ -77,13 +77,13 @@ class RowCodec:
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self._columns)
+        return self._names
 
     @property
     def converters(self) -> tuple[TextConverter, ...]:
         """Each column's text-output converter, for callers that loop over millions of rows
         (snapshots) and cannot afford `decode`'s per-value checks."""
-        return tuple(convert for _, convert in self._columns)
+        return self._converters
 
     def decode(self, raw: Sequence[Any]) -> tuple[dict[str, Any], list[str]]:
         """Return the row map and the names of the unchanged-TOAST columns."""
