@@ -27,7 +27,7 @@ def main() -> int:
     print("--- backlog drain: 200k single-row transactions", flush=True)
     drain = replicator_drain.measure(200_000 // scale, 1)
     print("--- live load: single-row transactions at steady rates", flush=True)
-    live = live_latency.measure([1000.0, 5000.0], 10 / scale, 8)
+    live = live_latency.measure([1000.0, 5000.0], 10 / scale, 8, rounds=1 if args.quick else 3)
     print("--- snapshot beside COPY", flush=True)
     snapshot = snapshot_vs_copy.measure(200_000 // scale)
     print("--- one 1M-row transaction: drain and peak RSS", flush=True)

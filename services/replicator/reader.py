@@ -29,7 +29,6 @@ from services.replicator.flow import InFlightBudget
 from services.replicator.loop_actor import LoopActor
 from services.replicator.messages import Acked, Drain, Frames, Poll
 from services.replicator.protocol import (
-    PrimaryKeepalive,
     parse_copy_data,
     standby_status_update,
 )
@@ -319,21 +318,20 @@ class WalReader(LoopActor):
         """The walsender sends a keepalive each time it has sent all it had and waits for WAL
         (while the write position we reported is behind what it sent), so live traffic brings
         about one per transaction (measured: 44k keepalives for 60k single-row transactions).
-        Each is checked; the last one's position counts, and whether any asks for a reply."""
-        reply = False
-        for raw in raws:
-            if len(raw) != _KEEPALIVE_SIZE or raw[0] != _KIND_KEEPALIVE:
-                message = parse_copy_data(raw)  # raises the framing error
-                raise DecodeError("CopyData", 0, f"unexpected {type(message).__name__}")
-            reply = reply or raw[-1] == 1
-        last = parse_copy_data(raws[-1])
-        assert isinstance(last, PrimaryKeepalive)
-        self._keepalive(PrimaryKeepalive(last.wal_end, last.send_time, reply), pending_frames)
-
-    def _keepalive(self, keepalive: PrimaryKeepalive, pending_frames: bool) -> None:
-        if not pending_frames and self._nothing_pending() and keepalive.wal_end > self.confirmed:
-            self.confirmed = keepalive.wal_end
-        if keepalive.reply_requested:
+        Each is checked, all at once (a read holds ~15 at 5k tx/s); the last one's position
+        counts, and whether any asks for a reply."""
+        joined = b"".join(raws)
+        kinds = joined[0::_KEEPALIVE_SIZE]
+        if set(map(len, raws)) != {_KEEPALIVE_SIZE} or kinds.count(b"k") != len(raws):
+            for raw in raws:
+                if len(raw) != _KEEPALIVE_SIZE or raw[0] != _KIND_KEEPALIVE:
+                    message = parse_copy_data(raw)  # raises the framing error
+                    raise DecodeError("CopyData", 0, f"unexpected {type(message).__name__}")
+        reply = b"\x01" in joined[_KEEPALIVE_SIZE - 1 :: _KEEPALIVE_SIZE]
+        wal_end = Lsn(int.from_bytes(joined[-17:-9], "big"))
+        if not pending_frames and self._nothing_pending() and wal_end > self.confirmed:
+            self.confirmed = wal_end
+        if reply:
             self._send_status(force=True)
 
     # -- confirming -----------------------------------------------------------------------

@@ -434,3 +434,26 @@ def test_snapshot_at_start(pg: Database, nats_url: str, services: Callable[..., 
     wait_for(lambda: len(init_messages(nats_url, "init.meta.a")) == 1, 30, "the start-up snapshot")
     assert msgpack.unpackb(init_messages(nats_url, "init.meta.a")[0][2])["row_count"] == 2
     assert stream_count(nats_url, "INIT") >= 2
+
+
+def test_row_over_max_payload_fails_the_snapshot_clearly_and_nothing_is_stuck(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    """A row that no chunk can hold (stock max_payload, 1 MiB) is refused with its key, after
+    the reader has handed over chunks before it; no meta goes out (a consumer never takes the
+    part for a snapshot), and the next request is served."""
+    pg.execute("CREATE TABLE wide (id int PRIMARY KEY, body text)")
+    pg.execute("INSERT INTO wide SELECT g, 'row ' || g FROM generate_series(1, 5000) g")
+    pg.execute(
+        "UPDATE wide SET body = (SELECT string_agg(md5(g::text), '') FROM"
+        " generate_series(1, 50000) g) WHERE id = 4000"
+    )  # 1.6 MB of text
+    snapshotter = services("snapshotter", pg, nats_url, table="wide")
+    snapshotter.wait_healthy()
+    reply = request(nats_url, "wide", b'{"chunk_size": 100}')
+    assert reply["reason"] == "row_too_large", reply
+    assert "with key id=4000" in reply["error"] and "max_payload" in reply["error"]
+    assert init_messages(nats_url, "init.meta.>") == []
+    pg.execute("UPDATE wide SET body = 'small' WHERE id = 4000")
+    meta = request(nats_url, "wide", b'{"chunk_size": 100}')
+    assert meta["row_count"] == 5000 and meta["batch_count"] == 50, meta
