@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import live_latency, replicator_drain, snapshot_vs_copy
+from bench import cold_factor, live_latency, replicator_drain, snapshot_vs_copy
 
 
 def main() -> int:
@@ -28,6 +28,8 @@ def main() -> int:
     drain = replicator_drain.measure(200_000 // scale, 1)
     print("--- live load: single-row transactions at steady rates", flush=True)
     live = live_latency.measure([1000.0, 5000.0], 10 / scale, 8, rounds=1 if args.quick else 3)
+    print("--- the machine: the same decoding back to back and after 10 ms asleep", flush=True)
+    cold = cold_factor.measure(30_000 // scale)
     print("--- snapshot beside COPY", flush=True)
     snapshot = snapshot_vs_copy.measure(200_000 // scale)
     print("--- one 1M-row transaction: drain and peak RSS", flush=True)
@@ -37,6 +39,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "drain": drain,
         "live": live,
+        "cold_factor": cold,
         "snapshot": snapshot,
         "big_transaction": big,
     }
@@ -52,6 +55,10 @@ def main() -> int:
             f"{r['cpu_us_per_event']} µs CPU/event "
             f"({r['cpu_us_per_event'] / drain['cpu_us_per_event']:.1f}x the drain's)"
         )
+    print(
+        f"the same decoding after 10 ms asleep costs {cold['factor']:.2f}x as much as back to "
+        'back on this machine (the floor under "x the drain\'s" at a 10 ms linger)'
+    )
     print(f"snapshot ratio snapshot / COPY: {snapshot['ratio']:.2f}")
     print(
         f"1M-row transaction: ratio replicator / pg_recvlogical {big['ratio']:.2f}, "
