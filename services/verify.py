@@ -212,19 +212,12 @@ async def catch_up(
         await nc.close()
 
 
-_STORAGE = (
-    "SELECT relid::regclass::text, pg_relation_filenode(relid)"
-    " FROM pg_partition_tree(%s::regclass) ORDER BY 1"
-)
-
-
 def storage(conn: psycopg.Connection[Any], tables: list[str]) -> dict[str, list[Any]]:
-    """Each table's storage (its and its partitions' relfilenodes, as the catalog has them now):
-    a TRUNCATE gives a table new storage."""
+    """Each table's storage (`postgres.STORAGE_QUERY`): a TRUNCATE gives a table new storage."""
     found: dict[str, list[Any]] = {}
     for table in tables:
         regclass = sql.Identifier(*parse_table_name(table)).as_string(conn)
-        found[table] = conn.execute(_STORAGE, (regclass,)).fetchall()
+        found[table] = conn.execute(postgres.STORAGE_QUERY, {"table": regclass}).fetchall()
     return found
 
 

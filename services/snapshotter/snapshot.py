@@ -7,6 +7,13 @@ transactions that committed before the consistent point, which is the `lsn` of t
 message: a consumer applies CDC events whose `commit_lsn` ≥ `lsn` on top. The slot is
 temporary, so it disappears with its connection, also when the snapshotter is killed.
 
+Except for TRUNCATE and a rewriting ALTER TABLE, which are not MVCC-safe: committed after the
+export, they make the snapshot read the table empty, and a rewrite sends no CDC event that
+would bring the rows back (the consumer would lose them all). So the table is locked (ACCESS
+SHARE, which both wait for) before the snapshot is adopted, until it is read, and its storage
+(`postgres.STORAGE_QUERY`) compared with what it was before the export: if it changed, one of
+them came in between, and the snapshot is exported anew.
+
 Speed: the table is read by `COPY … TO STDOUT` in a thread, a libpq call per row
 (`postgres.copy_out`), while the event loop publishes finished chunks with
 many PubAcks outstanding (publishing.py); the meta goes out once JetStream stored every chunk.
@@ -42,6 +49,9 @@ from shared.postgres import ReplicationConnection, quote_ident
 from shared.wire import pack, unpack
 
 log = logging.getLogger(__name__)
+
+# Exports tried before a table that keeps being truncated or rewritten fails the request.
+_ATTEMPTS = 5
 
 # Room for headers and framing beside a chunk's payload.
 _OVERHEAD = 1024
@@ -298,12 +308,7 @@ async def take_snapshot(
     """Publish the snapshot's chunks, then, once JetStream stored them all, its meta; return
     the meta."""
     snapshot_id = new_snapshot_id()
-    slot = f"bridge_snap_{secrets.token_hex(6)}"
     started = time.monotonic()
-    try:
-        repl, lsn, snapshot_name = await asyncio.to_thread(export_snapshot, database_url, slot)
-    except Exception as exc:
-        raise SnapshotError("postgres_unavailable", f"PostgreSQL: {str(exc).strip()}") from exc
     builder = _ChunkBuilder(options.chunk_size, max_payload)
 
     async def publish(chunk: Chunk) -> None:
@@ -312,31 +317,74 @@ async def take_snapshot(
         await publisher.publish(subject, chunk.payload, msg_id)
         on_rows(chunk.rows)
 
+    name = sql.Identifier(schema, table)
     try:
-        async with await postgres.connect_async(database_url) as conn:
-            await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
-            await conn.set_read_only(True)
-            async with conn.transaction():
-                await conn.execute(
-                    sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
+        async with await postgres.connect_async(database_url, autocommit=True) as catalog:
+            regclass = name.as_string(catalog)
+            for _ in range(_ATTEMPTS):
+                before = await _storage(catalog, regclass)
+                slot = f"bridge_snap_{secrets.token_hex(6)}"
+                try:
+                    repl, lsn, snapshot_name = await asyncio.to_thread(
+                        export_snapshot, database_url, slot
+                    )
+                except Exception as exc:
+                    raise SnapshotError(
+                        "postgres_unavailable", f"PostgreSQL: {str(exc).strip()}"
+                    ) from exc
+                try:
+                    async with await postgres.connect_async(database_url) as conn:
+                        await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+                        await conn.set_read_only(True)
+                        async with conn.transaction():
+                            # Held until the table is read: a TRUNCATE or a rewriting ALTER
+                            # TABLE waits for it.
+                            await conn.execute(
+                                sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(name)
+                            )
+                            await conn.execute(
+                                sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
+                                    sql.Literal(snapshot_name)
+                                )
+                            )
+                            if await _storage(catalog, regclass) != before:
+                                log.info(
+                                    "%s.%s was truncated or rewritten after the snapshot was "
+                                    "exported (it would read empty); exporting another",
+                                    schema,
+                                    table,
+                                )
+                                continue
+                            names, oids, key = await describe_table(
+                                conn, schema, table, publication
+                            )
+                            query = sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT").format(
+                                sql.SQL(", ").join(sql.Identifier(n) for n in names),
+                                name,
+                                sql.SQL(" ORDER BY {}").format(
+                                    sql.SQL(", ").join(map(sql.Identifier, key))
+                                )
+                                if key
+                                else sql.SQL(""),
+                            )
+                            read = _TableRead(
+                                database_url, snapshot_name, query, names, oids, key, mode
+                            )
+                            await _publish_chunks(read, builder, publish)
+                    await publisher.wait_acked()
+                finally:
+                    await asyncio.to_thread(repl.close)  # drops the temporary slot
+                break
+            else:
+                raise SnapshotError(
+                    "table_rewritten",
+                    f"{schema}.{table} was truncated or rewritten during each of {_ATTEMPTS} "
+                    "attempts to snapshot it; ask again once that stops",
                 )
-                names, oids, key = await describe_table(conn, schema, table, publication)
-        query = sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT").format(
-            sql.SQL(", ").join(sql.Identifier(n) for n in names),
-            sql.Identifier(schema, table),
-            sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(map(sql.Identifier, key)))
-            if key
-            else sql.SQL(""),
-        )
-        read = _TableRead(database_url, snapshot_name, query, names, oids, key, mode)
-        await _publish_chunks(read, builder, publish)
-        await publisher.wait_acked()
     except psycopg.OperationalError as exc:
         raise SnapshotError("postgres_unavailable", f"PostgreSQL: {str(exc).strip()}") from exc
     except PublishFailed as exc:
         raise SnapshotError("publish_failed", str(exc)) from exc
-    finally:
-        await asyncio.to_thread(repl.close)  # drops the temporary slot
     meta = {
         "batch_count": builder.chunks,
         "lsn": str(lsn),
@@ -364,6 +412,11 @@ async def take_snapshot(
         time.monotonic() - started,
     )
     return meta
+
+
+async def _storage(catalog: psycopg.AsyncConnection[Any], regclass: str) -> list[Any]:
+    cur = await catalog.execute(postgres.STORAGE_QUERY, {"table": regclass})
+    return await cur.fetchall()
 
 
 async def describe_table(

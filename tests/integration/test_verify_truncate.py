@@ -10,6 +10,7 @@ import threading
 import time
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from services.snapshotter.snapshot import export_snapshot
@@ -24,31 +25,49 @@ INSERT INTO parts SELECT 1 + g % 4, g FROM generate_series(1, 100) g;
 """
 
 
-def read_at(pg: Database, snapshot: str, lock: bool) -> int:
+PLAIN = """
+CREATE TABLE plain (id int PRIMARY KEY, n int);
+INSERT INTO plain SELECT g, g FROM generate_series(1, 100) g;
+"""
+
+
+def read_at(pg: Database, snapshot: str, lock: bool, table: str = "parts") -> int:
     with pg.connect() as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with conn.transaction():
             if lock:
-                conn.execute("LOCK TABLE parts IN ACCESS SHARE MODE")
+                conn.execute(
+                    sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(sql.Identifier(table))
+                )
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-            row = conn.execute("SELECT count(*) FROM parts").fetchone()
+            row = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+            ).fetchone()
             assert row is not None
             return int(row[0])
 
 
-def test_a_truncate_after_the_export_empties_the_snapshot_and_changes_the_storage(
-    pg: Database,
+@pytest.mark.parametrize(
+    ("schema", "table", "entries", "rewrite"),
+    [
+        (SCHEMA, "parts", 3, "TRUNCATE parts"),  # the parent and both partitions
+        (PLAIN, "plain", 1, "TRUNCATE plain"),
+        (PLAIN, "plain", 1, "ALTER TABLE plain ALTER COLUMN n TYPE bigint"),  # a rewrite
+    ],
+)
+def test_a_truncate_or_rewrite_after_the_export_empties_the_snapshot_and_changes_the_storage(
+    pg: Database, schema: str, table: str, entries: int, rewrite: str
 ) -> None:
     with pg.connect() as conn:
-        conn.execute(SCHEMA)
-        before = storage(conn, ["public.parts"])
-        assert len(before["public.parts"]) == 3  # the parent and both partitions
+        conn.execute(schema)
+        before = storage(conn, [f"public.{table}"])
+        assert len(before[f"public.{table}"]) == entries
         repl, _, snapshot = export_snapshot(pg.url, "verify_truncate")
         try:
-            assert read_at(pg, snapshot, lock=False) == 100
-            conn.execute("TRUNCATE parts")
-            assert read_at(pg, snapshot, lock=False) == 0  # not MVCC-safe
-            assert storage(conn, ["public.parts"]) != before
+            assert read_at(pg, snapshot, lock=False, table=table) == 100
+            conn.execute(rewrite)
+            assert read_at(pg, snapshot, lock=False, table=table) == 0  # not MVCC-safe
+            assert storage(conn, [f"public.{table}"]) != before
         finally:
             repl.close()
 
