@@ -328,7 +328,7 @@ class WalReader(LoopActor):
                     message = parse_copy_data(raw)  # raises the framing error
                     raise DecodeError("CopyData", 0, f"unexpected {type(message).__name__}")
         reply = b"\x01" in joined[_KEEPALIVE_SIZE - 1 :: _KEEPALIVE_SIZE]
-        wal_end = Lsn(int.from_bytes(joined[-17:-9], "big"))
+        wal_end = Lsn(int.from_bytes(joined[-17:-9], "big"))  # the last one's, after its 'k'
         if not pending_frames and self._nothing_pending() and wal_end > self.confirmed:
             self.confirmed = wal_end
         if reply:

@@ -9,10 +9,10 @@ temporary, so it disappears with its connection, also when the snapshotter is ki
 
 Except for TRUNCATE and a rewriting ALTER TABLE, which are not MVCC-safe: committed after the
 export, they make the snapshot read the table empty, and a rewrite sends no CDC event that
-would bring the rows back (the consumer would lose them all). So the table is locked (ACCESS
-SHARE, which both wait for) before the snapshot is adopted, until it is read, and its storage
-(`postgres.STORAGE_QUERY`) compared with what it was before the export: if it changed, one of
-them came in between, and the snapshot is exported anew.
+would bring the rows back (the consumer would lose them all). So once the snapshot is
+adopted the table is locked (ACCESS SHARE, which both wait for) until it is read, and its
+storage (`postgres.STORAGE_QUERY`) compared with what it was before the export: if it changed,
+one of them came in between, and the snapshot is exported anew.
 
 Speed: the table is read by `COPY … TO STDOUT` in a thread, a libpq call per row
 (`postgres.copy_out`), while the event loop publishes finished chunks with
@@ -280,8 +280,8 @@ async def _publish_chunks(
                 await publish_one(getting.result())
                 continue
             getting.cancel()
-            # The reader is done; what it handed over is queued behind its last call_soon.
-            await asyncio.sleep(0)
+            # The reader is done, and its hand-overs are all queued: each was a callback on
+            # the loop, made before the thread's end was (its completion is one too).
             while not queue.empty():
                 await publish_one(queue.get_nowait())
             reader.result()  # the reader's error, if it failed
@@ -337,16 +337,16 @@ async def take_snapshot(
                         await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
                         await conn.set_read_only(True)
                         async with conn.transaction():
-                            # Held until the table is read: a TRUNCATE or a rewriting ALTER
-                            # TABLE waits for it.
-                            await conn.execute(
-                                sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(name)
-                            )
                             await conn.execute(
                                 sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
                                     sql.Literal(snapshot_name)
                                 )
                             )
+                            # Takes the table's ACCESS SHARE lock (its partitions' too), held
+                            # until the table is read: a TRUNCATE or a rewriting ALTER TABLE
+                            # waits for it. A query, not LOCK TABLE, which would need SELECT
+                            # on the whole table where the published columns are enough.
+                            await conn.execute(sql.SQL("SELECT FROM {} LIMIT 0").format(name))
                             if await _storage(catalog, regclass) != before:
                                 log.info(
                                     "%s.%s was truncated or rewritten after the snapshot was "

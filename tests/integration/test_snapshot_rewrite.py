@@ -11,6 +11,7 @@ from typing import Any
 import nats
 import pytest
 from nats.js.api import StreamConfig
+from psycopg.conninfo import make_conninfo
 
 from services.snapshotter import snapshot
 from services.snapshotter.publishing import PipelinedPublisher
@@ -20,7 +21,11 @@ from tests.harness.postgres import Database
 
 
 def take(
-    pg: Database, nats_url: str, after_export: list[str], ran_by: list[Lsn] | None = None
+    pg: Database,
+    nats_url: str,
+    after_export: list[str],
+    ran_by: list[Lsn] | None = None,
+    database_url: str | None = None,
 ) -> dict[str, Any]:
     """A snapshot of `t`; each export is followed by the next statement of `after_export`
     (the WAL position after each goes to `ran_by`)."""
@@ -40,7 +45,7 @@ def take(
             await nc.jetstream().add_stream(StreamConfig(name="INIT", subjects=["init.>"]))
             async with PipelinedPublisher(nc, "INIT") as publisher:
                 return await snapshot.take_snapshot(
-                    pg.url, "public", "t", snapshot.SnapshotOptions(100), publisher,
+                    database_url or pg.url, "public", "t", snapshot.SnapshotOptions(100), publisher,
                     nc.max_payload, ValueMode.TYPED, "p",
                 )  # fmt: skip
         finally:
@@ -92,3 +97,18 @@ def test_a_table_rewritten_at_every_attempt_is_refused_clearly(
         take(table, nats_url, rewrites)
     assert info.value.reason == "table_rewritten"
     assert "public.t was truncated or rewritten during each of 5 attempts" in str(info.value)
+
+
+def test_select_on_the_published_columns_is_enough(table: Database, nats_url: str) -> None:
+    """The lock is taken by a query, not LOCK TABLE (which wants SELECT on the whole table):
+    a role granted only the columns it publishes still takes snapshots, and still safely."""
+    role = f"cols_{table.name}"[:60]
+    table.execute(f'CREATE ROLE "{role}" LOGIN REPLICATION')
+    table.execute(f'GRANT SELECT (id, n) ON t TO "{role}"')
+    try:
+        url = make_conninfo(table.url, user=role)
+        meta = take(table, nats_url, ["ALTER TABLE t ALTER COLUMN n TYPE bigint"], None, url)
+        assert meta["row_count"] == 1000
+    finally:
+        table.execute(f'DROP OWNED BY "{role}"')
+        table.execute(f'DROP ROLE "{role}"')
