@@ -47,7 +47,9 @@ async def main(url, rate, seconds, connections):
         nonlocal done
         n = 0
         while True:
-            due = started + n / per_conn
+            # Staggered: the connections take turns, one commit every 1/rate s (not a burst
+            # of all of them every connections/rate s).
+            due = started + (n + index / connections) / per_conn
             now = time.monotonic()
             if now - started >= seconds:
                 return
