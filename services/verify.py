@@ -213,7 +213,8 @@ async def catch_up(
 
 
 def storage(conn: psycopg.Connection[Any], tables: list[str]) -> dict[str, list[Any]]:
-    """Each table's storage (`postgres.STORAGE_QUERY`): a TRUNCATE gives a table new storage."""
+    """Each table's storage (`postgres.STORAGE_QUERY`): a TRUNCATE or a rewriting ALTER TABLE
+    gives a table new storage."""
     found: dict[str, list[Any]] = {}
     for table in tables:
         regclass = sql.Identifier(*parse_table_name(table)).as_string(conn)
@@ -226,11 +227,12 @@ def verify_once(
 ) -> tuple[str | None, dict[str, list[Difference]], dict[str, SourceTable], Lsn]:
     """One comparison at a new snapshot; a reason to compare anew instead, when there is one.
 
-    TRUNCATE is not MVCC-safe: a transaction whose snapshot predates it sees the table empty
-    once it has committed. So the tables are locked (ACCESS SHARE, which TRUNCATE waits for)
-    before the snapshot is read, and a TRUNCATE that committed between the export and the lock
-    (their storage changed meanwhile) makes this comparison void: PostgreSQL's side would show
-    the table empty at an LSN where the copy, rightly, still has its rows."""
+    TRUNCATE and a rewriting ALTER TABLE are not MVCC-safe: a transaction whose snapshot
+    predates one sees the table empty once it has committed. So the tables are locked (ACCESS
+    SHARE, which both wait for) before the snapshot is read, and one that committed between the
+    export and the lock (their storage changed meanwhile) makes this comparison void:
+    PostgreSQL's side would show the table empty at an LSN where the copy, rightly, still has
+    its rows."""
     dsn = settings.database_dsn()
     with postgres.connect(dsn, autocommit=True) as catalog:
         before = storage(catalog, tables)
@@ -250,9 +252,9 @@ def verify_once(
                 conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
                 repl.close()  # the transaction holds the snapshot now; no slot holds WAL
                 after = storage(catalog, tables)
-                truncated = [t for t in tables if after[t] != before[t]]
-                if truncated:
-                    return f"{', '.join(truncated)} truncated meanwhile", {}, {}, lsn
+                rewritten = [t for t in tables if after[t] != before[t]]
+                if rewritten:
+                    return f"{', '.join(rewritten)} truncated or rewritten meanwhile", {}, {}, lsn
                 sources = {
                     t: read_source(conn, dsn, t, settings.publication, settings.value_mode)
                     for t in tables

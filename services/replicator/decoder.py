@@ -1,7 +1,7 @@
 """Decoder: frames in, publishable messages out, one batch at a time.
 
-An actor on the publisher's I/O loop (`LoopActor`): the reader's thread hands it each batch,
-and it hands the messages to the publisher on the same thread."""
+An actor on the publisher's I/O loop (`LoopActor`), as the reader is: the reader hands it each
+batch, and it hands the messages to the publisher, all on the loop's thread."""
 
 from __future__ import annotations
 
