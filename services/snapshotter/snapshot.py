@@ -9,10 +9,13 @@ temporary, so it disappears with its connection, also when the snapshotter is ki
 
 Except for TRUNCATE and a rewriting ALTER TABLE, which are not MVCC-safe: committed after the
 export, they make the snapshot read the table empty, and a rewrite sends no CDC event that
-would bring the rows back (the consumer would lose them all). So once the snapshot is
-adopted the table is locked (ACCESS SHARE, which both wait for) until it is read, and its
-storage (`postgres.STORAGE_QUERY`) compared with what it was before the export: if it changed,
-one of them came in between, and the snapshot is exported anew.
+would bring the rows back (the consumer would lose them all). So the transaction that reads
+the table first locks it (ACCESS SHARE, which both wait for), then its storage
+(`postgres.STORAGE_QUERY`) is compared with what it was before the export: if it changed, one
+of them came in between, and the snapshot is exported anew. The reading transaction takes
+the lock itself: held by another one, a TRUNCATE or ALTER TABLE queued behind that lock
+queues the COPY's own lock request behind it in turn, and the three wait on one another for
+good (and every other query on the table waits behind the ALTER).
 
 Speed: the table is read by `COPY … TO STDOUT` in a thread, a libpq call per row
 (`postgres.copy_out`), while the event loop publishes finished chunks with
@@ -197,15 +200,36 @@ class _Stopped(Exception):
     """The publishing side gave up; the table read ends early."""
 
 
+class _Rewritten(Exception):
+    """The table was truncated or rewritten after the export: the snapshot would read it
+    empty."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    names: list[str]
+    oids: list[int]
+    key: list[str]
+
+
 @dataclass(frozen=True)
 class _TableRead:
     database_url: str
     snapshot_name: str
-    query: sql.Composed
-    names: list[str]
-    oids: list[int]
-    key: list[str]
+    table: sql.Identifier
     mode: ValueMode
+    # Asked once the reading transaction holds the table's lock: the columns to read, or
+    # `_Rewritten` when the storage is no longer what it was before the export.
+    locked: Callable[[], _Columns]
+
+
+def _copy_query(table: sql.Identifier, columns: _Columns) -> sql.Composed:
+    order = sql.SQL(", ").join(map(sql.Identifier, columns.key))
+    return sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT").format(
+        sql.SQL(", ").join(map(sql.Identifier, columns.names)),
+        table,
+        sql.SQL(" ORDER BY {}").format(order) if columns.key else sql.SQL(""),
+    )
 
 
 # Lines decoded together (copy_rows.py); a block is a few hundred kB at most.
@@ -216,12 +240,6 @@ def _read_table(read: _TableRead, builder: _ChunkBuilder, emit: Callable[[Chunk]
     """In a thread: COPY the table under the exported snapshot, its lines decoded by the very
     converters CDC events use a block at a time, each row packed, each full chunk handed to
     `emit`."""
-    rows = CopyRowPacker(RowCodec(read.names, read.oids, read.mode))
-
-    def pack_block(lines: list[bytes]) -> None:
-        for chunk in builder.add_many(rows.pack_block(lines), read.key):
-            emit(chunk)
-
     with postgres.connect(read.database_url, autocommit=True) as conn:
         # Text arrives as UTF-8 whatever the database's encoding, as the CDC codec reads it.
         conn.execute("SET client_encoding TO 'UTF8'")
@@ -231,8 +249,16 @@ def _read_table(read: _TableRead, builder: _ChunkBuilder, emit: Callable[[Chunk]
             conn.execute(
                 sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(read.snapshot_name))
             )
-            for lines in postgres.copy_out_blocks(conn, read.query, _BLOCK_LINES):
-                pack_block(lines)
+            # The table's ACCESS SHARE lock (its partitions' too), held until it is read: a
+            # TRUNCATE or a rewriting ALTER TABLE waits for it. A query, not LOCK TABLE, which
+            # would need SELECT on the whole table where the published columns are enough.
+            conn.execute(sql.SQL("SELECT FROM {} LIMIT 0").format(read.table))
+            columns = read.locked()
+            rows = CopyRowPacker(RowCodec(columns.names, columns.oids, read.mode))
+            query = _copy_query(read.table, columns)
+            for lines in postgres.copy_out_blocks(conn, query, _BLOCK_LINES):
+                for chunk in builder.add_many(rows.pack_block(lines), columns.key):
+                    emit(chunk)
     last = builder.finish()
     if last is not None:
         emit(last)
@@ -332,49 +358,25 @@ async def take_snapshot(
                     raise SnapshotError(
                         "postgres_unavailable", f"PostgreSQL: {str(exc).strip()}"
                     ) from exc
+
+                async def unchanged(before: list[Any] = before) -> bool:
+                    return await _storage(catalog, regclass) == before
+
                 try:
-                    async with await postgres.connect_async(database_url) as conn:
-                        await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
-                        await conn.set_read_only(True)
-                        async with conn.transaction():
-                            await conn.execute(
-                                sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
-                                    sql.Literal(snapshot_name)
-                                )
-                            )
-                            # Takes the table's ACCESS SHARE lock (its partitions' too), held
-                            # until the table is read: a TRUNCATE or a rewriting ALTER TABLE
-                            # waits for it. A query, not LOCK TABLE, which would need SELECT
-                            # on the whole table where the published columns are enough.
-                            await conn.execute(sql.SQL("SELECT FROM {} LIMIT 0").format(name))
-                            if await _storage(catalog, regclass) != before:
-                                log.info(
-                                    "%s.%s was truncated or rewritten after the snapshot was "
-                                    "exported (it would read empty); exporting another",
-                                    schema,
-                                    table,
-                                )
-                                continue
-                            names, oids, key = await describe_table(
-                                conn, schema, table, publication
-                            )
-                            query = sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT").format(
-                                sql.SQL(", ").join(sql.Identifier(n) for n in names),
-                                name,
-                                sql.SQL(" ORDER BY {}").format(
-                                    sql.SQL(", ").join(map(sql.Identifier, key))
-                                )
-                                if key
-                                else sql.SQL(""),
-                            )
-                            read = _TableRead(
-                                database_url, snapshot_name, query, names, oids, key, mode
-                            )
-                            await _publish_chunks(read, builder, publish)
-                    await publisher.wait_acked()
+                    if await _read_exported(
+                        database_url, snapshot_name, schema, table, publication, mode, unchanged,
+                        builder, publish,
+                    ):  # fmt: skip
+                        await publisher.wait_acked()
+                        break
                 finally:
                     await asyncio.to_thread(repl.close)  # drops the temporary slot
-                break
+                log.info(
+                    "%s.%s was truncated or rewritten after the snapshot was exported (it would "
+                    "read empty); exporting another",
+                    schema,
+                    table,
+                )
             else:
                 raise SnapshotError(
                     "table_rewritten",
@@ -412,6 +414,47 @@ async def take_snapshot(
         time.monotonic() - started,
     )
     return meta
+
+
+async def _read_exported(
+    database_url: str,
+    snapshot_name: str,
+    schema: str,
+    table: str,
+    publication: str,
+    mode: ValueMode,
+    unchanged: Callable[[], Awaitable[bool]],
+    builder: _ChunkBuilder,
+    publish: Callable[[Chunk], Awaitable[None]],
+) -> bool:
+    """Read the table under the exported snapshot and publish its chunks; False, with nothing
+    published, when `unchanged` says the table was truncated or rewritten since the export."""
+    loop = asyncio.get_running_loop()
+    name = sql.Identifier(schema, table)
+    async with await postgres.connect_async(database_url) as conn:
+        await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+        await conn.set_read_only(True)
+        async with conn.transaction():
+            await conn.execute(
+                sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
+            )
+
+            async def columns_once_locked() -> _Columns:
+                if not await unchanged():
+                    raise _Rewritten
+                return _Columns(*await describe_table(conn, schema, table, publication))
+
+            def locked() -> _Columns:
+                # In the reading thread, while the loop awaits that thread.
+                return asyncio.run_coroutine_threadsafe(columns_once_locked(), loop).result()
+
+            try:
+                await _publish_chunks(
+                    _TableRead(database_url, snapshot_name, name, mode, locked), builder, publish
+                )
+            except _Rewritten:
+                return False
+    return True
 
 
 async def _storage(catalog: psycopg.AsyncConnection[Any], regclass: str) -> list[Any]:

@@ -6,6 +6,8 @@ PostgreSQL and nats-server; the statement runs right after the export, where the
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any
 
 import nats
@@ -112,3 +114,53 @@ def test_select_on_the_published_columns_is_enough(table: Database, nats_url: st
     finally:
         table.execute(f'DROP OWNED BY "{role}"')
         table.execute(f'DROP ROLE "{role}"')
+
+
+def test_a_rewrite_queued_behind_the_snapshot_waits_for_it_and_nothing_hangs(
+    table: Database, nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ALTER TABLE asked for while the snapshot holds the table's lock waits for it (it
+    must not change the rows under the read), and the read must not wait for the ALTER: were
+    the lock held by another transaction than the COPY's, the COPY's lock request would queue
+    behind the waiting ALTER, which waits for the lock, held until the COPY is done. Here the
+    ALTER comes just before the COPY starts, the narrowest place; its lock_timeout (10 s)
+    stands for the operator who would otherwise find the table blocked for good."""
+    copy_out_blocks = snapshot.postgres.copy_out_blocks
+    altered: list[BaseException | None] = []
+
+    def alter() -> None:
+        try:
+            with table.connect() as conn:
+                conn.execute("SET lock_timeout = '10s'")
+                conn.execute("ALTER TABLE t ALTER COLUMN n TYPE bigint")
+            altered.append(None)
+        except BaseException as exc:
+            altered.append(exc)
+
+    def alter_then_copy(conn: Any, query: Any, lines: int) -> Any:
+        thread = threading.Thread(target=alter)
+        thread.start()
+        threads.append(thread)
+        with table.connect() as watcher:
+            while not watcher.execute(
+                "SELECT EXISTS (SELECT FROM pg_locks WHERE relation = 't'::regclass"
+                " AND mode = 'AccessExclusiveLock' AND NOT granted)"
+            ).fetchone()[0]:  # type: ignore[index]
+                if altered:
+                    raise AssertionError(f"the ALTER did not wait for the snapshot: {altered}")
+                time.sleep(0.01)
+        return copy_out_blocks(conn, query, lines)
+
+    threads: list[threading.Thread] = []
+    monkeypatch.setattr(snapshot.postgres, "copy_out_blocks", alter_then_copy)
+    meta = take(table, nats_url, [])
+    threads[0].join(30)
+    assert altered == [None], f"the ALTER failed: {altered}"
+    # Read before the ALTER ran: every row, under the one export.
+    assert meta["row_count"] == 1000
+    with table.connect() as conn:
+        row = conn.execute(
+            "SELECT atttypid::regtype::text FROM pg_attribute"
+            " WHERE attrelid = 't'::regclass AND attname = 'n'"
+        ).fetchone()
+    assert row == ("bigint",)
