@@ -318,6 +318,18 @@ class ReplicationConnection:
         while self.pgconn.flush() == 1:
             select.select([], [self.pgconn.socket], [], 1.0)
 
+    def cancel(self) -> None:
+        """Ask the server to cancel the command running on this connection (from any thread;
+        a blocking round trip of its own)."""
+        if psycopg.capabilities.has_cancel_safe():
+            cancel = self.pgconn.cancel_conn()
+            try:
+                cancel.blocking()
+            finally:
+                cancel.finish()
+        else:
+            self.pgconn.get_cancel().cancel()
+
     def close(self) -> None:
         self.pgconn.finish()
 

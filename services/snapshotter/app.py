@@ -43,6 +43,8 @@ class Snapshotter:
         self.slots = asyncio.Semaphore(settings.max_concurrent_snapshots)
         self.watcher = SchemaWatcher(self.tables, settings.kv_bucket, settings.publication)
         self.tasks: list[asyncio.Task[None]] = []
+        self.snapshots: set[asyncio.Task[dict[str, Any]]] = set()  # running take_snapshot
+        self.stopping = False
         self.db_ok = False
         self.on_shutdown_request: Callable[[], None] = lambda: None
         self.exit_code = 0
@@ -84,6 +86,15 @@ class Snapshotter:
         self.on_shutdown_request()
 
     async def stop(self) -> None:
+        """Running snapshots are stopped, not waited for (one can take long, or wait without
+        end for a transaction or a lock elsewhere): their requests are answered
+        `shutting_down` (what they published has no meta, so no consumer uses it) and their
+        temporary slots dropped; FastStream sends the answers before it closes."""
+        self.stopping = True
+        for work in self.snapshots:
+            work.cancel()
+        if self.snapshots:
+            await asyncio.wait(self.snapshots, timeout=30)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -138,6 +149,9 @@ class Snapshotter:
                 meta = await self.snapshot(schema, table, SnapshotOptions(self.settings.chunk_size))
                 log.info("start-up snapshot of %s.%s: %s", schema, table, meta["snapshot_id"])
             except SnapshotError as exc:
+                if exc.reason == "shutting_down":
+                    log.info("start-up snapshot of %s.%s stopped: shutting down", schema, table)
+                    return
                 log.error("start-up snapshot of %s.%s failed: %s", schema, table, exc)
 
     # -- snapshots ------------------------------------------------------------------------
@@ -193,17 +207,30 @@ class Snapshotter:
                 self.slots,
                 PipelinedPublisher(self.nc, self.settings.init_stream) as publisher,
             ):
-                meta = await take_snapshot(
-                    self.database_url,
-                    schema,
-                    table,
-                    options,
-                    publisher,
-                    self.nc.max_payload,
-                    self.settings.value_mode,
-                    self.settings.publication,
-                    on_rows=on_chunk,
+                if self.stopping:  # asked, or let through a full `slots`, during the stop
+                    raise _shutting_down()
+                work = asyncio.ensure_future(
+                    take_snapshot(
+                        self.database_url,
+                        schema,
+                        table,
+                        options,
+                        publisher,
+                        self.nc.max_payload,
+                        self.settings.value_mode,
+                        self.settings.publication,
+                        on_rows=on_chunk,
+                    )
                 )
+                self.snapshots.add(work)
+                try:
+                    meta = await work
+                except asyncio.CancelledError:
+                    if not (self.stopping and work.cancelled()):
+                        raise  # the request itself was cancelled
+                    raise _shutting_down() from None
+                finally:
+                    self.snapshots.discard(work)
             metrics.duration.observe(time.monotonic() - started)
             future.set_result(meta)
             return meta
@@ -214,6 +241,14 @@ class Snapshotter:
         finally:
             metrics.in_progress.dec()
             del self.running[(schema, table)]
+
+
+def _shutting_down() -> SnapshotError:
+    return SnapshotError(
+        "shutting_down",
+        "the snapshotter is shutting down; ask again (another snapshotter of the queue group, "
+        "or this one once restarted, takes it)",
+    )
 
 
 def build_app(settings: SnapshotterSettings) -> tuple[FastStream, Snapshotter]:

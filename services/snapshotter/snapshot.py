@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -48,6 +49,7 @@ from services.snapshotter.publishing import PipelinedPublisher, PublishFailed
 from shared import postgres, subjects
 from shared.codec import RowCodec, ValueMode
 from shared.lsn import Lsn
+from shared.pg_cancel import QueryCanceller, finish_thread, run_cancellable
 from shared.postgres import ReplicationConnection, quote_ident
 from shared.wire import pack, unpack
 
@@ -103,16 +105,23 @@ def new_snapshot_id() -> str:
 
 
 def export_snapshot(
-    database_url: str, slot: str, application_name: str = "bridge-snapshotter"
+    database_url: str,
+    slot: str,
+    application_name: str = "bridge-snapshotter",
+    canceller: QueryCanceller | None = None,
 ) -> tuple[ReplicationConnection, Lsn, str]:
     """A temporary slot's consistent point and exported snapshot; the snapshot stays usable
-    while the returned connection is open."""
+    while the returned connection is open.
+
+    Creating the slot waits for every transaction running at that moment to end (one left
+    open in some session holds it up for good): `canceller` can end the wait."""
     repl = ReplicationConnection(database_url, application_name=application_name)
     try:
-        (row,) = repl.command(
-            f"CREATE_REPLICATION_SLOT {quote_ident(slot)} TEMPORARY LOGICAL pgoutput"
-            " (SNAPSHOT 'export')"
-        )
+        with canceller.cancelling(repl.cancel) if canceller else contextlib.nullcontext():
+            (row,) = repl.command(
+                f"CREATE_REPLICATION_SLOT {quote_ident(slot)} TEMPORARY LOGICAL pgoutput"
+                " (SNAPSHOT 'export')"
+            )
     except BaseException:
         repl.close()
         raise
@@ -221,6 +230,7 @@ class _TableRead:
     # Asked once the reading transaction holds the table's lock: the columns to read, or
     # `_Rewritten` when the storage is no longer what it was before the export.
     locked: Callable[[], _Columns]
+    canceller: QueryCanceller  # ends the read's wait for the lock, or its COPY, on a stop
 
 
 def _copy_query(table: sql.Identifier, columns: _Columns) -> sql.Composed:
@@ -240,7 +250,10 @@ def _read_table(read: _TableRead, builder: _ChunkBuilder, emit: Callable[[Chunk]
     """In a thread: COPY the table under the exported snapshot, its lines decoded by the very
     converters CDC events use a block at a time, each row packed, each full chunk handed to
     `emit`."""
-    with postgres.connect(read.database_url, autocommit=True) as conn:
+    with (
+        postgres.connect(read.database_url, autocommit=True) as conn,
+        read.canceller.cancelling(lambda: conn.cancel_safe(timeout=5)),
+    ):
         # Text arrives as UTF-8 whatever the database's encoding, as the CDC codec reads it.
         conn.execute("SET client_encoding TO 'UTF8'")
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -314,9 +327,8 @@ async def _publish_chunks(
             return
     finally:
         if not reader.done():
-            stopped.set()
-            with contextlib.suppress(_Stopped, Exception):
-                await reader
+            stopped.set()  # seen at its next chunk; a wait in PostgreSQL ends by a cancel
+            await finish_thread(reader, read.canceller)
 
 
 async def take_snapshot(
@@ -350,9 +362,11 @@ async def take_snapshot(
             for _ in range(_ATTEMPTS):
                 before = await _storage(catalog, regclass)
                 slot = f"bridge_snap_{secrets.token_hex(6)}"
+                canceller = QueryCanceller()
                 try:
-                    repl, lsn, snapshot_name = await asyncio.to_thread(
-                        export_snapshot, database_url, slot
+                    repl, lsn, snapshot_name = await run_cancellable(
+                        functools.partial(export_snapshot, database_url, slot, canceller=canceller),
+                        canceller,
                     )
                 except Exception as exc:
                     raise SnapshotError(
@@ -365,7 +379,7 @@ async def take_snapshot(
                 try:
                     if await _read_exported(
                         database_url, snapshot_name, schema, table, publication, mode, unchanged,
-                        builder, publish,
+                        builder, publish, canceller,
                     ):  # fmt: skip
                         await publisher.wait_acked()
                         break
@@ -426,6 +440,7 @@ async def _read_exported(
     unchanged: Callable[[], Awaitable[bool]],
     builder: _ChunkBuilder,
     publish: Callable[[Chunk], Awaitable[None]],
+    canceller: QueryCanceller,
 ) -> bool:
     """Read the table under the exported snapshot and publish its chunks; False, with nothing
     published, when `unchanged` says the table was truncated or rewritten since the export."""
@@ -450,7 +465,9 @@ async def _read_exported(
 
             try:
                 await _publish_chunks(
-                    _TableRead(database_url, snapshot_name, name, mode, locked), builder, publish
+                    _TableRead(database_url, snapshot_name, name, mode, locked, canceller),
+                    builder,
+                    publish,
                 )
             except _Rewritten:
                 return False

@@ -457,3 +457,43 @@ def test_row_over_max_payload_fails_the_snapshot_clearly_and_nothing_is_stuck(
     pg.execute("UPDATE wide SET body = 'small' WHERE id = 4000")
     meta = request(nats_url, "wide", b'{"chunk_size": 100}')
     assert meta["row_count"] == 5000 and meta["batch_count"] == 50, meta
+
+
+def test_a_stop_ends_a_snapshot_waiting_for_a_transaction_left_open(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    """Creating the snapshot's slot waits for every transaction running at that moment; one
+    left open in some session holds it up for good. A SIGTERM then must not wait for it too:
+    the snapshotter exits 0, the request is answered `shutting_down`, the slot is gone, no
+    meta went out, and the session's transaction was not needed to end."""
+    pg.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    pg.execute("INSERT INTO t SELECT generate_series(1, 100)")
+    snapshotter = services("snapshotter", pg, nats_url, table="t").wait_healthy()
+    with pg.connect(autocommit=False) as idle_in_transaction:
+        idle_in_transaction.execute("SELECT pg_current_xact_id()")  # a transaction with an xid
+        replies: list[dict[str, Any]] = []
+        asking = threading.Thread(
+            target=lambda: replies.append(request(nats_url, "t", timeout=60)), daemon=True
+        )
+        asking.start()
+        wait_for(
+            lambda: (
+                pg.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'transactionid'"
+                    " AND query LIKE 'CREATE_REPLICATION_SLOT%'"
+                )[0][0]
+                == 1
+            ),
+            30,
+            "the slot's creation to wait",
+            snapshotter,
+        )
+        assert snapshotter.terminate(timeout=20) == 0, snapshotter.output()[-2000:]
+        asking.join(10)
+        assert [r.get("reason") for r in replies] == ["shutting_down"], replies
+        assert "ask again" in replies[0]["error"]
+        assert pg.execute(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'bridge_snap_%'"
+        ) == [(0,)]
+        assert init_messages(nats_url, "init.meta.>") == []
+        idle_in_transaction.rollback()  # still there: the stop did not wait for it

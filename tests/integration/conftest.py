@@ -21,3 +21,12 @@ def real_corpus(pg_server: Any) -> list[Captured]:
             return scenarios.everything(conn, pg_server.url(name))
     finally:
         pg_server.drop_database(name)
+
+
+@pytest.fixture
+def table(pg: Any) -> Any:
+    """`t` (1,000 rows) in publication `p`: what the snapshot race tests snapshot."""
+    pg.execute("CREATE TABLE t (id int PRIMARY KEY, n int)")
+    pg.execute("INSERT INTO t SELECT g, g FROM generate_series(1, 1000) g")
+    pg.execute("CREATE PUBLICATION p FOR TABLE t")
+    return pg

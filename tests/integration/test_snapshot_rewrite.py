@@ -61,14 +61,6 @@ def take(
         snapshot.export_snapshot = original  # type: ignore[assignment]
 
 
-@pytest.fixture
-def table(pg: Database) -> Database:
-    pg.execute("CREATE TABLE t (id int PRIMARY KEY, n int)")
-    pg.execute("INSERT INTO t SELECT g, g FROM generate_series(1, 1000) g")
-    pg.execute("CREATE PUBLICATION p FOR TABLE t")
-    return pg
-
-
 def current_lsn(pg: Database) -> Lsn:
     with pg.connect() as conn:
         row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
