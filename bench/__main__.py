@@ -49,11 +49,14 @@ def main() -> int:
         f"drain ratio replicator / pg_recvlogical: {drain['ratio']:.2f}, "
         f"{drain['cpu_us_per_event']} µs CPU/event"
     )
+    drain_user = drain["cpu_us_per_event"] - drain["kernel_cpu_us_per_event"]
     for r in live:
+        user = r["cpu_us_per_event"] - r["kernel_cpu_us_per_event"]
         print(
             f"live {r['target_tx_per_s']:,.0f} tx/s: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
             f"{r['cpu_us_per_event']} µs CPU/event "
-            f"({r['cpu_us_per_event'] / drain['cpu_us_per_event']:.1f}x the drain's)"
+            f"({r['cpu_us_per_event'] / drain['cpu_us_per_event']:.1f}x the drain's); outside "
+            f"the kernel {user:.1f} µs ({user / drain_user:.1f}x the drain's {drain_user:.1f})"
         )
     print(
         f"the same decoding after 10 ms asleep costs {cold['factor']:.2f}x as much as back to "

@@ -26,7 +26,7 @@ import psycopg
 
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer
-from tests.harness.processes import cpu_seconds, free_port, peak_rss_mb
+from tests.harness.processes import cpu_times, free_port, peak_rss_mb
 
 _LOAD = """
 CREATE PROCEDURE bench_load(total int, per_tx int) LANGUAGE plpgsql AS $$
@@ -164,19 +164,21 @@ def replicator_run(pg: PostgresServer, ns: NatsServer, slot: str, rows: int) -> 
                 raise SystemExit(f"replicator did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.02)
         first = time.monotonic()
-        cpu_first = cpu_seconds(proc.pid)
+        cpu_first = cpu_times(proc.pid)
         while (count := stream_count(ns.url)) < rows:
             if time.monotonic() - first > 600:
                 raise SystemExit(f"replicator stalled at {count} messages")
             time.sleep(0.05)
         done = time.monotonic()
-        cpu_us = (cpu_seconds(proc.pid) - cpu_first) * 1e6 / rows
+        user, system = (b - a for a, b in zip(cpu_first, cpu_times(proc.pid), strict=True))
+        cpu_us, kernel_us = (user + system) * 1e6 / rows, system * 1e6 / rows
         peak_mb = peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
         log.close()
-    return {"rate": rows / (done - first), "cpu_us": cpu_us, "peak_mb": peak_mb}
+    rate = rows / (done - first)
+    return {"rate": rate, "cpu_us": cpu_us, "kernel_us": kernel_us, "peak_mb": peak_mb}
 
 
 def measure(rows: int, rows_per_tx: int, rounds: int = 3) -> dict[str, Any]:
@@ -229,13 +231,14 @@ def measure(rows: int, rows_per_tx: int, rounds: int = 3) -> dict[str, Any]:
     recv_rate = statistics.median(recv_rates)
     bridge_rate = statistics.median(r["rate"] for r in runs)
     cpu_us = statistics.median(r["cpu_us"] for r in runs)
+    kernel_us = statistics.median(r["kernel_us"] for r in runs)
     peak_mb = max(r["peak_mb"] for r in runs)
     bridge_rates = [r["rate"] for r in runs]
     print(
         f"median of {rounds}: pg_recvlogical (ceiling) {recv_rate:,.0f} rows/s "
         f"[{min(recv_rates):,.0f} to {max(recv_rates):,.0f}], replicator → JetStream "
         f"{bridge_rate:,.0f} rows/s [{min(bridge_rates):,.0f} to {max(bridge_rates):,.0f}], "
-        f"{cpu_us:.1f} µs CPU/event, peak RSS {peak_mb:.0f} MB"
+        f"{cpu_us:.1f} µs CPU/event ({kernel_us:.1f} in the kernel), peak RSS {peak_mb:.0f} MB"
     )
     print(f"ratio replicator / pg_recvlogical: {bridge_rate / recv_rate:.2f}", flush=True)
     return {
@@ -248,6 +251,7 @@ def measure(rows: int, rows_per_tx: int, rounds: int = 3) -> dict[str, Any]:
         "replicator_runs": [round(r["rate"]) for r in runs],
         "ratio": round(bridge_rate / recv_rate, 3),
         "cpu_us_per_event": round(cpu_us, 1),
+        "kernel_cpu_us_per_event": round(kernel_us, 2),
         "peak_rss_mb": round(peak_mb),
     }
 

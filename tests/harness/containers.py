@@ -158,7 +158,7 @@ class ContainerNats:
         self.container.stop()
 
     def delete_all_streams(self) -> None:
-        asyncio.run(_delete_all_streams(self.url))
+        asyncio.run(_delete_all_streams(self.url, {}))
 
 
 async def _jetstream_answers(url: str) -> None:
