@@ -3,6 +3,7 @@ slot. Runs before every pipeline start; idempotent."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -12,8 +13,9 @@ from psycopg import sql
 from services.replicator import failover
 from services.replicator.errors import PermanentError, TransientError, is_permanent
 from services.replicator.publication import ensure_publication
-from shared import postgres, subjects
+from shared import postgres, slot_waits, subjects
 from shared.lsn import Lsn
+from shared.pg_cancel import QueryCanceller
 from shared.tables import TABLE_NAME_QUERY, TABLE_OID_QUERY, TableName, TableNameError
 
 log = logging.getLogger(__name__)
@@ -82,8 +84,14 @@ def check_tables(
 
 
 def ensure_slot(
-    conn: psycopg.Connection, slot: str, create: bool, failover_slot: bool = False
+    conn: psycopg.Connection,
+    slot: str,
+    create: bool,
+    failover_slot: bool = False,
+    database_url: str | None = None,
 ) -> SlotState:
+    """The slot's state; created when missing and `create` (with `database_url`, the log
+    says whom a slow creation waits for)."""
     row = conn.execute(
         "SELECT plugin, database, confirmed_flush_lsn::text, wal_status"
         " FROM pg_replication_slots WHERE slot_name = %s",
@@ -98,7 +106,12 @@ def ensure_slot(
                 "and re-snapshot the tables"
             )
         try:
-            failover.create_slot(conn, slot, failover_slot)
+            with (
+                slot_waits.reporting_waits(database_url, slot, f"the first start (slot {slot})")
+                if database_url
+                else contextlib.nullcontext()
+            ):
+                failover.create_slot(conn, slot, failover_slot)
         except psycopg.errors.DuplicateObject:
             return ensure_slot(conn, slot, create=False)  # a peer created it just now
         on = failover_slot and failover.supported(conn)
@@ -165,6 +178,7 @@ def prepare(
     create_slot: bool,
     known_oids: dict[TableName, int] | None = None,
     failover_slot: bool = False,
+    canceller: QueryCanceller | None = None,
 ) -> SlotState:
     """All start-up checks and setup, in order. Connection failures are transient. At the
     first start (`create_slot`), what keeps the slot from surviving a failover is said."""
@@ -173,12 +187,17 @@ def prepare(
     except TableNameError as exc:
         raise PermanentError(str(exc)) from None
     try:
-        with postgres.connect(database_url, autocommit=True, connect_timeout=10) as conn:
+        with (
+            postgres.connect(database_url, autocommit=True, connect_timeout=10) as conn,
+            canceller.cancelling(lambda: conn.cancel_safe(timeout=5))
+            if canceller
+            else contextlib.nullcontext(),
+        ):
             check_server(conn)
             parsed = follow_renames(conn, parsed, {} if known_oids is None else known_oids)
             partitioned = check_tables(conn, parsed, replica_identity_full)
             ensure_publication(conn, publication, parsed, partitioned)
-            state = ensure_slot(conn, slot, create_slot, failover_slot)
+            state = ensure_slot(conn, slot, create_slot, failover_slot, database_url)
             for problem in failover.missing_standby_slots(conn):
                 log.warning("failover: %s", problem)
             if create_slot:

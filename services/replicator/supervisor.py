@@ -24,6 +24,7 @@ from shared import postgres
 from shared.http_endpoint import serve
 from shared.lsn import Lsn
 from shared.nats_connection import NatsRefused, NatsUnavailable, connect
+from shared.pg_cancel import QueryCanceller
 from shared.provisioning import ProvisioningError, provision
 from shared.redact import redact
 from shared.tables import TableName
@@ -52,6 +53,9 @@ class Replicator:
     def __init__(self, settings: ReplicatorSettings) -> None:
         self.settings = settings
         self.stop_requested = threading.Event()
+        # Ends a start-up query that waits (creating the slot waits for every transaction
+        # open at that moment): a stop must not wait for some other session to commit.
+        self.setup_canceller = QueryCanceller()
         self.pipeline: Pipeline | None = None
         self.running = False
         self.table_oids: dict[TableName, int] = {}  # the configured tables at first start
@@ -121,7 +125,7 @@ class Replicator:
                 async def on_request(msg: Any) -> None:
                     log.info("shutdown requested on %s", subject)
                     await msg.respond(to_json({"status": "shutting down"}))
-                    self.stop_requested.set()
+                    self.request_stop()
 
                 await nc.subscribe(subject, cb=on_request)
                 while not self.stop_requested.is_set():
@@ -135,7 +139,7 @@ class Replicator:
     def run(self) -> int:
         s = self.settings
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self.stop_requested.set())
+            signal.signal(sig, lambda *_: self.request_stop())
         server = serve(s.port, metrics.REGISTRY, self.health)
         threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True).start()
         threading.Thread(target=self._control_loop, name="control", daemon=True).start()
@@ -151,6 +155,11 @@ class Replicator:
         finally:
             self.stop_requested.set()
             server.shutdown()
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+        # In a thread: a cancel request is a round trip, and this runs in a signal handler.
+        threading.Thread(target=self.setup_canceller.cancel, name="stop", daemon=True).start()
 
     def _supervise(self) -> int:
         s = self.settings
@@ -172,6 +181,7 @@ class Replicator:
                     create_slot=first,
                     known_oids=self.table_oids,
                     failover_slot=s.failover_slot,
+                    canceller=self.setup_canceller,
                 )
                 first = False
                 published_before = _published()
@@ -193,6 +203,9 @@ class Replicator:
                 assert pipeline.failure.error is not None
                 raise pipeline.failure.error
             except Exception as exc:
+                if pipeline is None and self.stop_requested.is_set():
+                    log.info("shutdown: stopped while starting (%s)", self._shown(explain(exc)))
+                    return 0
                 self.last_error = {
                     "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "error": self._shown(explain(exc)),

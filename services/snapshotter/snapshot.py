@@ -46,7 +46,7 @@ from psycopg import sql
 from services.snapshotter.columns import published_columns
 from services.snapshotter.copy_rows import CopyRowPacker
 from services.snapshotter.publishing import PipelinedPublisher, PublishFailed
-from shared import postgres, subjects
+from shared import postgres, slot_waits, subjects
 from shared.codec import RowCodec, ValueMode
 from shared.lsn import Lsn
 from shared.pg_cancel import QueryCanceller, finish_thread, run_cancellable
@@ -363,6 +363,11 @@ async def take_snapshot(
                 before = await _storage(catalog, regclass)
                 slot = f"bridge_snap_{secrets.token_hex(6)}"
                 canceller = QueryCanceller()
+                reporter = asyncio.ensure_future(
+                    slot_waits.report_while_waiting(
+                        catalog, slot, f"the snapshot of {schema}.{table}"
+                    )
+                )
                 try:
                     repl, lsn, snapshot_name = await run_cancellable(
                         functools.partial(export_snapshot, database_url, slot, canceller=canceller),
@@ -372,6 +377,10 @@ async def take_snapshot(
                     raise SnapshotError(
                         "postgres_unavailable", f"PostgreSQL: {str(exc).strip()}"
                     ) from exc
+                finally:
+                    reporter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reporter
 
                 async def unchanged(before: list[Any] = before) -> bool:
                     return await _storage(catalog, regclass) == before

@@ -132,6 +132,37 @@ def test_shutdown_over_nats_exits_0(
     assert replicator.wait(30) == 0
 
 
+def test_a_first_start_held_up_by_an_open_transaction_says_so_and_still_stops(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    """Creating the slot waits for every transaction open at that moment; a session left
+    idle in one holds the first start up for as long as it stays. The log names the session
+    (a few seconds in), a SIGTERM meanwhile exits 0 at once (the creation is cancelled: no
+    slot is left), and a start once the session has ended streams."""
+    pg.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    with pg.connect(autocommit=False) as idle_in_transaction:
+        idle_in_transaction.execute("SELECT pg_current_xact_id()")  # a transaction with an xid
+        pid = idle_in_transaction.info.backend_pid
+        replicator = services("replicator", pg, nats_url, table="t")
+        wait_for(
+            lambda: (
+                "waits for 1 transaction(s) open when it began" in replicator.output()
+                and f"pid {pid} (" in replicator.output()
+            ),
+            30,
+            "the log to name the session",
+            replicator,
+        )
+        assert "idle in transaction since" in replicator.output()
+        assert replicator.terminate(timeout=20) == 0, replicator.output()[-2000:]
+        assert "shutdown: stopped while starting" in replicator.output()
+        assert pg.execute("SELECT count(*) FROM pg_replication_slots") == [(0,)]
+        idle_in_transaction.rollback()  # still there: the stop did not wait for it
+    replicator = services("replicator", pg, nats_url, table="t").wait_healthy()
+    pg.execute("INSERT INTO t VALUES (1)")
+    wait_for(lambda: stream_count(nats_url) == 1, 30, "the row", replicator)
+
+
 def test_metrics_and_health(pg: Database, nats_url: str, services: Callable[..., Service]) -> None:
     pg.execute("CREATE TABLE t (id int PRIMARY KEY)")
     replicator = services(

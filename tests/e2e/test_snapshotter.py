@@ -463,9 +463,9 @@ def test_a_stop_ends_a_snapshot_waiting_for_a_transaction_left_open(
     pg: Database, nats_url: str, services: Callable[..., Service]
 ) -> None:
     """Creating the snapshot's slot waits for every transaction running at that moment; one
-    left open in some session holds it up for good. A SIGTERM then must not wait for it too:
-    the snapshotter exits 0, the request is answered `shutting_down`, the slot is gone, no
-    meta went out, and the session's transaction was not needed to end."""
+    left open in some session holds it up for good. The log names the session; a SIGTERM must
+    not wait for it too: the snapshotter exits 0, the request is answered `shutting_down`, the
+    slot is gone, no meta went out, and the session's transaction was not needed to end."""
     pg.execute("CREATE TABLE t (id int PRIMARY KEY)")
     pg.execute("INSERT INTO t SELECT generate_series(1, 100)")
     snapshotter = services("snapshotter", pg, nats_url, table="t").wait_healthy()
@@ -486,6 +486,16 @@ def test_a_stop_ends_a_snapshot_waiting_for_a_transaction_left_open(
             ),
             30,
             "the slot's creation to wait",
+            snapshotter,
+        )
+        pid = idle_in_transaction.info.backend_pid
+        wait_for(
+            lambda: (
+                "the snapshot of public.t waits for 1 transaction(s)" in snapshotter.output()
+                and f"pid {pid} (" in snapshotter.output()
+            ),
+            30,
+            "the log to name the session",
             snapshotter,
         )
         assert snapshotter.terminate(timeout=20) == 0, snapshotter.output()[-2000:]
