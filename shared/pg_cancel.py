@@ -41,9 +41,9 @@ class QueryCanceller:
 
     @contextlib.contextmanager
     def cancelling(self, cancel: Callable[[], None]) -> Iterator[None]:
-        """While inside, `cancel()` (a connection's cancel request) is what `cancel` sends.
-        Leave before closing the connection: leaving waits for a cancel request being sent,
-        which must not meet a connection being closed."""
+        """While inside, `QueryCanceller.cancel` sends `cancel` (a connection's cancel request),
+        at once if it was called before. Leave before closing the connection: leaving waits for
+        a cancel request being sent, which must not meet a connection being closed."""
         with self._lock:
             self._cancels.append(cancel)
             cancelled = self.cancelled
