@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -70,6 +71,12 @@ class Snapshotter:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # A snapshot holds a worker thread while its slot is created (which can wait long for
+        # open transactions) and while its table is read: with the default pool (6 threads on
+        # 2 cores) the 7th of `max_concurrent_snapshots` running at once would wait for one.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(self.settings.max_concurrent_snapshots + 4, "snapshot")
+        )
         self.nc = await connect(self.settings, "bridge-snapshotter", reconnect=True)
         self.js = self.nc.jetstream()
         await provision(self.js, self.settings)

@@ -459,39 +459,49 @@ def test_row_over_max_payload_fails_the_snapshot_clearly_and_nothing_is_stuck(
     assert meta["row_count"] == 5000 and meta["batch_count"] == 50, meta
 
 
-def test_a_stop_ends_a_snapshot_waiting_for_a_transaction_left_open(
+def test_a_stop_ends_snapshots_waiting_for_a_transaction_left_open(
     pg: Database, nats_url: str, services: Callable[..., Service]
 ) -> None:
-    """Creating the snapshot's slot waits for every transaction running at that moment; one
-    left open in some session holds it up for good. The log names the session; a SIGTERM must
-    not wait for it too: the snapshotter exits 0, the request is answered `shutting_down`, the
-    slot is gone, no meta went out, and the session's transaction was not needed to end."""
-    pg.execute("CREATE TABLE t (id int PRIMARY KEY)")
-    pg.execute("INSERT INTO t SELECT generate_series(1, 100)")
-    snapshotter = services("snapshotter", pg, nats_url, table="t").wait_healthy()
+    """Creating a snapshot's slot waits for every transaction running at that moment; one
+    left open in some session holds it up for good. Eight snapshots at once (more than
+    Python's default thread pool of 6 holds on 2 cores) all reach that wait; the log names the
+    session; a SIGTERM must not wait for it too: the snapshotter exits 0, every request is
+    answered `shutting_down`, the slots are gone, no meta went out, and the session's
+    transaction was not needed to end."""
+    tables = [f"t{i}" for i in range(8)]
+    for t in tables:
+        pg.execute(f"CREATE TABLE {t} (id int PRIMARY KEY)")
+        pg.execute(f"INSERT INTO {t} SELECT generate_series(1, 100)")
+    snapshotter = services(
+        "snapshotter", pg, nats_url, table=",".join(tables), max_concurrent_snapshots=8
+    ).wait_healthy()
     with pg.connect(autocommit=False) as idle_in_transaction:
         idle_in_transaction.execute("SELECT pg_current_xact_id()")  # a transaction with an xid
         replies: list[dict[str, Any]] = []
-        asking = threading.Thread(
-            target=lambda: replies.append(request(nats_url, "t", timeout=60)), daemon=True
-        )
-        asking.start()
+        asking = [
+            threading.Thread(
+                target=lambda t=t: replies.append(request(nats_url, t, timeout=60)), daemon=True
+            )
+            for t in tables
+        ]
+        for thread in asking:
+            thread.start()
         wait_for(
             lambda: (
                 pg.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'transactionid'"
                     " AND query LIKE 'CREATE_REPLICATION_SLOT%'"
                 )[0][0]
-                == 1
+                == 8
             ),
             30,
-            "the slot's creation to wait",
+            "the eight slots' creation to wait",
             snapshotter,
         )
         pid = idle_in_transaction.info.backend_pid
         wait_for(
             lambda: (
-                "the snapshot of public.t waits for 1 transaction(s)" in snapshotter.output()
+                "the snapshot of public.t7 waits for 1 transaction(s)" in snapshotter.output()
                 and f"pid {pid} (" in snapshotter.output()
             ),
             30,
@@ -499,8 +509,9 @@ def test_a_stop_ends_a_snapshot_waiting_for_a_transaction_left_open(
             snapshotter,
         )
         assert snapshotter.terminate(timeout=20) == 0, snapshotter.output()[-2000:]
-        asking.join(10)
-        assert [r.get("reason") for r in replies] == ["shutting_down"], replies
+        for thread in asking:
+            thread.join(10)
+        assert [r.get("reason") for r in replies] == ["shutting_down"] * 8, replies
         assert "ask again" in replies[0]["error"]
         assert pg.execute(
             "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'bridge_snap_%'"
