@@ -64,10 +64,17 @@ def start(loop: tuple[asyncio.AbstractEventLoop, threading.Thread]) -> pykka.Act
 
 def test_messages_in_order_on_the_loop_thread_and_asks_from_another(loop: Any) -> None:
     ref = start(loop)
+    # The loop waits until every message below is queued: a message the actor tells itself
+    # goes after those already queued, and without the gate "last" might not be yet (the
+    # order between two senders is not pykka's to keep; a CI run saw from-self first).
+    gate = threading.Event()
+    loop[0].call_soon_threadsafe(gate.wait, 5)
     for n in range(100):
         ref.tell(n)
     ref.tell("tell-self")
-    assert ref.ask("last", timeout=5) == 102  # 100 numbers, tell-self, last; from-self after
+    last = ref.ask("last", block=False)
+    gate.set()
+    assert last.get(timeout=5) == 102  # 100 numbers, tell-self, last; from-self after
     actor = ref.proxy().seen.get(timeout=5)
     assert [m for m, _ in actor][:102] == [*range(100), "tell-self", "last"]
     assert {tid for _, tid in actor} == {loop[1].ident}
