@@ -45,7 +45,7 @@ from services.copy_lock import CopyInUse, lock_copy
 from services.replica import copy_arguments
 from services.snapshotter.snapshot import describe_table, export_snapshot
 from services.tools import split_settings
-from shared import postgres, slot_waits
+from shared import postgres
 from shared.codec import RowCodec
 from shared.codec.copy_text import split_line
 from shared.nats_connection import connect
@@ -236,9 +236,12 @@ def verify_once(
     dsn = settings.database_dsn()
     with postgres.connect(dsn, autocommit=True) as catalog:
         before = storage(catalog, tables)
-        slot = f"bridge_verify_{secrets.token_hex(6)}"
-        with slot_waits.reporting_waits(dsn, slot, "verify's snapshot"):
-            repl, lsn, snapshot = export_snapshot(dsn, slot, application_name="bridge-verify")
+        repl, lsn, snapshot = export_snapshot(
+            dsn,
+            f"bridge_verify_{secrets.token_hex(6)}",
+            application_name="bridge-verify",
+            what="verify's snapshot",
+        )
         with postgres.connect(dsn, autocommit=True) as conn:
             conn.execute("SET client_encoding TO 'UTF8'")
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ

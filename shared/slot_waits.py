@@ -9,7 +9,6 @@ while a creation takes longer than a few seconds, the log names the sessions it 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import threading
@@ -58,22 +57,10 @@ def describe(what: str, rows: Sequence[Sequence[Any]]) -> str:
     )
 
 
-async def report_while_waiting(conn: psycopg.AsyncConnection[Any], slot: str, what: str) -> None:
-    """Run beside the creation of `slot` (cancel it when the creation returns)."""
-    await asyncio.sleep(FIRST_REPORT_SECONDS)
-    while True:
-        with contextlib.suppress(psycopg.Error):  # saying why is a courtesy; never a failure
-            cur = await conn.execute(BLOCKERS_QUERY, (slot,))
-            rows = await cur.fetchall()
-            if rows:
-                log.warning(describe(what, rows))
-        await asyncio.sleep(REPORT_EVERY_SECONDS)
-
-
 @contextlib.contextmanager
 def reporting_waits(database_url: str, slot: str, what: str) -> Iterator[None]:
-    """Inside, a thread says whom the creation of `slot` waits for (blocking code's twin of
-    `report_while_waiting`), on a connection of its own."""
+    """Inside, a thread says whom the creation of `slot` waits for, on a connection of its
+    own (opened only once the creation has taken `FIRST_REPORT_SECONDS`)."""
     done = threading.Event()
 
     def report() -> None:

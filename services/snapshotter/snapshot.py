@@ -109,15 +109,20 @@ def export_snapshot(
     slot: str,
     application_name: str = "bridge-snapshotter",
     canceller: QueryCanceller | None = None,
+    what: str = "the snapshot",
 ) -> tuple[ReplicationConnection, Lsn, str]:
     """A temporary slot's consistent point and exported snapshot; the snapshot stays usable
     while the returned connection is open.
 
     Creating the slot waits for every transaction running at that moment to end (one left
-    open in some session holds it up for good): `canceller` can end the wait."""
+    open in some session holds it up for good): the log says whom `what` waits for, and
+    `canceller` can end the wait."""
     repl = ReplicationConnection(database_url, application_name=application_name)
     try:
-        with canceller.cancelling(repl.cancel) if canceller else contextlib.nullcontext():
+        with (
+            canceller.cancelling(repl.cancel) if canceller else contextlib.nullcontext(),
+            slot_waits.reporting_waits(database_url, slot, what),
+        ):
             (row,) = repl.command(
                 f"CREATE_REPLICATION_SLOT {quote_ident(slot)} TEMPORARY LOGICAL pgoutput"
                 " (SNAPSHOT 'export')"
@@ -363,24 +368,16 @@ async def take_snapshot(
                 before = await _storage(catalog, regclass)
                 slot = f"bridge_snap_{secrets.token_hex(6)}"
                 canceller = QueryCanceller()
-                reporter = asyncio.ensure_future(
-                    slot_waits.report_while_waiting(
-                        catalog, slot, f"the snapshot of {schema}.{table}"
-                    )
-                )
+                export = functools.partial(
+                    export_snapshot, database_url, slot, canceller=canceller,
+                    what=f"the snapshot of {schema}.{table}",
+                )  # fmt: skip
                 try:
-                    repl, lsn, snapshot_name = await run_cancellable(
-                        functools.partial(export_snapshot, database_url, slot, canceller=canceller),
-                        canceller,
-                    )
+                    repl, lsn, snapshot_name = await run_cancellable(export, canceller)
                 except Exception as exc:
                     raise SnapshotError(
                         "postgres_unavailable", f"PostgreSQL: {str(exc).strip()}"
                     ) from exc
-                finally:
-                    reporter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await reporter
 
                 async def unchanged(before: list[Any] = before) -> bool:
                     return await _storage(catalog, regclass) == before
