@@ -119,6 +119,17 @@ class BridgeSettings(BaseSettings):
         ValueMode.TYPED,
         description="`typed`: native numbers, booleans, bytes; `text`: PostgreSQL's text output",
     )
+    snapshot_prefix: str = Field(
+        "bridge.snapshot", description="Snapshot requests arrive on <prefix>.<table>"
+    )
+    control_prefix: str = Field(
+        "bridge.control", description="NATS subject prefix of control requests (shutdown)"
+    )
+    control_token: SecretStr | None = Field(
+        None,
+        description="Token a control request over NATS must carry (the admin sends it); "
+        "unset: the services refuse control requests",
+    )
     port: int = Field(8080, ge=0, le=65535, description="HTTP port for /health and /metrics")
     log_level: str = Field("INFO", description="Python logging level")
 
@@ -221,7 +232,7 @@ class BridgeSettings(BaseSettings):
         found.update(secrets_in_url(self.database_url.get_secret_value()))
         for url in self.nats_url.split(","):
             found.update(secrets_in_url(url.strip(), token=True))
-        for secret in (self.nats_password, self.nats_token):
+        for secret in (self.nats_password, self.nats_token, self.control_token):
             if secret is not None:
                 found.add(secret.get_secret_value())
         for name in _SECRET_FILES:

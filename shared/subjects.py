@@ -59,3 +59,15 @@ def change_msg_id(commit_lsn: Lsn, ordinal: int) -> str:
 
 def snapshot_msg_id(snapshot_id: str, schema: str, table: str, chunk: int) -> str:
     return f"{snapshot_id}:{table_token(schema, table)}:{chunk}"
+
+
+def subjects_overlap(a: str, b: str) -> bool:
+    """Whether some subject matches both patterns (NATS wildcards: `*` one token, `>` one or
+    more at the end)."""
+    ta, tb = a.split("."), b.split(".")
+    for x, y in zip(ta, tb, strict=False):
+        if x == ">" or y == ">":
+            return True
+        if x != y and "*" not in (x, y):
+            return False
+    return len(ta) == len(tb)

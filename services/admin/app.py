@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,12 +28,16 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from services.admin.http_protocol import BoundedH11Protocol
 from services.admin.metrics_merge import merge, values
+from services.admin.probes import SharedProbe
 from services.admin.settings import AdminSettings
 from shared import postgres
+from shared.control import control_subject, request_headers
 from shared.lsn import Lsn
 from shared.nats_connection import NatsRefused, connect, shown_servers
 from shared.redact import redact
+from shared.subjects import subjects_overlap
 
 log = logging.getLogger("bridge.admin")
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -94,10 +99,43 @@ class AdminState:
         self.requests = Counter(
             "bridge_admin_requests", "Admin API requests", ["endpoint"], registry=self.registry
         )
+        # Fetched once for any number of callers (probes.py): PostgreSQL's check at most
+        # every 2 s on one connection, the services' pages and the streams' state every 1 s.
+        self.postgres = SharedProbe(self.postgres_ok, max_age=2.0)
+        self.pages = {
+            (name, path): SharedProbe(functools.partial(self.fetch, base, path), max_age=1.0)
+            for name, base in (
+                ("replicator", settings.replicator_url),
+                ("snapshotter", settings.snapshotter_url),
+            )
+            for path in ("/health", "/metrics")
+        }
+        self.streams = SharedProbe(lambda: _streams_state(self), max_age=1.0)
+
+    def page(self, service: str, path: str) -> Awaitable[httpx.Response | None]:
+        return self.pages[(service, path)].get()
+
+    def probes(self) -> list[SharedProbe[Any]]:
+        return [self.postgres, self.streams, *self.pages.values()]
 
     @property
     def own_streams(self) -> set[str]:
-        return {self.settings.cdc_stream, self.settings.init_stream}
+        """The streams the bridge keeps its data in (the KV bucket is a stream too)."""
+        s = self.settings
+        return {s.cdc_stream, s.init_stream, f"KV_{s.kv_bucket}"}
+
+    @property
+    def reserved_subjects(self) -> list[str]:
+        """Subjects the bridge publishes or serves: a stream over any of them would store
+        (and answer with a PubAck) what is meant for the bridge or its consumers."""
+        s = self.settings
+        return [
+            "cdc.>",
+            "init.>",
+            f"{s.snapshot_prefix}.>",
+            f"{s.control_prefix}.>",
+            f"$KV.{s.kv_bucket}.>",
+        ]
 
     def js(self) -> Any:
         if self.nc is None or not self.nc.is_connected:
@@ -160,12 +198,14 @@ def create_app(settings: AdminSettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.http = httpx.AsyncClient()
+        state.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=8))
         nats_task = asyncio.create_task(state.keep_nats())
         try:
             yield
         finally:
             nats_task.cancel()
+            for probe in state.probes():
+                probe.cancel()
             with contextlib.suppress(BaseException):
                 await nats_task
             if state.nc is not None and not state.nc.is_closed:
@@ -196,7 +236,13 @@ def create_app(settings: AdminSettings) -> FastAPI:
 
     @app.exception_handler(APIError)
     async def on_jetstream(request: Request, exc: APIError) -> JSONResponse:
-        code = 409 if exc.code in (400, 409) or exc.err_code in (10058, 10065) else 502
+        # 10058: the stream exists with another configuration; 10065: subjects overlap
+        if exc.err_code in (10058, 10065) or exc.code == 409:
+            code = 409
+        elif exc.code == 400:
+            code = 400  # JetStream refused what was asked (e.g. subjects it reserves)
+        else:
+            code = 502
         return JSONResponse({"error": f"JetStream: {exc.description}"}, status_code=code)
 
     # -- read-only ------------------------------------------------------------------------
@@ -212,10 +258,10 @@ def create_app(settings: AdminSettings) -> FastAPI:
     )
     async def health() -> JSONResponse:
         state.requests.labels("health").inc()
-        pg_detail = await state.postgres_ok()
-        replicator, snapshotter = await asyncio.gather(
-            state.fetch(settings.replicator_url, "/health"),
-            state.fetch(settings.snapshotter_url, "/health"),
+        pg_detail, replicator, snapshotter = await asyncio.gather(
+            state.postgres.get(),
+            state.page("replicator", "/health"),
+            state.page("snapshotter", "/health"),
         )
         checks = {
             "postgres": pg_detail,
@@ -236,9 +282,10 @@ def create_app(settings: AdminSettings) -> FastAPI:
     )
     async def status() -> dict[str, Any]:
         state.requests.labels("status").inc()
-        rep_resp, snap_resp = await asyncio.gather(
-            state.fetch(settings.replicator_url, "/metrics"),
-            state.fetch(settings.snapshotter_url, "/metrics"),
+        rep_resp, snap_resp, streams = await asyncio.gather(
+            state.page("replicator", "/metrics"),
+            state.page("snapshotter", "/metrics"),
+            state.streams.get(),
         )
         rep = _values(rep_resp)
         snap = _values(snap_resp)
@@ -265,7 +312,7 @@ def create_app(settings: AdminSettings) -> FastAPI:
                 "chunks_published": int(snap.get("bridge_snapshot_chunks_published_total", 0)),
                 "snapshots_completed": int(snap.get("bridge_snapshot_duration_seconds_count", 0)),
             },
-            "streams": await _streams_state(state),
+            "streams": streams,
             "timestamp": time.time(),
         }
         return body
@@ -278,11 +325,8 @@ def create_app(settings: AdminSettings) -> FastAPI:
     async def metrics() -> PlainTextResponse:
         state.requests.labels("metrics").inc()
         scrapes = []
-        for name, base in (
-            ("replicator", settings.replicator_url),
-            ("snapshotter", settings.snapshotter_url),
-        ):
-            resp = await state.fetch(base, "/metrics")
+        for name in ("replicator", "snapshotter"):
+            resp = await state.page(name, "/metrics")
             up = resp is not None and resp.status_code == 200
             state.service_up.labels(name).set(1 if up else 0)
             if up:
@@ -319,6 +363,14 @@ def create_app(settings: AdminSettings) -> FastAPI:
     ) -> dict[str, Any]:
         state.requests.labels("streams_create").inc()
         parsed = parse_subjects(subjects)
+        for subject in parsed:
+            taken = [r for r in state.reserved_subjects if subjects_overlap(subject, r)]
+            if taken:
+                raise Error(
+                    400,
+                    f"subject {subject!r} overlaps {', '.join(taken)}, which the bridge "
+                    "publishes or serves; a stream there would capture its messages",
+                )
         js = state.js()
         try:
             await js.stream_info(stream)
@@ -372,10 +424,13 @@ def create_app(settings: AdminSettings) -> FastAPI:
             raise Error(503, "NATS is unreachable: the shutdown requests cannot be sent")
         answers = {}
         for service in ("replicator", "snapshotter"):
-            subject = f"{settings.control_prefix}.{service}.shutdown"
+            subject = control_subject(settings.control_prefix, service)
             try:
-                reply = await state.nc.request(subject, b"", timeout=5)
-                answers[service] = json.loads(reply.data).get("status", "answered")
+                reply = await state.nc.request(
+                    subject, b"", timeout=5, headers=request_headers(settings.control_token)
+                )
+                answer = json.loads(reply.data)
+                answers[service] = answer.get("status") or f"refused: {answer.get('error')}"
             except Exception as exc:
                 answers[service] = f"no answer ({type(exc).__name__})"
         log.warning("shutdown requested: %s", answers)
@@ -454,6 +509,7 @@ def run(settings: AdminSettings) -> int:
             port=settings.port,
             log_level=settings.log_level.lower(),
             access_log=False,
+            http=BoundedH11Protocol,
         )
     )
     state: AdminState = app.state.admin

@@ -22,6 +22,3 @@ class AdminSettings(BridgeSettings):
     probe_timeout_seconds: float = Field(
         2.0, gt=0, description="Timeout of each health probe and metrics fetch"
     )
-    control_prefix: str = Field(
-        "bridge.control", description="NATS subject prefix of the services' control requests"
-    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -81,6 +82,11 @@ def run(settings: DevSettings, embedded: bool) -> int:
         for key in ("BRIDGE_ADMIN_TOKEN",):
             if key in os.environ:
                 base[key] = os.environ[key]
+        # The services obey control requests (the admin's /shutdown) only with this token;
+        # one made up for this run unless given.
+        base["BRIDGE_CONTROL_TOKEN"] = os.environ.get(
+            "BRIDGE_CONTROL_TOKEN", secrets.token_urlsafe(24)
+        )
         rep, snap = (
             f"http://127.0.0.1:{settings.replicator_port}",
             f"http://127.0.0.1:{settings.snapshotter_port}",

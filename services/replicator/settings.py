@@ -57,6 +57,3 @@ class ReplicatorSettings(BridgeSettings):
     metrics_log_seconds: float = Field(
         15.0, gt=0, description="Seconds between logfmt METRICS lines on stdout"
     )
-    control_prefix: str = Field(
-        "bridge.control", description="NATS subject prefix of control requests (shutdown)"
-    )

@@ -21,6 +21,7 @@ from services.replicator.pipeline import Pipeline
 from services.replicator.settings import ReplicatorSettings
 from services.replicator.setup import prepare
 from shared import postgres
+from shared.control import ControlEndpoint, control_subject
 from shared.http_endpoint import serve
 from shared.lsn import Lsn
 from shared.nats_connection import NatsRefused, NatsUnavailable, connect
@@ -28,7 +29,6 @@ from shared.pg_cancel import QueryCanceller
 from shared.provisioning import ProvisioningError, provision
 from shared.redact import redact
 from shared.tables import TableName
-from shared.wire import to_json
 
 log = logging.getLogger("bridge.replicator")
 
@@ -110,7 +110,10 @@ class Replicator:
 
     def _control_loop(self) -> None:
         """Serve `<control_prefix>.replicator.shutdown` over NATS (while NATS is reachable)."""
-        subject = f"{self.settings.control_prefix}.replicator.shutdown"
+        subject = control_subject(self.settings.control_prefix, "replicator")
+        endpoint = ControlEndpoint(
+            "replicator", self.settings.control_token, self.request_stop, log
+        )
 
         async def serve_control() -> None:
             while not self.stop_requested.is_set():
@@ -122,12 +125,7 @@ class Replicator:
                     await asyncio.sleep(2)
                     continue
 
-                async def on_request(msg: Any) -> None:
-                    log.info("shutdown requested on %s", subject)
-                    await msg.respond(to_json({"status": "shutting down"}))
-                    self.request_stop()
-
-                await nc.subscribe(subject, cb=on_request)
+                await nc.subscribe(subject, cb=endpoint.handle)
                 while not self.stop_requested.is_set():
                     await asyncio.sleep(0.2)
                 await nc.close()

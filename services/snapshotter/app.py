@@ -13,17 +13,21 @@ from typing import Any
 
 import psycopg
 from faststream import FastStream, Path
+from faststream.middlewares import ExceptionMiddleware
 from faststream.nats import NatsBroker, NatsMessage
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from pydantic import ValidationError
 
 from services.snapshotter import metrics
 from services.snapshotter.publishing import PipelinedPublisher
+from services.snapshotter.requests import BadRequest, SnapshotRequest, decode_body, describe
 from services.snapshotter.schema import MissingTableError, SchemaWatcher
-from services.snapshotter.settings import MAX_CHUNK_SIZE, SnapshotterSettings
+from services.snapshotter.settings import SnapshotterSettings
 from services.snapshotter.snapshot import SnapshotError, SnapshotOptions, take_snapshot
 from shared import pg_errors, postgres, subjects
+from shared.control import ControlEndpoint, control_subject
 from shared.http_endpoint import serve
 from shared.nats_connection import NatsRefused, broker_security, connect, servers
 from shared.provisioning import provision
@@ -32,6 +36,9 @@ from shared.tables import TableName
 from shared.wire import to_json
 
 log = logging.getLogger("bridge.snapshotter")
+
+# Requests one snapshotter lets wait for a snapshot before it answers `busy`.
+MAX_WAITING_REQUESTS = 1024
 
 
 class Snapshotter:
@@ -46,6 +53,7 @@ class Snapshotter:
         self.tasks: list[asyncio.Task[None]] = []
         self.snapshots: set[asyncio.Task[dict[str, Any]]] = set()  # running take_snapshot
         self.stopping = False
+        self.waiting = 0  # requests awaiting a snapshot (their own or one they joined)
         self.db_ok = False
         self.on_shutdown_request: Callable[[], None] = lambda: None
         self.exit_code = 0
@@ -81,16 +89,14 @@ class Snapshotter:
         self.js = self.nc.jetstream()
         await provision(self.js, self.settings)
         await self.nc.subscribe(
-            f"{self.settings.control_prefix}.snapshotter.shutdown", cb=self._shutdown_requested
+            control_subject(self.settings.control_prefix, "snapshotter"),
+            cb=ControlEndpoint(
+                "snapshotter", self.settings.control_token, self.on_shutdown_request, log
+            ).handle,
         )
         self.tasks.append(asyncio.create_task(self._watch_schemas()))
         if self.settings.snapshot_on_start:
             self.tasks.append(asyncio.create_task(self._snapshot_missing()))
-
-    async def _shutdown_requested(self, msg: Any) -> None:
-        log.info("shutdown requested on %s", msg.subject)
-        await msg.respond(to_json({"status": "shutting down"}))
-        self.on_shutdown_request()
 
     async def stop(self) -> None:
         """Running snapshots are stopped, not waited for (one can take long, or wait without
@@ -163,8 +169,13 @@ class Snapshotter:
 
     # -- snapshots ------------------------------------------------------------------------
 
-    async def handle_request(self, token: str, body: bytes) -> bytes:
-        """A request on `<prefix>.<table>`: the meta as JSON, or `{"error": …}`."""
+    async def handle_request(self, token: str, request: SnapshotRequest) -> bytes:
+        """A request on `<prefix>.<table>`: the meta as JSON, or `{"error": …, "reason": …}`.
+
+        Requests for a table whose snapshot runs here join it, so however many arrive, at
+        most one snapshot per configured table runs (and `max_concurrent_snapshots` of them
+        read at once); past `MAX_WAITING_REQUESTS` waiting, a request is answered `busy` at
+        once rather than left unanswered behind the others."""
         try:
             try:
                 schema, table = self.by_token()[token]
@@ -174,34 +185,47 @@ class Snapshotter:
                     "unknown_table",
                     f"table {token!r} is not configured here (configured: {configured})",
                 ) from None
-            options = SnapshotOptions.parse(body, self.settings.chunk_size, MAX_CHUNK_SIZE)
-            running = self.running.get((schema, table))
-            if running is not None:
-                return to_json({**await asyncio.shield(running), "joined": True})
-            return to_json(await self.snapshot(schema, table, options))
+            if self.stopping:
+                raise _shutting_down()
+            if self.waiting >= MAX_WAITING_REQUESTS:
+                raise SnapshotError(
+                    "busy",
+                    f"{self.waiting} snapshot requests are waiting on this snapshotter; "
+                    "ask again later",
+                )
+            options = SnapshotOptions(request.chunk_size or self.settings.chunk_size)
+            self.waiting += 1
+            try:
+                running = self.running.get((schema, table))
+                if running is not None:
+                    return to_json({**await asyncio.shield(running), "joined": True})
+                return to_json(await self.snapshot(schema, table, options))
+            finally:
+                self.waiting -= 1
         except SnapshotError as exc:
-            metrics.errors.labels(exc.reason).inc()
-            log.warning("snapshot request for %s refused: %s", token, self.shown(str(exc)))
-            return to_json({"error": self.shown(str(exc)), "reason": exc.reason})
+            return self.refusal(token, exc)
         except Exception as exc:
             metrics.errors.labels("internal").inc()
             error = self.shown(f"snapshot failed: {type(exc).__name__}: {exc}")
             log.error("snapshot request for %s failed: %s", token, error)
             return to_json({"error": error, "reason": "internal"})
 
+    def refusal(self, token: str, exc: SnapshotError) -> bytes:
+        """The reply to a request that cannot be served, counted and logged."""
+        metrics.errors.labels(exc.reason).inc()
+        log.warning("snapshot request for %s refused: %s", token, self.shown(str(exc)))
+        return to_json({"error": self.shown(str(exc)), "reason": exc.reason})
+
     async def snapshot(self, schema: str, table: str, options: SnapshotOptions) -> dict[str, Any]:
+        """Run one snapshot of the table; requests arriving meanwhile join it (registered
+        before the first `await`, so that two requests never both start one)."""
         assert self.js is not None and self.nc is not None
         js = self.js
-        try:
-            await js.stream_info(self.settings.init_stream)
-        except NotFoundError:
-            raise SnapshotError(
-                "init_stream_missing",
-                f"stream {self.settings.init_stream} does not exist; run `bridge provision` or "
-                "restart the snapshotter to create it",
-            ) from None
+        key = (schema, table)
+        if key in self.running:
+            return {**await asyncio.shield(self.running[key]), "joined": True}
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.running[(schema, table)] = future
+        self.running[key] = future
         metrics.in_progress.inc()
         started = time.monotonic()
 
@@ -210,6 +234,10 @@ class Snapshotter:
             metrics.rows.inc(rows)
 
         try:
+            try:
+                await js.stream_info(self.settings.init_stream)
+            except NotFoundError:
+                raise init_stream_missing(self.settings.init_stream) from None
             async with (
                 self.slots,
                 PipelinedPublisher(self.nc, self.settings.init_stream) as publisher,
@@ -247,7 +275,15 @@ class Snapshotter:
             raise
         finally:
             metrics.in_progress.dec()
-            del self.running[(schema, table)]
+            del self.running[key]
+
+
+def init_stream_missing(stream: str) -> SnapshotError:
+    return SnapshotError(
+        "init_stream_missing",
+        f"stream {stream} does not exist; run `bridge provision` or restart the snapshotter "
+        "to create it",
+    )
 
 
 def _shutting_down() -> SnapshotError:
@@ -258,8 +294,27 @@ def _shutting_down() -> SnapshotError:
     )
 
 
+def _token(subject: str) -> str:
+    return subject.rsplit(".", 1)[-1]
+
+
 def build_app(settings: SnapshotterSettings) -> tuple[FastStream, Snapshotter]:
     service = Snapshotter(settings)
+    # A body that is not a request is answered at once, whatever is wrong with it.
+    bad_requests = ExceptionMiddleware()
+
+    @bad_requests.add_handler(BadRequest, publish=True)
+    async def on_bad_body(exc: BadRequest, msg: NatsMessage) -> bytes:
+        return service.refusal(
+            _token(msg.raw_message.subject), SnapshotError("bad_request", str(exc))
+        )
+
+    @bad_requests.add_handler(ValidationError, publish=True)
+    async def on_bad_options(exc: ValidationError, msg: NatsMessage) -> bytes:
+        return service.refusal(
+            _token(msg.raw_message.subject), SnapshotError("bad_request", describe(exc))
+        )
+
     # The broker keeps reconnecting through any outage (nats-py's default gives up after 60
     # attempts, leaving a snapshotter that answers nothing); a refusal was caught by
     # `service.start`, which connects first.
@@ -268,16 +323,21 @@ def build_app(settings: SnapshotterSettings) -> tuple[FastStream, Snapshotter]:
         security=broker_security(settings),
         max_reconnect_attempts=-1,
         logger=log,
+        middlewares=[bad_requests],
     )
     app = FastStream(broker, logger=log)
 
+    # Handlers are cheap while they wait (a join awaits a future; snapshots are bounded by
+    # the tables configured and by `max_concurrent_snapshots`), so many run at once: a flood
+    # of requests is answered, not queued behind joins waiting for a long snapshot.
     @broker.subscriber(
         f"{settings.snapshot_prefix}.{{table}}",
         queue=settings.queue_group,
-        max_workers=settings.max_concurrent_snapshots * 2,
+        max_workers=MAX_WAITING_REQUESTS + 64,
+        decoder=decode_body,
     )
-    async def on_snapshot_request(msg: NatsMessage, table: str = Path()) -> bytes:
-        return await service.handle_request(table, msg.body)
+    async def on_snapshot_request(request: SnapshotRequest, table: str = Path()) -> bytes:
+        return await service.handle_request(table, request)
 
     server_holder: dict[str, Any] = {}
     service.on_shutdown_request = app.exit

@@ -24,14 +24,21 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
 
 from shared.pub_acks import PubAckRefusal, refusal
+from shared.subjects import subjects_overlap
 
 log = logging.getLogger(__name__)
 
 
 class PublishFailed(Exception):
-    """JetStream refused a message, or acknowledged none for too long."""
+    """JetStream refused a message, or acknowledged none for too long; `reason` is the
+    snapshot reply's code."""
+
+    def __init__(self, message: str, reason: str = "publish_failed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -62,6 +69,9 @@ class PipelinedPublisher:
         self.sub: Any = None
         self.error: PublishFailed | None = None
         self.last_answer = ""  # the last non-PubAck answer, for the final error
+        # A subject nobody answered: the stream is asked at once whether it takes it (a
+        # missing stream fails the snapshot now, not after every resend round).
+        self.unanswered: str | None = None
 
     async def __aenter__(self) -> PipelinedPublisher:
         self.inbox = self.nc.new_inbox()
@@ -99,6 +109,14 @@ class PipelinedPublisher:
         while True:
             if self.error is not None:
                 raise self.error
+            if self.unanswered is not None:
+                subject, self.unanswered = self.unanswered, None
+                try:
+                    await self._check_stream_takes(subject)
+                except PublishFailed as exc:
+                    self.error = exc
+                    raise
+                continue
             if done():
                 return
             self.progress.clear()
@@ -131,11 +149,35 @@ class PipelinedPublisher:
         if problem is not None:
             if problem.no_responders and number in self.pending:
                 self.last_answer = _NO_RESPONDERS
-                return  # a stream between leaders; the message goes again after a pause
+                self.unanswered = self.pending[number].subject
+                self.progress.set()
+                return  # a stream between leaders (checked); it goes again after a pause
             if self.error is None:
                 self.error = PublishFailed(_describe(problem))
         self.pending.pop(number, None)
         self.progress.set()
+
+    async def _check_stream_takes(self, subject: str) -> None:
+        """After "no responders": fail now when the stream is missing or does not take the
+        subject; otherwise (a stream between leaders) the resends go on."""
+        try:
+            info = await self.nc.jetstream().stream_info(self.stream)
+        except NotFoundError:
+            raise PublishFailed(
+                f"stream {self.stream} does not exist; run `bridge provision` or restart the "
+                "snapshotter to create it",
+                "init_stream_missing",
+            ) from None
+        except Exception as exc:  # no answer either: a cluster between leaders, or NATS gone
+            log.warning("stream %s did not answer (%s); resending", self.stream, exc)
+            return
+        taken = info.config.subjects or []
+        if not any(subjects_overlap(pattern, subject) for pattern in taken):
+            raise PublishFailed(
+                f"stream {self.stream} does not take {subject} (its subjects: "
+                f"{', '.join(taken) or 'none'}); it was changed by hand: give it back `init.>`",
+                "init_stream_missing",
+            )
 
 
 _NO_RESPONDERS = "no JetStream stream listens on the subject (was the INIT stream deleted?)"

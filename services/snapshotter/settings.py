@@ -11,9 +11,6 @@ MAX_CHUNK_SIZE = 10_000
 
 class SnapshotterSettings(BridgeSettings):
     port: int = Field(9091, ge=0, le=65535, description="HTTP port for /health and /metrics")
-    snapshot_prefix: str = Field(
-        "bridge.snapshot", description="Snapshot requests arrive on <prefix>.<table>"
-    )
     queue_group: str = Field(
         "bridge-snapshotters", description="NATS queue group shared by all snapshotters"
     )
@@ -31,7 +28,4 @@ class SnapshotterSettings(BridgeSettings):
     )
     max_concurrent_snapshots: int = Field(
         4, ge=1, le=64, description="Snapshots one snapshotter runs at once"
-    )
-    control_prefix: str = Field(
-        "bridge.control", description="NATS subject prefix of control requests (shutdown)"
     )

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import secrets
 import threading
@@ -73,30 +72,6 @@ class SnapshotError(Exception):
 @dataclass(frozen=True)
 class SnapshotOptions:
     chunk_size: int
-
-    @classmethod
-    def parse(cls, body: bytes, default_chunk_size: int, max_chunk_size: int) -> SnapshotOptions:
-        """The request body: empty, or a JSON object with only known keys."""
-        if not body.strip():
-            return cls(default_chunk_size)
-        try:
-            options = json.loads(body)
-        except ValueError as exc:
-            raise SnapshotError("bad_request", f"the request body is not JSON: {exc}") from None
-        if not isinstance(options, dict):
-            raise SnapshotError("bad_request", "the request body must be a JSON object of options")
-        unknown = set(options) - {"chunk_size"}
-        if unknown:
-            raise SnapshotError(
-                "bad_request", f"unknown options {sorted(unknown)}; known: ['chunk_size']"
-            )
-        size = options.get("chunk_size", default_chunk_size)
-        if type(size) is not int or not 1 <= size <= max_chunk_size:
-            raise SnapshotError(
-                "bad_request",
-                f"chunk_size must be an integer from 1 to {max_chunk_size}, got {size!r}",
-            )
-        return cls(size)
 
 
 def new_snapshot_id() -> str:
@@ -406,7 +381,7 @@ async def take_snapshot(
     except psycopg.OperationalError as exc:
         raise SnapshotError("postgres_unavailable", f"PostgreSQL: {str(exc).strip()}") from exc
     except PublishFailed as exc:
-        raise SnapshotError("publish_failed", str(exc)) from exc
+        raise SnapshotError(exc.reason, str(exc)) from exc
     meta = {
         "batch_count": builder.chunks,
         "lsn": str(lsn),
@@ -422,7 +397,7 @@ async def take_snapshot(
         )
         await publisher.wait_acked()
     except PublishFailed as exc:
-        raise SnapshotError("publish_failed", str(exc)) from exc
+        raise SnapshotError(exc.reason, str(exc)) from exc
     log.info(
         "snapshot %s of %s.%s: %d rows in %d chunks at %s (%.1f s)",
         snapshot_id,

@@ -18,6 +18,7 @@ from tests.e2e.conftest import Service, stream_count, wait_for
 from tests.harness.postgres import Database
 
 TOKEN = "s3cret-admin-token"
+CONTROL_TOKEN = "s3cret-control-token"  # the services obey control requests carrying it
 PASSWORD = "hunter2-never-shown"  # trust auth ignores it; it must never be echoed
 
 
@@ -29,8 +30,9 @@ def start_stack(
     pg: Database, nats_url: str, services: Callable[..., Service], **admin: Any
 ) -> tuple[Service, Service, Service]:
     pg.execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY, v text)")
-    replicator = services("replicator", pg, nats_url, table="t").wait_healthy()
-    snapshotter = services("snapshotter", pg, nats_url, table="t").wait_healthy()
+    control = {"control_token": CONTROL_TOKEN}
+    replicator = services("replicator", pg, nats_url, table="t", **control).wait_healthy()
+    snapshotter = services("snapshotter", pg, nats_url, table="t", **control).wait_healthy()
     front = services(
         "admin",
         pg,
@@ -38,7 +40,7 @@ def start_stack(
         replicator_url=f"http://127.0.0.1:{replicator.port}",
         snapshotter_url=f"http://127.0.0.1:{snapshotter.port}",
         database_url=with_password(pg.url),
-        **admin,
+        **{**control, **admin},
     )
     wait_for(lambda: front.health() == 200, 30, "admin healthy", front)
     return replicator, snapshotter, front
@@ -151,8 +153,9 @@ def test_stream_management_with_and_without_the_token(
             == 404
         )
         for action in ("delete", "purge"):
-            refused = http.post(f"/streams/{action}", params={"stream": "CDC"}, headers=good)
-            assert refused.status_code == 409 and "force=true" in refused.json()["error"]
+            for stream in ("CDC", "INIT", "KV_schemas"):
+                refused = http.post(f"/streams/{action}", params={"stream": stream}, headers=good)
+                assert refused.status_code == 409 and "force=true" in refused.json()["error"]
         assert http.get("/streams/info", params={"stream": "CDC"}).status_code == 200
         forced = http.post(
             "/streams/purge", params={"stream": "INIT", "force": "true"}, headers=good
@@ -167,13 +170,13 @@ def test_health_turns_503_when_the_replicator_dies_and_200_after_restart(
     replicator, _, front = start_stack(pg, nats_url, services)
     replicator.kill()
     with api(front) as http:
-        down = http.get("/health")
-        assert down.status_code == 503
+        # Probes are shared by all callers and at most a second old (services/admin/probes.py)
+        down = wait_for(lambda: (r := http.get("/health")).status_code == 503 and r, 5, "503")
         assert down.json()["down"] == ["replicator"]
         assert down.json()["checks"]["replicator"] == "unreachable"
         assert http.get("/status").json()["status"] == "degraded"
         replicator.start().wait_healthy()
-        assert http.get("/health").status_code == 200
+        wait_for(lambda: http.get("/health").status_code == 200, 5, "200 again")
 
 
 def test_metrics_hold_every_service(
@@ -188,9 +191,9 @@ def test_metrics_hold_every_service(
         assert 'bridge_service_up{service="admin",target="snapshotter"} 1.0' in text
         assert text.count("# TYPE bridge_uptime_seconds gauge") == 1
         snapshotter.kill()
-        degraded = http.get("/metrics")
+        down = 'bridge_service_up{service="admin",target="snapshotter"} 0.0'
+        degraded = wait_for(lambda: down in (r := http.get("/metrics")).text and r, 5, down)
         assert degraded.status_code == 200
-        assert 'bridge_service_up{service="admin",target="snapshotter"} 0.0' in degraded.text
         assert 'service="snapshotter"' not in degraded.text.replace('target="snapshotter"', "")
 
 

@@ -109,7 +109,45 @@ def test_sigterm_drains_and_exits_0(
     assert slot_lag(pg) < 1_000_000
 
 
-def test_shutdown_over_nats_exits_0(
+def test_shutdown_over_nats_needs_the_control_token(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    """Anyone on the NATS account can publish to the control subject: without the token
+    (or with a wrong one) the request is answered with why, logged, and changes nothing."""
+    pg.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    token = "c0ntrol-s3cret"
+    replicator = services("replicator", pg, nats_url, table="t", control_token=token)
+    replicator.wait_healthy()
+
+    async def ask(headers: dict[str, str] | None) -> dict[str, Any]:
+        nc = await nats.connect(nats_url)
+        try:
+            for _ in range(50):
+                try:
+                    reply = await nc.request(
+                        "bridge.control.replicator.shutdown", b"", timeout=1, headers=headers
+                    )
+                    return dict(json.loads(reply.data))
+                except nats.errors.NoRespondersError:
+                    await asyncio.sleep(0.2)
+            raise AssertionError("no responder on the control subject")
+        finally:
+            await nc.close()
+
+    for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+        refused = asyncio.run(ask(headers))
+        assert refused == {"error": "missing or wrong control token", "reason": "unauthorized"}
+    assert replicator.health() == 200
+    assert "refused 1 control request(s) on bridge.control.replicator.shutdown" in (
+        replicator.output()
+    )
+    answer = asyncio.run(ask({"Authorization": f"Bearer {token}"}))
+    assert answer == {"status": "shutting down"}
+    assert replicator.wait(30) == 0
+    assert token not in replicator.output()
+
+
+def test_control_requests_are_refused_when_no_token_is_configured(
     pg: Database, nats_url: str, services: Callable[..., Service]
 ) -> None:
     pg.execute("CREATE TABLE t (id int PRIMARY KEY)")
@@ -128,8 +166,10 @@ def test_shutdown_over_nats_exits_0(
         finally:
             await nc.close()
 
-    assert asyncio.run(ask()) == {"status": "shutting down"}
-    assert replicator.wait(30) == 0
+    reply = asyncio.run(ask())
+    assert reply["reason"] == "unauthorized"
+    assert "control requests are disabled: set BRIDGE_CONTROL_TOKEN" in reply["error"]
+    assert replicator.health() == 200
 
 
 def test_a_first_start_held_up_by_an_open_transaction_says_so_and_still_stops(

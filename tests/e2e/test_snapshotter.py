@@ -208,9 +208,9 @@ def test_bad_requests_get_clear_errors_and_change_nothing(
         ("nope", b""): "table 'nope' is not configured here (configured: public.t)",
         ("t", b"{not json"): "the request body is not JSON",
         ("t", b"[1]"): "must be a JSON object",
-        ("t", b'{"chunk_size": 0}'): "chunk_size must be an integer from 1 to 10000",
-        ("t", b'{"chunk_size": 20000}'): "chunk_size must be an integer from 1 to 10000",
-        ("t", b'{"chunk": 5}'): "unknown options ['chunk']",
+        ("t", b'{"chunk_size": 0}'): "chunk_size: Input should be greater than or equal to 1",
+        ("t", b'{"chunk_size": 20000}'): "chunk_size: Input should be less than or equal to 1",
+        ("t", b'{"chunk": 5}'): "chunk: Extra inputs are not permitted",
     }
     for (table, body), message in cases.items():
         reply = request(nats_url, table, body)

@@ -58,3 +58,52 @@ def test_msg_id_is_unique_per_change_and_stable_across_replays() -> None:
     assert len(set(ids)) == 10_000
     assert subjects.change_msg_id(Lsn.parse("0/16B3748"), 7) == ids[7] == "0/16B3748:7"
     assert subjects.change_msg_id(Lsn.parse("0/16B3749"), 7) != ids[7]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "overlap"),
+    [
+        ("cdc.>", "cdc.users.insert", True),
+        ("cdc.>", "cdc", False),
+        (">", "bridge.snapshot.users", True),
+        ("*.*", "bridge.snapshot", True),
+        ("*.*", "bridge.snapshot.users", False),
+        ("bridge.*.users", "bridge.snapshot.>", True),
+        ("bridge.control.>", "bridge.snapshot.>", False),
+        ("$KV.schemas.>", "$KV.*.users", True),
+        ("$KV.other.>", "$KV.schemas.>", False),
+        ("orders.>", "cdc.>", False),
+        ("a.b", "a.b", True),
+        ("a.b", "a.c", False),
+        ("a.*", "a.b.c", False),
+    ],
+)
+def test_subjects_overlap(a: str, b: str, overlap: bool) -> None:
+    assert subjects.subjects_overlap(a, b) is overlap
+    assert subjects.subjects_overlap(b, a) is overlap
+
+
+tokens = st.sampled_from(["a", "b", "*", ">"])
+
+
+@given(st.lists(tokens, min_size=1, max_size=4), st.lists(tokens, min_size=1, max_size=4))
+def test_subjects_overlap_agrees_with_matching_some_subject(a: list[str], b: list[str]) -> None:
+    """Brute force over the subjects of up to 5 tokens from {a, b, c}."""
+    if ">" in a[:-1] or ">" in b[:-1]:
+        return
+    from itertools import product
+
+    def matches(pattern: list[str], subject: tuple[str, ...]) -> bool:
+        for i, token in enumerate(pattern):
+            if token == ">":
+                return len(subject) > i
+            if i >= len(subject) or (token != "*" and token != subject[i]):
+                return False
+        return len(subject) == len(pattern)
+
+    some = any(
+        matches(a, s) and matches(b, s)
+        for n in range(1, 6)
+        for s in product("abc", repeat=n)
+    )
+    assert subjects.subjects_overlap(".".join(a), ".".join(b)) is some

@@ -1,0 +1,92 @@
+"""Control requests over NATS (`<control_prefix>.<service>.shutdown`) and who may make them.
+
+Anyone on the NATS account can publish to any subject its permissions allow, so a control
+request is obeyed only when it carries the control token (`Authorization: Bearer <token>` in
+its headers), compared in constant time, like the admin's HTTP twin of it. With no token
+configured, control requests are refused: a bridge nobody secured cannot be stopped by a
+stranger. A refusal is answered (the caller learns why) and logged, at most once per
+`_LOG_EVERY` seconds with the count in between, so a flood cannot flood the log too.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import SecretStr
+
+from shared.wire import to_json
+
+AUTHORIZATION = "Authorization"
+_LOG_EVERY = 10.0
+
+
+def control_subject(prefix: str, service: str, action: str = "shutdown") -> str:
+    return f"{prefix}.{service}.{action}"
+
+
+def request_headers(token: SecretStr | None) -> dict[str, str] | None:
+    """The headers a control request carries (the admin's, the tools')."""
+    if token is None or not token.get_secret_value():
+        return None
+    return {AUTHORIZATION: f"Bearer {token.get_secret_value()}"}
+
+
+def refusal(headers: dict[str, str] | None, token: SecretStr | None) -> str | None:
+    """Why a request with these headers may not control the service, or None."""
+    if token is None or not token.get_secret_value():
+        return (
+            "control requests are disabled: set BRIDGE_CONTROL_TOKEN on the services and the "
+            "admin, and send 'Authorization: Bearer <token>' as a header of the request"
+        )
+    given = (headers or {}).get(AUTHORIZATION, "")
+    given = given[7:] if given.startswith("Bearer ") else ""
+    expected = token.get_secret_value().encode()
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
+        return "missing or wrong control token"
+    return None
+
+
+class ControlEndpoint:
+    """The shutdown request handler of one service; `handle` is the subscription callback."""
+
+    def __init__(
+        self,
+        service: str,
+        token: SecretStr | None,
+        on_shutdown: Callable[[], None],
+        log: logging.Logger,
+    ) -> None:
+        self.service = service
+        self.token = token
+        self.on_shutdown = on_shutdown
+        self.log = log
+        self.refused = 0
+        self.refused_unlogged = 0
+        self.last_logged = -_LOG_EVERY
+
+    async def handle(self, msg: Any) -> None:
+        problem = refusal(msg.headers, self.token)
+        if problem is not None:
+            self._log_refusal(msg.subject, problem)
+            if msg.reply:
+                await msg.respond(to_json({"error": problem, "reason": "unauthorized"}))
+            return
+        self.log.info("shutdown requested on %s", msg.subject)
+        if msg.reply:
+            await msg.respond(to_json({"status": "shutting down"}))
+        self.on_shutdown()
+
+    def _log_refusal(self, subject: str, problem: str) -> None:
+        self.refused += 1
+        self.refused_unlogged += 1
+        now = time.monotonic()
+        if now - self.last_logged >= _LOG_EVERY:
+            self.log.warning(
+                "refused %d control request(s) on %s: %s", self.refused_unlogged, subject, problem
+            )
+            self.refused_unlogged = 0
+            self.last_logged = now
