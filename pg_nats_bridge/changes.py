@@ -27,7 +27,19 @@ class TableSchema:
     document: dict[str, Any] = field(compare=False, repr=False)
 
     @classmethod
-    def from_document(cls, document: dict[str, Any]) -> TableSchema:
+    def from_document(cls, document: Any) -> TableSchema:
+        """The schema a KV document describes; ValueError when it is not a schema document
+        (anyone on the NATS account can write the bucket)."""
+        columns = document.get("columns", ()) if isinstance(document, dict) else None
+        if (
+            not isinstance(document, dict)
+            or not isinstance(document.get("schema"), str)
+            or not isinstance(columns, list | tuple)
+            or not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in columns)
+            or not isinstance(document.get("primary_key") or [], list | tuple)
+            or not all(isinstance(k, str) for k in document.get("primary_key") or ())
+        ):
+            raise ValueError("not a schema document (schema, columns and primary_key expected)")
         return cls(
             table=str(document["schema"]),
             columns=tuple(c["name"] for c in document.get("columns", ())),

@@ -74,8 +74,28 @@ class _ChunksMissing(Exception):
     pass
 
 
-def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+class _NoSchemaDocument(Exception):
+    """The KV entry of a table is not a schema document (written by someone else): the
+    snapshotter replaces it within one poll, so it is read again after a pause."""
+
+
+class Undecodable(ValueError):
+    """A message that is not what the bridge publishes on its subject."""
+
+
+def _unpack(data: bytes | None) -> Any:
+    """MessagePack, or `Undecodable`: anyone on the NATS account can publish on the bridge's
+    subjects, and one foreign message must not stop a copy."""
+    try:
+        return msgpack.unpackb(data or b"", raw=False, strict_map_key=False)
+    except (
+        ValueError,
+        TypeError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+    ) as exc:
+        raise Undecodable(f"not MessagePack ({type(exc).__name__})") from None
 
 
 class TableFollower:
@@ -123,6 +143,7 @@ class TableFollower:
         self._schemas: dict[str, TableSchema] = {}
         self._revisions: dict[str, int] = {}
         self.pending = 0  # events the consumer holds beyond the last one delivered
+        self.skipped = 0  # messages on the bridge's subjects that were not its messages
         self.last_commit_time: str | None = None
         self._consumer_name = ""
 
@@ -190,7 +211,7 @@ class TableFollower:
             except _Rebootstrap as exc:
                 log.warning("re-bootstrapping %s: %s", ", ".join(self.tables), exc)
                 self._stored = None
-            except (TimeoutError, nats.errors.Error, _ChunksMissing) as exc:
+            except (TimeoutError, nats.errors.Error, _ChunksMissing, _NoSchemaDocument) as exc:
                 attempt += 1
                 delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
                 log.warning(
@@ -241,8 +262,15 @@ class TableFollower:
                 f"no schema document for {table} in KV bucket {self.kv_bucket}: is the "
                 "snapshotter running with this table in BRIDGE_TABLE?"
             ) from None
-        assert entry.value is not None and entry.revision is not None
-        schema = TableSchema.from_document(_unpack(entry.value))
+        assert entry.revision is not None
+        try:
+            schema = TableSchema.from_document(_unpack(entry.value))
+        except ValueError as exc:
+            self.skip(f"KV {self.kv_bucket}", entry.key, entry.revision, str(exc))
+            raise _NoSchemaDocument(
+                f"the KV entry of {table} (revision {entry.revision}) is not a schema "
+                "document; waiting for the snapshotter to replace it"
+            ) from None
         if not schema.primary_key and schema.replica_identity not in ("full", "default"):
             raise FollowError(
                 f"{table} has no primary key and replica identity {schema.replica_identity}: "
@@ -271,11 +299,16 @@ class TableFollower:
             first = await self.js.get_msg(self.cdc_stream, seq=info.state.first_seq)
         except NotFoundError:
             return None
-        meta = _unpack(last.data or b"")
-        event = _unpack(first.data or b"")
-        oldest = event.get("commit_lsn") or event.get("lsn")
-        if not oldest or Lsn.parse(oldest) >= Lsn.parse(meta["lsn"]):
-            return None  # the stream may have lost events after the snapshot
+        try:
+            meta = _unpack(last.data)
+            event = _unpack(first.data)
+            oldest = event.get("commit_lsn") or event.get("lsn")
+            if not oldest or Lsn.parse(oldest) >= Lsn.parse(meta["lsn"]):
+                return None  # the stream may have lost events after the snapshot
+            int(meta["batch_count"]), str(meta["snapshot_id"])  # a meta of the bridge's
+        except (Undecodable, AttributeError, KeyError, TypeError, ValueError):
+            # Either message is not the bridge's: nothing proves the snapshot reusable.
+            return None
         return meta, info.state.first_seq
 
     async def _request_snapshot(self, table: str) -> dict[str, Any]:
@@ -304,7 +337,13 @@ class TableFollower:
                         continue
                     if msg.headers and msg.headers.get("Status") == "503":
                         break  # no responders: no snapshotter is running (yet)
-                    reply = json.loads(msg.data)
+                    try:
+                        reply = json.loads(msg.data)
+                        if not isinstance(reply, dict):
+                            raise ValueError("not an object")
+                    except (ValueError, RecursionError) as exc:
+                        self.skip("snapshot reply", msg.subject, None, f"not JSON ({exc})")
+                        continue
                     if "error" not in reply:
                         return dict(reply)
                     if reply.get("reason") in _PERMANENT:
@@ -345,7 +384,16 @@ class TableFollower:
                         f"snapshot {meta['snapshot_id']} of {table}: chunk {expected} of "
                         f"{count} is not in stream {self.init_stream}"
                     ) from None
-                chunk = _unpack(msg.data)
+                try:
+                    chunk = _unpack(msg.data)
+                    if not isinstance(chunk, dict) or not isinstance(chunk.get("data"), list):
+                        raise Undecodable("not a snapshot chunk")
+                except Undecodable as exc:
+                    seq = msg.metadata.sequence.stream
+                    raise _ChunksMissing(
+                        f"snapshot {meta['snapshot_id']} of {table}: stream {self.init_stream} "
+                        f"sequence {seq} ({msg.subject}) is {exc}"
+                    ) from None
                 if chunk.get("chunk") != expected:
                     raise _ChunksMissing(
                         f"snapshot {meta['snapshot_id']} of {table}: chunk {chunk.get('chunk')} "
@@ -409,7 +457,12 @@ class TableFollower:
                         )
                     delivered = meta.sequence.consumer
                     self.pending = meta.num_pending
-                    item = self._change(msg.subject, meta.sequence.stream, msg.data)
+                    try:
+                        item = self._change(msg.subject, meta.sequence.stream, msg.data)
+                    except (Undecodable, KeyError, TypeError, ValueError, AttributeError) as exc:
+                        why = str(exc) if isinstance(exc, Undecodable) else "not a CDC event"
+                        self.skip(self.cdc_stream, msg.subject, meta.sequence.stream, why)
+                        item = None
                     self._seq = meta.sequence.stream
                     if item is not None:
                         yield item
@@ -442,11 +495,20 @@ class TableFollower:
                 continue
             assert entry.revision is not None
             self._revisions[table] = entry.revision
-            schema = TableSchema.from_document(_unpack(entry.value))
+            try:
+                schema = TableSchema.from_document(_unpack(entry.value))
+            except ValueError as exc:
+                self.skip(f"KV {self.kv_bucket}", entry.key, entry.revision, str(exc))
+                continue
             if schema != self._schemas.get(table):
                 self._schemas[table] = schema
                 changed.append(SchemaChanged(table, schema))
         return changed
+
+    def skip(self, where: str, subject: str | None, seq: int | None, why: str) -> None:
+        """One message the bridge did not publish: logged with where it is, counted."""
+        self.skipped += 1
+        log.warning("skipped %s sequence %s (%s): %s", where, seq, subject, why)
 
     def _change(self, subject: str, seq: int, data: bytes) -> Item | None:
         """The change one CDC event asks for, or None when the snapshot already holds it."""

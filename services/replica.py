@@ -79,12 +79,14 @@ class Progress:
             committed = datetime.fromisoformat(follower.last_commit_time.replace("Z", "+00:00"))
             lag_seconds = max(0.0, (datetime.now(UTC) - committed).total_seconds())
         log.info(
-            "applied %d changes (%.0f/s), CDC sequence %d, lag %d events, %.1f s",
+            "applied %d changes (%.0f/s), CDC sequence %d, lag %d events, %.1f s, "
+            "%d foreign messages skipped",
             self.applied,
             rate,
             follower.state["seq"],
             follower.pending,
             lag_seconds,
+            follower.skipped,
         )
         self.last, self.applied_at_last = now, self.applied
 
@@ -141,9 +143,13 @@ async def run_replica(
                 progress.following(follower)
             if stopping.is_set():  # between two items: what was applied commits below
                 break
-        log.info("stopped; the copy is committed")
         return 0
     finally:
+        log.info(
+            "stopped; the copy is committed: %d changes applied, %d foreign messages skipped",
+            progress.applied,
+            follower.skipped,
+        )
         # Whatever stopped us (SIGTERM, an error), the applied changes and their position
         # commit together; during a bootstrap the file holds no position and starts over.
         copy.commit(follower.state if bootstrapped else None)
@@ -201,7 +207,6 @@ def replica(args: Sequence[str]) -> int:
                 stopping,
             )
         except asyncio.CancelledError:
-            log.info("stopped; the copy is committed")
             return 0
 
     try:

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from nats.js.api import DeliverPolicy
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
@@ -53,13 +54,24 @@ def _token(table: str) -> str:
 
 
 def format_event(event: dict[str, Any]) -> str:
+    """One event as a console line; every value escaped, so that nothing in a row (or in a
+    message someone else published) is read as console markup."""
+    if not isinstance(event, dict):
+        raise TypeError("not a CDC event")
     if "operation" not in event:  # a logical decoding message
-        return f"[cyan]message[/] {event.get('prefix')}: {event.get('content')!r}"
+        return f"[cyan]message[/] {escape(str(event.get('prefix')))}: " + escape(
+            repr(event.get("content"))
+        )
+    if not all(
+        isinstance(event.get(k), str) for k in ("operation", "schema", "table", "commit_lsn")
+    ):
+        raise TypeError("not a CDC event")
     op = event["operation"]
-    when = event.get("commit_time", "")[11:23]
+    when = str(event.get("commit_time", ""))[11:23]
     head = (
-        f"[dim]{when} {event.get('commit_lsn', '')}[/] [{COLORS.get(op, 'white')}]{op:<8}[/] "
-        f"[bold]{event['schema']}.{event['table']}[/]"
+        f"[dim]{escape(when)} {escape(str(event.get('commit_lsn', '')))}[/] "
+        f"[{COLORS.get(op, 'white')}]{escape(op):<8}[/] "
+        f"[bold]{escape(event['schema'])}.{escape(event['table'])}[/]"
     )
     parts = []
     if event.get("old"):
@@ -68,7 +80,7 @@ def format_event(event: dict[str, Any]) -> str:
         parts.append(f"data={event['data']}")
     if event.get("unchanged"):
         parts.append(f"unchanged={event['unchanged']}")
-    return head + " " + " ".join(parts)
+    return head + " " + escape(" ".join(parts))
 
 
 def tail(args: Sequence[str]) -> int:
@@ -91,12 +103,28 @@ def tail(args: Sequence[str]) -> int:
                 f"[dim]following {subject} on {settings.cdc_stream} "
                 f"({'from the start' if own.from_start else 'from now'}); Ctrl-C stops[/]"
             )
-            seen = 0
+            seen = skipped = 0
             async for msg in sub.messages:
-                console.print(format_event(unpack(msg.data)), soft_wrap=True)
+                try:
+                    line = format_event(unpack(msg.data))
+                except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                    # Anyone on the account can publish on cdc.>: one foreign message is
+                    # shown as such, never the end of the tail.
+                    skipped += 1
+                    why = "not MessagePack" if isinstance(exc, ValueError) else "not a CDC event"
+                    seq = msg.metadata.sequence.stream
+                    console.print(
+                        f"[yellow]skipped[/] {settings.cdc_stream} sequence {seq} "
+                        f"({escape(msg.subject)}): {why}",
+                        soft_wrap=True,
+                    )
+                    continue
+                console.print(line, soft_wrap=True)
                 seen += 1
                 if own.count and seen >= own.count:
                     break
+            if skipped:
+                console.print(f"[dim]{skipped} foreign message(s) skipped[/]")
             return 0
         finally:
             await nc.close()

@@ -28,7 +28,7 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from services.admin.http_protocol import BoundedH11Protocol
+from services.admin.http_protocol import BoundedH11Protocol, LimitHeaders
 from services.admin.metrics_merge import merge, values
 from services.admin.probes import SharedProbe
 from services.admin.settings import AdminSettings
@@ -167,6 +167,7 @@ class AdminState:
             async with await postgres.connect_async(
                 self.settings.database_dsn(),
                 connect_timeout=max(1, int(self.settings.probe_timeout_seconds)),
+                application_name="bridge-admin",
             ) as conn:
                 await conn.execute("SELECT 1")
             return "ok"
@@ -219,6 +220,7 @@ def create_app(settings: AdminSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.admin = state
+    app.add_middleware(LimitHeaders)
     auth = require_token(state)
 
     @app.exception_handler(Error)
@@ -239,8 +241,9 @@ def create_app(settings: AdminSettings) -> FastAPI:
         # 10058: the stream exists with another configuration; 10065: subjects overlap
         if exc.err_code in (10058, 10065) or exc.code == 409:
             code = 409
-        elif exc.code == 400:
-            code = 400  # JetStream refused what was asked (e.g. subjects it reserves)
+        elif exc.code == 400 or exc.err_code == 10052:
+            code = 400  # JetStream refused what was asked (10052: an invalid configuration,
+            # e.g. subjects over its own API), though it reports some of them as a 500
         else:
             code = 502
         return JSONResponse({"error": f"JetStream: {exc.description}"}, status_code=code)

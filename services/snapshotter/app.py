@@ -117,6 +117,9 @@ class Snapshotter:
             await self.nc.close()
 
     async def _watch_schemas(self) -> None:
+        """Publish schema documents as the catalog changes. Only PostgreSQL's failures make
+        the snapshotter report PostgreSQL down; what NATS refuses or holds (a crafted KV
+        value, a missing bucket) is the watcher's to log and retry per table."""
         assert self.js is not None
         while True:
             try:
@@ -130,7 +133,7 @@ class Snapshotter:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.db_ok = False
+                self.db_ok = not isinstance(exc, psycopg.Error)
                 if isinstance(exc, MissingTableError) or (
                     isinstance(exc, psycopg.Error) and pg_errors.is_permanent(exc)
                 ):

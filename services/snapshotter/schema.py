@@ -105,15 +105,32 @@ async def read_schema(
 
 
 def _fingerprint(columns: Any) -> str:
-    return hashlib.sha256(json.dumps(columns, sort_keys=True).encode()).hexdigest()[:16]
+    text = json.dumps(columns, sort_keys=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _decoded(value: bytes | None) -> Any:
-    """A stored document, or None when there is none or it is not MessagePack (an earlier
-    version wrote JSON): then it is replaced."""
+def stored_fingerprint(value: bytes | None) -> str | None:
+    """The fingerprint of a stored document, or None when there is none or it is not one
+    (not MessagePack, as an earlier version's JSON, or a value anyone on the NATS account
+    wrote): then it is replaced. Nothing in it is trusted: a crafted value stopped the
+    publishing of every table's schema."""
     try:
-        return unpack(value) if value else None
-    except ValueError:
+        stored = unpack(value) if value else None
+    except (ValueError, TypeError):  # msgpack's errors are ValueErrors
+        return None
+    if not isinstance(stored, dict):
+        return None
+    identity = {k: stored.get(k) for k in ("columns", "primary_key", "replica_identity")}
+    if not (
+        isinstance(identity["columns"], list)
+        and all(isinstance(c, dict) for c in identity["columns"])
+        and isinstance(identity["primary_key"], list)
+        and isinstance(identity["replica_identity"], str)
+    ):
+        return None
+    try:
+        return _fingerprint(identity)
+    except (TypeError, ValueError):  # bytes, NaN or the like inside: not a document of ours
         return None
 
 
@@ -135,14 +152,15 @@ async def publish_schema(
             entry: Any = await kv.get(key)
         except KeyNotFoundError:
             entry = None
-        stored = _decoded(entry.value) if entry is not None else None
-        if (
-            isinstance(stored, dict)
-            and _fingerprint(
-                {k: stored.get(k) for k in ("columns", "primary_key", "replica_identity")}
+        stored = stored_fingerprint(entry.value) if entry is not None else None
+        if entry is not None and stored is None and entry.value:
+            log.warning(
+                "KV %s key %s (revision %d) is not a schema document; replacing it",
+                kv_bucket,
+                key,
+                entry.revision,
             )
-            == doc.fingerprint
-        ):
+        if stored == doc.fingerprint:
             if not announce_current:
                 return False
             revision, payload, changed = entry.revision, entry.value, False
@@ -191,8 +209,13 @@ class SchemaWatcher:
         self.published: dict[tuple[str, str], str] = {}
         self.oids: dict[int, int] = {}  # index in `tables` -> pg_class OID
         self.dropped: set[int] = set()
+        self.failures = 0  # publishes that failed on the NATS side
 
     async def check(self, conn: psycopg.AsyncConnection[Any], js: JetStreamContext) -> int:
+        """Compare each table's document with the catalog and with what KV holds, every poll:
+        a purged or overwritten entry comes back within one poll, changed or not. A failure
+        on the NATS side is one table's, logged, and the others go on; PostgreSQL's errors
+        are the caller's."""
         changed = 0
         for index in range(len(self.tables)):
             if not await self._follow(conn, index):
@@ -200,10 +223,20 @@ class SchemaWatcher:
             schema, table = self.tables[index]
             doc = await read_schema(conn, schema, table, self.publication)
             known = self.published.get((schema, table))
-            if known != doc.fingerprint:
+            try:
                 if await publish_schema(js, self.kv_bucket, doc, announce_current=known is None):
                     changed += 1
-                self.published[(schema, table)] = doc.fingerprint
+            except Exception as exc:
+                self.failures += 1
+                log.warning(
+                    "schema of %s.%s not published: %s: %s; retrying at the next poll",
+                    schema,
+                    table,
+                    type(exc).__name__,
+                    str(exc)[:200],
+                )
+                continue
+            self.published[(schema, table)] = doc.fingerprint
         return changed
 
     async def _follow(self, conn: psycopg.AsyncConnection[Any], index: int) -> bool:

@@ -71,6 +71,7 @@ def test_every_bad_body_of_a_burst_is_answered() -> None:
 def test_a_table_not_configured_is_refused_by_name() -> None:
     (reply,) = ask_all([b""], subject="bridge.snapshot.pg_catalog~pg_authid")
     assert reply["reason"] == "unknown_table"
-    assert "'pg_catalog~pg_authid' is not configured here (configured: public.users)" in (
-        reply["error"]
+    assert (
+        "'pg_catalog~pg_authid' is not configured here (configured: public.users)"
+        in (reply["error"])
     )

@@ -102,8 +102,6 @@ def test_subjects_overlap_agrees_with_matching_some_subject(a: list[str], b: lis
         return len(subject) == len(pattern)
 
     some = any(
-        matches(a, s) and matches(b, s)
-        for n in range(1, 6)
-        for s in product("abc", repeat=n)
+        matches(a, s) and matches(b, s) for n in range(1, 6) for s in product("abc", repeat=n)
     )
     assert subjects.subjects_overlap(".".join(a), ".".join(b)) is some
