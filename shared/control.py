@@ -59,8 +59,10 @@ class ControlEndpoint:
         token: SecretStr | None,
         on_shutdown: Callable[[], None],
         log: logging.Logger,
+        on_refused: Callable[[], None] = lambda: None,
     ) -> None:
         self.service = service
+        self.on_refused = on_refused
         self.token = token
         self.on_shutdown = on_shutdown
         self.log = log
@@ -81,6 +83,7 @@ class ControlEndpoint:
         self.on_shutdown()
 
     def _log_refusal(self, subject: str, problem: str) -> None:
+        self.on_refused()
         self.refused += 1
         self.refused_unlogged += 1
         now = time.monotonic()

@@ -15,7 +15,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client
@@ -47,8 +47,48 @@ class _QuietSslEof(logging.Filter):
 logging.getLogger("asyncio").addFilter(_QuietSslEof())
 
 
-def servers(settings: BridgeSettings) -> list[str]:
+def _urls(settings: BridgeSettings) -> list[str]:
     return [part.strip() for part in settings.nats_url.split(",") if part.strip()]
+
+
+def _without_userinfo(url: str) -> tuple[str, str | None, str | None]:
+    """The URL without its `user:password@` or `token@`, and those, URL-decoded (nats-py
+    would send them as written: `p%40ss` for the password `p@ss`)."""
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    if "@" not in parts.netloc:
+        return url, None, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    return (
+        urlunsplit(parts._replace(netloc=hostport)),
+        unquote(user),
+        unquote(password) if colon else None,
+    )
+
+
+def servers(settings: BridgeSettings) -> list[str]:
+    """The server URLs as nats-py gets them: credentials go as options (`auth_options`)."""
+    return [_without_userinfo(url)[0] for url in _urls(settings)]
+
+
+def url_credentials(settings: BridgeSettings) -> dict[str, str]:
+    """nats-py's options for the credentials in the URL(s): `user:password@` or `token@`,
+    decoded. Several URLs are one cluster with one user: differing credentials are refused."""
+    found = {
+        (user, password)
+        for user, password in (_without_userinfo(url)[1:] for url in _urls(settings))
+        if user is not None
+    }
+    if not found:
+        return {}
+    if len(found) > 1:
+        raise NatsRefused(
+            "the URLs in BRIDGE_NATS_URL carry different credentials; give them once, in each "
+            "URL alike or as BRIDGE_NATS_USER/_PASSWORD or _TOKEN"
+        )
+    ((user, password),) = found
+    assert user is not None
+    return {"token": user} if password is None else {"user": user, "password": password}
 
 
 def shown_servers(settings: BridgeSettings) -> str:
@@ -94,7 +134,7 @@ def auth_options(settings: BridgeSettings) -> dict[str, Any]:
     if settings.nats_user:
         password = settings.nats_password.get_secret_value() if settings.nats_password else ""
         return {"user": settings.nats_user, "password": password}
-    return {}
+    return url_credentials(settings)
 
 
 def broker_security(settings: BridgeSettings) -> Any:

@@ -48,3 +48,8 @@ oversized_rows = Counter(
 status_updates = Counter(
     "bridge_status_updates_sent", "Standby status updates sent to PostgreSQL", registry=REGISTRY
 )
+control_refused = Counter(
+    "bridge_control_requests_refused",
+    "Control requests over NATS refused (no or a wrong control token)",
+    registry=REGISTRY,
+)

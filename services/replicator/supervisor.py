@@ -112,7 +112,11 @@ class Replicator:
         """Serve `<control_prefix>.replicator.shutdown` over NATS (while NATS is reachable)."""
         subject = control_subject(self.settings.control_prefix, "replicator")
         endpoint = ControlEndpoint(
-            "replicator", self.settings.control_token, self.request_stop, log
+            "replicator",
+            self.settings.control_token,
+            self.request_stop,
+            log,
+            on_refused=metrics.control_refused.inc,
         )
 
         async def serve_control() -> None:

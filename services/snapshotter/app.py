@@ -91,7 +91,11 @@ class Snapshotter:
         await self.nc.subscribe(
             control_subject(self.settings.control_prefix, "snapshotter"),
             cb=ControlEndpoint(
-                "snapshotter", self.settings.control_token, self.on_shutdown_request, log
+                "snapshotter",
+                self.settings.control_token,
+                self.on_shutdown_request,
+                log,
+                on_refused=metrics.control_refused.inc,
             ).handle,
         )
         self.tasks.append(asyncio.create_task(self._watch_schemas()))

@@ -35,3 +35,13 @@ schemas = Counter(
     "Schema documents published to KV and INIT",
     registry=REGISTRY,
 )
+foreign_values = Counter(
+    "bridge_schema_foreign_values",
+    "KV values in the schemas bucket that were not schema documents, replaced",
+    registry=REGISTRY,
+)
+control_refused = Counter(
+    "bridge_control_requests_refused",
+    "Control requests over NATS refused (no or a wrong control token)",
+    registry=REGISTRY,
+)

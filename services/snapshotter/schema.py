@@ -154,6 +154,7 @@ async def publish_schema(
             entry = None
         stored = stored_fingerprint(entry.value) if entry is not None else None
         if entry is not None and stored is None and entry.value:
+            metrics.foreign_values.inc()
             log.warning(
                 "KV %s key %s (revision %d) is not a schema document; replacing it",
                 kv_bucket,

@@ -317,6 +317,8 @@ def test_crafted_kv_values_and_a_purged_bucket_do_not_stop_schema_publishing(
     health = httpx.get(f"http://127.0.0.1:{stack['snapshotter'].port}/health").json()
     assert health["postgres"] is True, health
     assert "is not a schema document; replacing it" in stack["snapshotter"].output()
+    replaced = stack["snapshotter"].metrics()
+    assert f"bridge_schema_foreign_values_total {float(len(crafted))}" in replaced, replaced
 
     asyncio.run(kv("purge"))
     wait_for(is_document, 10, "the document back after a purge", stack["snapshotter"])
@@ -457,6 +459,7 @@ def test_stream_management_cannot_break_the_bridge(
         for service in ("replicator", "snapshotter"):
             for _ in range(20):
                 assert asyncio.run(ask(service))["reason"] == "unauthorized"
+            assert "bridge_control_requests_refused_total 20.0" in stack[service].metrics()
         all_healthy(stack)
     reply = asyncio.run(_requests(nats_url, [("bridge.snapshot.t", b"")], timeout=60))[0]
     assert "snapshot_id" in reply, reply
