@@ -48,6 +48,13 @@ class TableSchema:
             document=document,
         )
 
+    @property
+    def row_filter(self) -> str | None:
+        """The publication's row filter: the table's copy holds only the rows it admits (an
+        UPDATE that moves a row out arrives as a Delete, one that moves it in as an Insert)."""
+        value = self.document.get("row_filter")
+        return value if isinstance(value, str) else None
+
     def types(self) -> dict[str, str]:
         """Column name → PostgreSQL data type, as information_schema names it."""
         return {c["name"]: c["data_type"] for c in self.document.get("columns", ())}

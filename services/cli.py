@@ -160,8 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         # Each error without its input: a URL given as input may hold a password.
         for error in exc.errors(include_input=False, include_url=False):
-            where = ".".join(map(str, error["loc"])) or "settings"
-            print(f"bridge {command}: invalid setting {where}: {error['msg']}", file=sys.stderr)
+            message = error["msg"].removeprefix("Value error, ")
+            where = ".".join(map(str, error["loc"])).removeprefix("settings")
+            if where:
+                print(f"bridge {command}: invalid setting {where}: {message}", file=sys.stderr)
+            else:  # a check across settings: its message names them
+                print(f"bridge {command}: invalid settings: {message}", file=sys.stderr)
         return 2
     except SettingsError as exc:
         print(f"bridge {command}: invalid settings: {exc}", file=sys.stderr)

@@ -43,7 +43,8 @@ from pg_nats_bridge.names import parse_table_name
 from pg_nats_bridge.sqlite import stored_value
 from services.copy_lock import CopyInUse, lock_copy
 from services.replica import copy_arguments
-from services.snapshotter.snapshot import describe_table, export_snapshot
+from services.snapshotter.columns import PINNED_SEARCH_PATH
+from services.snapshotter.snapshot import copy_query, describe_table, export_snapshot
 from services.tools import split_settings
 from shared import postgres
 from shared.codec import RowCodec
@@ -88,13 +89,14 @@ def read_source(
 ) -> SourceTable:
     """The table under the transaction's snapshot, values as the bridge encodes them."""
     schema, name = parse_table_name(table)
-    names, oids, key = asyncio.run(_describe(dsn, schema, name, publication))
+    names, oids, key, row_filter = asyncio.run(_describe(dsn, schema, name, publication))
     codec = RowCodec(names, oids, mode)
     source = SourceTable(table, names, key)
     positions = [source.columns.index(k) for k in key]
-    query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(
-        sql.SQL(", ").join(map(sql.Identifier, source.columns)), sql.Identifier(schema, name)
-    )
+    # The published columns and rows only, as the snapshotter reads them (the row filter
+    # evaluated by PostgreSQL under the search path it was deparsed with).
+    conn.execute(PINNED_SEARCH_PATH)
+    query = copy_query(sql.Identifier(schema, name), names, [], row_filter)
     for data in postgres.copy_out(conn, query):
         decoded = codec.decode_values(split_line(bytes(data)))
         values = tuple(stored_value(decoded[c]) for c in source.columns)
@@ -109,7 +111,7 @@ def read_source(
 
 async def _describe(
     dsn: str, schema: str, name: str, publication: str
-) -> tuple[list[str], list[int], list[str]]:
+) -> tuple[list[str], list[int], list[str], str | None]:
     """Columns, type OIDs and key as the snapshotter describes the table; the catalog does
     not depend on the snapshot, so a second connection reads it."""
     async with await postgres.connect_async(dsn, autocommit=True) as conn:
@@ -229,7 +231,7 @@ def verify_once(
 
     TRUNCATE and a rewriting ALTER TABLE are not MVCC-safe: a transaction whose snapshot
     predates one sees the table empty once it has committed. So the tables are locked (ACCESS
-    SHARE, which both wait for) before the snapshot is read, and one that committed between the
+    SHARE, which both wait for) before they are read, and one that committed between the
     export and the lock (their storage changed meanwhile) makes this comparison void:
     PostgreSQL's side would show the table empty at an LSN where the copy, rightly, still has
     its rows."""
@@ -247,12 +249,16 @@ def verify_once(
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
             with conn.transaction():
-                conn.execute(
-                    sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
-                        sql.SQL(", ").join(sql.Identifier(*parse_table_name(t)) for t in tables)
-                    )
-                )
                 conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+                # ACCESS SHARE on each table and its partitions, as the snapshotter takes it: by
+                # a query, which needs only the published columns' SELECT (LOCK TABLE needs
+                # SELECT on the whole table).
+                for t in tables:
+                    conn.execute(
+                        sql.SQL("SELECT FROM {} LIMIT 0").format(
+                            sql.Identifier(*parse_table_name(t))
+                        )
+                    )
                 repl.close()  # the transaction holds the snapshot now; no slot holds WAL
                 after = storage(catalog, tables)
                 rewritten = [t for t in tables if after[t] != before[t]]

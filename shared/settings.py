@@ -18,20 +18,24 @@ from pydantic_settings import BaseSettings, CliApp, NoDecode, SettingsConfigDict
 from shared.codec import ValueMode
 from shared.postgres import SSL_MODES, check_database_url
 from shared.redact import secrets_in_file, secrets_in_url
+from shared.tables import TableName, TableNameError, split_column_list
 
 CommaList = Annotated[list[str], NoDecode]
 
 
 def split_list(text: str) -> list[str]:
-    """Split on commas outside double quotes: `a,"b,c",d` is three names (PostgreSQL quoting,
-    so a table name may hold a comma)."""
+    """Split on commas outside double quotes and parentheses: `a,"b,c",d` is three names
+    (PostgreSQL quoting, so a table name may hold a comma), `people(id,name),orders` two."""
     parts: list[str] = []
     current: list[str] = []
     quoted = False
+    depth = 0  # inside a column list: `people(id,name)` is one entry
     for char in text:
         if char == '"':
             quoted = not quoted
-        if char == "," and not quoted:
+        elif not quoted and char in "()":
+            depth += 1 if char == "(" else -1
+        if char == "," and not quoted and depth <= 0:
             parts.append("".join(current))
             current = []
         else:
@@ -106,7 +110,14 @@ class BridgeSettings(BaseSettings):
     )
     table: CommaList = Field(
         default_factory=list,
-        description="Tables of interest, comma-separated; `schema.table`, or `table` for public",
+        description="Tables of interest, comma-separated; `schema.table`, or `table` for public; "
+        "`people(id,name)` publishes only those columns (PostgreSQL 15+, the bridge's own "
+        "publication)",
+    )
+    row_filter: dict[str, str] = Field(
+        default_factory=dict,
+        description="Row filters of the bridge's own publication (PostgreSQL 15+), JSON: "
+        """`{"orders": "region = 'eu'"}` publishes only the rows the SQL condition admits""",
     )
     slot: str = Field("bridge_slot", description="Logical replication slot name")
     publication: str = Field("bridge_pub", description="Publication name")
@@ -168,8 +179,49 @@ class BridgeSettings(BaseSettings):
     )
 
     _database_password: str | None = PrivateAttr(None)
+    _column_lists: dict[str, tuple[str, ...]] = PrivateAttr(default_factory=dict)
 
     _split_table = field_validator("table", "stream", mode="before")(_split_commas)
+
+    @model_validator(mode="after")
+    def _publication_parts(self) -> Self:
+        """`--table` entries with a column list keep only the name (everything else uses
+        names); the lists, and the row filters, must name configured tables."""
+        names = []
+        for entry in self.table:
+            try:
+                name, columns = split_column_list(entry)
+                TableName.parse(name)
+            except TableNameError as exc:
+                raise ValueError(f"--table (BRIDGE_TABLE): {exc}") from None
+            names.append(name)
+            if columns is not None:
+                self._column_lists[str(TableName.parse(name))] = columns
+        self.table = names
+        configured = {str(TableName.parse(n)) for n in names}
+        for key, condition in self.row_filter.items():
+            try:
+                known = str(TableName.parse(key)) in configured
+            except TableNameError:
+                known = False
+            if not known:
+                raise ValueError(
+                    f"--row-filter (BRIDGE_ROW_FILTER) names {key!r}, which is not in --table"
+                )
+            if not condition.strip():
+                raise ValueError(f"--row-filter for {key!r} is empty")
+        return self
+
+    def published_parts(self) -> dict[TableName, tuple[tuple[str, ...] | None, str | None]]:
+        """Per configured table with either, its column list and row filter (the bridge's own
+        publication is created with them)."""
+        filters = {TableName.parse(k): v.strip() for k, v in self.row_filter.items()}
+        out: dict[TableName, tuple[tuple[str, ...] | None, str | None]] = {}
+        for name in map(TableName.parse, self.table):
+            columns = self._column_lists.get(str(name))
+            if columns is not None or name in filters:
+                out[name] = (columns, filters.get(name))
+        return out
 
     @field_validator("database_url")
     @classmethod

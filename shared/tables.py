@@ -38,3 +38,56 @@ class TableName:
 
     def ident(self) -> sql.Identifier:
         return sql.Identifier(self.schema, self.name)
+
+
+def split_column_list(text: str) -> tuple[str, tuple[str, ...] | None]:
+    """`people(id, name)` → (`people`, (`id`, `name`)); a name without a list → (name, None).
+    Column names follow PostgreSQL's identifier rules (unquoted ones fold to lower case)."""
+    text = text.strip()
+    if not text.endswith(")"):
+        return text, None
+    quoted = False
+    for i, char in enumerate(text):
+        if char == '"':
+            quoted = not quoted
+        elif char == "(" and not quoted:
+            name, inner = text[:i].strip(), text[i + 1 : -1]
+            break
+    else:
+        return text, None
+    columns = []
+    for part in _split_outside_quotes(inner):
+        part = part.strip()
+        if not part or part == '""':
+            raise TableNameError(f"{text!r}: an empty column name")
+        if len(part) >= 2 and part[0] == part[-1] == '"':
+            column = part[1:-1].replace('""', '"')
+        elif part and '"' not in part and not any(c.isspace() for c in part):
+            column = part.lower()
+        else:
+            raise TableNameError(
+                f"{text!r}: {part!r} is not a column name (double-quote names with spaces, "
+                "commas or capitals)"
+            )
+        columns.append(column)
+    if not columns:
+        raise TableNameError(f"{text!r}: an empty column list")
+    if len(set(columns)) != len(columns):
+        raise TableNameError(f"{text!r}: a column is listed twice")
+    return name, tuple(columns)
+
+
+def _split_outside_quotes(text: str) -> list[str]:
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        if char == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts

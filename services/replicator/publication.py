@@ -9,13 +9,22 @@ Two rules make changes arrive as the contract says (DESIGN §2):
   be published, and the snapshotter leaves them out too).
 
 A publication the bridge created carries a comment saying so; it follows `--table` (tables
-added and removed) and its options are kept as above. Any other publication belongs to its
-operator: the bridge never alters it, uses it when it already publishes every configured table
-correctly, and otherwise stops saying what to run.
+added and removed, column lists as in `people(id,name)`) and `--row-filter`, and its options
+are kept as above. Any other publication belongs to its operator: the bridge never alters it,
+uses it when it already publishes every configured table correctly, and otherwise stops saying
+what to run. Either way its column lists and row filters are the contract: the snapshotter
+reads only what it publishes (services/snapshotter/columns.py).
+
+A row filter (or column list) on a table whose UPDATEs and DELETEs are published must use only
+columns of the replica identity; PostgreSQL checks it only when an UPDATE or DELETE runs, and
+then refuses the application's statement. So the bridge asks PostgreSQL's own check (EXPLAIN of
+an UPDATE and a DELETE that touch nothing) when it sets them, and refuses a configuration that
+would break the operator's writes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -28,6 +37,12 @@ from shared.tables import TableName
 log = logging.getLogger(__name__)
 
 MANAGED_COMMENT = "managed by pg-nats-bridge: its tables follow the bridge's --table setting"
+# The comment of a managed publication with column lists or row filters ends with them, as
+# configured (JSON), so that a change of the settings is noticed without comparing SQL texts.
+_PARTS_MARK = "\nparts: "
+
+# Column list and row filter of one table, as configured (None: every column, every row).
+Parts = tuple[tuple[str, ...] | None, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +52,7 @@ class Publication:
     stored_generated: bool  # publish_generated_columns = stored (PostgreSQL 18+)
     managed: bool
     members: frozenset[TableName]
+    parts: str = ""  # a managed publication's configured column lists and row filters
 
 
 def wanted_options(server_version: int) -> dict[str, str]:
@@ -81,13 +97,76 @@ def read_publication(conn: psycopg.Connection, name: str) -> Publication | None:
         " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE s.pnpubid = %s",
         (oid, oid),
     ).fetchall()
+    managed = comment == MANAGED_COMMENT or comment.startswith(MANAGED_COMMENT + _PARTS_MARK)
     return Publication(
         all_tables=all_tables,
         via_root=via_root,
         stored_generated=stored_generated,
-        managed=comment == MANAGED_COMMENT,
+        managed=managed,
         members=frozenset(TableName(s, n) for s, n in members),
+        parts=comment.partition(_PARTS_MARK)[2] if managed else "",
     )
+
+
+def _parts_json(parts: dict[TableName, Parts]) -> str:
+    return json.dumps(
+        {str(t): [list(c) if c else None, f] for t, (c, f) in sorted(parts.items(), key=str)},
+        sort_keys=True,
+    )
+
+
+def _member_sql(table: TableName, parts: dict[TableName, Parts]) -> sql.Composable:
+    """`t`, `t (a, b)`, `t WHERE (condition)`: one table of FOR TABLE / SET TABLE.
+
+    The condition is the operator's own SQL (`--row-filter`), given to PostgreSQL as written:
+    it parses and checks it (row filters admit only simple expressions over the table's
+    columns), and a statement sent this way cannot carry a second one."""
+    columns, row_filter = parts.get(table, (None, None))
+    out: list[sql.Composable] = [table.ident()]
+    if columns:
+        out.append(sql.SQL("({})").format(sql.SQL(", ").join(map(sql.Identifier, columns))))
+    if row_filter:
+        out.append(sql.SQL("WHERE ({})").format(sql.SQL(row_filter)))  # type: ignore[arg-type]
+    return sql.SQL(" ").join(out)
+
+
+def _comment_sql(name: str, parts: dict[TableName, Parts]) -> sql.Composed:
+    comment = MANAGED_COMMENT + (_PARTS_MARK + _parts_json(parts) if parts else "")
+    return sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(
+        sql.Identifier(name), sql.Literal(comment)
+    )
+
+
+def check_replica_identity(conn: psycopg.Connection, tables: list[TableName]) -> None:
+    """PostgreSQL's own check that UPDATE and DELETE on each table still work under the
+    publication's column lists and row filters (EXPLAIN runs it, touching nothing)."""
+    for table in tables:
+        row = conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
+            " AND NOT attisdropped AND attgenerated = '' ORDER BY attnum LIMIT 1",
+            (table.ident().as_string(conn),),
+        ).fetchone()
+        statements = [sql.SQL("EXPLAIN DELETE FROM {} WHERE false").format(table.ident())]
+        if row is not None:
+            column = sql.Identifier(row[0])
+            statements.append(
+                sql.SQL("EXPLAIN UPDATE {} SET {} = {} WHERE false").format(
+                    table.ident(), column, column
+                )
+            )
+        for statement in statements:
+            try:
+                with conn.transaction():
+                    conn.execute(statement)
+            except psycopg.errors.InvalidColumnReference as exc:
+                detail = exc.diag.message_detail or ""
+                raise PermanentError(
+                    f"the publication's column list or row filter of {table} would make "
+                    f"PostgreSQL refuse every UPDATE and DELETE on it ({str(exc).splitlines()[0]}"
+                    f": {detail}); filter on and list the replica identity's columns (its "
+                    f"primary key), or run ALTER TABLE {table.ident().as_string(conn)} REPLICA "
+                    "IDENTITY FULL"
+                ) from None
 
 
 def _privilege_error(
@@ -113,39 +192,63 @@ def ensure_publication(
     name: str,
     tables: list[TableName],
     partitioned: frozenset[TableName] = frozenset(),
+    parts: dict[TableName, Parts] | None = None,
 ) -> None:
     """Make `name` publish exactly `tables` as the contract needs, or say why it cannot.
-    `partitioned` names the configured tables that are partitioned."""
+    `partitioned` names the configured tables that are partitioned; `parts` their column
+    lists and row filters, for a publication the bridge manages."""
+    parts = parts or {}
     current = read_publication(conn, name)
     options = wanted_options(conn.info.server_version)
+    if parts and conn.info.server_version < 150000:
+        raise PermanentError(
+            "column lists (--table 'people(id,name)') and row filters (--row-filter) need "
+            f"PostgreSQL 15 or later; this server is {conn.info.server_version // 10000}"
+        )
     try:
         if current is None:
-            _create(conn, name, tables, options)
+            _create(conn, name, tables, options, parts)
         elif current.managed:
-            _follow_settings(conn, name, tables, current, options)
+            _follow_settings(conn, name, tables, current, options, parts)
         else:
+            if parts:
+                log.warning(
+                    "publication %s was not created by the bridge, which leaves it alone: the "
+                    "column lists and row filters configured here are not applied (the "
+                    "publication's own are)",
+                    name,
+                )
             _check_operator_publication(name, tables, partitioned, current)
     except psycopg.errors.InsufficientPrivilege as exc:
         raise _privilege_error(conn, name, tables, exc) from exc
 
 
 def _create(
-    conn: psycopg.Connection, name: str, tables: list[TableName], options: dict[str, str]
+    conn: psycopg.Connection,
+    name: str,
+    tables: list[TableName],
+    options: dict[str, str],
+    parts: dict[TableName, Parts],
 ) -> None:
     with conn.transaction():
         conn.execute(
             sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH ({})").format(
                 sql.Identifier(name),
-                sql.SQL(", ").join(t.ident() for t in tables),
+                sql.SQL(", ").join(_member_sql(t, parts) for t in tables),
                 _options_sql(options),
             )
         )
-        conn.execute(
-            sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(
-                sql.Identifier(name), sql.Literal(MANAGED_COMMENT)
-            )
-        )
+        conn.execute(_comment_sql(name, parts))
+        check_replica_identity(conn, list(parts))
     log.info("created publication %s for %s", name, ", ".join(map(str, tables)))
+    for table, (columns, row_filter) in parts.items():
+        log.info(
+            "publication %s publishes of %s: %s, %s",
+            name,
+            table,
+            f"columns {', '.join(columns)}" if columns else "every column",
+            f"rows where {row_filter}" if row_filter else "every row",
+        )
 
 
 def _follow_settings(
@@ -154,6 +257,7 @@ def _follow_settings(
     tables: list[TableName],
     current: Publication,
     options: dict[str, str],
+    parts: dict[TableName, Parts],
 ) -> None:
     ident = sql.Identifier(name)
     if not current.via_root or (
@@ -178,6 +282,33 @@ def _follow_settings(
     for table in sorted(current.members - wanted, key=str):
         conn.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(ident, table.ident()))
         log.warning("removed %s from publication %s: it is no longer in --table", table, name)
+    wanted_parts = _parts_json(parts) if parts else ""
+    if wanted_parts == current.parts:
+        return
+    with conn.transaction():
+        conn.execute(
+            sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(
+                ident, sql.SQL(", ").join(_member_sql(t, parts) for t in tables)
+            )
+        )
+        conn.execute(_comment_sql(name, parts))
+        check_replica_identity(conn, list(parts))
+    before = json.loads(current.parts) if current.parts else {}
+    after = json.loads(wanted_parts) if wanted_parts else {}
+    for table in sorted(set(before) | set(after)):
+        was, now = before.get(table, [None, None]), after.get(table, [None, None])
+        if was != now:
+            log.warning(
+                "publication %s now publishes of %s: %s, %s (was %s, %s); the snapshotter "
+                "republishes its schema document: consumers take a new snapshot of it to hold "
+                "exactly what is published now",
+                name,
+                table,
+                f"columns {', '.join(now[0])}" if now[0] else "every column",
+                f"rows where {now[1]}" if now[1] else "every row",
+                f"columns {', '.join(was[0])}" if was[0] else "every column",
+                f"rows where {was[1]}" if was[1] else "every row",
+            )
 
 
 def _check_operator_publication(

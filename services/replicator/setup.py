@@ -12,7 +12,7 @@ from psycopg import sql
 
 from services.replicator import failover
 from services.replicator.errors import PermanentError, TransientError, is_permanent
-from services.replicator.publication import ensure_publication
+from services.replicator.publication import Parts, ensure_publication
 from shared import postgres, slot_waits, subjects
 from shared.lsn import Lsn
 from shared.pg_cancel import QueryCanceller
@@ -179,6 +179,7 @@ def prepare(
     known_oids: dict[TableName, int] | None = None,
     failover_slot: bool = False,
     canceller: QueryCanceller | None = None,
+    parts: dict[TableName, Parts] | None = None,
 ) -> SlotState:
     """All start-up checks and setup, in order. Connection failures are transient. At the
     first start (`create_slot`), what keeps the slot from surviving a failover is said."""
@@ -194,9 +195,15 @@ def prepare(
             else contextlib.nullcontext(),
         ):
             check_server(conn)
+            configured = parsed
             parsed = follow_renames(conn, parsed, {} if known_oids is None else known_oids)
+            renamed_parts = {
+                now: (parts or {})[was]
+                for was, now in zip(configured, parsed, strict=True)
+                if was in (parts or {})
+            }
             partitioned = check_tables(conn, parsed, replica_identity_full)
-            ensure_publication(conn, publication, parsed, partitioned)
+            ensure_publication(conn, publication, parsed, partitioned, renamed_parts)
             state = ensure_slot(conn, slot, create_slot, failover_slot, database_url)
             for problem in failover.missing_standby_slots(conn):
                 log.warning("failover: %s", problem)

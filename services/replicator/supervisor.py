@@ -184,6 +184,7 @@ class Replicator:
                     known_oids=self.table_oids,
                     failover_slot=s.failover_slot,
                     canceller=self.setup_canceller,
+                    parts=s.published_parts(),
                 )
                 first = False
                 published_before = _published()

@@ -1,9 +1,17 @@
-"""The columns of a table that its CDC events carry: snapshots and schema documents list
-exactly these, so that snapshot + CDC rebuilds the table (DESIGN §2).
+"""What the publication publishes of a table: the columns its CDC events carry and the rows
+its row filter admits. Snapshots and schema documents hold exactly these, so that snapshot +
+CDC rebuilds what is published and nothing the operator kept out leaves by another path.
 
-pgoutput never sends a virtual generated column, sends stored generated columns only on
-PostgreSQL 18 with the publication's `publish_generated_columns = stored` (which the bridge
-sets on its own publication), and before 18 sends no generated column at all.
+Columns: a publication's column list (PostgreSQL 15+) names them; without one, every column
+but generated ones: pgoutput never sends a virtual generated column, sends stored generated
+columns only on PostgreSQL 18 with `publish_generated_columns = stored` (which the bridge sets
+on its own publication), and before 18 sends no generated column at all.
+
+Rows: the publication's row filter (PostgreSQL 15+) is read back as PostgreSQL deparses it
+(`pg_get_expr`) and evaluated by PostgreSQL in the snapshot's own transaction, as PostgreSQL's
+own initial table synchronisation does; it is never re-implemented. It is deparsed and
+evaluated with `search_path` set to `pg_catalog` (`PINNED_SEARCH_PATH`), so the text names
+everything it uses unambiguously whatever the session's settings.
 """
 
 from __future__ import annotations
@@ -17,10 +25,20 @@ from psycopg import sql
 from shared.codec.domains import BASE_TYPES_QUERY, oids_to_resolve, with_base_types
 
 _ATTRIBUTES = (
-    "SELECT a.attname, a.atttypid::int, a.attgenerated::text FROM pg_attribute a"
+    "SELECT a.attname, a.atttypid::int, a.attgenerated::text, a.attnum::int FROM pg_attribute a"
     " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped"
     " ORDER BY a.attnum"
 )
+
+# The table's column list and row filter in the publication (PostgreSQL 15+), when it is a
+# member by name (FOR ALL TABLES and FOR TABLES IN SCHEMA publish every column and row).
+_PUBLISHED_PART = (
+    "SELECT r.prattrs::int2[], pg_get_expr(r.prqual, r.prrelid) FROM pg_publication_rel r"
+    " JOIN pg_publication p ON p.oid = r.prpubid"
+    " WHERE p.pubname = %s AND r.prrelid = %s::regclass"
+)
+
+PINNED_SEARCH_PATH = "SELECT set_config('search_path', 'pg_catalog, pg_temp', true)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,15 +57,52 @@ async def publishes_stored_generated(conn: psycopg.AsyncConnection[Any], publica
     return True if row is None else bool(row[0])  # none yet: the replicator creates it so
 
 
-async def published_columns(
+@dataclass(frozen=True, slots=True)
+class PublishedPart:
+    """A table's column list (attribute numbers) and row filter; None: all of them."""
+
+    attnums: frozenset[int] | None = None
+    row_filter: str | None = None
+
+
+async def published_part(
     conn: psycopg.AsyncConnection[Any], schema: str, table: str, publication: str
+) -> PublishedPart:
+    """The publication's column list and row filter of the table. The filter is deparsed in
+    a transaction with the pinned search path (see the module's docstring)."""
+    if conn.info.server_version < 150000:
+        return PublishedPart()
+    async with conn.transaction():
+        await conn.execute(PINNED_SEARCH_PATH)
+        cur = await conn.execute(
+            _PUBLISHED_PART, (publication, sql.Identifier(schema, table).as_string(conn))
+        )
+        row = await cur.fetchone()
+    if row is None:
+        return PublishedPart()
+    attnums, row_filter = row
+    return PublishedPart(frozenset(attnums) if attnums is not None else None, row_filter)
+
+
+async def published_columns(
+    conn: psycopg.AsyncConnection[Any],
+    schema: str,
+    table: str,
+    publication: str,
+    part: PublishedPart | None = None,
 ) -> Columns:
+    if part is None:
+        part = await published_part(conn, schema, table, publication)
     stored = await publishes_stored_generated(conn, publication)
     cur = await conn.execute(_ATTRIBUTES, (sql.Identifier(schema, table).as_string(conn),))
     rows = [
         (name, oid)
-        for name, oid, generated in await cur.fetchall()
-        if generated == "" or (generated == "s" and stored)
+        for name, oid, generated, attnum in await cur.fetchall()
+        if (
+            attnum in part.attnums
+            if part.attnums is not None
+            else generated == "" or (generated == "s" and stored)
+        )
     ]
     oids = [oid for _, oid in rows]
     lookup = oids_to_resolve(oids)

@@ -24,7 +24,7 @@ from psycopg import sql
 
 from pg_nats_bridge.names import kv_key
 from services.snapshotter import metrics
-from services.snapshotter.columns import published_columns
+from services.snapshotter.columns import published_columns, published_part
 from shared import subjects
 from shared.tables import TABLE_NAME_QUERY, TABLE_OID_QUERY
 from shared.wire import pack, unpack
@@ -57,6 +57,7 @@ class SchemaDocument:
     columns: tuple[dict[str, Any], ...]
     primary_key: tuple[str, ...] = ()
     replica_identity: str = "default"
+    row_filter: str | None = None  # the publication's, as PostgreSQL deparses it
 
     @property
     def fingerprint(self) -> str:
@@ -64,11 +65,14 @@ class SchemaDocument:
 
     def _identity(self) -> dict[str, Any]:
         """What a consumer rebuilds the table from: a change to any of it is announced."""
-        return {
+        identity: dict[str, Any] = {
             "columns": list(self.columns),
             "primary_key": list(self.primary_key),
             "replica_identity": self.replica_identity,
         }
+        if self.row_filter is not None:
+            identity["row_filter"] = self.row_filter
+        return identity
 
     def encode(self) -> bytes:
         """The document as MessagePack, like every INIT message and KV value (DESIGN §2)."""
@@ -85,7 +89,8 @@ class SchemaDocument:
 async def read_schema(
     conn: psycopg.AsyncConnection[Any], schema: str, table: str, publication: str
 ) -> SchemaDocument:
-    published = set((await published_columns(conn, schema, table, publication)).names)
+    part = await published_part(conn, schema, table, publication)
+    published = set((await published_columns(conn, schema, table, publication, part)).names)
     cur = await conn.execute(_COLUMNS, (schema, table))
     columns = tuple(
         {
@@ -101,7 +106,7 @@ async def read_schema(
     cur = await conn.execute(_IDENTITY, (sql.Identifier(schema, table).as_string(conn),))
     row = await cur.fetchone()
     key, identity = (list(row[0] or []), _IDENTITIES.get(row[1], "default")) if row else ([], "")
-    return SchemaDocument(schema, table, columns, tuple(key), identity)
+    return SchemaDocument(schema, table, columns, tuple(key), identity, part.row_filter)
 
 
 def _fingerprint(columns: Any) -> str:
@@ -121,6 +126,8 @@ def stored_fingerprint(value: bytes | None) -> str | None:
     if not isinstance(stored, dict):
         return None
     identity = {k: stored.get(k) for k in ("columns", "primary_key", "replica_identity")}
+    if "row_filter" in stored:
+        identity["row_filter"] = stored["row_filter"]
     if not (
         isinstance(identity["columns"], list)
         and all(isinstance(c, dict) for c in identity["columns"])
@@ -194,6 +201,38 @@ async def publish_schema(
     return changed
 
 
+def _log_publication_change(old: SchemaDocument, new: SchemaDocument) -> None:
+    """What the publication (or the table) now makes consumers see, and what they must do:
+    a copy keeps what it loaded until it takes a new snapshot."""
+    was = [c["name"] for c in old.columns]
+    now = [c["name"] for c in new.columns]
+    gone, added = [c for c in was if c not in now], [c for c in now if c not in was]
+    if gone or added:
+        log.warning(
+            "%s.%s: published columns now %s (%s%s); copies hold the old columns until they "
+            "take a new snapshot (bridge snapshot %s.%s)",
+            new.schema,
+            new.table,
+            ", ".join(now),
+            f"removed {', '.join(gone)}" if gone else "",
+            (", " if gone and added else "") + (f"added {', '.join(added)}" if added else ""),
+            new.schema,
+            new.table,
+        )
+    if old.row_filter != new.row_filter:
+        log.warning(
+            "%s.%s: the publication's row filter is now %s (was %s); CDC follows it from now "
+            "on, and copies hold the rows the old one admitted until they take a new snapshot "
+            "(bridge snapshot %s.%s)",
+            new.schema,
+            new.table,
+            new.row_filter or "none (every row)",
+            old.row_filter or "none (every row)",
+            new.schema,
+            new.table,
+        )
+
+
 class MissingTableError(RuntimeError):
     """A configured table does not exist: the operator must fix --table."""
 
@@ -211,6 +250,7 @@ class SchemaWatcher:
         self.oids: dict[int, int] = {}  # index in `tables` -> pg_class OID
         self.dropped: set[int] = set()
         self.failures = 0  # publishes that failed on the NATS side
+        self.documents: dict[tuple[str, str], SchemaDocument] = {}
 
     async def check(self, conn: psycopg.AsyncConnection[Any], js: JetStreamContext) -> int:
         """Compare each table's document with the catalog and with what KV holds, every poll:
@@ -224,6 +264,10 @@ class SchemaWatcher:
             schema, table = self.tables[index]
             doc = await read_schema(conn, schema, table, self.publication)
             known = self.published.get((schema, table))
+            previous = self.documents.get((schema, table))
+            if previous is not None and previous.fingerprint != doc.fingerprint:
+                _log_publication_change(previous, doc)
+            self.documents[(schema, table)] = doc
             try:
                 if await publish_schema(js, self.kv_bucket, doc, announce_current=known is None):
                     changed += 1

@@ -42,7 +42,7 @@ import msgpack
 import psycopg
 from psycopg import sql
 
-from services.snapshotter.columns import published_columns
+from services.snapshotter.columns import PINNED_SEARCH_PATH, published_columns, published_part
 from services.snapshotter.copy_rows import CopyRowPacker
 from services.snapshotter.publishing import PipelinedPublisher, PublishFailed
 from shared import postgres, slot_waits, subjects
@@ -199,6 +199,7 @@ class _Columns:
     names: list[str]
     oids: list[int]
     key: list[str]
+    row_filter: str | None = None  # the publication's, as PostgreSQL deparses it
 
 
 @dataclass(frozen=True)
@@ -213,12 +214,21 @@ class _TableRead:
     canceller: QueryCanceller  # ends the read's wait for the lock, or its COPY, on a stop
 
 
-def _copy_query(table: sql.Identifier, columns: _Columns) -> sql.Composed:
-    order = sql.SQL(", ").join(map(sql.Identifier, columns.key))
-    return sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT").format(
-        sql.SQL(", ").join(map(sql.Identifier, columns.names)),
+def copy_query(
+    table: sql.Identifier, names: list[str], key: list[str], row_filter: str | None
+) -> sql.Composed:
+    """`COPY (SELECT <published columns> FROM t WHERE (<row filter>) ORDER BY <key>)`.
+
+    The row filter is the publication's own expression as PostgreSQL deparsed it from its
+    catalog (columns.py), not text from any request or setting, and it must be evaluated
+    under the search path it was deparsed with (`columns.PINNED_SEARCH_PATH`)."""
+    order = sql.SQL(", ").join(map(sql.Identifier, key))
+    where = sql.SQL(" WHERE ({})").format(sql.SQL(row_filter)) if row_filter else sql.SQL("")  # type: ignore[arg-type]
+    return sql.SQL("COPY (SELECT {} FROM {}{}{}) TO STDOUT").format(
+        sql.SQL(", ").join(map(sql.Identifier, names)),
         table,
-        sql.SQL(" ORDER BY {}").format(order) if columns.key else sql.SQL(""),
+        where,
+        sql.SQL(" ORDER BY {}").format(order) if key else sql.SQL(""),
     )
 
 
@@ -248,7 +258,8 @@ def _read_table(read: _TableRead, builder: _ChunkBuilder, emit: Callable[[Chunk]
             conn.execute(sql.SQL("SELECT FROM {} LIMIT 0").format(read.table))
             columns = read.locked()
             rows = CopyRowPacker(RowCodec(columns.names, columns.oids, read.mode))
-            query = _copy_query(read.table, columns)
+            conn.execute(PINNED_SEARCH_PATH)  # the row filter's, until the transaction ends
+            query = copy_query(read.table, columns.names, columns.key, columns.row_filter)
             for lines in postgres.copy_out_blocks(conn, query, _BLOCK_LINES):
                 for chunk in builder.add_many(rows.pack_block(lines), columns.key):
                     emit(chunk)
@@ -462,9 +473,11 @@ async def _storage(catalog: psycopg.AsyncConnection[Any], regclass: str) -> list
 
 async def describe_table(
     conn: psycopg.AsyncConnection[Any], schema: str, table: str, publication: str
-) -> tuple[list[str], list[int], list[str]]:
-    """The published columns (names, value-codec type OIDs) and the primary key."""
-    columns = await published_columns(conn, schema, table, publication)
+) -> tuple[list[str], list[int], list[str], str | None]:
+    """The published columns (names, value-codec type OIDs), the primary key and the
+    publication's row filter."""
+    part = await published_part(conn, schema, table, publication)
+    columns = await published_columns(conn, schema, table, publication, part)
     cur = await conn.execute(
         "SELECT a.attname FROM pg_index i"
         " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
@@ -473,7 +486,7 @@ async def describe_table(
         (sql.Identifier(schema, table).as_string(conn),),
     )
     key = [name for (name,) in await cur.fetchall()]
-    return columns.names, columns.type_oids, key
+    return columns.names, columns.type_oids, key, part.row_filter
 
 
 def _describe_row(row: dict[str, Any], key: list[str]) -> str:
