@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 import nats
 
+from pg_nats_bridge.changes import TableSchema
 from tests.e2e.conftest import BRIDGE, Service, stream_messages, wait_for
 from tests.e2e.test_permanent_errors import stopped_with
 from tests.e2e.test_snapshotter import init_messages, kv_get, request
@@ -81,6 +82,7 @@ def check_contract(
     assert doc is not None and [c["name"] for c in doc["columns"]] == people_columns
     orders_doc = kv_get(nats_url, "orders")
     assert orders_doc is not None and orders_doc["row_filter"] == "(region = 'eu'::text)"
+    assert TableSchema.from_document(orders_doc).row_filter == "(region = 'eu'::text)"
     schema_messages = init_messages(nats_url, "init.schema.people")
     last = msgpack.unpackb(schema_messages[-1][2])
     assert [c["name"] for c in last["columns"]] == people_columns
