@@ -28,6 +28,7 @@ import nats
 import psycopg
 
 from bench.replicator_drain import replicator_env, stream_count
+from pg_nats_bridge import contract
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer
 from tests.harness.processes import cpu_times
@@ -77,7 +78,7 @@ async def latencies(url: str, expected: int) -> list[float]:
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        sub = await js.subscribe("cdc.>", ordered_consumer=True)
+        sub = await js.subscribe(contract.cdc_filter(), ordered_consumer=True)
         out: list[float] = []
         while len(out) < expected:
             msg = await sub.next_msg(timeout=30)

@@ -24,6 +24,7 @@ import nats
 import nats.js.errors
 import psycopg
 
+from pg_nats_bridge import contract
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer
 from tests.harness.processes import cpu_times, free_port, peak_rss_mb
@@ -73,7 +74,7 @@ def stream_count(url: str) -> int:
     async def count() -> int:
         nc = await nats.connect(url)
         try:
-            return int((await nc.jetstream().stream_info("CDC")).state.messages)
+            return int((await nc.jetstream().stream_info(contract.CDC_STREAM)).state.messages)
         except Exception:
             return 0
         finally:
@@ -88,7 +89,7 @@ def delete_stream(url: str) -> None:
     async def delete() -> None:
         nc = await nats.connect(url)
         try:
-            await nc.jetstream().delete_stream("CDC")
+            await nc.jetstream().delete_stream(contract.CDC_STREAM)
         except nats.js.errors.NotFoundError:
             pass
         finally:

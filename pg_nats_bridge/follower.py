@@ -37,6 +37,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
+from pg_nats_bridge import contract
 from pg_nats_bridge.changes import (
     Bootstrapped,
     CaughtUp,
@@ -56,9 +57,6 @@ from pg_nats_bridge.lsn import Lsn
 from pg_nats_bridge.names import kv_key, parse_table_name, table_token
 
 log = logging.getLogger("pg_nats_bridge")
-
-# Snapshot replies that a later request may not get: anything else is retried.
-_PERMANENT = {"unknown_table", "bad_request", "init_stream_missing", "row_too_large"}
 
 
 class FollowError(RuntimeError):
@@ -113,10 +111,10 @@ class TableFollower:
         *,
         state: dict[str, Any] | None = None,
         durable: str | None = None,
-        cdc_stream: str = "CDC",
-        init_stream: str = "INIT",
-        kv_bucket: str = "schemas",
-        snapshot_subject: str = "bridge.snapshot",
+        cdc_stream: str = contract.CDC_STREAM,
+        init_stream: str = contract.INIT_STREAM,
+        kv_bucket: str = contract.KV_BUCKET,
+        snapshot_subject: str = contract.SNAPSHOT_PREFIX,
         chunk_size: int | None = None,
         reuse_snapshot: bool = True,
         snapshot_stall_seconds: float = 60.0,
@@ -292,7 +290,9 @@ class TableFollower:
     async def _reusable(self, table: str) -> tuple[dict[str, Any], int] | None:
         token = self.tokens[table]
         try:
-            last = await self.js.get_last_msg(self.init_stream, f"init.meta.{token}")
+            last = await self.js.get_last_msg(
+                self.init_stream, contract.meta_subject_of_token(token)
+            )
             info = await self.js.stream_info(self.cdc_stream)
             if not info.state.messages:
                 return None
@@ -324,11 +324,15 @@ class TableFollower:
             progress["at"] = time.monotonic()
 
         reply_sub = await self.nc.subscribe(inbox, cb=replies.put)
-        chunk_sub = await self.nc.subscribe(f"init.snap.{token}.*.*", cb=on_chunk)
+        chunk_sub = await self.nc.subscribe(contract.snapshot_chunks_filter(token), cb=on_chunk)
         waits = 0
         try:
             while True:
-                await self.nc.publish(f"{self.snapshot_subject}.{token}", body, reply=inbox)
+                await self.nc.publish(
+                    contract.snapshot_request_subject(token, self.snapshot_subject),
+                    body,
+                    reply=inbox,
+                )
                 progress["at"] = time.monotonic()
                 while time.monotonic() - progress["at"] < self.snapshot_stall_seconds:
                     try:
@@ -346,7 +350,7 @@ class TableFollower:
                         continue
                     if "error" not in reply:
                         return dict(reply)
-                    if reply.get("reason") in _PERMANENT:
+                    if reply.get("reason") in contract.PERMANENT_REFUSALS:
                         raise FollowError(f"snapshot of {table} refused: {reply['error']}")
                     log.warning("snapshot of %s failed: %s; asking again", table, reply["error"])
                     break
@@ -368,7 +372,7 @@ class TableFollower:
         count = int(meta["batch_count"])
         if not count:
             return
-        subject = f"init.snap.{self.tokens[table]}.{meta['snapshot_id']}.*"
+        subject = contract.snapshot_chunks_filter(self.tokens[table], meta["snapshot_id"])
         sub = await self.js.subscribe(
             subject,
             stream=self.init_stream,
@@ -406,8 +410,8 @@ class TableFollower:
     # -- CDC ---------------------------------------------------------------------------------
 
     async def _consumer(self) -> JetStreamContext.PullSubscription:
-        filters = [f"cdc.{tok}.*" for tok in self.tokens.values()]
-        filters += [f"cdc.~oversized.{tok}" for tok in self.tokens.values()]
+        filters = [contract.cdc_filter(tok) for tok in self.tokens.values()]
+        filters += [contract.oversized_subject(tok) for tok in self.tokens.values()]
         name = self._consumer_name = self.durable or f"pnb-{secrets.token_hex(6)}"
         config = ConsumerConfig(
             name=name,
@@ -514,7 +518,7 @@ class TableFollower:
         """The change one CDC event asks for, or None when the snapshot already holds it."""
         _, token, rest = subject.split(".", 2)
         event = _unpack(data)
-        if token == "~oversized":
+        if token == contract.OVERSIZED_TOKEN:
             table = self._by_token[rest]
             if Lsn.parse(event["commit_lsn"]) < self._lsns[table]:
                 return None

@@ -1,8 +1,4 @@
-"""`bridge`: the one console script. Each subcommand parses its settings and runs one thing.
-
-A subcommand exists here only once it works; the others in DESIGN §4 arrive with their
-services.
-"""
+"""`bridge`: the one console script. Each subcommand parses its settings and runs one thing."""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from pg_nats_bridge import (
     TableFollower,
     Truncate,
     Update,
+    contract,
 )
 from services.copy_lock import CopyInUse, lock_copy
 from services.tools import split_settings
@@ -41,7 +42,9 @@ def copy_arguments(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("tables", nargs="+", metavar="TABLE")
     parser.add_argument("--sqlite", required=True, type=Path, help="the SQLite file of the copy")
     parser.add_argument(
-        "--snapshot-subject", default="bridge.snapshot", help="the snapshotters' request subject"
+        "--snapshot-subject",
+        default=contract.SNAPSHOT_PREFIX,
+        help="the snapshotters' request subject",
     )
     return parser
 

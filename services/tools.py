@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from shared import subjects
+from pg_nats_bridge import contract
 from shared.nats_connection import connect
 from shared.settings import BridgeSettings, load_settings
 from shared.tables import TableName
@@ -50,7 +50,7 @@ def split_settings(
 
 def _token(table: str) -> str:
     name = TableName.parse(table)
-    return subjects.table_token(name.schema, name.name)
+    return contract.table_token(name.schema, name.name)
 
 
 def format_event(event: dict[str, Any]) -> str:
@@ -89,7 +89,7 @@ def tail(args: Sequence[str]) -> int:
     parser.add_argument("--from-start", action="store_true")
     parser.add_argument("--count", type=int, default=0, help="stop after this many events")
     own, settings = split_settings(args, parser, {"--from-start", "--count"})
-    subject = f"cdc.{_token(own.table)}.*" if own.table else "cdc.>"
+    subject = contract.cdc_filter(_token(own.table) if own.table else None)
 
     async def run() -> int:
         nc = await connect(settings, "bridge-tail", reconnect=True)
@@ -139,7 +139,7 @@ def snapshot(args: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="bridge snapshot")
     parser.add_argument("table")
     parser.add_argument("--chunk-size", type=int)
-    parser.add_argument("--prefix", default="bridge.snapshot")
+    parser.add_argument("--prefix", default=contract.SNAPSHOT_PREFIX)
     own, settings = split_settings(args, parser, {"--chunk-size", "--prefix"})
     token = _token(own.table)
     body = json.dumps({"chunk_size": own.chunk_size}).encode() if own.chunk_size else b""
@@ -159,7 +159,7 @@ def snapshot(args: Sequence[str]) -> int:
                         task, description=f"snapshot of {own.table}: {counts['chunks']} chunks"
                     )
 
-                sub = await nc.subscribe(f"init.snap.{token}.*.*", cb=on_chunk)
+                sub = await nc.subscribe(contract.snapshot_chunks_filter(token), cb=on_chunk)
                 reply = json.loads(
                     (await nc.request(f"{own.prefix}.{token}", body, timeout=3600)).data
                 )

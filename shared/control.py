@@ -24,10 +24,6 @@ AUTHORIZATION = "Authorization"
 _LOG_EVERY = 10.0
 
 
-def control_subject(prefix: str, service: str, action: str = "shutdown") -> str:
-    return f"{prefix}.{service}.{action}"
-
-
 def request_headers(token: SecretStr | None) -> dict[str, str] | None:
     """The headers a control request carries (the admin's, the tools')."""
     if token is None or not token.get_secret_value():

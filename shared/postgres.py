@@ -2,9 +2,9 @@
 
 Text output depends on session settings (DateStyle, IntervalStyle, extra_float_digits,
 TimeZone) that a server, database or role may set to anything; the wire contract promises the
-same values whatever they are (DESIGN §2). So every connection is opened here, with those four
-pinned through libpq's `options` (added to any options the URL already has), and no other code
-calls `psycopg.connect`.
+same values whatever they are (docs/wire-format.md, "Values"). So every connection is
+opened here, with those four pinned through libpq's `options` (added to any options the URL
+already has), and no other code calls `psycopg.connect`.
 
 The replication connection sits on psycopg's libpq layer: psycopg 3 has no replication API, but
 `psycopg.pq` exposes what libpq offers for COPY BOTH: a connection opened with

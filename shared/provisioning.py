@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig, StreamInfo
 from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 
+from pg_nats_bridge import contract
 from shared.settings import BridgeSettings
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class ProvisioningReport:
 def cdc_stream_config(settings: BridgeSettings) -> StreamConfig:
     return StreamConfig(
         name=settings.cdc_stream,
-        subjects=["cdc.>"],
+        subjects=[contract.cdc_filter()],
         storage=StorageType.FILE,
         max_age=settings.cdc_max_age_seconds,
         max_msgs=settings.cdc_max_msgs,
@@ -60,7 +61,7 @@ def cdc_stream_config(settings: BridgeSettings) -> StreamConfig:
 def init_stream_config(settings: BridgeSettings) -> StreamConfig:
     return StreamConfig(
         name=settings.init_stream,
-        subjects=["init.>"],
+        subjects=[f"{contract.INIT}.>"],
         storage=StorageType.FILE,
         max_age=settings.init_max_age_seconds,
         max_msgs=settings.init_max_msgs,

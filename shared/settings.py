@@ -15,6 +15,7 @@ from psycopg.conninfo import make_conninfo
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, NoDecode, SettingsConfigDict
 
+from pg_nats_bridge import contract
 from shared.codec import ValueMode
 from shared.postgres import SSL_MODES, check_database_url
 from shared.redact import secrets_in_file, secrets_in_url
@@ -122,19 +123,22 @@ class BridgeSettings(BaseSettings):
     slot: str = Field("bridge_slot", description="Logical replication slot name")
     publication: str = Field("bridge_pub", description="Publication name")
     stream: CommaList = Field(
-        default_factory=lambda: ["CDC", "INIT"],
+        default_factory=lambda: [contract.CDC_STREAM, contract.INIT_STREAM],
         description="JetStream stream names: CDC events, then snapshots and schemas",
     )
-    kv_bucket: str = Field("schemas", description="JetStream KV bucket holding table schemas")
+    kv_bucket: str = Field(
+        contract.KV_BUCKET, description="JetStream KV bucket holding table schemas"
+    )
     value_mode: ValueMode = Field(
         ValueMode.TYPED,
         description="`typed`: native numbers, booleans, bytes; `text`: PostgreSQL's text output",
     )
     snapshot_prefix: str = Field(
-        "bridge.snapshot", description="Snapshot requests arrive on <prefix>.<table>"
+        contract.SNAPSHOT_PREFIX, description="Snapshot requests arrive on <prefix>.<table>"
     )
     control_prefix: str = Field(
-        "bridge.control", description="NATS subject prefix of control requests (shutdown)"
+        contract.CONTROL_PREFIX,
+        description="NATS subject prefix of control requests (shutdown)",
     )
     control_token: SecretStr | None = Field(
         None,

@@ -1,4 +1,5 @@
-"""Fixtures: real PostgreSQL and nats-server for every test that asks (DESIGN §5).
+"""Fixtures: real PostgreSQL and nats-server for every test that asks (docs/architecture.md,
+"Testing").
 
 Servers start once per session and are torn down at its end, also when tests fail; each test
 gets its own database (`pg`) and an empty JetStream (`nats`). `BRIDGE_TEST_BACKEND=docker`

@@ -28,16 +28,16 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from pg_nats_bridge.contract import control_subject, reserved_subjects, subjects_overlap
 from services.admin.http_protocol import BoundedH11Protocol, LimitHeaders
 from services.admin.metrics_merge import merge, values
 from services.admin.probes import SharedProbe
 from services.admin.settings import AdminSettings
 from shared import postgres
-from shared.control import control_subject, request_headers
+from shared.control import request_headers
 from shared.lsn import Lsn
 from shared.nats_connection import NatsRefused, connect, shown_servers
 from shared.redact import redact
-from shared.subjects import subjects_overlap
 
 log = logging.getLogger("bridge.admin")
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -129,13 +129,7 @@ class AdminState:
         """Subjects the bridge publishes or serves: a stream over any of them would store
         (and answer with a PubAck) what is meant for the bridge or its consumers."""
         s = self.settings
-        return [
-            "cdc.>",
-            "init.>",
-            f"{s.snapshot_prefix}.>",
-            f"{s.control_prefix}.>",
-            f"$KV.{s.kv_bucket}.>",
-        ]
+        return reserved_subjects(s.snapshot_prefix, s.control_prefix, s.kv_bucket)
 
     def js(self) -> Any:
         if self.nc is None or not self.nc.is_connected:
@@ -427,7 +421,7 @@ def create_app(settings: AdminSettings) -> FastAPI:
             raise Error(503, "NATS is unreachable: the shutdown requests cannot be sent")
         answers = {}
         for service in ("replicator", "snapshotter"):
-            subject = control_subject(settings.control_prefix, service)
+            subject = control_subject(service, prefix=settings.control_prefix)
             try:
                 reply = await state.nc.request(
                     subject, b"", timeout=5, headers=request_headers(settings.control_token)

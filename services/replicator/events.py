@@ -13,21 +13,15 @@ from typing import Any, Literal
 
 import msgpack
 
+from pg_nats_bridge import contract
 from services.replicator import pgoutput as po
 from services.replicator.errors import OversizedRowError
 from services.replicator.protocol import parse_copy_data, pg_time_to_datetime
 from services.replicator.wire_reader import Reader
-from shared import subjects
 from shared.codec import RowCodec, ValueMode
 from shared.codec.domains import oids_to_resolve, with_base_types
 from shared.lsn import Lsn, lsn_from_u64, lsn_text
 from shared.wire import pack
-
-MESSAGE_TOKEN = "~message"
-"""`cdc.~message.<prefix>`: logical decoding messages. No table maps to a token starting
-with `~` followed by a non-hex letter, so this never collides with a table."""
-OVERSIZED_TOKEN = "~oversized"
-"""`cdc.~oversized.<table>`: the dead-letter marker of a row larger than max_payload."""
 
 TypeResolver = Callable[[list[int]], list[tuple[int, int]]]
 """Given type OIDs that may be domains, returns (oid, base type oid) pairs (a catalog query)."""
@@ -256,7 +250,7 @@ class EventBuilder:
         self.relations[rel.oid] = _RelationInfo(
             relation=rel,
             codec=RowCodec(names, with_base_types(oids, self._base_types.items()), self.mode),
-            token=subjects.table_token(rel.namespace, rel.name),
+            token=contract.table_token(rel.namespace, rel.name),
             key_columns=frozenset(c.name for c in rel.columns if c.is_key),
         )
 
@@ -269,7 +263,7 @@ class EventBuilder:
     def _subject(self, info: _RelationInfo, operation: str) -> bytes:
         subject = info.subjects.get(operation)
         if subject is None:
-            subject = f"{self.prefix}.{info.token}.{operation}".encode()
+            subject = contract.token_cdc_subject(info.token, operation, self.prefix).encode()
             info.subjects[operation] = subject
         return subject
 
@@ -398,10 +392,10 @@ class EventBuilder:
                 ordinal=ordinal,
                 commit_time=self._commit_time_text,
             )
-            msg_id = subjects.change_msg_id(lsn_from_u64(self._final_lsn), ordinal)
+            msg_id = contract.change_msg_id(lsn_from_u64(self._final_lsn), ordinal)
         else:
-            msg_id = f"message:{message.lsn}"
-        subject = f"{self.prefix}.{MESSAGE_TOKEN}.{subjects.escape_name(message.prefix or '_')}"
+            msg_id = contract.message_msg_id(message.lsn)
+        subject = contract.message_subject(contract.escape_name(message.prefix or "_"), self.prefix)
         out.append(Outgoing(subject.encode(), pack(event), msg_id.encode()))
 
     def _dead_letter(
@@ -416,7 +410,7 @@ class EventBuilder:
         """A row too large for NATS: stop, or publish its marker in its place (same Msg-Id,
         so a replay deduplicates it like the row)."""
         payload = self._oversized(info, event, size, key)
-        subject = f"{self.prefix}.{OVERSIZED_TOKEN}.{info.token}".encode()
+        subject = contract.oversized_subject(info.token, self.prefix).encode()
         out.append(Outgoing(subject, payload, msg_id))
 
     def _oversized(

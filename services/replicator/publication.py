@@ -1,6 +1,6 @@
 """The publication: which tables PostgreSQL decodes for the slot, and how.
 
-Two rules make changes arrive as the contract says (DESIGN §2):
+Two rules make changes arrive as the contract says (docs/wire-format.md):
 - `publish_via_partition_root = true`: a partitioned table streams as itself, whatever
   partition holds the row, partitions attached later included, and a row that moves partition
   is one UPDATE rather than a DELETE and an INSERT on two subjects.

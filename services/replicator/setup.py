@@ -10,10 +10,11 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from pg_nats_bridge import contract
 from services.replicator import failover
 from services.replicator.errors import PermanentError, TransientError, is_permanent
 from services.replicator.publication import Parts, ensure_publication
-from shared import postgres, slot_waits, subjects
+from shared import postgres, slot_waits
 from shared.lsn import Lsn
 from shared.pg_cancel import QueryCanceller
 from shared.tables import TABLE_NAME_QUERY, TABLE_OID_QUERY, TableName, TableNameError
@@ -153,7 +154,7 @@ def follow_renames(
                 "new name before the replicator is next started",
                 table,
                 renamed,
-                subjects.table_token(renamed.schema, renamed.name),
+                contract.table_token(renamed.schema, renamed.name),
             )
             current.append(renamed)
         else:

@@ -15,13 +15,14 @@ from typing import Any
 
 import psycopg
 
+from pg_nats_bridge.contract import control_subject
 from services.replicator import metrics
 from services.replicator.errors import PermanentError, TransientError, explain, is_permanent
 from services.replicator.pipeline import Pipeline
 from services.replicator.settings import ReplicatorSettings
 from services.replicator.setup import prepare
 from shared import postgres
-from shared.control import ControlEndpoint, control_subject
+from shared.control import ControlEndpoint
 from shared.http_endpoint import serve
 from shared.lsn import Lsn
 from shared.nats_connection import NatsRefused, NatsUnavailable, connect
@@ -110,7 +111,7 @@ class Replicator:
 
     def _control_loop(self) -> None:
         """Serve `<control_prefix>.replicator.shutdown` over NATS (while NATS is reachable)."""
-        subject = control_subject(self.settings.control_prefix, "replicator")
+        subject = control_subject("replicator", prefix=self.settings.control_prefix)
         endpoint = ControlEndpoint(
             "replicator",
             self.settings.control_token,

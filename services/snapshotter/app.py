@@ -20,14 +20,15 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
+from pg_nats_bridge import contract
 from services.snapshotter import metrics
 from services.snapshotter.publishing import PipelinedPublisher
 from services.snapshotter.requests import BadRequest, SnapshotRequest, decode_body, describe
 from services.snapshotter.schema import MissingTableError, SchemaWatcher
 from services.snapshotter.settings import SnapshotterSettings
 from services.snapshotter.snapshot import SnapshotError, SnapshotOptions, take_snapshot
-from shared import pg_errors, postgres, subjects
-from shared.control import ControlEndpoint, control_subject
+from shared import pg_errors, postgres
+from shared.control import ControlEndpoint
 from shared.http_endpoint import serve
 from shared.nats_connection import NatsRefused, broker_security, connect, servers
 from shared.provisioning import provision
@@ -62,7 +63,7 @@ class Snapshotter:
     def by_token(self) -> dict[str, tuple[str, str]]:
         """The configured tables by subject token, under their current names (a rename is
         followed by the schema watcher)."""
-        return {subjects.table_token(s, t): (s, t) for s, t in self.tables}
+        return {contract.table_token(s, t): (s, t) for s, t in self.tables}
 
     @property
     def database_url(self) -> str:
@@ -89,7 +90,7 @@ class Snapshotter:
         self.js = self.nc.jetstream()
         await provision(self.js, self.settings)
         await self.nc.subscribe(
-            control_subject(self.settings.control_prefix, "snapshotter"),
+            contract.control_subject("snapshotter", prefix=self.settings.control_prefix),
             cb=ControlEndpoint(
                 "snapshotter",
                 self.settings.control_token,
@@ -159,7 +160,7 @@ class Snapshotter:
     async def _snapshot_missing(self) -> None:
         assert self.js is not None
         for schema, table in self.tables:
-            subject = subjects.snapshot_meta_subject(schema, table)
+            subject = contract.snapshot_meta_subject(schema, table)
             try:
                 await self.js.get_last_msg(self.settings.init_stream, subject)
                 continue

@@ -26,8 +26,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
+from pg_nats_bridge.contract import subjects_overlap
 from shared.pub_acks import PubAckRefusal, refusal
-from shared.subjects import subjects_overlap
 
 log = logging.getLogger(__name__)
 

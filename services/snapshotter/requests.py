@@ -14,36 +14,25 @@ import json
 from typing import Any
 
 from faststream.nats import NatsMessage
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from services.snapshotter.settings import MAX_CHUNK_SIZE
+from pg_nats_bridge.contract import MAX_REQUEST_BYTES, SnapshotRequest
 
-# A request's body is `{"chunk_size": 10000}` at most; anything this long is not a request.
-MAX_BODY_BYTES = 4096
+__all__ = ["BadRequest", "SnapshotRequest", "decode_body", "describe"]
 
 
 class BadRequest(Exception):
     """A request body that is not a request; the message says what is wrong with it."""
 
 
-class SnapshotRequest(BaseModel):
-    """The options a request may carry; an empty body asks for the defaults."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    chunk_size: int | None = Field(
-        None, ge=1, le=MAX_CHUNK_SIZE, description="Rows per chunk (default: the setting)"
-    )
-
-
 async def decode_body(msg: NatsMessage) -> Any:
     """The body as JSON for the handler's model; `{}` when empty. Used as the subscriber's
     decoder, so FastStream's own (which fails in ways it does not answer) never runs."""
     body = msg.body
-    if len(body) > MAX_BODY_BYTES:
+    if len(body) > MAX_REQUEST_BYTES:
         raise BadRequest(
             f"the request body is {len(body)} bytes; a request is a JSON object of at most "
-            f"{MAX_BODY_BYTES} bytes"
+            f"{MAX_REQUEST_BYTES} bytes"
         )
     if not body.strip():
         return {}

@@ -1,5 +1,6 @@
-"""Table schema documents (DESIGN §2, INIT): read from the catalog, published to the KV bucket
-and to `init.schema.<table>`, again whenever the catalog shows a change.
+"""Table schema documents (docs/wire-format.md, "INIT stream"): read from the catalog,
+published to the KV bucket and to `init.schema.<table>`, again whenever the catalog shows a
+change.
 
 The KV entry is the current truth and the INIT message announces each new revision of it. The
 KV write is a compare-and-set on the entry's revision, and the INIT Msg-Id carries that
@@ -22,10 +23,10 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from psycopg import sql
 
+from pg_nats_bridge import contract
 from pg_nats_bridge.names import kv_key
 from services.snapshotter import metrics
 from services.snapshotter.columns import published_columns, published_part
-from shared import subjects
 from shared.tables import TABLE_NAME_QUERY, TABLE_OID_QUERY
 from shared.wire import pack, unpack
 
@@ -75,7 +76,7 @@ class SchemaDocument:
         return identity
 
     def encode(self) -> bytes:
-        """The document as MessagePack, like every INIT message and KV value (DESIGN §2)."""
+        """The document as MessagePack, like every INIT message and KV value."""
         return pack(
             {
                 **self._identity(),
@@ -182,11 +183,11 @@ async def publish_schema(
             break
         except KeyWrongLastSequenceError:
             continue  # another snapshotter wrote first: compare with what it wrote
-    token = subjects.table_token(doc.schema, doc.table)
+    token = contract.table_token(doc.schema, doc.table)
     await js.publish(
-        subjects.schema_subject(doc.schema, doc.table, prefix),
+        contract.schema_subject(doc.schema, doc.table, prefix),
         payload,
-        headers={"Nats-Msg-Id": f"schema:{token}:{revision}"},
+        headers={"Nats-Msg-Id": contract.schema_msg_id(token, revision)},
     )
     if changed:
         metrics.schemas.inc()

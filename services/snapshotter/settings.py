@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from pg_nats_bridge.contract import MAX_CHUNK_SIZE
 from shared.settings import BridgeSettings
-
-MAX_CHUNK_SIZE = 10_000
 
 
 class SnapshotterSettings(BridgeSettings):

@@ -42,10 +42,11 @@ import msgpack
 import psycopg
 from psycopg import sql
 
+from pg_nats_bridge import contract
 from services.snapshotter.columns import PINNED_SEARCH_PATH, published_columns, published_part
 from services.snapshotter.copy_rows import CopyRowPacker
 from services.snapshotter.publishing import PipelinedPublisher, PublishFailed
-from shared import postgres, slot_waits, subjects
+from shared import postgres, slot_waits
 from shared.codec import RowCodec, ValueMode
 from shared.lsn import Lsn
 from shared.pg_cancel import QueryCanceller, finish_thread, run_cancellable
@@ -341,8 +342,8 @@ async def take_snapshot(
     builder = _ChunkBuilder(options.chunk_size, max_payload)
 
     async def publish(chunk: Chunk) -> None:
-        subject = subjects.snapshot_chunk_subject(schema, table, snapshot_id, chunk.index, prefix)
-        msg_id = subjects.snapshot_msg_id(snapshot_id, schema, table, chunk.index)
+        subject = contract.snapshot_chunk_subject(schema, table, snapshot_id, chunk.index, prefix)
+        msg_id = contract.snapshot_msg_id(snapshot_id, schema, table, chunk.index)
         await publisher.publish(subject, chunk.payload, msg_id)
         on_rows(chunk.rows)
 
@@ -404,7 +405,9 @@ async def take_snapshot(
     }
     try:
         await publisher.publish(
-            subjects.snapshot_meta_subject(schema, table, prefix), pack(meta), f"{snapshot_id}:meta"
+            contract.snapshot_meta_subject(schema, table, prefix),
+            pack(meta),
+            contract.meta_msg_id(snapshot_id),
         )
         await publisher.wait_acked()
     except PublishFailed as exc:

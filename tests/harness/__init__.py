@@ -1,1 +1,2 @@
-"""Real servers for the tests (DESIGN §5): private PostgreSQL and nats-server instances."""
+"""Real servers for the tests (docs/architecture.md, "Testing"): private PostgreSQL and
+nats-server instances."""

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from pg_nats_bridge.contract import change_msg_id
 from services.replicator import pgoutput as po
 from services.replicator.protocol import (
     PrimaryKeepalive,
@@ -19,7 +20,6 @@ from services.replicator.protocol import (
 from shared.codec import UNCHANGED_TOAST, BinaryValue, RowCodec, ValueMode
 from shared.lsn import Lsn
 from shared.postgres import ReplicationConnection, pgoutput_options
-from shared.subjects import change_msg_id
 from tests.harness.postgres import Database
 from tests.integration import scenarios
 from tests.integration.capture import create_slot, decode_all, max_proto

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared import subjects
+from pg_nats_bridge import contract as subjects
 from shared.lsn import Lsn
 
 names = st.text(min_size=1, max_size=30).filter(lambda s: "\x00" not in s)
