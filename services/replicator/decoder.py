@@ -32,7 +32,6 @@ class Decoder(LoopActor):
         if isinstance(message, Frames) and not self.failure.failed:
             started = time.perf_counter()
             builder = self.builder
-            builder.last_commit_end = None
             out: list[Outgoing] = []
             for frame in message.frames:
                 builder.feed(frame, out)
@@ -41,5 +40,5 @@ class Decoder(LoopActor):
             if builder.oversized_count:
                 metrics.oversized_rows.inc(builder.oversized_count)
                 builder.oversized_count = 0
-            self.inbox.put(Publish(message.batch_no, out, message.cost, builder.last_commit_end))
+            self.inbox.put(Publish(message.batch_no, out))
         return None

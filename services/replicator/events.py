@@ -123,7 +123,6 @@ class EventBuilder:
         self._second = -1  # the second `_second_text` formats (commit times repeat it)
         self._second_text = ""
         self._ordinal = 0
-        self.last_commit_end: Lsn | None = None
 
     def _time_text(self, pg_us: int) -> str:
         """ISO 8601 UTC with microseconds; the date-and-second part is formatted once per
@@ -170,7 +169,6 @@ class EventBuilder:
         elif kind is po.Commit:
             assert isinstance(message, po.Commit)
             self._xid = None
-            self.last_commit_end = message.end_lsn
         elif kind is po.Relation:
             assert isinstance(message, po.Relation)
             self._relation(message)
@@ -197,9 +195,7 @@ class EventBuilder:
         if kind == _KIND_COMMIT:
             if size != _COMMIT_FRAME:
                 return False
-            end_lsn = _COMMIT_FIELDS.unpack_from(raw, _XLOG_HEADER + 1)[2]
             self._xid = None
-            self.last_commit_end = lsn_from_u64(end_lsn)
             return True
         name = _CHANGE_NAMES.get(kind)
         if name is None or size < _XLOG_HEADER + 6:

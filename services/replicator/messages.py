@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.replicator.events import Outgoing
-from shared.lsn import Lsn
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,8 +14,6 @@ class Frames:
 
     batch_no: int
     frames: list[bytes]
-    cost: int
-    """Budget spent reading them (bytes), given back when the batch is acknowledged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,18 +22,14 @@ class Publish:
 
     batch_no: int
     messages: list[Outgoing]
-    cost: int
-    confirm_lsn: Lsn | None
-    """End of the last transaction completed in this batch: safe to confirm once every
-    message of this and every earlier batch is acknowledged."""
 
 
 @dataclass(frozen=True, slots=True)
 class Acked:
-    """Publisher → reader: batch `batch_no` and all before it are stored in JetStream."""
+    """Publisher → reader: batch `batch_no` and all before it are stored in JetStream (the
+    reader's `Progress` turns that into a position to confirm)."""
 
     batch_no: int
-    confirm_lsn: Lsn | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,6 @@ class Pipeline:
         publisher = Publisher.start(
             s,
             s.cdc_stream,
-            self.budget,
             self.failure,
             s.max_in_flight_messages,
             s.ack_timeout_seconds,

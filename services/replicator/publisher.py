@@ -19,8 +19,8 @@ reply subject. Its PubAck, stored at the sequence it expected, proves every mess
 stored; a dropped or refused one anywhere before it turns that PubAck into an error. JetStream
 then answers (and the client parses) one PubAck per run instead of one per message, which
 halves nats-server's CPU per message and removes most of ours. A batch is done when the PubAck
-of its last message arrived; a done batch gives its budget back and tells the reader its
-confirm LSN.
+of its last message arrived; the reader is told the last done batch (`Acked`), and what that
+means for the position to confirm and the budget is the reader's `Progress` to say.
 
 A restart first replays what the stream already has (stored, not yet confirmed to PostgreSQL):
 the pipeline starts by sending one message at a time, each with a reply, until JetStream
@@ -51,9 +51,7 @@ from services.replicator import metrics
 from services.replicator.errors import PermanentError, TransientError
 from services.replicator.events import Outgoing
 from services.replicator.failure import FailureSignal, reports_expected_failures
-from services.replicator.flow import InFlightBudget
 from services.replicator.messages import Acked, Publish
-from shared.lsn import Lsn
 from shared.nats_connection import connect
 from shared.nats_frames import FrameWriter, hpub
 from shared.pub_acks import raw_refusal
@@ -70,8 +68,6 @@ _ACK_EVERY = 1000
 class _Batch:
     batch_no: int
     last_seq: int
-    cost: int
-    confirm_lsn: Lsn | None
     sent_at: float
 
 
@@ -121,7 +117,6 @@ class Publisher(pykka.ThreadingActor):
         self,
         settings: BridgeSettings,
         stream: str,
-        budget: InFlightBudget,
         failure: FailureSignal,
         max_in_flight: int,
         ack_timeout: float,
@@ -129,7 +124,6 @@ class Publisher(pykka.ThreadingActor):
         super().__init__()
         self.settings = settings
         self.stream = stream
-        self.budget = budget
         self.failure = failure
         self.max_in_flight = max_in_flight
         self.ack_timeout = ack_timeout
@@ -311,9 +305,7 @@ class Publisher(pykka.ThreadingActor):
 
     def _sent(self, batch: Publish) -> None:
         """Every message of `batch` is written: it is done once the last one's PubAck came."""
-        self.batches.append(
-            _Batch(batch.batch_no, self.seq, batch.cost, batch.confirm_lsn, time.monotonic())
-        )
+        self.batches.append(_Batch(batch.batch_no, self.seq, time.monotonic()))
         self._advance()
 
     async def _wait_for_room(self) -> None:
@@ -433,22 +425,14 @@ class Publisher(pykka.ThreadingActor):
 
     def _advance(self) -> None:
         batches = self.batches
-        done = 0
         last: _Batch | None = None
-        confirm: Lsn | None = None
         while batches and batches[0].last_seq <= self.acked_through:
             last = batches.popleft()
-            done += last.cost
-            if last.confirm_lsn is not None:
-                confirm = last.confirm_lsn
         if last is None:
             return
-        self.budget.give_back(done)
         metrics.events_published.inc(last.last_seq - self.counted)
         self.counted = last.last_seq
-        if confirm is None and self.last_ack is not None:
-            confirm = self.last_ack.confirm_lsn
-        self.last_ack = Acked(last.batch_no, confirm)
+        self.last_ack = Acked(last.batch_no)
         if self.reader is not None:
             self.reader.tell(self.last_ack)
 

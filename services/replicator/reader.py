@@ -1,15 +1,9 @@
-"""WalReader: owns the replication connection. Reads frames, answers keepalives, confirms.
+"""WalReader: owns the replication connection. Reads frames, answers keepalives, sends the
+position `Progress` (progress.py) says may be confirmed.
 
 An actor on the publisher's event loop: it reads what the socket holds when the loop says it
-is readable, a batch at a time, and gathers a batch for a linger on the loop's timers.
-
-Status-update rule, in one place (`_confirmable` / `_send_status`): the flushed LSN sent to
-PostgreSQL only moves forward, and only to
-- the end of a transaction whose messages, and all earlier ones, JetStream acknowledged, or
-- the server's WAL position from a keepalive, when nothing is in flight (no batch awaiting
-  acknowledgement, no transaction half read), so an idle publication on a busy server does
-  not hold WAL back.
-Updates go out when the confirmed position moved (at most every 0.5 s), when the server asks,
+is readable, a batch at a time, and gathers a batch for a linger on the loop's timers. Status
+updates go out when the confirmed position moved (at most every 0.5 s), when the server asks,
 and at least every `status_interval`.
 """
 
@@ -28,11 +22,8 @@ from services.replicator.failure import FailureSignal, reports_expected_failures
 from services.replicator.flow import InFlightBudget
 from services.replicator.loop_actor import LoopActor
 from services.replicator.messages import Acked, Drain, Frames, Poll
-from services.replicator.protocol import (
-    parse_copy_data,
-    standby_status_update,
-)
-from services.replicator.wire_reader import DecodeError
+from services.replicator.progress import Progress
+from services.replicator.protocol import keepalives, standby_status_update
 from shared.lsn import Lsn
 from shared.postgres import ReplicationConnection
 
@@ -47,17 +38,7 @@ _BATCH_FRAMES = 2000
 # 3.3 ms), 5 ms 24 µs (6.7 ms), 10 ms 16 µs (11.8 ms), measured with three threads; with the
 # actors on one loop, 10 ms costs 13-15 µs (README, Benchmark).
 
-# What a frame holds besides its bytes until JetStream acknowledged it: its bytes object, and
-# the event decoded from it (payload, subject and Msg-Id, the object around them). Charged to
-# the in-flight budget with the frame, so the budget bounds memory, not only WAL bytes: with
-# the bytes alone, a 1M-row transaction's small rows let 16 MiB of frames become ~100 MB of
-# events waiting for their PubAcks (peak RSS 142 MB; with this 65 MB, and faster).
-_HELD_PER_FRAME = 320
 _MIN_UPDATE_GAP = 0.5
-_PAYLOAD_KIND = 25  # offset of the pgoutput message type in an XLogData CopyData message
-_KIND_BEGIN, _KIND_COMMIT = 0x42, 0x43  # B C
-_KIND_KEEPALIVE = 0x6B  # k
-_KEEPALIVE_SIZE = 18  # 'k', WAL end, send time, reply requested
 _IDLE_PING_SECONDS = 1.0
 
 
@@ -88,21 +69,17 @@ class WalReader(LoopActor):
         self.options = options
         self.decoder = decoder
         self.budget = budget
+        self.progress = Progress(budget)
         self.failure = failure
         self.status_interval = status_interval
         self.conn: ReplicationConnection | None = None
         self.conn_lock = threading.Lock()  # the connecting thread against a stop
-        self.confirmed = Lsn(0)
         self.reported = Lsn(0)
         self.last_update = 0.0
-        self.next_batch = 0
-        self.acked_batch = -1
-        self.in_transaction = False
         self.draining = False
         self.last_ping = 0.0
         # The batch being gathered: frames read and not yet handed to the decoder.
         self.frames: list[bytes] = []
-        self.cost = 0
         self.linger_until = 0.0  # when the gathering batch goes, if the socket stays empty
         self.timer: asyncio.TimerHandle | None = None
         self.watched_fd: int | None = None  # the socket, while the loop watches it for us
@@ -114,7 +91,6 @@ class WalReader(LoopActor):
         # Connecting can block for as long as the network takes: not on the loop (and in a
         # daemon thread, which a hung connection cannot keep the process alive for).
         threading.Thread(target=self._connect, name="reader-connect", daemon=True).start()
-        self.budget.on_room = self._room_back
 
     def _connect(self) -> None:
         error: BaseException | None = None
@@ -200,8 +176,8 @@ class WalReader(LoopActor):
             self.actor_ref.tell(Poll())
 
     def _room_back(self) -> None:
-        """The budget has room again (a PubAck, on this loop): read on if that was the wait."""
-        if self.waiting_for_room:
+        """The budget has room again (an acknowledgement): read on if that was the wait."""
+        if self.waiting_for_room and self.budget.used < self.budget.limit:
             self.waiting_for_room = False
             self._wake()
 
@@ -239,7 +215,7 @@ class WalReader(LoopActor):
         if self.frames and (
             not emptied
             or len(self.frames) >= _BATCH_FRAMES
-            or self.cost >= self.budget.limit - self.budget.used
+            or self.progress.room <= 0
             or now >= self.linger_until
         ):
             self._send_batch()
@@ -255,7 +231,7 @@ class WalReader(LoopActor):
         else:
             if now >= self.linger_until:
                 self.linger_until = 0.0  # idle: the first frame to come starts a linger
-            if self._nothing_pending() and now - self.last_ping > _IDLE_PING_SECONDS:
+            if self.progress.idle and now - self.last_ping > _IDLE_PING_SECONDS:
                 # Ask the server where it is: its keepalive answer carries the WAL position we
                 # may confirm while nothing is pending, so an idle slot follows a busy server.
                 self.last_ping = now
@@ -267,18 +243,17 @@ class WalReader(LoopActor):
         """Add what the socket holds to the gathering batch; True when it was all read."""
         conn = self.conn
         assert conn is not None
-        limit = self.budget.limit - self.budget.used
+        progress = self.progress
         started = not self.frames
-        while len(self.frames) < _BATCH_FRAMES and self.cost < limit:
-            got, other = conn.read_ready(_BATCH_FRAMES - len(self.frames), limit - self.cost)
+        while len(self.frames) < _BATCH_FRAMES and progress.room > 0:
+            got, other = conn.read_ready(_BATCH_FRAMES - len(self.frames), progress.room)
             if other:
                 # Order against the frames is not kept: with any in this batch, the
                 # keepalives' position is not confirmed (a later one's will be).
                 self._keepalives(other, pending_frames=bool(self.frames or got))
             if got:
                 self.frames += got
-                self.cost += sum(map(len, got)) + _HELD_PER_FRAME * len(got)
-                self._track_transaction(got)
+                progress.read(got)
             elif not other:
                 if started and self.frames and not self.linger_until:
                     # The first frames after a quiet spell: gather for a linger from now.
@@ -287,60 +262,36 @@ class WalReader(LoopActor):
         return False
 
     def _send_batch(self) -> None:
-        frames, cost = self.frames, self.cost
+        frames = self.frames
         if not frames:
             return
-        self.frames, self.cost = [], 0
+        self.frames = []
         metrics.wal_messages.inc(len(frames))
-        self.budget.spend(cost)
+        batch_no, _ = self.progress.hand_on()
         metrics.in_flight_bytes.set(self.budget.used)
-        self.decoder.tell(Frames(self.next_batch, frames, cost))
-        self.next_batch += 1
-
-    def _track_transaction(self, frames: list[bytes]) -> None:
-        """Whether the stream is inside a transaction after `frames`: the last Begin or
-        Commit among them says (usually the last frame)."""
-        for raw in reversed(frames):
-            kind = raw[_PAYLOAD_KIND] if len(raw) > _PAYLOAD_KIND else 0
-            if kind == _KIND_BEGIN:
-                self.in_transaction = True
-                return
-            if kind == _KIND_COMMIT:
-                self.in_transaction = False
-                return
-
-    def _nothing_pending(self) -> bool:
-        return (
-            not self.frames and not self.in_transaction and self.acked_batch == self.next_batch - 1
-        )
+        self.decoder.tell(Frames(batch_no, frames))
 
     def _keepalives(self, raws: list[bytes], pending_frames: bool) -> None:
         """The walsender sends a keepalive each time it has sent all it had and waits for WAL
         (while the write position we reported is behind what it sent), so live traffic brings
         about one per transaction (measured: 44k keepalives for 60k single-row transactions).
-        Each is checked, all at once (a read holds ~15 at 5k tx/s); the last one's position
-        counts, and whether any asks for a reply."""
-        joined = b"".join(raws)
-        kinds = joined[0::_KEEPALIVE_SIZE]
-        if set(map(len, raws)) != {_KEEPALIVE_SIZE} or kinds.count(b"k") != len(raws):
-            for raw in raws:
-                if len(raw) != _KEEPALIVE_SIZE or raw[0] != _KIND_KEEPALIVE:
-                    message = parse_copy_data(raw)  # raises the framing error
-                    raise DecodeError("CopyData", 0, f"unexpected {type(message).__name__}")
-        reply = b"\x01" in joined[_KEEPALIVE_SIZE - 1 :: _KEEPALIVE_SIZE]
-        wal_end = Lsn(int.from_bytes(joined[-17:-9], "big"))  # the last one's, after its 'k'
-        if not pending_frames and self._nothing_pending() and wal_end > self.confirmed:
-            self.confirmed = wal_end
+        The last one's position may be confirmed (`Progress.keepalive` says), and any asking
+        for a reply is answered."""
+        wal_end, reply = keepalives(raws)
+        self.progress.keepalive(wal_end, frames_in_same_read=pending_frames)
         if reply:
             self._send_status(force=True)
 
     # -- confirming -----------------------------------------------------------------------
 
     def _acked(self, message: Acked) -> None:
-        self.acked_batch = max(self.acked_batch, message.batch_no)
-        if message.confirm_lsn is not None and message.confirm_lsn > self.confirmed:
-            self.confirmed = message.confirm_lsn
+        self.progress.acked(message.batch_no)
         metrics.in_flight_bytes.set(self.budget.used)
+        self._room_back()
+
+    @property
+    def confirmed(self) -> Lsn:
+        return self.progress.confirmed
 
     def _send_status(self, force: bool = False, reply: bool = False) -> None:
         now = time.monotonic()
@@ -359,7 +310,7 @@ class WalReader(LoopActor):
     # -- queries (supervisor) -------------------------------------------------------------
 
     def drained(self) -> bool:
-        return self.acked_batch == self.next_batch - 1
+        return self.progress.all_acked
 
     def confirmed_lsn(self) -> Lsn:
         return self.confirmed

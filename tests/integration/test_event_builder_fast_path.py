@@ -4,7 +4,8 @@ every truncation and byte flip of them.
 
 The fast path is only a shortcut: the decoder stays the one reading of pgoutput. Here each
 frame goes through two builders, one of which has its shortcut switched off, and everything
-they produce (messages, errors, the confirm position) must be identical.
+they produce (messages, errors) must be identical. The protocol layer's reading of where a
+batch leaves the transaction stream agrees with the decoder too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from services.replicator import pgoutput as po
 from services.replicator.events import EventBuilder, Outgoing
+from services.replicator.protocol import transaction_boundary
 from shared.codec import ValueMode
 from tests.integration.capture import Captured
 
@@ -41,8 +44,7 @@ def outcome(builder: EventBuilder, raw: bytes) -> tuple[Any, ...]:
         builder.feed(raw, out)
     except Exception as exc:
         return ("error", type(exc).__name__, str(exc))
-    end = builder.last_commit_end
-    return ("ok", [(o.subject, o.payload, o.msg_id) for o in out], end, builder._xid)
+    return ("ok", [(o.subject, o.payload, o.msg_id) for o in out], builder._xid)
 
 
 @pytest.mark.parametrize("mode", list(ValueMode))
@@ -86,3 +88,28 @@ def test_every_cut_and_flipped_change_frame_gives_what_the_decoder_gives(
                 assert outcome(fast, variant) == outcome(slow, variant), variant.hex()
                 checked += 1
     assert checked > 500
+
+
+def test_transaction_ends_read_from_bytes_agree_with_the_decoder(
+    real_corpus: list[Captured],
+) -> None:
+    """`transaction_boundary` (what Progress confirms) on every real frame, one at a time and
+    as one batch: a Commit's end LSN as the decoder reads it, a Begin opening a transaction."""
+    decoder = po.PgOutputDecoder()
+    frames, commits, expected_open, last_end = [], 0, None, None
+    for c in real_corpus:
+        raw = frame(c)
+        message = decoder.decode(c.data)
+        in_transaction, end = transaction_boundary([raw])
+        if isinstance(message, po.Commit):
+            commits += 1
+            assert (in_transaction, end) == (False, message.end_lsn)
+            expected_open, last_end = False, message.end_lsn
+        elif isinstance(message, po.Begin):
+            assert (in_transaction, end) == (True, None)
+            expected_open = True
+        else:
+            assert (in_transaction, end) == (None, None)
+        frames.append(raw)
+    assert commits > 10
+    assert transaction_boundary(frames) == (expected_open, last_end)
