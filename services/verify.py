@@ -43,12 +43,17 @@ from pg_nats_bridge.names import parse_table_name
 from pg_nats_bridge.sqlite import stored_value
 from services.copy_lock import CopyInUse, lock_copy
 from services.replica import copy_arguments
-from services.snapshotter.columns import PINNED_SEARCH_PATH
-from services.snapshotter.snapshot import copy_query, describe_table, export_snapshot
 from services.tools import split_settings
 from shared import postgres
 from shared.codec import RowCodec
 from shared.codec.copy_text import split_line
+from shared.consistent_read import (
+    copy_query,
+    describe_table,
+    export_snapshot,
+    snapshot_transaction,
+    storage,
+)
 from shared.nats_connection import connect
 from shared.settings import BridgeSettings
 
@@ -93,9 +98,7 @@ def read_source(
     codec = RowCodec(names, oids, mode)
     source = SourceTable(table, names, key)
     positions = [source.columns.index(k) for k in key]
-    # The published columns and rows only, as the snapshotter reads them (the row filter
-    # evaluated by PostgreSQL under the search path it was deparsed with).
-    conn.execute(PINNED_SEARCH_PATH)
+    # The published columns and rows only, as the snapshotter reads them.
     query = copy_query(sql.Identifier(schema, name), names, [], row_filter)
     for data in postgres.copy_out(conn, query):
         decoded = codec.decode_values(split_line(bytes(data)))
@@ -214,14 +217,13 @@ async def catch_up(
         await nc.close()
 
 
-def storage(conn: psycopg.Connection[Any], tables: list[str]) -> dict[str, list[Any]]:
-    """Each table's storage (`postgres.STORAGE_QUERY`): a TRUNCATE or a rewriting ALTER TABLE
-    gives a table new storage."""
-    found: dict[str, list[Any]] = {}
-    for table in tables:
-        regclass = sql.Identifier(*parse_table_name(table)).as_string(conn)
-        found[table] = conn.execute(postgres.STORAGE_QUERY, {"table": regclass}).fetchall()
-    return found
+def storages(conn: psycopg.Connection[Any], tables: list[str]) -> dict[str, list[Any]]:
+    """Each table's storage (`consistent_read.STORAGE_QUERY`): a TRUNCATE or a rewriting
+    ALTER TABLE gives a table new storage."""
+    return {
+        table: storage(conn, sql.Identifier(*parse_table_name(table)).as_string(conn))
+        for table in tables
+    }
 
 
 def verify_once(
@@ -237,37 +239,28 @@ def verify_once(
     its rows."""
     dsn = settings.database_dsn()
     with postgres.connect(dsn, autocommit=True) as catalog:
-        before = storage(catalog, tables)
+        before = storages(catalog, tables)
         repl, lsn, snapshot = export_snapshot(
             dsn,
             f"bridge_verify_{secrets.token_hex(6)}",
             application_name="bridge-verify",
             what="verify's snapshot",
         )
-        with postgres.connect(dsn, autocommit=True) as conn:
-            conn.execute("SET client_encoding TO 'UTF8'")
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            conn.read_only = True
-            with conn.transaction():
-                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-                # ACCESS SHARE on each table and its partitions, as the snapshotter takes it: by
-                # a query, which needs only the published columns' SELECT (LOCK TABLE needs
-                # SELECT on the whole table).
-                for t in tables:
-                    conn.execute(
-                        sql.SQL("SELECT FROM {} LIMIT 0").format(
-                            sql.Identifier(*parse_table_name(t))
-                        )
-                    )
-                repl.close()  # the transaction holds the snapshot now; no slot holds WAL
-                after = storage(catalog, tables)
-                rewritten = [t for t in tables if after[t] != before[t]]
-                if rewritten:
-                    return f"{', '.join(rewritten)} truncated or rewritten meanwhile", {}, {}, lsn
-                sources = {
-                    t: read_source(conn, dsn, t, settings.publication, settings.value_mode)
-                    for t in tables
-                }
+        with (
+            postgres.connect(dsn, autocommit=True) as conn,
+            snapshot_transaction(
+                conn, snapshot, [sql.Identifier(*parse_table_name(t)) for t in tables]
+            ),
+        ):
+            repl.close()  # the transaction holds the snapshot now; no slot holds WAL
+            after = storages(catalog, tables)
+            rewritten = [t for t in tables if after[t] != before[t]]
+            if rewritten:
+                return f"{', '.join(rewritten)} truncated or rewritten meanwhile", {}, {}, lsn
+            sources = {
+                t: read_source(conn, dsn, t, settings.publication, settings.value_mode)
+                for t in tables
+            }
     log.info(
         "PostgreSQL read at %s: %s",
         lsn,

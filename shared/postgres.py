@@ -73,19 +73,6 @@ async def connect_async(database_url: str, **kwargs: Any) -> psycopg.AsyncConnec
     return await psycopg.AsyncConnection.connect(conninfo(database_url), **kwargs)
 
 
-STORAGE_QUERY = (
-    "SELECT r::regclass::text, pg_relation_filenode(r)"
-    " FROM (SELECT %(table)s::regclass::oid AS r"
-    " UNION SELECT relid FROM pg_partition_tree(%(table)s::regclass)) tree ORDER BY 1"
-)
-"""A table's storage: the relfilenodes of it and its partitions, as the catalog has them now
-(pass `{"table": <quoted name>}`). TRUNCATE and a rewriting ALTER TABLE give a table new
-storage, and neither is MVCC-safe: a snapshot exported before one reads the table empty once
-it has committed. Comparing the storage from before an export with the storage once the
-table is locked tells whether one came in between. (`pg_partition_tree` alone lists nothing
-for a table that is not partitioned.)"""
-
-
 def copy_out(conn: psycopg.Connection[Any], query: sql.Composable) -> Iterator[memoryview]:
     """The rows of `COPY … TO STDOUT` (text format), one line each, straight from libpq.
 

@@ -13,7 +13,7 @@ added and removed, column lists as in `people(id,name)`) and `--row-filter`, and
 are kept as above. Any other publication belongs to its operator: the bridge never alters it,
 uses it when it already publishes every configured table correctly, and otherwise stops saying
 what to run. Either way its column lists and row filters are the contract: the snapshotter
-reads only what it publishes (services/snapshotter/columns.py).
+reads only what it publishes (shared/published.py).
 
 A row filter (or column list) on a table whose UPDATEs and DELETEs are published must use only
 columns of the replica identity; PostgreSQL checks it only when an UPDATE or DELETE runs, and

@@ -6,7 +6,7 @@ The KV entry is the current truth and the INIT message announces each new revisi
 KV write is a compare-and-set on the entry's revision, and the INIT Msg-Id carries that
 revision: several snapshotters seeing one change announce it once, and a table that returns to
 an earlier shape (ADD then DROP COLUMN) is announced again, so the last `init.schema.<table>`
-always matches the table. Only the columns CDC carries are listed (services/snapshotter/columns.py).
+always matches the table. Only the columns CDC carries are listed (shared/published.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from psycopg import sql
 from pg_nats_bridge import contract
 from pg_nats_bridge.names import kv_key
 from services.snapshotter import metrics
-from services.snapshotter.columns import published_columns, published_part
+from shared.published import published_columns, published_part
 from shared.tables import TABLE_NAME_QUERY, TABLE_OID_QUERY
 from shared.wire import pack, unpack
 

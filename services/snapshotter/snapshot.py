@@ -11,7 +11,7 @@ Except for TRUNCATE and a rewriting ALTER TABLE, which are not MVCC-safe: commit
 export, they make the snapshot read the table empty, and a rewrite sends no CDC event that
 would bring the rows back (the consumer would lose them all). So the transaction that reads
 the table first locks it (ACCESS SHARE, which both wait for), then its storage
-(`postgres.STORAGE_QUERY`) is compared with what it was before the export: if it changed, one
+(`consistent_read.STORAGE_QUERY`) is compared with what it was before the export: if it changed, one
 of them came in between, and the snapshot is exported anew. The reading transaction takes
 the lock itself: held by another one, a TRUNCATE or ALTER TABLE queued behind that lock
 queues the COPY's own lock request behind it in turn, and the three wait on one another for
@@ -28,7 +28,6 @@ reader thread and the publisher, and the chunks awaiting their PubAck).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import secrets
@@ -43,14 +42,18 @@ import psycopg
 from psycopg import sql
 
 from pg_nats_bridge import contract
-from services.snapshotter.columns import PINNED_SEARCH_PATH, published_columns, published_part
 from services.snapshotter.copy_rows import CopyRowPacker
 from services.snapshotter.publishing import PipelinedPublisher, PublishFailed
-from shared import postgres, slot_waits
+from shared import postgres
 from shared.codec import RowCodec, ValueMode
-from shared.lsn import Lsn
+from shared.consistent_read import (
+    copy_query,
+    describe_table,
+    export_snapshot,
+    snapshot_transaction,
+    storage_async,
+)
 from shared.pg_cancel import QueryCanceller, finish_thread, run_cancellable
-from shared.postgres import ReplicationConnection, quote_ident
 from shared.wire import pack, unpack
 
 log = logging.getLogger(__name__)
@@ -78,37 +81,6 @@ class SnapshotOptions:
 def new_snapshot_id() -> str:
     """`snap-<unix time>-<random>`: ordered by time, unique within a second."""
     return f"snap-{int(time.time())}-{secrets.token_hex(3)}"
-
-
-def export_snapshot(
-    database_url: str,
-    slot: str,
-    application_name: str = "bridge-snapshotter",
-    canceller: QueryCanceller | None = None,
-    what: str = "the snapshot",
-) -> tuple[ReplicationConnection, Lsn, str]:
-    """A temporary slot's consistent point and exported snapshot; the snapshot stays usable
-    while the returned connection is open.
-
-    Creating the slot waits for every transaction running at that moment to end (one left
-    open in some session holds it up for good): the log says whom `what` waits for, and
-    `canceller` can end the wait."""
-    repl = ReplicationConnection(database_url, application_name=application_name)
-    try:
-        with (
-            canceller.cancelling(repl.cancel) if canceller else contextlib.nullcontext(),
-            slot_waits.reporting_waits(database_url, slot, what),
-        ):
-            (row,) = repl.command(
-                f"CREATE_REPLICATION_SLOT {quote_ident(slot)} TEMPORARY LOGICAL pgoutput"
-                " (SNAPSHOT 'export')"
-            )
-    except BaseException:
-        repl.close()
-        raise
-    _, consistent_point, snapshot_name, _ = row
-    assert consistent_point is not None and snapshot_name is not None
-    return repl, Lsn.parse(consistent_point), snapshot_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,24 +187,6 @@ class _TableRead:
     canceller: QueryCanceller  # ends the read's wait for the lock, or its COPY, on a stop
 
 
-def copy_query(
-    table: sql.Identifier, names: list[str], key: list[str], row_filter: str | None
-) -> sql.Composed:
-    """`COPY (SELECT <published columns> FROM t WHERE (<row filter>) ORDER BY <key>)`.
-
-    The row filter is the publication's own expression as PostgreSQL deparsed it from its
-    catalog (columns.py), not text from any request or setting, and it must be evaluated
-    under the search path it was deparsed with (`columns.PINNED_SEARCH_PATH`)."""
-    order = sql.SQL(", ").join(map(sql.Identifier, key))
-    where = sql.SQL(" WHERE ({})").format(sql.SQL(row_filter)) if row_filter else sql.SQL("")  # type: ignore[arg-type]
-    return sql.SQL("COPY (SELECT {} FROM {}{}{}) TO STDOUT").format(
-        sql.SQL(", ").join(map(sql.Identifier, names)),
-        table,
-        where,
-        sql.SQL(" ORDER BY {}").format(order) if key else sql.SQL(""),
-    )
-
-
 # Lines decoded together (copy_rows.py); a block is a few hundred kB at most.
 _BLOCK_LINES = 256
 
@@ -244,26 +198,14 @@ def _read_table(read: _TableRead, builder: _ChunkBuilder, emit: Callable[[Chunk]
     with (
         postgres.connect(read.database_url, autocommit=True) as conn,
         read.canceller.cancelling(lambda: conn.cancel_safe(timeout=5)),
+        snapshot_transaction(conn, read.snapshot_name, [read.table]),
     ):
-        # Text arrives as UTF-8 whatever the database's encoding, as the CDC codec reads it.
-        conn.execute("SET client_encoding TO 'UTF8'")
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        with conn.transaction():
-            conn.execute(
-                sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(read.snapshot_name))
-            )
-            # The table's ACCESS SHARE lock (its partitions' too), held until it is read: a
-            # TRUNCATE or a rewriting ALTER TABLE waits for it. A query, not LOCK TABLE, which
-            # would need SELECT on the whole table where the published columns are enough.
-            conn.execute(sql.SQL("SELECT FROM {} LIMIT 0").format(read.table))
-            columns = read.locked()
-            rows = CopyRowPacker(RowCodec(columns.names, columns.oids, read.mode))
-            conn.execute(PINNED_SEARCH_PATH)  # the row filter's, until the transaction ends
-            query = copy_query(read.table, columns.names, columns.key, columns.row_filter)
-            for lines in postgres.copy_out_blocks(conn, query, _BLOCK_LINES):
-                for chunk in builder.add_many(rows.pack_block(lines), columns.key):
-                    emit(chunk)
+        columns = read.locked()
+        rows = CopyRowPacker(RowCodec(columns.names, columns.oids, read.mode))
+        query = copy_query(read.table, columns.names, columns.key, columns.row_filter)
+        for lines in postgres.copy_out_blocks(conn, query, _BLOCK_LINES):
+            for chunk in builder.add_many(rows.pack_block(lines), columns.key):
+                emit(chunk)
     last = builder.finish()
     if last is not None:
         emit(last)
@@ -352,7 +294,7 @@ async def take_snapshot(
         async with await postgres.connect_async(database_url, autocommit=True) as catalog:
             regclass = name.as_string(catalog)
             for _ in range(_ATTEMPTS):
-                before = await _storage(catalog, regclass)
+                before = await storage_async(catalog, regclass)
                 slot = f"bridge_snap_{secrets.token_hex(6)}"
                 canceller = QueryCanceller()
                 export = functools.partial(
@@ -367,7 +309,7 @@ async def take_snapshot(
                     ) from exc
 
                 async def unchanged(before: list[Any] = before) -> bool:
-                    return await _storage(catalog, regclass) == before
+                    return await storage_async(catalog, regclass) == before
 
                 try:
                     if await _read_exported(
@@ -467,29 +409,6 @@ async def _read_exported(
             except _Rewritten:
                 return False
     return True
-
-
-async def _storage(catalog: psycopg.AsyncConnection[Any], regclass: str) -> list[Any]:
-    cur = await catalog.execute(postgres.STORAGE_QUERY, {"table": regclass})
-    return await cur.fetchall()
-
-
-async def describe_table(
-    conn: psycopg.AsyncConnection[Any], schema: str, table: str, publication: str
-) -> tuple[list[str], list[int], list[str], str | None]:
-    """The published columns (names, value-codec type OIDs), the primary key and the
-    publication's row filter."""
-    part = await published_part(conn, schema, table, publication)
-    columns = await published_columns(conn, schema, table, publication, part)
-    cur = await conn.execute(
-        "SELECT a.attname FROM pg_index i"
-        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
-        " WHERE i.indrelid = %s::regclass AND i.indisprimary"
-        " ORDER BY array_position(i.indkey::int2[], a.attnum)",
-        (sql.Identifier(schema, table).as_string(conn),),
-    )
-    key = [name for (name,) in await cur.fetchall()]
-    return columns.names, columns.type_oids, key, part.row_filter
 
 
 def _describe_row(row: dict[str, Any], key: list[str]) -> str:

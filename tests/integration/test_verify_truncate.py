@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from services.snapshotter.snapshot import export_snapshot
-from services.verify import storage
+from services.verify import storages
+from shared.consistent_read import export_snapshot
 from tests.harness.postgres import Database
 
 SCHEMA = """
@@ -60,14 +60,14 @@ def test_a_truncate_or_rewrite_after_the_export_empties_the_snapshot_and_changes
 ) -> None:
     with pg.connect() as conn:
         conn.execute(schema)
-        before = storage(conn, [f"public.{table}"])
+        before = storages(conn, [f"public.{table}"])
         assert len(before[f"public.{table}"]) == entries
         repl, _, snapshot = export_snapshot(pg.url, "verify_truncate")
         try:
             assert read_at(pg, snapshot, lock=False, table=table) == 100
             conn.execute(rewrite)
             assert read_at(pg, snapshot, lock=False, table=table) == 0  # not MVCC-safe
-            assert storage(conn, [f"public.{table}"]) != before
+            assert storages(conn, [f"public.{table}"]) != before
         finally:
             repl.close()
 

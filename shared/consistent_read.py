@@ -1,0 +1,135 @@
+"""Reading tables consistently with a point in the WAL: the snapshotter's snapshots and
+`bridge verify` read the same way, through here.
+
+A temporary logical slot created with `SNAPSHOT 'export'` gives a consistent point (an LSN)
+and a snapshot name (`export_snapshot`); a REPEATABLE READ transaction that adopts that
+snapshot sees exactly the transactions that committed before the consistent point
+(`snapshot_transaction`). TRUNCATE and a rewriting ALTER TABLE are not MVCC-safe: committed
+after the export, they make the transaction read the table empty. So the transaction locks the
+tables (ACCESS SHARE, by a query: LOCK TABLE would need SELECT on the whole table where the
+published columns are enough) and the caller compares their storage (`STORAGE_QUERY`) with
+what it was before the export, exporting anew when it changed. What is read is what the
+publication publishes (shared/published.py): its columns (`describe_table`) and the rows its
+row filter admits (`copy_query`), the filter evaluated under the search path it was deparsed
+with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from shared import slot_waits
+from shared.lsn import Lsn
+from shared.pg_cancel import QueryCanceller
+from shared.postgres import ReplicationConnection, quote_ident
+from shared.published import PINNED_SEARCH_PATH, published_columns, published_part
+
+STORAGE_QUERY = (
+    "SELECT r::regclass::text, pg_relation_filenode(r)"
+    " FROM (SELECT %(table)s::regclass::oid AS r"
+    " UNION SELECT relid FROM pg_partition_tree(%(table)s::regclass)) tree ORDER BY 1"
+)
+"""A table's storage: the relfilenodes of it and its partitions, as the catalog has them now
+(pass `{"table": <quoted name>}`). TRUNCATE and a rewriting ALTER TABLE give a table new
+storage. (`pg_partition_tree` alone lists nothing for a table that is not partitioned.)"""
+
+
+def export_snapshot(
+    database_url: str,
+    slot: str,
+    application_name: str = "bridge-snapshotter",
+    canceller: QueryCanceller | None = None,
+    what: str = "the snapshot",
+) -> tuple[ReplicationConnection, Lsn, str]:
+    """A temporary slot's consistent point and exported snapshot; the snapshot stays usable
+    while the returned connection is open.
+
+    Creating the slot waits for every transaction running at that moment to end (one left
+    open in some session holds it up for good): the log says whom `what` waits for, and
+    `canceller` can end the wait."""
+    repl = ReplicationConnection(database_url, application_name=application_name)
+    try:
+        with (
+            canceller.cancelling(repl.cancel) if canceller else contextlib.nullcontext(),
+            slot_waits.reporting_waits(database_url, slot, what),
+        ):
+            (row,) = repl.command(
+                f"CREATE_REPLICATION_SLOT {quote_ident(slot)} TEMPORARY LOGICAL pgoutput"
+                " (SNAPSHOT 'export')"
+            )
+    except BaseException:
+        repl.close()
+        raise
+    _, consistent_point, snapshot_name, _ = row
+    assert consistent_point is not None and snapshot_name is not None
+    return repl, Lsn.parse(consistent_point), snapshot_name
+
+
+def copy_query(
+    table: sql.Identifier, names: list[str], key: list[str], row_filter: str | None
+) -> sql.Composed:
+    """`COPY (SELECT <published columns> FROM t WHERE (<row filter>) ORDER BY <key>)`.
+
+    The row filter is the publication's own expression as PostgreSQL deparsed it from its
+    catalog (shared/published.py), not text from any request or setting, and it must be evaluated
+    under the search path it was deparsed with (`columns.PINNED_SEARCH_PATH`)."""
+    order = sql.SQL(", ").join(map(sql.Identifier, key))
+    where = sql.SQL(" WHERE ({})").format(sql.SQL(row_filter)) if row_filter else sql.SQL("")  # type: ignore[arg-type]
+    return sql.SQL("COPY (SELECT {} FROM {}{}{}) TO STDOUT").format(
+        sql.SQL(", ").join(map(sql.Identifier, names)),
+        table,
+        where,
+        sql.SQL(" ORDER BY {}").format(order) if key else sql.SQL(""),
+    )
+
+
+@contextlib.contextmanager
+def snapshot_transaction(
+    conn: psycopg.Connection[Any], snapshot_name: str, tables: list[sql.Identifier]
+) -> Iterator[None]:
+    """A read-only REPEATABLE READ transaction on `conn` (autocommit) that adopted the exported
+    snapshot and holds ACCESS SHARE on `tables` (their partitions too) until it ends: a
+    TRUNCATE or rewriting ALTER TABLE waits for it. Text arrives as UTF-8 whatever the
+    database's encoding, as the CDC codec reads it, and the search path is the one row filters
+    are deparsed with."""
+    conn.execute("SET client_encoding TO 'UTF8'")
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    with conn.transaction():
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
+        for table in tables:
+            conn.execute(sql.SQL("SELECT FROM {} LIMIT 0").format(table))
+        conn.execute(PINNED_SEARCH_PATH)
+        yield
+
+
+def storage(conn: psycopg.Connection[Any], regclass: str) -> list[Any]:
+    return conn.execute(STORAGE_QUERY, {"table": regclass}).fetchall()
+
+
+async def storage_async(conn: psycopg.AsyncConnection[Any], regclass: str) -> list[Any]:
+    cur = await conn.execute(STORAGE_QUERY, {"table": regclass})
+    return await cur.fetchall()
+
+
+async def describe_table(
+    conn: psycopg.AsyncConnection[Any], schema: str, table: str, publication: str
+) -> tuple[list[str], list[int], list[str], str | None]:
+    """The published columns (names, value-codec type OIDs), the primary key and the
+    publication's row filter."""
+    part = await published_part(conn, schema, table, publication)
+    columns = await published_columns(conn, schema, table, publication, part)
+    cur = await conn.execute(
+        "SELECT a.attname FROM pg_index i"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+        " WHERE i.indrelid = %s::regclass AND i.indisprimary"
+        " ORDER BY array_position(i.indkey::int2[], a.attnum)",
+        (sql.Identifier(schema, table).as_string(conn),),
+    )
+    key = [name for (name,) in await cur.fetchall()]
+    return columns.names, columns.type_oids, key, part.row_filter
