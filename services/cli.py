@@ -76,9 +76,9 @@ def _dev_or_run(embedded: bool) -> Callable[[Sequence[str]], int]:
 
 def _tool(name: str) -> Callable[[Sequence[str]], int]:
     def command(args: Sequence[str]) -> int:
-        from services import tools
+        from services.tools import console
 
-        result: int = getattr(tools, name)(args)
+        result: int = getattr(console, name)(args)
         return result
 
     return command
@@ -116,11 +116,11 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "tail": (_tool("tail"), "print CDC events as they arrive: bridge tail [table] [--from-start]"),
     "snapshot": (_tool("snapshot"), "trigger a snapshot with progress: bridge snapshot TABLE"),
     "replica": (
-        _module_command("services.replica", "replica"),
+        _module_command("services.tools.replica", "replica"),
         "keep a live SQLite copy of tables: bridge replica TABLE… --sqlite PATH",
     ),
     "verify": (
-        _module_command("services.verify", "verify"),
+        _module_command("services.tools.verify", "verify"),
         "compare a copy with PostgreSQL under load: bridge verify TABLE… --sqlite PATH "
         "(exit 1 on any difference)",
     ),

@@ -1,4 +1,4 @@
-"""Why `bridge verify` locks its tables and compares their storage (services/verify.py):
+"""Why `bridge verify` locks its tables and compares their storage (services/tools/verify.py):
 TRUNCATE is not MVCC-safe. A reader whose exported snapshot predates a TRUNCATE sees the table
 empty once the TRUNCATE has committed, at an LSN where the copy rightly still has its rows (the
 chaos soak once reported a partitioned table's 83 rows "extra" that way). The storage check
@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from services.verify import storages
+from services.tools.verify import storages
 from shared.consistent_read import export_snapshot
 from tests.harness.postgres import Database
 

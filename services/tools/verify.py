@@ -41,9 +41,9 @@ from pg_nats_bridge import (
 )
 from pg_nats_bridge.names import parse_table_name
 from pg_nats_bridge.sqlite import stored_value
-from services.copy_lock import CopyInUse, lock_copy
-from services.replica import copy_arguments
-from services.tools import split_settings
+from services.tools.arguments import split_settings
+from services.tools.copy_lock import CopyInUse, lock_copy
+from services.tools.replica import copy_arguments
 from shared import postgres
 from shared.codec import RowCodec
 from shared.codec.copy_text import split_line

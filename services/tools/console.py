@@ -1,4 +1,4 @@
-"""The `bridge` commands for people: `tail`, `snapshot`, `status`."""
+"""The `bridge` commands for people at a console: `tail`, `snapshot`, `status`."""
 
 from __future__ import annotations
 
@@ -16,36 +16,13 @@ from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from pg_nats_bridge import contract
+from services.tools.arguments import split_settings
 from shared.nats_connection import connect
-from shared.settings import BridgeSettings, load_settings
 from shared.tables import TableName
 from shared.wire import unpack
 
 console = Console(highlight=False)
 COLORS = {"insert": "green", "update": "yellow", "delete": "red", "truncate": "magenta"}
-
-
-def split_settings(
-    args: Sequence[str], parser: argparse.ArgumentParser, own_flags: set[str]
-) -> tuple[argparse.Namespace, BridgeSettings]:
-    """The command's own arguments, then the shared settings from the rest. Every settings
-    flag takes a value (`--nats-url URL` or `--nats-url=URL`), so values are never mistaken
-    for the command's positional table."""
-    own: list[str] = []
-    rest: list[str] = []
-    items = list(args)
-    i = 0
-    while i < len(items):
-        arg = items[i]
-        if arg.startswith("--") and arg.split("=", 1)[0] not in own_flags:
-            rest.append(arg)
-            if "=" not in arg and i + 1 < len(items):
-                rest.append(items[i + 1])
-                i += 1
-        else:
-            own.append(arg)
-        i += 1
-    return parser.parse_args(own), load_settings(BridgeSettings, rest)
 
 
 def _token(table: str) -> str:

@@ -29,8 +29,8 @@ from pg_nats_bridge import (
     Update,
     contract,
 )
-from services.copy_lock import CopyInUse, lock_copy
-from services.tools import split_settings
+from services.tools.arguments import split_settings
+from services.tools.copy_lock import CopyInUse, lock_copy
 from shared.nats_connection import connect
 from shared.settings import BridgeSettings
 
