@@ -1,27 +1,36 @@
 """Decoder: frames in, publishable messages out, one batch at a time.
 
-An actor on the publisher's I/O loop (`LoopActor`), as the reader is: the reader hands it each
-batch, and it hands the messages to the publisher, all on the loop's thread."""
+An actor on the pipeline's loop (`LoopActor`), as the reader and the publisher are: the reader
+tells it each batch and it tells the publisher the messages, each handled in the sender's own
+call when the receiver is idle (loop_actor.py), all on the loop's thread."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import pykka
+
 from services.replicator import metrics
 from services.replicator.events import EventBuilder, Outgoing
 from services.replicator.failure import FailureSignal, reports_expected_failures
+from services.replicator.io_loop import IoLoop
 from services.replicator.loop_actor import LoopActor
 from services.replicator.messages import Frames, Publish
-from services.replicator.publisher import PublishInbox
 
 
 class Decoder(LoopActor):
-    def __init__(self, builder: EventBuilder, inbox: PublishInbox, failure: FailureSignal) -> None:
+    def __init__(
+        self,
+        builder: EventBuilder,
+        publisher: pykka.ActorRef[Any],
+        io: IoLoop,
+        failure: FailureSignal,
+    ) -> None:
         super().__init__()
-        self.loop, self.loop_thread_id = inbox.loop, inbox.thread_id
+        self.loop, self.loop_thread_id = io.loop, io.thread_id
         self.builder = builder
-        self.inbox = inbox
+        self.publisher = publisher
         self.failure = failure
 
     def on_failure(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -40,5 +49,5 @@ class Decoder(LoopActor):
             if builder.oversized_count:
                 metrics.oversized_rows.inc(builder.oversized_count)
                 builder.oversized_count = 0
-            self.inbox.put(Publish(message.batch_no, out))
+            self.publisher.tell(Publish(message.batch_no, out))
         return None

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import pykka
 
 from services.replicator.events import Outgoing
 
@@ -30,6 +33,13 @@ class Acked:
     reader's `Progress` turns that into a position to confirm)."""
 
     batch_no: int
+
+
+@dataclass(frozen=True, slots=True)
+class AttachReader:
+    """Pipeline → publisher: where `Acked` goes (the reader starts after the publisher)."""
+
+    ref: pykka.ActorRef[Any]
 
 
 @dataclass(frozen=True, slots=True)

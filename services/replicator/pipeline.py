@@ -1,4 +1,8 @@
-"""One run of the actor pipeline: reader → decoder → publisher, acks back to the reader."""
+"""One run of the actor pipeline: reader → decoder → publisher, `Acked` back to the reader.
+
+The pipeline owns the event loop all three actors run on (io_loop.py) and the NATS connection
+on it (`open_link`): it opens them before the actors start and closes them after the actors
+stopped. The actors talk to one another only in the messages of messages.py."""
 
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ from services.replicator.decoder import Decoder
 from services.replicator.events import EventBuilder
 from services.replicator.failure import FailureSignal
 from services.replicator.flow import InFlightBudget
-from services.replicator.messages import Drain
-from services.replicator.publisher import AttachReader, Publisher
+from services.replicator.io_loop import IoLoop
+from services.replicator.messages import AttachReader, Drain
+from services.replicator.publisher import JetStreamLink, Publisher, open_link
 from services.replicator.reader import WalReader
 from services.replicator.settings import ReplicatorSettings
 from shared import postgres
@@ -28,27 +33,24 @@ class Pipeline:
         self.settings = settings
         self.failure = FailureSignal()
         self.budget = InFlightBudget(settings.max_in_flight_bytes)
+        self.io = IoLoop()
+        self.link: JetStreamLink | None = None
         self.actors: list[pykka.ActorRef[Any]] = []
         self.reader: pykka.ActorRef[Any] | None = None
         self.started_at = 0.0
 
     def start(self) -> None:
         s = self.settings
+        self.io.start()
+        self.link = link = self.io.run(open_link(s, s.cdc_stream, self.failure), timeout=60)
         publisher = Publisher.start(
-            s,
-            s.cdc_stream,
-            self.failure,
-            s.max_in_flight_messages,
-            s.ack_timeout_seconds,
+            link, self.io, self.failure, s.max_in_flight_messages, s.ack_timeout_seconds
         )
         self.actors.append(publisher)
-        max_payload = publisher.proxy().get_max_payload().get(timeout=60)  # after on_start
-        self._raise_if_failed()
         builder = EventBuilder(
-            s.value_mode, max_payload, s.oversized_policy, resolve_types=self._base_types
+            s.value_mode, link.max_payload, s.oversized_policy, resolve_types=self._base_types
         )
-        inbox = publisher.proxy().get_inbox().get(timeout=10)
-        decoder = Decoder.start(builder, inbox, self.failure)
+        decoder = Decoder.start(builder, publisher, self.io, self.failure)
         self.actors.append(decoder)
         options = pgoutput_options([s.publication], 1, messages=True)
         self.reader = WalReader.start(
@@ -60,8 +62,8 @@ class Pipeline:
             self.failure,
             s.status_interval_seconds,
             s.batch_linger_seconds,
-            inbox.loop,
-            inbox.thread_id,
+            self.io.loop,
+            self.io.thread_id,
         )
         self.actors.append(self.reader)
         publisher.tell(AttachReader(self.reader))
@@ -105,3 +107,9 @@ class Pipeline:
             except Exception as exc:
                 log.debug("stopping %s: %s", ref, exc)
         self.actors.clear()
+        if self.link is not None and self.io.thread.is_alive():
+            try:
+                self.io.run(self.link.close(), timeout=5)
+            except Exception as exc:
+                log.debug("closing NATS: %s", exc)
+        self.io.stop()

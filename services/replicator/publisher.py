@@ -36,10 +36,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +49,9 @@ from services.replicator import metrics
 from services.replicator.errors import PermanentError, TransientError
 from services.replicator.events import Outgoing
 from services.replicator.failure import FailureSignal, reports_expected_failures
-from services.replicator.messages import Acked, Publish
+from services.replicator.io_loop import IoLoop
+from services.replicator.loop_actor import LoopActor
+from services.replicator.messages import Acked, AttachReader, Publish
 from shared.nats_connection import connect
 from shared.nats_frames import FrameWriter, hpub
 from shared.pub_acks import raw_refusal
@@ -83,155 +83,130 @@ def _stored_at(ack: bytes, seq: int) -> bool:
     return ack[end : end + 1] in (b",", b"}")
 
 
-class PublishInbox:
-    """Where the decoder hands its batches: straight onto the publisher's I/O loop.
+@dataclass(slots=True)
+class JetStreamLink:
+    """The publisher's NATS connection, opened by the pipeline on its loop before the actors
+    start (`open_link`) and closed by it after they stop: a PubAck inbox, the stream's last
+    sequence when the pipeline started, the server's max_payload."""
 
-    A batch used to be an actor message to the publisher, whose thread then passed it to the
-    loop: thread wake-ups per batch where none are needed, and at a few thousand small
-    transactions a second each batch is a few events. The decoder runs on the loop's thread
-    (`thread_id`), where `put` is a plain call; from another thread it is thread-safe. It never
-    blocks; order is kept (one queue, one producer)."""
+    nc: Client
+    stream: str
+    stream_last: int
+    max_payload: int
+    inbox_prefix: str
+    ack_sid: int
+    closing: bool = False
+
+    async def close(self) -> None:
+        self.closing = True
+        if not self.nc.is_closed:
+            await self.nc.close()
+
+
+async def open_link(settings: BridgeSettings, stream: str, failure: FailureSignal) -> JetStreamLink:
+    """Connect, check the stream, subscribe the PubAck inbox.
+
+    No silent reconnect: nats-py would, after a reconnect, flush the messages it buffered
+    meanwhile, while those written to the lost socket just before are gone, so a later change
+    could be stored ahead of an earlier one (seen when a cluster node died). A lost connection
+    fails the pipeline instead; it restarts from the slot's confirmed position and the
+    duplicate window drops what was stored twice."""
+    link: JetStreamLink | None = None
+
+    async def lost() -> None:
+        if link is not None and not link.closing:
+            failure.fail(
+                TransientError("NATS connection lost; unacknowledged changes will be replayed")
+            )
+
+    nc = await connect(settings, "bridge-replicator", on_closed=lost)
+    try:
+        info = await nc.jetstream().stream_info(stream)
+    except NotFoundError:
+        await nc.close()
+        raise PermanentError(
+            f"JetStream stream {stream} does not exist; it is created at start unless "
+            "provisioning failed: check the log above"
+        ) from None
+    inbox_prefix = nc.new_inbox() + "."
+    sub = await nc.subscribe(inbox_prefix + "*")
+    link = JetStreamLink(nc, stream, info.state.last_seq, nc.max_payload, inbox_prefix, sub._id)
+    return link
+
+
+class Publisher(LoopActor):
+    """An actor on the pipeline's loop (as the reader and the decoder): `Publish` batches in,
+    `Acked` out to the reader."""
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
-        thread_id: int,
-        accept: Callable[[Publish], None],
-    ) -> None:
-        self.loop, self.thread_id, self.accept = loop, thread_id, accept
-
-    def put(self, batch: Publish) -> None:
-        if threading.get_ident() == self.thread_id:
-            self.accept(batch)
-        else:
-            self.loop.call_soon_threadsafe(self.accept, batch)
-
-
-class AttachReader:
-    def __init__(self, ref: pykka.ActorRef[Any]) -> None:
-        self.ref = ref
-
-
-class Publisher(pykka.ThreadingActor):
-    def __init__(
-        self,
-        settings: BridgeSettings,
-        stream: str,
+        link: JetStreamLink,
+        io: IoLoop,
         failure: FailureSignal,
         max_in_flight: int,
         ack_timeout: float,
     ) -> None:
         super().__init__()
-        self.settings = settings
-        self.stream = stream
+        self.loop, self.loop_thread_id = io.loop, io.thread_id
+        self.link = link
+        self.stream = link.stream
         self.failure = failure
         self.max_in_flight = max_in_flight
         self.ack_timeout = ack_timeout
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="publisher-io", daemon=True
-        )
-        self.nc: Client | None = None
-        self.inbox_prefix = ""
+        self.nc: Client = link.nc
+        self.inbox_prefix = link.inbox_prefix
         self.seq = 0
         self.acked_through = 0
         # Sequence (ours) of each chained message awaiting its PubAck → stream sequence it
         # must be stored at.
         self.waiting: dict[int, int] = {}
         self.writer: FrameWriter | None = None
-        self.inbox_prefix_bytes = b""
+        self.inbox_prefix_bytes = link.inbox_prefix.encode()
         self.counted = 0
         self.batches: deque[_Batch] = deque()
         self.reader: pykka.ActorRef[Any] | None = None
         self.last_ack: Acked | None = None
         self.room: asyncio.Event | None = None
-        self.max_payload = 0
         self.watchdog: asyncio.Task[None] | None = None
         self.pump: asyncio.Task[None] | None = None
         self.queue: asyncio.Queue[Publish] | None = None
-        self.closing = False
         self.pumping = False  # the pump is sending a batch (maybe waiting for room)
         # The stream sequence the next message must follow; None while the replay of what
         # the stream already holds is probed one message at a time.
         self.expected: int | None = None
-        self.stream_last = 0
+        self.stream_last = link.stream_last
         self.probe: tuple[int, asyncio.Future[dict[str, Any]]] | None = None
         self.last_id = b""  # Msg-Id of the last message sent after probing
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def _run(self, coro: Any, timeout: float | None = None) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
     def on_start(self) -> None:
-        self.thread.start()
-        try:
-            self._run(self._connect(), timeout=30)
-        except Exception as exc:  # pykka would only log it; the supervisor must hear of it
-            self.failure.fail(exc)
-
-    async def _connect(self) -> None:
-        # No silent reconnect: nats-py would, after a reconnect, flush the messages it buffered
-        # meanwhile, while those written to the lost socket just before are gone, so a later
-        # change could be stored ahead of an earlier one (seen when a cluster node died). A
-        # lost connection fails the pipeline instead; it restarts from the slot's confirmed
-        # position and the duplicate window drops what was stored twice.
-        self.nc = await connect(self.settings, "bridge-replicator", on_closed=self._lost)
-        try:
-            info = await self.nc.jetstream().stream_info(self.stream)
-            self.stream_last = info.state.last_seq
-        except NotFoundError:
-            raise PermanentError(
-                f"JetStream stream {self.stream} does not exist; it is created at start unless "
-                "provisioning failed: check the log above"
-            ) from None
-        self.max_payload = self.nc.max_payload
-        self.inbox_prefix = self.nc.new_inbox() + "."
-        self.inbox_prefix_bytes = self.inbox_prefix.encode()
+        # On the loop's thread: the link is open, so everything here is immediate.
         self.writer = FrameWriter(self.nc)
         self.room = asyncio.Event()
         self.queue = asyncio.Queue()
-        sub = await self.nc.subscribe(self.inbox_prefix + "*")
-        self.writer.deliver_inline(sub._id, self._on_ack)
-        self.watchdog = asyncio.create_task(self._watch())
-        self.pump = asyncio.create_task(self._pump())
-
-    async def _lost(self) -> None:
-        if self.closing:
-            return
-        self.failure.fail(
-            TransientError("NATS connection lost; unacknowledged changes will be replayed")
-        )
+        self.writer.deliver_inline(self.link.ack_sid, self._on_ack)
+        self.watchdog = asyncio.ensure_future(self._watch())
+        self.pump = asyncio.ensure_future(self._pump())
 
     def on_stop(self) -> None:
-        self._shutdown_io()
+        self._stop_tasks()
 
     def on_failure(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         self.failure.fail(exc or RuntimeError("publisher failed"))
-        self._shutdown_io()
+        self._stop_tasks()
 
-    def _shutdown_io(self) -> None:
-        if self.thread.is_alive():
-            try:
-                self._run(self._close(), timeout=5)
-            except Exception as exc:
-                log.debug("closing NATS: %s", exc)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
-
-    async def _close(self) -> None:
-        self.closing = True
+    def _stop_tasks(self) -> None:
+        self.link.closing = True  # the pipeline closes the connection next
         for task in (self.watchdog, self.pump):
             if task is not None:
                 task.cancel()
-        if self.nc is not None and not self.nc.is_closed:
-            await self.nc.close()
 
     @reports_expected_failures
     def on_receive(self, message: Any) -> Any:
-        # Batches do not pass through here: the decoder, on the I/O loop, hands them to
-        # `_accept` (PublishInbox), which sends them or queues them in order for the pump.
-        if isinstance(message, AttachReader):
+        if isinstance(message, Publish):
+            self._accept(message)
+        elif isinstance(message, AttachReader):
             self.reader = message.ref
             if self.last_ack is not None:
                 self.reader.tell(self.last_ack)
@@ -240,10 +215,11 @@ class Publisher(pykka.ThreadingActor):
     # -- publishing (on the I/O loop) -----------------------------------------------------
 
     def _accept(self, batch: Publish) -> None:
-        """A batch from the decoder (on the loop's thread). Sent at once when nothing waits
-        before it, all of it fits in flight and the socket takes it (nearly always): the
-        decoder's next batch then finds this one's frames written, and no turn of the loop is
-        spent waking the pump. Otherwise it queues for the pump, which can wait."""
+        """A batch from the decoder (told on the loop's thread, so handled in the decoder's
+        own call when this actor is idle). Sent at once when nothing waits before it, all of
+        it fits in flight and the socket takes it (nearly always): the decoder's next batch
+        then finds this one's frames written, and no turn of the loop is spent waking the
+        pump. Otherwise it queues for the pump, which can wait."""
         if self.failure.failed:
             return  # the pipeline is being stopped; nothing more goes out
         assert self.queue is not None and self.writer is not None
@@ -450,13 +426,3 @@ class Publisher(pykka.ThreadingActor):
                         )
                     )
                     return
-
-    # -- queries --------------------------------------------------------------------------
-
-    def get_max_payload(self) -> int:
-        return self.max_payload
-
-    def get_inbox(self) -> PublishInbox:
-        assert self.queue is not None, "asked before the publisher connected"
-        assert self.thread.ident is not None
-        return PublishInbox(self.loop, self.thread.ident, self._accept)

@@ -1,0 +1,49 @@
+"""`/shutdown`: the replicator and the snapshotter asked over NATS, with the control token
+(shared/control.py), to shut down gracefully."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import APIRouter, Depends
+
+from pg_nats_bridge.contract import control_subject
+from services.admin.state import SERVICES, AdminState, Error, State, require_token
+from shared.control import request_headers
+
+log = logging.getLogger("bridge.admin")
+
+router = APIRouter()
+
+
+async def shutdown_services(state: AdminState) -> dict[str, str]:
+    """Each service's answer: `shutting down`, a refusal, or no answer."""
+    if state.nc is None or not state.nc.is_connected:
+        raise Error(503, "NATS is unreachable: the shutdown requests cannot be sent")
+    settings = state.settings
+    answers = {}
+    for service in SERVICES:
+        subject = control_subject(service, prefix=settings.control_prefix)
+        try:
+            reply = await state.nc.request(
+                subject, b"", timeout=5, headers=request_headers(settings.control_token)
+            )
+            answer = json.loads(reply.data)
+            answers[service] = answer.get("status") or f"refused: {answer.get('error')}"
+        except Exception as exc:
+            answers[service] = f"no answer ({type(exc).__name__})"
+    log.warning("shutdown requested: %s", answers)
+    return answers
+
+
+@router.post(
+    "/shutdown",
+    status_code=202,
+    dependencies=[Depends(require_token)],
+    summary="Ask the replicator and the snapshotter to shut down gracefully",
+    responses={401: {}, 403: {}, 503: {"description": "NATS unreachable"}},
+)
+async def shutdown(state: State) -> dict[str, str]:
+    state.requests.labels("shutdown").inc()
+    return await shutdown_services(state)
