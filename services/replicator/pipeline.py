@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pykka
@@ -28,9 +29,23 @@ from shared.postgres import pgoutput_options
 log = logging.getLogger(__name__)
 
 
+OpenLink = Callable[[ReplicatorSettings, str, FailureSignal], Coroutine[Any, Any, JetStreamLink]]
+
+
 class Pipeline:
-    def __init__(self, settings: ReplicatorSettings) -> None:
+    """`open_stream` and `open_link` are the two ends: the replication stream and the
+    JetStream connection (a scripted walsender and a JetStream stand-in in the in-process
+    tests, tests/unit/test_pipeline_in_process.py)."""
+
+    def __init__(
+        self,
+        settings: ReplicatorSettings,
+        open_stream: Callable[[], Any] | None = None,
+        open_link: OpenLink = open_link,
+    ) -> None:
         self.settings = settings
+        self.open_stream = open_stream
+        self.open_link = open_link
         self.failure = FailureSignal()
         self.budget = InFlightBudget(settings.max_in_flight_bytes)
         self.io = IoLoop()
@@ -42,7 +57,7 @@ class Pipeline:
     def start(self) -> None:
         s = self.settings
         self.io.start()
-        self.link = link = self.io.run(open_link(s, s.cdc_stream, self.failure), timeout=60)
+        self.link = link = self.io.run(self.open_link(s, s.cdc_stream, self.failure), timeout=60)
         publisher = Publisher.start(
             link, self.io, self.failure, s.max_in_flight_messages, s.ack_timeout_seconds
         )
@@ -64,6 +79,7 @@ class Pipeline:
             s.batch_linger_seconds,
             self.io.loop,
             self.io.thread_id,
+            self.open_stream,
         )
         self.actors.append(self.reader)
         publisher.tell(AttachReader(self.reader))

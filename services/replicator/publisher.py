@@ -52,6 +52,7 @@ from services.replicator.failure import FailureSignal, reports_expected_failures
 from services.replicator.io_loop import IoLoop
 from services.replicator.loop_actor import LoopActor
 from services.replicator.messages import Acked, AttachReader, Publish
+from shared import failpoints
 from shared.nats_connection import connect
 from shared.nats_frames import FrameWriter, hpub
 from shared.pub_acks import raw_refusal
@@ -96,6 +97,9 @@ class JetStreamLink:
     inbox_prefix: str
     ack_sid: int
     closing: bool = False
+
+    def writer(self) -> FrameWriter:
+        return FrameWriter(self.nc)
 
     async def close(self) -> None:
         self.closing = True
@@ -182,7 +186,7 @@ class Publisher(LoopActor):
 
     def on_start(self) -> None:
         # On the loop's thread: the link is open, so everything here is immediate.
-        self.writer = FrameWriter(self.nc)
+        self.writer = self.link.writer()
         self.room = asyncio.Event()
         self.queue = asyncio.Queue()
         self.writer.deliver_inline(self.link.ack_sid, self._on_ack)
@@ -282,6 +286,7 @@ class Publisher(LoopActor):
     def _sent(self, batch: Publish) -> None:
         """Every message of `batch` is written: it is done once the last one's PubAck came."""
         self.batches.append(_Batch(batch.batch_no, self.seq, time.monotonic()))
+        failpoints.hit("publisher.after_write")
         self._advance()
 
     async def _wait_for_room(self) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -24,6 +25,7 @@ from services.replicator.loop_actor import LoopActor
 from services.replicator.messages import Acked, Drain, Frames, Poll
 from services.replicator.progress import Progress
 from services.replicator.protocol import keepalives, standby_status_update
+from shared import failpoints
 from shared.lsn import Lsn
 from shared.postgres import ReplicationConnection
 
@@ -60,8 +62,13 @@ class WalReader(LoopActor):
         linger: float,
         loop: asyncio.AbstractEventLoop,
         loop_thread_id: int,
+        open_stream: Callable[[], ReplicationConnection] | None = None,
     ) -> None:
         super().__init__()
+        # The replication stream: a connection to the server, or a scripted one in tests.
+        self.open_stream = open_stream or (
+            lambda: ReplicationConnection(database_url, application_name=f"bridge:{slot}")
+        )
         self.loop, self.loop_thread_id = loop, loop_thread_id
         self.linger = linger
         self.database_url = database_url
@@ -95,7 +102,7 @@ class WalReader(LoopActor):
     def _connect(self) -> None:
         error: BaseException | None = None
         try:
-            conn = ReplicationConnection(self.database_url, application_name=f"bridge:{self.slot}")
+            conn = self.open_stream()
             try:
                 # 0/0: the server starts from the slot's confirmed position.
                 conn.start_replication(self.slot, Lsn(0), self.options)
@@ -286,6 +293,7 @@ class WalReader(LoopActor):
 
     def _acked(self, message: Acked) -> None:
         self.progress.acked(message.batch_no)
+        failpoints.hit("reader.after_acked")
         metrics.in_flight_bytes.set(self.budget.used)
         self._room_back()
 
@@ -306,6 +314,7 @@ class WalReader(LoopActor):
         self.last_update = now
         metrics.status_updates.inc()
         metrics.last_ack_lsn.set(int(lsn))
+        failpoints.hit("reader.after_status")
 
     # -- queries (supervisor) -------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from psycopg import sql
 from pg_nats_bridge import contract
 from services.snapshotter.copy_rows import CopyRowPacker
 from services.snapshotter.publishing import PipelinedPublisher, PublishFailed
-from shared import postgres
+from shared import failpoints, postgres
 from shared.codec import RowCodec, ValueMode
 from shared.consistent_read import (
     copy_query,
@@ -288,6 +288,7 @@ async def take_snapshot(
         msg_id = contract.snapshot_msg_id(snapshot_id, schema, table, chunk.index)
         await publisher.publish(subject, chunk.payload, msg_id)
         on_rows(chunk.rows)
+        failpoints.hit("snapshot.after_chunk")
 
     name = sql.Identifier(schema, table)
     try:
