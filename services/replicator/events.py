@@ -6,7 +6,6 @@ Owns what the wire contract says about an event: subject, Msg-Id, payload fields
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -16,8 +15,12 @@ import msgpack
 from pg_nats_bridge import contract
 from services.replicator import pgoutput as po
 from services.replicator.errors import OversizedRowError
-from services.replicator.protocol import parse_copy_data, pg_time_to_datetime
-from services.replicator.wire_reader import Reader
+from services.replicator.protocol import (
+    parse_copy_data,
+    pg_time_to_datetime,
+    xlog_data_start,
+    xlog_data_start_text,
+)
 from shared.codec import RowCodec, ValueMode
 from shared.codec.domains import oids_to_resolve, with_base_types
 from shared.lsn import Lsn, lsn_from_u64, lsn_text
@@ -28,20 +31,6 @@ TypeResolver = Callable[[list[int]], list[tuple[int, int]]]
 
 # Room for the headers and protocol framing next to the payload.
 _HEADER_ALLOWANCE = 512
-
-_XLOG_HEADER = 25  # 'w', data start, WAL end, send time: then the pgoutput message
-_U64 = struct.Struct("!Q")
-_U32 = struct.Struct("!I")
-# Begin (final LSN, commit time, xid) and Commit (flags, commit LSN, end LSN, commit time)
-# read straight from the frame, and the frame lengths they have outside a streamed block.
-_BEGIN_FIELDS = struct.Struct("!QqI")
-_COMMIT_FIELDS = struct.Struct("!bQQq")
-_BEGIN_FRAME = _XLOG_HEADER + 1 + _BEGIN_FIELDS.size
-_COMMIT_FRAME = _XLOG_HEADER + 1 + _COMMIT_FIELDS.size
-_KIND_BEGIN, _KIND_COMMIT = 0x42, 0x43  # B C
-_KIND_INSERT, _KIND_UPDATE, _KIND_DELETE = 0x49, 0x55, 0x44  # I U D
-_MARK_NEW, _MARK_KEY, _MARK_OLD = 0x4E, 0x4B, 0x4F  # N K O
-_CHANGE_NAMES = {_KIND_INSERT: "Insert", _KIND_UPDATE: "Update", _KIND_DELETE: "Delete"}
 
 # A change event is an 11-entry map whose keys and most values repeat: the entries that are
 # the same for a table and operation, or for a transaction, are packed once and the event is
@@ -110,6 +99,7 @@ class EventBuilder:
         self.oversized_policy = oversized_policy
         self.prefix = prefix
         self.decoder = po.PgOutputDecoder()
+        self.read_fast = po.read_fast  # the decoder's shortcut (a test switches it off)
         self.relations: dict[int, _RelationInfo] = {}
         self.oversized_count = 0
         self._xid: int | None = None  # the open transaction's xid; None between transactions
@@ -143,25 +133,34 @@ class EventBuilder:
         through `PgOutputDecoder`, which alone decides what a frame means and names what is
         wrong with it. The two agree on every well-formed frame (a unit test holds them to it).
         """
-        if len(raw) > _XLOG_HEADER and not self.decoder.in_stream and self._fast(raw, out):
-            return
-        if len(raw) < _XLOG_HEADER:
+        if not self.decoder.in_stream:
+            fast = self.read_fast(raw)
+            if fast is not None:
+                if len(fast) == 5:  # a row change, nearly every frame
+                    kind, oid, new, old_kind, old = fast
+                    self._change(oid, kind, new, old_kind, old, raw, out)
+                elif fast:  # a Begin
+                    self._start_transaction(*fast)
+                else:  # a Commit
+                    self._xid = None
+                return
+        if len(raw) < po.XLOG_HEADER:
             parse_copy_data(raw)  # raises the framing error
-        message = self.decoder.decode(raw[_XLOG_HEADER:])
+        message = self.decoder.decode(raw[po.XLOG_HEADER :])
         kind = type(message)
         if kind is po.Insert:
             assert isinstance(message, po.Insert)
-            self._change(message.relation_oid, _KIND_INSERT, message.new, None, None, raw, out)
+            self._change(message.relation_oid, po.KIND_INSERT, message.new, None, None, raw, out)
         elif kind is po.Update:
             assert isinstance(message, po.Update)
             self._change(
-                message.relation_oid, _KIND_UPDATE, message.new, message.old_kind, message.old,
+                message.relation_oid, po.KIND_UPDATE, message.new, message.old_kind, message.old,
                 raw, out,
             )  # fmt: skip
         elif kind is po.Delete:
             assert isinstance(message, po.Delete)
             self._change(
-                message.relation_oid, _KIND_DELETE, None, message.old_kind, message.old, raw, out
+                message.relation_oid, po.KIND_DELETE, None, message.old_kind, message.old, raw, out
             )
         elif kind is po.Begin:
             assert isinstance(message, po.Begin)
@@ -174,57 +173,12 @@ class EventBuilder:
             self._relation(message)
         elif kind is po.Truncate:
             assert isinstance(message, po.Truncate)
-            self._truncate(message, lsn_from_u64(_U64.unpack_from(raw, 1)[0]), out)
+            self._truncate(message, xlog_data_start(raw), out)
         elif kind is po.LogicalMessage:
             assert isinstance(message, po.LogicalMessage)
             self._logical_message(message, out)
         # Origin and Type need nothing: origins are not filtered, and Relation already gives
         # every column's type OID (user-defined types are sent as text output).
-
-    def _fast(self, raw: bytes, out: list[Outgoing]) -> bool:
-        """Begin, Commit, Insert, Update or Delete read in place; False when `raw` is none of
-        those or is not well-formed, and nothing was changed (the decoder then has its say)."""
-        kind = raw[_XLOG_HEADER]
-        size = len(raw)
-        if kind == _KIND_BEGIN:
-            if size != _BEGIN_FRAME:
-                return False
-            final_lsn, commit_time, xid = _BEGIN_FIELDS.unpack_from(raw, _XLOG_HEADER + 1)
-            self._start_transaction(final_lsn, commit_time, xid)
-            return True
-        if kind == _KIND_COMMIT:
-            if size != _COMMIT_FRAME:
-                return False
-            self._xid = None
-            return True
-        name = _CHANGE_NAMES.get(kind)
-        if name is None or size < _XLOG_HEADER + 6:
-            return False
-        oid = _U32.unpack_from(raw, _XLOG_HEADER + 1)[0]
-        marker = raw[_XLOG_HEADER + 5]
-        r = Reader(raw, name, _XLOG_HEADER + 6)
-        new: po.RawTuple | None = None
-        old: po.RawTuple | None = None
-        old_kind: str | None = None
-        try:
-            if marker == _MARK_NEW and kind != _KIND_DELETE:
-                new = po.read_tuple(r)
-            elif marker in (_MARK_KEY, _MARK_OLD) and kind != _KIND_INSERT:
-                old_kind = "K" if marker == _MARK_KEY else "O"
-                old = po.read_tuple(r)
-                if kind == _KIND_UPDATE:
-                    if r.pos >= size or raw[r.pos] != _MARK_NEW:
-                        return False
-                    r.pos += 1
-                    new = po.read_tuple(r)
-            else:
-                return False
-        except po.DecodeError:
-            return False
-        if r.pos != size:
-            return False
-        self._change(oid, kind, new, old_kind, old, raw, out)
-        return True
 
     def _start_transaction(self, final_lsn: int, commit_time: int, xid: int) -> None:
         self._xid = xid
@@ -309,10 +263,10 @@ class EventBuilder:
         info = self._info(relation_oid)
         codec = info.codec
         old = None if old_raw is None else self._old(info, old_kind, old_raw)
-        if kind == _KIND_INSERT:
+        if kind == po.KIND_INSERT:
             operation = "insert"
             data, unchanged = codec.decode(new)  # type: ignore[arg-type]
-        elif kind == _KIND_UPDATE:
+        elif kind == po.KIND_UPDATE:
             operation = "update"
             data, unchanged = codec.decode(new)  # type: ignore[arg-type]
         else:
@@ -323,7 +277,7 @@ class EventBuilder:
         ordinal = self._ordinal
         self._ordinal = ordinal + 1
         pack = self._packer.pack
-        lsn_str = lsn_text(_U64.unpack_from(raw, 1)[0])
+        lsn_str = xlog_data_start_text(raw)
         payload = b"".join(
             (
                 self._head(info, operation),

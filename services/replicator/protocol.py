@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from services.replicator.wire_reader import DecodeError, Reader
-from shared.lsn import Lsn, lsn_from_u64
+from shared.lsn import Lsn, lsn_from_u64, lsn_text
 
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _PG_EPOCH_UNIX_US = 946_684_800_000_000
 _STATUS_UPDATE = struct.Struct("!cQQQqB")
 _XLOG_HEADER = struct.Struct("!QQq")
+_U64 = struct.Struct("!Q")
 
 XLOG_DATA, KEEPALIVE = 0x77, 0x6B  # w k
 # In an XLogData message: the pgoutput message starts after 'w' and the 24-byte header.
@@ -101,6 +102,16 @@ def parse_standby_status_update(buf: bytes) -> tuple[Lsn, Lsn, Lsn, int, bool]:
     written, flushed, applied, sent, reply = r.u64(), r.u64(), r.u64(), r.i64(), r.byte()
     r.end()
     return Lsn(written), Lsn(flushed), Lsn(applied), sent, reply == 1
+
+
+def xlog_data_start(raw: bytes) -> Lsn:
+    """Where an XLogData message's data starts in the WAL (the LSN of its record)."""
+    return lsn_from_u64(_U64.unpack_from(raw, 1)[0])
+
+
+def xlog_data_start_text(raw: bytes) -> str:
+    """`xlog_data_start` as PostgreSQL prints it (once per change: no Lsn object)."""
+    return lsn_text(_U64.unpack_from(raw, 1)[0])
 
 
 def transaction_boundary(frames: list[bytes]) -> tuple[bool | None, Lsn | None]:
