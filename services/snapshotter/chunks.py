@@ -1,0 +1,96 @@
+"""A snapshot's rows packed into `{"chunk": n, "data": [...]}` chunks (docs/wire-format.md,
+INIT stream): at most the requested rows each, and never more than NATS max_payload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from services.snapshotter.errors import SnapshotError
+from shared.wire import unpack
+
+# Room for headers and framing beside a chunk's payload.
+_OVERHEAD = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    index: int
+    payload: bytes
+    rows: int
+
+
+class ChunkBuilder:
+    """Packs rows into `{"chunk": n, "data": [...]}` chunks no larger than `max_payload`."""
+
+    def __init__(self, chunk_size: int, max_payload: int) -> None:
+        self.chunk_size = chunk_size
+        self.limit = max_payload - _OVERHEAD
+        self.rows: list[bytes] = []
+        self.size = 0
+        self.chunks = 0
+        self.row_count = 0
+        self.packer = msgpack.Packer(use_bin_type=True)
+
+    def refuse(self, packed_row: bytes, row: dict[str, Any], key: list[str]) -> SnapshotError:
+        return SnapshotError(
+            "row_too_large",
+            f"row {describe_row(row, key)} is {len(packed_row)} bytes encoded, more than NATS "
+            f"max_payload allows ({self.limit + _OVERHEAD}); raise max_payload on the server",
+        )
+
+    def add_many(self, packed_rows: list[bytes], key: list[str]) -> list[Chunk]:
+        """Adds a block of packed rows; returns the chunks they completed (a row too large
+        for any chunk is refused)."""
+        done: list[Chunk] = []
+        limit, chunk_size = self.limit, self.chunk_size
+        sizes = list(map(len, packed_rows))
+        total = sum(sizes)
+        if (
+            len(self.rows) + len(packed_rows) <= chunk_size
+            and self.size + total + 64 <= limit
+            and max(sizes, default=0) + 64 <= limit
+        ):  # the whole block joins the chunk being filled (the common case)
+            self.rows.extend(packed_rows)
+            self.size += total
+            self.row_count += len(packed_rows)
+            return done
+        for packed in packed_rows:
+            size = len(packed) + 64
+            if size > limit:
+                raise self.refuse(packed, unpack(packed), key)
+            if self.rows and (len(self.rows) >= chunk_size or self.size + size > limit):
+                chunk = self.finish()
+                assert chunk is not None
+                done.append(chunk)
+            self.rows.append(packed)
+            self.size += size - 64
+        self.row_count += len(packed_rows)
+        return done
+
+    def finish(self) -> Chunk | None:
+        if not self.rows:
+            return None
+        packer = self.packer
+        payload = b"".join(
+            (
+                packer.pack_map_header(2),
+                packer.pack("chunk"),
+                packer.pack(self.chunks),
+                packer.pack("data"),
+                packer.pack_array_header(len(self.rows)),
+                *self.rows,
+            )
+        )
+        chunk = Chunk(self.chunks, payload, len(self.rows))
+        self.chunks += 1
+        self.rows, self.size = [], 0
+        return chunk
+
+
+def describe_row(row: dict[str, Any], key: list[str]) -> str:
+    if key:
+        return "with key " + ", ".join(f"{k}={row.get(k)!r}" for k in key)
+    return "(table without primary key)"
