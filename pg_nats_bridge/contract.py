@@ -7,7 +7,9 @@ Table tokens (how a table's name becomes one subject token) are in `names.py`.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import json
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pg_nats_bridge.lsn import Lsn
 from pg_nats_bridge.names import (
@@ -183,6 +185,54 @@ PERMANENT_REFUSALS = frozenset(
 """Refusals a later request would get again; the others are worth asking again."""
 
 META_FIELDS = ("batch_count", "lsn", "row_count", "schema", "snapshot_id", "table", "timestamp")
+
+
+class SnapshotMeta(BaseModel):
+    """A snapshot's meta (`init.meta.<table>`, and the reply to a request that got one, with
+    `joined` when it joined a running snapshot)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    batch_count: int = Field(ge=0)
+    lsn: str
+    row_count: int = Field(ge=0)
+    schema_: str = Field(alias="schema")
+    snapshot_id: str
+    table: str
+    timestamp: int
+    joined: bool = False
+
+    @field_validator("lsn")
+    @classmethod
+    def _an_lsn(cls, value: str) -> str:
+        Lsn.parse(value)
+        return value
+
+
+class SnapshotRefusal(BaseModel):
+    """The reply to a request that cannot be served."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    error: str
+    reason: str
+
+
+def read_snapshot_reply(data: bytes) -> SnapshotMeta | SnapshotRefusal:
+    """A reply as a requester reads it; ValueError when it is neither (anyone can publish to
+    a requester's inbox)."""
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise ValueError("not a JSON object")
+    try:
+        if "error" in body:
+            return SnapshotRefusal.model_validate(body)
+        return SnapshotMeta.model_validate(body)
+    except ValidationError as exc:
+        raise ValueError(f"not a snapshot reply ({exc.error_count()} problems)") from None
 
 
 class SnapshotRequest(BaseModel):

@@ -303,10 +303,10 @@ class TableFollower:
             meta = _unpack(last.data)
             event = _unpack(first.data)
             oldest = event.get("commit_lsn") or event.get("lsn")
+            contract.SnapshotMeta.model_validate(meta)  # a meta of the bridge's
             if not oldest or Lsn.parse(oldest) >= Lsn.parse(meta["lsn"]):
                 return None  # the stream may have lost events after the snapshot
-            int(meta["batch_count"]), str(meta["snapshot_id"])  # a meta of the bridge's
-        except (Undecodable, AttributeError, KeyError, TypeError, ValueError):
+        except (Undecodable, AttributeError, KeyError, TypeError, ValueError):  # Validation too
             # Either message is not the bridge's: nothing proves the snapshot reusable.
             return None
         return meta, info.state.first_seq
@@ -342,17 +342,15 @@ class TableFollower:
                     if msg.headers and msg.headers.get("Status") == "503":
                         break  # no responders: no snapshotter is running (yet)
                     try:
-                        reply = json.loads(msg.data)
-                        if not isinstance(reply, dict):
-                            raise ValueError("not an object")
-                    except (ValueError, RecursionError) as exc:
-                        self.skip("snapshot reply", msg.subject, None, f"not JSON ({exc})")
+                        reply = contract.read_snapshot_reply(msg.data)
+                    except ValueError as exc:
+                        self.skip("snapshot reply", msg.subject, None, str(exc))
                         continue
-                    if "error" not in reply:
-                        return dict(reply)
-                    if reply.get("reason") in contract.PERMANENT_REFUSALS:
-                        raise FollowError(f"snapshot of {table} refused: {reply['error']}")
-                    log.warning("snapshot of %s failed: %s; asking again", table, reply["error"])
+                    if isinstance(reply, contract.SnapshotMeta):
+                        return dict(json.loads(msg.data))
+                    if reply.reason in contract.PERMANENT_REFUSALS:
+                        raise FollowError(f"snapshot of {table} refused: {reply.error}")
+                    log.warning("snapshot of %s failed: %s; asking again", table, reply.error)
                     break
                 else:
                     log.warning(

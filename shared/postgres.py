@@ -245,9 +245,12 @@ class ReplicationConnection:
             return bytes(data)
         raise self._end_error(nbytes)
 
-    def read_ready(self, max_messages: int, max_bytes: int) -> tuple[list[bytes], list[bytes]]:
+    def read_ready(
+        self, max_messages: int, max_bytes: int, data_kind: int
+    ) -> tuple[list[bytes], list[bytes]]:
         """The CopyData messages that are here already, without waiting: those libpq has
-        buffered, then those the socket holds (read once); XLogData (`w`) apart from the rest
+        buffered, then those the socket holds (read once); those whose first byte is
+        `data_kind` (XLogData: the protocol layer says which) apart from the rest
         (keepalives). At most `max_messages`, and stops once they reach `max_bytes`.
 
         One call per batch instead of one per message (a busy stream has tens of thousands a
@@ -265,7 +268,7 @@ class ReplicationConnection:
         while count < max_messages and size < max_bytes:
             nbytes, data = get_copy_data(1)
             if nbytes > 0:
-                if data[0] == 0x77:
+                if data[0] == data_kind:
                     append(bytes(data))
                 else:
                     other.append(bytes(data))

@@ -24,7 +24,7 @@ from services.replicator.flow import InFlightBudget
 from services.replicator.loop_actor import LoopActor
 from services.replicator.messages import Acked, Drain, Frames, Poll
 from services.replicator.progress import Progress
-from services.replicator.protocol import keepalives, standby_status_update
+from services.replicator.protocol import XLOG_DATA, keepalives, standby_status_update
 from shared import failpoints
 from shared.lsn import Lsn
 from shared.postgres import ReplicationConnection
@@ -253,7 +253,7 @@ class WalReader(LoopActor):
         progress = self.progress
         started = not self.frames
         while len(self.frames) < _BATCH_FRAMES and progress.room > 0:
-            got, other = conn.read_ready(_BATCH_FRAMES - len(self.frames), progress.room)
+            got, other = conn.read_ready(_BATCH_FRAMES - len(self.frames), progress.room, XLOG_DATA)
             if other:
                 # Order against the frames is not kept: with any in this batch, the
                 # keepalives' position is not confirmed (a later one's will be).

@@ -137,16 +137,22 @@ def snapshot(args: Sequence[str]) -> int:
                     )
 
                 sub = await nc.subscribe(contract.snapshot_chunks_filter(token), cb=on_chunk)
-                reply = json.loads(
-                    (await nc.request(f"{own.prefix}.{token}", body, timeout=3600)).data
+                answer = await nc.request(
+                    contract.snapshot_request_subject(token, own.prefix), body, timeout=3600
                 )
                 await sub.unsubscribe()
-            if "error" in reply:
-                console.print(f"[red]snapshot failed:[/] {reply['error']}")
+            try:
+                reply = contract.read_snapshot_reply(answer.data)
+            except ValueError as exc:
+                console.print(f"[red]an unreadable reply:[/] {escape(str(exc))}")
+                return 1
+            if isinstance(reply, contract.SnapshotRefusal):
+                console.print(f"[red]snapshot failed ({escape(reply.reason)}):[/] ", end="")
+                console.print(escape(reply.error))
                 return 1
             table = Table(title=f"snapshot of {own.table}")
             for key in ("snapshot_id", "lsn", "row_count", "batch_count", "timestamp"):
-                table.add_row(key, str(reply.get(key)))
+                table.add_row(key, str(getattr(reply, key)))
             console.print(table)
             return 0
         finally:

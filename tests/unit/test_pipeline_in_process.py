@@ -149,14 +149,16 @@ class FakeStream:
         with contextlib.suppress(OSError):  # closed meanwhile
             self.theirs.send(b"x")
 
-    def read_ready(self, max_messages: int, max_bytes: int) -> tuple[list[bytes], list[bytes]]:
+    def read_ready(
+        self, max_messages: int, max_bytes: int, data_kind: int
+    ) -> tuple[list[bytes], list[bytes]]:
         with contextlib.suppress(OSError):  # drained: BlockingIOError
             while self.ours.recv(4096):
                 pass
         taken, size, xlog_frames, other = 0, 0, [], []
         while self.queue and taken < max_messages and size < max_bytes:
             frame = self.queue.pop(0)
-            (xlog_frames if frame[0] == ord("w") else other).append(frame)
+            (xlog_frames if frame[0] == data_kind else other).append(frame)
             taken += 1
             size += len(frame)
         if self.queue:
