@@ -140,6 +140,13 @@ def change_msg_id(commit_lsn: Lsn, ordinal: int) -> str:
     return f"{commit_lsn}:{ordinal}"
 
 
+def change_msg_id_prefix(commit_lsn_text: str) -> bytes:
+    """`change_msg_id` of a whole transaction at once, as bytes: `<commit LSN>:`, to which each
+    change's ordinal is appended (`prefix + b"%d" % ordinal`: the replicator's hot path builds
+    one per change)."""
+    return commit_lsn_text.encode() + b":"
+
+
 def message_msg_id(lsn: Lsn) -> str:
     """A non-transactional logical decoding message's Msg-Id (it has no commit)."""
     return f"message:{lsn}"

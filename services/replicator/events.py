@@ -185,7 +185,7 @@ class EventBuilder:
         self._final_lsn = final_lsn
         self._ordinal = 0
         self._commit_lsn_text = text = lsn_text(final_lsn)
-        self._commit_lsn_bytes = text.encode() + b":"
+        self._commit_lsn_bytes = contract.change_msg_id_prefix(text)
         self._commit_time_text = self._time_text(commit_time)
         pack = self._packer.pack
         self._tx_middle = _K_COMMIT_LSN + pack(text) + _K_XID + pack(xid)

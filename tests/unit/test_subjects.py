@@ -105,3 +105,10 @@ def test_subjects_overlap_agrees_with_matching_some_subject(a: list[str], b: lis
         matches(a, s) and matches(b, s) for n in range(1, 6) for s in product("abc", repeat=n)
     )
     assert subjects.subjects_overlap(".".join(a), ".".join(b)) is some
+
+
+@given(st.integers(0, 2**64 - 1), st.integers(0, 10**6))
+def test_the_msg_id_prefix_and_an_ordinal_make_the_change_msg_id(lsn: int, ordinal: int) -> None:
+    text = str(Lsn(lsn))
+    built = subjects.change_msg_id_prefix(text) + b"%d" % ordinal
+    assert built == subjects.change_msg_id(Lsn(lsn), ordinal).encode()
