@@ -4,8 +4,9 @@ Anyone on the NATS account can send a request, so nothing in its body is trusted
 own decoding lets some bodies raise something other than a JSON error (100,000 nested `[`
 raise RecursionError, a 5,000-digit integer Python's int-string limit), and such a request
 got no reply at all. Here the body is capped before it is parsed, every parse failure is a
-`BadRequest`, and the options are a strict pydantic model; `reply_to_bad_request` turns both
-into the `bad_request` reply at once (docs/wire-format.md, "Control plane").
+`BadRequest`, and the options are a strict pydantic model (`contract.SnapshotRequest`); the
+app's exception middleware turns both into the `bad_request` reply at once
+(docs/wire-format.md, "Control plane").
 """
 
 from __future__ import annotations

@@ -109,6 +109,23 @@ def test_sigterm_drains_and_exits_0(
     assert slot_lag(pg) < 1_000_000
 
 
+async def ask_shutdown(nats_url: str, headers: dict[str, str] | None) -> dict[str, Any]:
+    """The replicator's answer to a shutdown request over NATS (waiting for it to subscribe)."""
+    nc = await nats.connect(nats_url)
+    try:
+        for _ in range(50):
+            try:
+                reply = await nc.request(
+                    "bridge.control.replicator.shutdown", b"", timeout=1, headers=headers
+                )
+                return dict(json.loads(reply.data))
+            except nats.errors.NoRespondersError:
+                await asyncio.sleep(0.2)
+        raise AssertionError("no responder on the control subject")
+    finally:
+        await nc.close()
+
+
 def test_shutdown_over_nats_needs_the_control_token(
     pg: Database, nats_url: str, services: Callable[..., Service]
 ) -> None:
@@ -119,29 +136,14 @@ def test_shutdown_over_nats_needs_the_control_token(
     replicator = services("replicator", pg, nats_url, table="t", control_token=token)
     replicator.wait_healthy()
 
-    async def ask(headers: dict[str, str] | None) -> dict[str, Any]:
-        nc = await nats.connect(nats_url)
-        try:
-            for _ in range(50):
-                try:
-                    reply = await nc.request(
-                        "bridge.control.replicator.shutdown", b"", timeout=1, headers=headers
-                    )
-                    return dict(json.loads(reply.data))
-                except nats.errors.NoRespondersError:
-                    await asyncio.sleep(0.2)
-            raise AssertionError("no responder on the control subject")
-        finally:
-            await nc.close()
-
     for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
-        refused = asyncio.run(ask(headers))
+        refused = asyncio.run(ask_shutdown(nats_url, headers))
         assert refused == {"error": "missing or wrong control token", "reason": "unauthorized"}
     assert replicator.health() == 200
     assert "refused 1 control request(s) on bridge.control.replicator.shutdown" in (
         replicator.output()
     )
-    answer = asyncio.run(ask({"Authorization": f"Bearer {token}"}))
+    answer = asyncio.run(ask_shutdown(nats_url, {"Authorization": f"Bearer {token}"}))
     assert answer == {"status": "shutting down"}
     assert replicator.wait(30) == 0
     assert token not in replicator.output()
@@ -153,20 +155,7 @@ def test_control_requests_are_refused_when_no_token_is_configured(
     pg.execute("CREATE TABLE t (id int PRIMARY KEY)")
     replicator = services("replicator", pg, nats_url, table="t").wait_healthy()
 
-    async def ask() -> dict[str, Any]:
-        nc = await nats.connect(nats_url)
-        try:
-            for _ in range(50):
-                try:
-                    reply = await nc.request("bridge.control.replicator.shutdown", b"", timeout=1)
-                    return dict(json.loads(reply.data))
-                except nats.errors.NoRespondersError:
-                    await asyncio.sleep(0.2)
-            raise AssertionError("no responder on the control subject")
-        finally:
-            await nc.close()
-
-    reply = asyncio.run(ask())
+    reply = asyncio.run(ask_shutdown(nats_url, None))
     assert reply["reason"] == "unauthorized"
     assert "control requests are disabled: set BRIDGE_CONTROL_TOKEN" in reply["error"]
     assert replicator.health() == 200
