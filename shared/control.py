@@ -4,24 +4,23 @@ Anyone on the NATS account can publish to any subject its permissions allow, so 
 request is obeyed only when it carries the control token (`Authorization: Bearer <token>` in
 its headers), compared in constant time, like the admin's HTTP twin of it. With no token
 configured, control requests are refused: a bridge nobody secured cannot be stopped by a
-stranger. A refusal is answered (the caller learns why) and logged, at most once per
-`_LOG_EVERY` seconds with the count in between, so a flood cannot flood the log too.
+stranger. A refusal is answered (the caller learns why) and logged, at most once every 10 s
+with the count in between (log_throttle.py), so a flood cannot flood the log too.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import SecretStr
 
+from shared.log_throttle import ThrottledLog
 from shared.wire import to_json
 
 AUTHORIZATION = "Authorization"
-_LOG_EVERY = 10.0
 
 
 def request_headers(token: SecretStr | None) -> dict[str, str] | None:
@@ -62,14 +61,15 @@ class ControlEndpoint:
         self.token = token
         self.on_shutdown = on_shutdown
         self.log = log
-        self.refused = 0
-        self.refused_unlogged = 0
-        self.last_logged = -_LOG_EVERY
+        self.refusals = ThrottledLog(log)
 
     async def handle(self, msg: Any) -> None:
         problem = refusal(msg.headers, self.token)
         if problem is not None:
-            self._log_refusal(msg.subject, problem)
+            self.on_refused()
+            self.refusals.warning(
+                "refused", "refused a control request on %s: %s", msg.subject, problem
+            )
             if msg.reply:
                 await msg.respond(to_json({"error": problem, "reason": "unauthorized"}))
             return
@@ -77,15 +77,3 @@ class ControlEndpoint:
         if msg.reply:
             await msg.respond(to_json({"status": "shutting down"}))
         self.on_shutdown()
-
-    def _log_refusal(self, subject: str, problem: str) -> None:
-        self.on_refused()
-        self.refused += 1
-        self.refused_unlogged += 1
-        now = time.monotonic()
-        if now - self.last_logged >= _LOG_EVERY:
-            self.log.warning(
-                "refused %d control request(s) on %s: %s", self.refused_unlogged, subject, problem
-            )
-            self.refused_unlogged = 0
-            self.last_logged = now

@@ -30,6 +30,7 @@ from services.snapshotter.snapshot import SnapshotError, SnapshotOptions, take_s
 from shared import pg_errors, postgres
 from shared.control import ControlEndpoint
 from shared.http_endpoint import serve
+from shared.log_throttle import ThrottledLog
 from shared.nats_connection import NatsRefused, broker_security, connect, servers
 from shared.provisioning import provision
 from shared.redact import redact
@@ -59,6 +60,7 @@ class Snapshotter:
         self.on_shutdown_request: Callable[[], None] = lambda: None
         self.exit_code = 0
         self.secrets = settings.secrets()
+        self.refusals = ThrottledLog(log)
 
     def by_token(self) -> dict[str, tuple[str, str]]:
         """The configured tables by subject token, under their current names (a rename is
@@ -219,9 +221,12 @@ class Snapshotter:
             return to_json({"error": error, "reason": "internal"})
 
     def refusal(self, token: str, exc: SnapshotError) -> bytes:
-        """The reply to a request that cannot be served, counted and logged."""
+        """The reply to a request that cannot be served, counted and logged (requests any
+        client can send are logged at most once every 10 s per reason)."""
         metrics.errors.labels(exc.reason).inc()
-        log.warning("snapshot request for %s refused: %s", token, self.shown(str(exc)))
+        self.refusals.warning(
+            exc.reason, "snapshot request for %s refused: %s", token[:100], self.shown(str(exc))
+        )
         return to_json({"error": self.shown(str(exc)), "reason": exc.reason})
 
     async def snapshot(self, schema: str, table: str, options: SnapshotOptions) -> dict[str, Any]:

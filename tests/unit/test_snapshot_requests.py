@@ -75,3 +75,12 @@ def test_a_table_not_configured_is_refused_by_name() -> None:
         "'pg_catalog~pg_authid' is not configured here (configured: public.users)"
         in (reply["error"])
     )
+
+
+def test_a_burst_of_bad_requests_is_logged_once_with_its_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Anyone can send them: each is answered and counted, the log gets one line per 10 s."""
+    ask_all([b"{"] * 30)
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 1, lines
