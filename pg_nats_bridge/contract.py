@@ -191,8 +191,6 @@ PERMANENT_REFUSALS = frozenset(
 )
 """Refusals a later request would get again; the others are worth asking again."""
 
-META_FIELDS = ("batch_count", "lsn", "row_count", "schema", "snapshot_id", "table", "timestamp")
-
 
 class SnapshotMeta(BaseModel):
     """A snapshot's meta (`init.meta.<table>`, and the reply to a request that got one, with

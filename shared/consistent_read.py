@@ -77,7 +77,8 @@ def copy_query(
 
     The row filter is the publication's own expression as PostgreSQL deparsed it from its
     catalog (shared/published.py), not text from any request or setting, and it must be evaluated
-    under the search path it was deparsed with (`columns.PINNED_SEARCH_PATH`)."""
+    under the search path it was deparsed with (`published.PINNED_SEARCH_PATH`, which
+    `snapshot_transaction` sets)."""
     order = sql.SQL(", ").join(map(sql.Identifier, key))
     where = sql.SQL(" WHERE ({})").format(sql.SQL(row_filter)) if row_filter else sql.SQL("")  # type: ignore[arg-type]
     return sql.SQL("COPY (SELECT {} FROM {}{}{}) TO STDOUT").format(

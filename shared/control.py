@@ -50,13 +50,11 @@ class ControlEndpoint:
 
     def __init__(
         self,
-        service: str,
         token: SecretStr | None,
         on_shutdown: Callable[[], None],
         log: logging.Logger,
         on_refused: Callable[[], None] = lambda: None,
     ) -> None:
-        self.service = service
         self.on_refused = on_refused
         self.token = token
         self.on_shutdown = on_shutdown

@@ -113,7 +113,6 @@ class Replicator:
         """Serve `<control_prefix>.replicator.shutdown` over NATS (while NATS is reachable)."""
         subject = control_subject("replicator", prefix=self.settings.control_prefix)
         endpoint = ControlEndpoint(
-            "replicator",
             self.settings.control_token,
             self.request_stop,
             log,

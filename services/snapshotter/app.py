@@ -22,11 +22,12 @@ from pydantic import ValidationError
 
 from pg_nats_bridge import contract
 from services.snapshotter import metrics
+from services.snapshotter.errors import SnapshotError, init_stream_missing
 from services.snapshotter.publishing import PipelinedPublisher
 from services.snapshotter.requests import BadRequest, SnapshotRequest, decode_body, describe
 from services.snapshotter.schema import MissingTableError, SchemaWatcher
 from services.snapshotter.settings import SnapshotterSettings
-from services.snapshotter.snapshot import SnapshotError, SnapshotOptions, take_snapshot
+from services.snapshotter.snapshot import SnapshotOptions, take_snapshot
 from shared import pg_errors, postgres
 from shared.control import ControlEndpoint
 from shared.http_endpoint import serve
@@ -94,7 +95,6 @@ class Snapshotter:
         await self.nc.subscribe(
             contract.control_subject("snapshotter", prefix=self.settings.control_prefix),
             cb=ControlEndpoint(
-                "snapshotter",
                 self.settings.control_token,
                 self.on_shutdown_request,
                 log,
@@ -289,14 +289,6 @@ class Snapshotter:
         finally:
             metrics.in_progress.dec()
             del self.running[key]
-
-
-def init_stream_missing(stream: str) -> SnapshotError:
-    return SnapshotError(
-        "init_stream_missing",
-        f"stream {stream} does not exist; run `bridge provision` or restart the snapshotter "
-        "to create it",
-    )
 
 
 def _shutting_down() -> SnapshotError:

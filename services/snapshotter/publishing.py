@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from pg_nats_bridge.contract import subjects_overlap
+from services.snapshotter.errors import init_stream_missing
 from shared.pub_acks import PubAckRefusal, refusal
 
 log = logging.getLogger(__name__)
@@ -163,11 +164,8 @@ class PipelinedPublisher:
         try:
             info = await self.nc.jetstream().stream_info(self.stream)
         except NotFoundError:
-            raise PublishFailed(
-                f"stream {self.stream} does not exist; run `bridge provision` or restart the "
-                "snapshotter to create it",
-                "init_stream_missing",
-            ) from None
+            missing = init_stream_missing(self.stream)
+            raise PublishFailed(str(missing), missing.reason) from None
         except Exception as exc:  # no answer either: a cluster between leaders, or NATS gone
             log.warning("stream %s did not answer (%s); resending", self.stream, exc)
             return

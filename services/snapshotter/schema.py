@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 from psycopg import sql
 
 from pg_nats_bridge import contract
@@ -144,7 +145,7 @@ def stored_fingerprint(value: bytes | None) -> str | None:
 
 async def publish_schema(
     js: JetStreamContext,
-    kv_bucket: str,
+    kv: KeyValue,
     doc: SchemaDocument,
     prefix: str = "init",
     announce_current: bool = False,
@@ -152,7 +153,6 @@ async def publish_schema(
     """Store `doc` in KV unless it is already there, and announce the new revision on INIT.
     With `announce_current`, the stored revision is announced even when unchanged (at start: a
     snapshotter may have died between the two writes). True when KV changed."""
-    kv = await js.key_value(kv_bucket)
     key = kv_key(doc.schema, doc.table)
     payload = doc.encode()
     while True:
@@ -165,7 +165,7 @@ async def publish_schema(
             metrics.foreign_values.inc()
             log.warning(
                 "KV %s key %s (revision %d) is not a schema document; replacing it",
-                kv_bucket,
+                entry.bucket,
                 key,
                 entry.revision,
             )
@@ -252,6 +252,7 @@ class SchemaWatcher:
         self.dropped: set[int] = set()
         self.failures = 0  # publishes that failed on the NATS side
         self.documents: dict[tuple[str, str], SchemaDocument] = {}
+        self.kv: KeyValue | None = None
 
     async def check(self, conn: psycopg.AsyncConnection[Any], js: JetStreamContext) -> int:
         """Compare each table's document with the catalog and with what KV holds, every poll:
@@ -270,9 +271,14 @@ class SchemaWatcher:
                 _log_publication_change(previous, doc)
             self.documents[(schema, table)] = doc
             try:
-                if await publish_schema(js, self.kv_bucket, doc, announce_current=known is None):
+                # The bucket's handle is looked up once (a stream info request), not per table
+                # and poll; a failure drops it, so a recreated bucket is found again.
+                if self.kv is None:
+                    self.kv = await js.key_value(self.kv_bucket)
+                if await publish_schema(js, self.kv, doc, announce_current=known is None):
                     changed += 1
             except Exception as exc:
+                self.kv = None
                 self.failures += 1
                 log.warning(
                     "schema of %s.%s not published: %s: %s; retrying at the next poll",

@@ -301,7 +301,6 @@ def run(count: int, seed: int, faults: bool) -> tuple[Walsender, FakeJetStream, 
     restarts = 0
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        pipeline: Pipeline | None = None
 
         async def open_link(settings: Any, stream: str, failure: FailureSignal) -> JetStreamLink:
             link = FakeLink(None, stream, len(jetstream.messages), 1 << 20, "_INBOX.t.", 1)  # type: ignore[arg-type]
