@@ -4,16 +4,27 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-browser test test-unit test-e2e lint format clean bench chaos run
+.PHONY: install install-browser install-promtool test test-unit test-e2e lint format clean bench \
+	chaos run lock docs docs-serve rules
 
 install: $(STAMP)
 
-# Re-installs only when the project's metadata changed since the last install.
-$(STAMP): pyproject.toml
+# Every dependency at the version and hash requirements-dev.lock names (the Dockerfile installs
+# requirements.lock, the same versions without the dev tools); then the project itself.
+# Re-installs only when the lock or the project's metadata changed since the last install.
+$(STAMP): pyproject.toml requirements-dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# Re-resolve both lock files from pyproject.toml (after changing a dependency there; UPGRADE=pkg
+# moves one package to its newest release the bounds allow, UPGRADE=--all everything).
+LOCK = $(BIN)/uv pip compile pyproject.toml --generate-hashes --universal --python-version 3.11 \
+	--quiet $(if $(UPGRADE),$(if $(filter --all,$(UPGRADE)),--upgrade,--upgrade-package $(UPGRADE)))
+lock: install
+	$(LOCK) -o requirements.lock
+	$(LOCK) --extra dev -o requirements-dev.lock
 
 # The status-page test renders the admin page in Debian's Chromium (installed here, as root,
 # when missing; the test itself installs nothing).
@@ -25,6 +36,27 @@ install-browser:
 
 test: install install-browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The documentation site (docs/, mkdocs.yml) into site/; any broken link or missing page fails.
+docs: install
+	$(BIN)/mkdocs build --strict --quiet
+
+docs-serve: install
+	$(BIN)/mkdocs serve
+
+# The Prometheus alert rules: valid (promtool check rules) and firing when they should
+# (promtool test rules, deploy/prometheus/alerts.test.yaml).
+rules: install-promtool
+	promtool check rules deploy/prometheus/alerts.yaml
+	cd deploy/prometheus && promtool test rules alerts.test.yaml
+
+# promtool comes with Debian's prometheus package (installed here, as root, when missing).
+install-promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends prometheus) >/dev/null; \
+	  else echo "promtool missing: install Debian's prometheus package" >&2; exit 1; fi; }
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
@@ -41,7 +73,7 @@ format: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis site
 
 # Every figure in one run (drain, live latency at 1k and 5k tx/s, snapshot, 1M-row RSS),
 # printed and written to bench-results.json.

@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import importlib
+import importlib.metadata
 import logging
-import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from shared.command_line import parse
 from shared.nats_connection import NatsRefused, NatsUnavailable, connect
 from shared.provisioning import ProvisioningError, provision
-from shared.settings import BridgeSettings, load_settings
+from shared.settings import BridgeSettings
 
 
-def _provision(args: Sequence[str]) -> int:
-    settings = load_settings(BridgeSettings, args)
+@dataclass(frozen=True)
+class Command:
+    """One `bridge` command: its settings model and the function run with the parsed
+    settings, both named as `module:attribute` so that `bridge --help` imports neither."""
 
+    summary: str
+    settings: str
+    run: str
+    usage: str | None = None
+
+    def load(self, which: str) -> Any:
+        module, _, name = getattr(self, which).partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+def provision_streams(settings: BridgeSettings) -> int:
     async def run() -> int:
         nc = await connect(settings, "bridge-provision")
         try:
@@ -33,126 +50,162 @@ def _provision(args: Sequence[str]) -> int:
     return asyncio.run(run())
 
 
-def _replicator(args: Sequence[str]) -> int:
-    from services.replicator.settings import ReplicatorSettings
+def run_replicator(settings: Any) -> int:
     from services.replicator.supervisor import Replicator
 
-    settings = load_settings(ReplicatorSettings, args)
     logging.getLogger().setLevel(settings.log_level.upper())
-    return Replicator(settings).run()
+    result: int = Replicator(settings).run()
+    return result
 
 
-def _snapshotter(args: Sequence[str]) -> int:
-    from services.snapshotter.app import run
-    from services.snapshotter.settings import SnapshotterSettings
+def run_service(module: str) -> Callable[[Any], int]:
+    def run(settings: Any) -> int:
+        logging.getLogger().setLevel(settings.log_level.upper())
+        result: int = importlib.import_module(module).run(settings)
+        return result
 
-    settings = load_settings(SnapshotterSettings, args)
-    logging.getLogger().setLevel(settings.log_level.upper())
-    return run(settings)
-
-
-def _admin(args: Sequence[str]) -> int:
-    from services.admin.app import run
-    from services.admin.settings import AdminSettings
-
-    settings = load_settings(AdminSettings, args)
-    logging.getLogger().setLevel(settings.log_level.upper())
-    return run(settings)
+    return run
 
 
-def _dev_or_run(embedded: bool) -> Callable[[Sequence[str]], int]:
-    def command(args: Sequence[str]) -> int:
+run_snapshotter = run_service("services.snapshotter.app")
+run_admin = run_service("services.admin.app")
+
+
+def run_stack(embedded: bool) -> Callable[[Any], int]:
+    def run(settings: Any) -> int:
         from services.dev.runner import run
-        from services.dev.settings import DevSettings
 
-        settings = load_settings(DevSettings, args)
-        configured = "BRIDGE_DATABASE_URL" in os.environ or any(
-            a.startswith("--database-url") for a in args
-        )
-        return run(settings, embedded=embedded and not configured)
-
-    return command
-
-
-def _tool(name: str) -> Callable[[Sequence[str]], int]:
-    def command(args: Sequence[str]) -> int:
-        from services.tools import console
-
-        result: int = getattr(console, name)(args)
+        # A database URL given (flag or BRIDGE_DATABASE_URL) means the operator's servers.
+        configured = "database_url" in settings.model_fields_set
+        result: int = run(settings, embedded=embedded and not configured)
         return result
 
-    return command
+    return run
 
 
-def _module_command(module: str, name: str) -> Callable[[Sequence[str]], int]:
-    def command(args: Sequence[str]) -> int:
-        import importlib
+run_dev, run_configured = run_stack(embedded=True), run_stack(embedded=False)
 
-        result: int = getattr(importlib.import_module(module), name)(args)
-        return result
-
-    return command
-
-
-COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
-    "replicator": (
-        _replicator,
+SETTINGS = "shared.settings:BridgeSettings"
+TOOLS = "services.tools.arguments"
+COMMANDS: dict[str, Command] = {
+    "dev": Command(
+        "the three services with an embedded PostgreSQL and nats-server (your servers "
+        "when BRIDGE_DATABASE_URL is set)",
+        "services.dev.settings:DevSettings",
+        "services.cli:run_dev",
+    ),
+    "run": Command(
+        "the three services, supervised, against the configured servers",
+        "services.dev.settings:DevSettings",
+        "services.cli:run_configured",
+    ),
+    "replicator": Command(
         "stream changes of the configured tables from PostgreSQL to the CDC stream",
+        "services.replicator.settings:ReplicatorSettings",
+        "services.cli:run_replicator",
     ),
-    "snapshotter": (
-        _snapshotter,
+    "snapshotter": Command(
         "publish table schemas and answer snapshot requests on the INIT stream",
+        "services.snapshotter.settings:SnapshotterSettings",
+        "services.cli:run_snapshotter",
     ),
-    "admin": (
-        _admin,
-        "serve the admin HTTP API: health, status, metrics, stream management, shutdown",
+    "admin": Command(
+        "serve the admin HTTP API: health, status, metrics, stream management",
+        "services.admin.settings:AdminSettings",
+        "services.cli:run_admin",
     ),
-    "dev": (
-        _dev_or_run(embedded=True),
-        "everything in one command, with embedded PostgreSQL and nats-server unless "
-        "BRIDGE_DATABASE_URL is set",
-    ),
-    "run": (_dev_or_run(embedded=False), "the three services against the configured servers"),
-    "tail": (_tool("tail"), "print CDC events as they arrive: bridge tail [table] [--from-start]"),
-    "snapshot": (_tool("snapshot"), "trigger a snapshot with progress: bridge snapshot TABLE"),
-    "replica": (
-        _module_command("services.tools.replica", "replica"),
-        "keep a live SQLite copy of tables: bridge replica TABLE… --sqlite PATH",
-    ),
-    "verify": (
-        _module_command("services.tools.verify", "verify"),
-        "compare a copy with PostgreSQL under load: bridge verify TABLE… --sqlite PATH "
-        "(exit 1 on any difference)",
-    ),
-    "status": (_tool("status"), "the admin's status as a table: bridge status [--admin-url URL]"),
-    "provision": (
-        _provision,
+    "provision": Command(
         "create the CDC and INIT streams and the schemas KV bucket where missing",
+        SETTINGS,
+        "services.cli:provision_streams",
+    ),
+    "tail": Command(
+        "print CDC events as they arrive",
+        f"{TOOLS}:TailArguments",
+        "services.tools.console:tail",
+        "%(prog)s [TABLE] [--from-start] [--count N] [options]",
+    ),
+    "snapshot": Command(
+        "snapshot a table onto the INIT stream, with progress",
+        f"{TOOLS}:SnapshotArguments",
+        "services.tools.console:snapshot",
+        "%(prog)s TABLE [--chunk-size N] [options]",
+    ),
+    "replica": Command(
+        "keep a live SQLite copy of tables (snapshot, then every change once)",
+        f"{TOOLS}:ReplicaArguments",
+        "services.tools.replica:replica",
+        "%(prog)s TABLE [TABLE …] --sqlite PATH [options]",
+    ),
+    "verify": Command(
+        "compare a copy with PostgreSQL under load; exit 1 on any difference",
+        f"{TOOLS}:VerifyArguments",
+        "services.tools.verify:verify",
+        "%(prog)s TABLE [TABLE …] --sqlite PATH [options]",
+    ),
+    "status": Command(
+        "the admin's health and status as a table",
+        f"{TOOLS}:StatusArguments",
+        "services.tools.console:status",
+        "%(prog)s [--admin-url URL]",
     ),
 }
 
 
+def version() -> str:
+    try:
+        return importlib.metadata.version("pg-nats-bridge")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "unknown"
+
+
+def overview() -> str:
+    """`bridge --help`: the commands as a table."""
+    width = max(map(len, COMMANDS))
+    rows = [
+        textwrap.fill(
+            command.summary,
+            width=100,
+            initial_indent=f"  {name:<{width}}  ",
+            subsequent_indent=" " * (width + 4),
+        )
+        for name, command in COMMANDS.items()
+    ]
+    return "\n".join(
+        [
+            "usage: bridge COMMAND [options]",
+            "",
+            "PostgreSQL → NATS JetStream change-data-capture bridge.",
+            "",
+            "commands:",
+            *rows,
+            "",
+            "`bridge COMMAND --help` shows a command's arguments and settings, each with its",
+            "environment variable. `bridge --version` prints the version.",
+        ]
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(
-        prog="bridge",
-        description="PostgreSQL → NATS JetStream change-data-capture bridge.",
-        epilog="Run `bridge COMMAND --help` for a command's settings.",
-    )
-    parser.add_argument(
-        "command",
-        choices=sorted(COMMANDS),
-        help="; ".join(f"{name}: {help_}" for name, (_, help_) in sorted(COMMANDS.items())),
-    )
     if not argv or argv[0] in ("-h", "--help"):
-        parser.print_help()
+        print(overview(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
-    command = parser.parse_args(argv[:1]).command
+    if argv[0] in ("-V", "--version"):
+        print(f"bridge {version()}")
+        return 0
+    command = argv[0]
+    if command not in COMMANDS:
+        print(overview(), file=sys.stderr)
+        print(f"\nbridge: unknown command {command!r}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    run, _ = COMMANDS[command]
+    spec = COMMANDS[command]
     try:
-        return run(argv[1:])
+        settings = parse(spec.load("settings"), argv[1:], command, spec.summary, spec.usage)
+        result: int = spec.load("run")(settings)
+        return result
     except ValidationError as exc:
         # Each error without its input: a URL given as input may hold a password.
         for error in exc.errors(include_input=False, include_url=False):

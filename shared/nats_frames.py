@@ -19,6 +19,8 @@ from typing import Any
 from nats.aio.client import Client
 from nats.errors import ConnectionClosedError
 
+from shared.pinned import PINNED
+
 _NEEDS = ("_send_command", "_flush_pending", "_flush_queue", "_pending_data_size", "_process_msg")
 
 _NOW_LIMIT = 1 << 20
@@ -73,8 +75,8 @@ class FrameWriter:
 
             raise RuntimeError(
                 f"nats-py {getattr(nats, '__version__', '?')} lacks {', '.join(missing)}, which "
-                "the replicator's batched publishing uses: install a nats-py 2.x this release "
-                "was tested with (see pyproject.toml)"
+                "the replicator's batched publishing uses: install nats-py "
+                f"{PINNED['nats-py']}, the release it was tested with (requirements.lock)"
             )
         self.nc: Any = nc
 

@@ -61,6 +61,8 @@ class BridgeSettings(BaseSettings):
         cli_kebab_case=True,
         cli_implicit_flags=True,
         cli_prog_name="bridge",
+        cli_show_env_vars=True,
+        cli_hide_none_type=True,
         extra="ignore",
     )
 

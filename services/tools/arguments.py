@@ -1,31 +1,72 @@
-"""Arguments of the tools: their own, then the shared settings (flags and BRIDGE_*)."""
+"""The tools' own arguments, as settings models: the command line parses them with the shared
+settings in one pass (`shared.command_line`), so `--help` lists both and a value is never
+mistaken for the command's positional table."""
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
+from pathlib import Path
 
-from shared.settings import BridgeSettings, load_settings
+from pydantic import Field
+from pydantic_settings import BaseSettings, CliPositionalArg, SettingsConfigDict
+
+from shared.settings import BridgeSettings
 
 
-def split_settings(
-    args: Sequence[str], parser: argparse.ArgumentParser, own_flags: set[str]
-) -> tuple[argparse.Namespace, BridgeSettings]:
-    """The command's own arguments, then the shared settings from the rest. Every settings
-    flag takes a value (`--nats-url URL` or `--nats-url=URL`), so values are never mistaken
-    for the command's positional table."""
-    own: list[str] = []
-    rest: list[str] = []
-    items = list(args)
-    i = 0
-    while i < len(items):
-        arg = items[i]
-        if arg.startswith("--") and arg.split("=", 1)[0] not in own_flags:
-            rest.append(arg)
-            if "=" not in arg and i + 1 < len(items):
-                rest.append(items[i + 1])
-                i += 1
-        else:
-            own.append(arg)
-        i += 1
-    return parser.parse_args(own), load_settings(BridgeSettings, rest)
+class TailArguments(BridgeSettings):
+    tail_table: CliPositionalArg[str | None] = Field(
+        None,
+        description="the table to follow; all tables when left out",
+        json_schema_extra={"metavar": "TABLE"},
+    )
+    from_start: bool = Field(False, description="from the stream's first event, not from now")
+    count: int = Field(0, ge=0, description="stop after this many events; 0: never")
+
+
+class SnapshotArguments(BridgeSettings):
+    snapshot_table: CliPositionalArg[str] = Field(
+        description="the table to snapshot", json_schema_extra={"metavar": "TABLE"}
+    )
+    chunk_size: int | None = Field(
+        None, gt=0, description="rows per chunk; default: the snapshotter's"
+    )
+
+
+class StatusArguments(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BRIDGE_", cli_kebab_case=True, cli_show_env_vars=True, extra="ignore"
+    )
+
+    admin_url: str = Field("http://localhost:8080", description="the admin API's base URL")
+
+
+class CopyArguments(BridgeSettings):
+    """What `bridge replica` and `bridge verify` share: the tables and the copy's file."""
+
+    model_config = SettingsConfigDict(cli_enforce_required=True)
+
+    copy_tables: CliPositionalArg[list[str]] = Field(
+        description="the tables the copy holds", json_schema_extra={"metavar": "TABLE"}
+    )
+    sqlite: Path = Field(description="the SQLite file of the copy")
+
+
+class ReplicaArguments(CopyArguments):
+    durable: str | None = Field(
+        None,
+        description="name of the durable JetStream consumer (one process per name); default: "
+        "replica-<the file's name>",
+    )
+    commit_seconds: float = Field(
+        0.5, gt=0, description="most seconds between commits of the copy while it is behind"
+    )
+    progress_seconds: float = Field(5.0, gt=0, description="seconds between progress lines")
+
+
+class VerifyArguments(CopyArguments):
+    confirm_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="most seconds to wait for the slot to confirm the comparison's position",
+        json_schema_extra={"metavar": "SECONDS"},
+    )
+    show: int = Field(20, ge=0, description="differences printed per table")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -16,7 +14,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from pg_nats_bridge import contract
-from services.tools.arguments import split_settings
+from services.tools.arguments import SnapshotArguments, StatusArguments, TailArguments
 from shared.nats_connection import connect
 from shared.tables import TableName
 from shared.wire import unpack
@@ -60,25 +58,21 @@ def format_event(event: dict[str, Any]) -> str:
     return head + " " + escape(" ".join(parts))
 
 
-def tail(args: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="bridge tail")
-    parser.add_argument("table", nargs="?")
-    parser.add_argument("--from-start", action="store_true")
-    parser.add_argument("--count", type=int, default=0, help="stop after this many events")
-    own, settings = split_settings(args, parser, {"--from-start", "--count"})
-    subject = contract.cdc_filter(_token(own.table) if own.table else None)
+def tail(settings: TailArguments) -> int:
+    table = settings.tail_table
+    subject = contract.cdc_filter(_token(table) if table else None)
 
     async def run() -> int:
         nc = await connect(settings, "bridge-tail", reconnect=True)
         try:
             js = nc.jetstream()
-            policy = DeliverPolicy.ALL if own.from_start else DeliverPolicy.NEW
+            policy = DeliverPolicy.ALL if settings.from_start else DeliverPolicy.NEW
             sub = await js.subscribe(
                 subject, stream=settings.cdc_stream, ordered_consumer=True, deliver_policy=policy
             )
             console.print(
                 f"[dim]following {subject} on {settings.cdc_stream} "
-                f"({'from the start' if own.from_start else 'from now'}); Ctrl-C stops[/]"
+                f"({'from the start' if settings.from_start else 'from now'}); Ctrl-C stops[/]"
             )
             seen = skipped = 0
             async for msg in sub.messages:
@@ -98,7 +92,7 @@ def tail(args: Sequence[str]) -> int:
                     continue
                 console.print(line, soft_wrap=True)
                 seen += 1
-                if own.count and seen >= own.count:
+                if settings.count and seen >= settings.count:
                     break
             if skipped:
                 console.print(f"[dim]{skipped} foreign message(s) skipped[/]")
@@ -112,14 +106,11 @@ def tail(args: Sequence[str]) -> int:
         return 0
 
 
-def snapshot(args: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="bridge snapshot")
-    parser.add_argument("table")
-    parser.add_argument("--chunk-size", type=int)
-    parser.add_argument("--prefix", default=contract.SNAPSHOT_PREFIX)
-    own, settings = split_settings(args, parser, {"--chunk-size", "--prefix"})
-    token = _token(own.table)
-    body = json.dumps({"chunk_size": own.chunk_size}).encode() if own.chunk_size else b""
+def snapshot(settings: SnapshotArguments) -> int:
+    table_name = settings.snapshot_table
+    token = _token(table_name)
+    chunk_size = settings.chunk_size
+    body = json.dumps({"chunk_size": chunk_size}).encode() if chunk_size else b""
 
     async def run() -> int:
         nc = await connect(settings, "bridge-snapshot")
@@ -128,17 +119,19 @@ def snapshot(args: Sequence[str]) -> int:
             with Progress(
                 SpinnerColumn(), TextColumn("{task.description}"), console=console
             ) as bar:
-                task = bar.add_task(f"snapshot of {own.table}: waiting", total=None)
+                task = bar.add_task(f"snapshot of {table_name}: waiting", total=None)
 
                 async def on_chunk(msg: Any) -> None:
                     counts["chunks"] += 1
                     bar.update(
-                        task, description=f"snapshot of {own.table}: {counts['chunks']} chunks"
+                        task, description=f"snapshot of {table_name}: {counts['chunks']} chunks"
                     )
 
                 sub = await nc.subscribe(contract.snapshot_chunks_filter(token), cb=on_chunk)
                 answer = await nc.request(
-                    contract.snapshot_request_subject(token, own.prefix), body, timeout=3600
+                    contract.snapshot_request_subject(token, settings.snapshot_prefix),
+                    body,
+                    timeout=3600,
                 )
                 await sub.unsubscribe()
             try:
@@ -150,7 +143,7 @@ def snapshot(args: Sequence[str]) -> int:
                 console.print(f"[red]snapshot failed ({escape(reply.reason)}):[/] ", end="")
                 console.print(escape(reply.error))
                 return 1
-            table = Table(title=f"snapshot of {own.table}")
+            table = Table(title=f"snapshot of {table_name}")
             for key in ("snapshot_id", "lsn", "row_count", "batch_count", "timestamp"):
                 table.add_row(key, str(getattr(reply, key)))
             console.print(table)
@@ -161,10 +154,7 @@ def snapshot(args: Sequence[str]) -> int:
     return asyncio.run(run())
 
 
-def status(args: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="bridge status")
-    parser.add_argument("--admin-url", default="http://localhost:8080")
-    own = parser.parse_args(list(args))
+def status(own: StatusArguments) -> int:
     try:
         body = httpx.get(f"{own.admin_url.rstrip('/')}/status", timeout=10).json()
         health = httpx.get(f"{own.admin_url.rstrip('/')}/health", timeout=10).json()

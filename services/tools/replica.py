@@ -5,7 +5,6 @@ nothing; progress and lag are logged every `--progress-seconds`."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -27,26 +26,13 @@ from pg_nats_bridge import (
     TableFollower,
     Truncate,
     Update,
-    contract,
 )
-from services.tools.arguments import split_settings
+from services.tools.arguments import ReplicaArguments
 from services.tools.copy_lock import CopyInUse, lock_copy
 from shared.nats_connection import connect
 from shared.settings import BridgeSettings
 
 log = logging.getLogger("bridge.replica")
-
-
-def copy_arguments(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog)
-    parser.add_argument("tables", nargs="+", metavar="TABLE")
-    parser.add_argument("--sqlite", required=True, type=Path, help="the SQLite file of the copy")
-    parser.add_argument(
-        "--snapshot-subject",
-        default=contract.SNAPSHOT_PREFIX,
-        help="the snapshotters' request subject",
-    )
-    return parser
 
 
 class Progress:
@@ -161,20 +147,8 @@ async def run_replica(
             await nc.close()
 
 
-def replica(args: Sequence[str]) -> int:
-    parser = copy_arguments("bridge replica")
-    parser.add_argument(
-        "--durable",
-        help="name of the durable JetStream consumer (one process per name); default: the "
-        "file's name",
-    )
-    parser.add_argument("--commit-seconds", type=float, default=0.5)
-    parser.add_argument("--progress-seconds", type=float, default=5.0)
-    own, settings = split_settings(
-        args,
-        parser,
-        {"--sqlite", "--snapshot-subject", "--durable", "--commit-seconds", "--progress-seconds"},
-    )
+def replica(own: ReplicaArguments) -> int:
+    settings = own
     try:
         lock = lock_copy(own.sqlite, "replica")
     except CopyInUse as exc:
@@ -201,9 +175,9 @@ def replica(args: Sequence[str]) -> int:
         try:
             return await run_replica(
                 settings,
-                own.tables,
+                own.copy_tables,
                 own.sqlite,
-                own.snapshot_subject,
+                own.snapshot_prefix,
                 durable,
                 own.commit_seconds,
                 own.progress_seconds,

@@ -10,7 +10,6 @@ table without one) and every missing, extra or different row is printed with its
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import logging
@@ -41,9 +40,8 @@ from pg_nats_bridge import (
 )
 from pg_nats_bridge.names import parse_table_name
 from pg_nats_bridge.sqlite import stored_value
-from services.tools.arguments import split_settings
+from services.tools.arguments import VerifyArguments
 from services.tools.copy_lock import CopyInUse, lock_copy
-from services.tools.replica import copy_arguments
 from shared import postgres
 from shared.codec import RowCodec
 from shared.codec.copy_text import split_line
@@ -227,7 +225,7 @@ def storages(conn: psycopg.Connection[Any], tables: list[str]) -> dict[str, list
 
 
 def verify_once(
-    settings: BridgeSettings, copy: SqliteCopy, tables: list[str], own: argparse.Namespace
+    settings: VerifyArguments, copy: SqliteCopy, tables: list[str]
 ) -> tuple[str | None, dict[str, list[Difference]], dict[str, SourceTable], Lsn]:
     """One comparison at a new snapshot; a reason to compare anew instead, when there is one.
 
@@ -267,19 +265,14 @@ def verify_once(
         ", ".join(f"{t} {s.count} rows" for t, s in sources.items()),
     )
     with postgres.connect(dsn, autocommit=True) as conn:
-        wait_confirmed(conn, settings.slot, lsn, own.confirm_timeout)
-    if not asyncio.run(catch_up(settings, copy, tables, lsn, own.snapshot_subject)):
+        wait_confirmed(conn, settings.slot, lsn, settings.confirm_timeout)
+    if not asyncio.run(catch_up(settings, copy, tables, lsn, settings.snapshot_prefix)):
         return "the copy bootstrapped again while catching up", {}, sources, lsn
     return None, {t: compare(s, copy) for t, s in sources.items()}, sources, lsn
 
 
-def verify(args: Sequence[str]) -> int:
-    parser = copy_arguments("bridge verify")
-    parser.add_argument("--confirm-timeout", type=float, default=120.0)
-    parser.add_argument("--show", type=int, default=20, help="differences printed per table")
-    own, settings = split_settings(
-        args, parser, {"--sqlite", "--snapshot-subject", "--confirm-timeout", "--show"}
-    )
+def verify(own: VerifyArguments) -> int:
+    settings = own
     if not own.sqlite.exists():
         print(f"bridge verify: {own.sqlite} does not exist: run `bridge replica` first")
         return 2
@@ -293,9 +286,9 @@ def verify(args: Sequence[str]) -> int:
         if copy.state() is None:
             print(f"bridge verify: {own.sqlite} holds no finished bootstrap: run `bridge replica`")
             return 2
-        tables = [".".join(parse_table_name(t)) for t in own.tables]
+        tables = [".".join(parse_table_name(t)) for t in own.copy_tables]
         for _ in range(5):
-            again, differences, sources, lsn = verify_once(settings, copy, tables, own)
+            again, differences, sources, lsn = verify_once(settings, copy, tables)
             if again is None:
                 break
             log.warning("%s: comparing anew", again)
