@@ -50,4 +50,5 @@ async def status(state: State) -> dict[str, Any]:
 )
 async def metrics(state: State) -> PlainTextResponse:
     state.requests.labels("metrics").inc()
-    return PlainTextResponse(await report.metrics(state), media_type="text/plain; version=0.0.4")
+    text = await report.metrics(state, await streams_probe(state).get())
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

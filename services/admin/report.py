@@ -86,8 +86,13 @@ async def status(state: AdminState, streams: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def metrics(state: AdminState) -> str:
-    """Every service's series labelled by service, and whether each answered."""
+async def metrics(state: AdminState, streams: dict[str, Any]) -> str:
+    """Every service's series labelled by service, whether each answered, and the bridge's
+    streams against their limits."""
+    for stream, figures in streams.items():
+        if isinstance(figures, dict) and "messages" in figures:
+            for key, gauge in state.stream_figures.items():
+                gauge.labels(stream).set(figures[key])
     scrapes = []
     for name in SERVICES:
         resp = await state.page(name, "/metrics")

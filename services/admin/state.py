@@ -59,6 +59,17 @@ class AdminState:
         self.requests = Counter(
             "bridge_admin_requests", "Admin API requests", ["endpoint"], registry=self.registry
         )
+        # The bridge's streams against their limits (JetStream's -1: no limit), set at scrape.
+        self.stream_figures = {
+            key: Gauge(f"bridge_stream_{key}", doc, ["stream"], registry=self.registry)
+            for key, doc in (
+                ("messages", "Messages in the stream"),
+                ("bytes", "Bytes in the stream"),
+                ("max_msgs", "The stream's message limit (-1: none)"),
+                ("max_bytes", "The stream's byte limit (-1: none)"),
+                ("consumers", "Consumers of the stream"),
+            )
+        }
         # PostgreSQL's check at most every 2 s on one connection, the services' pages and the
         # streams' state at most every second, whatever the request rate.
         self.postgres = SharedProbe(self.postgres_ok, max_age=2.0)

@@ -105,13 +105,16 @@ async def own_streams_state(state: AdminState) -> dict[str, Any]:
         return {"error": exc.message}
     for name in sorted({state.settings.cdc_stream, state.settings.init_stream}):
         try:
-            s = (await js.stream_info(name)).state
+            info = await js.stream_info(name)
+            s, config = info.state, info.config
             out[name] = {
                 "messages": s.messages,
                 "bytes": s.bytes,
                 "first_seq": s.first_seq,
                 "last_seq": s.last_seq,
                 "consumers": s.consumer_count,
+                "max_msgs": config.max_msgs if config.max_msgs is not None else -1,
+                "max_bytes": config.max_bytes if config.max_bytes is not None else -1,
             }
         except NotFoundError:
             out[name] = {"error": "missing"}

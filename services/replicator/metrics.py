@@ -18,6 +18,13 @@ events_published = Counter(
 last_ack_lsn = Gauge(
     "bridge_last_ack_lsn", "Last LSN confirmed to PostgreSQL (as a number)", registry=REGISTRY
 )
+last_confirmed_at = Gauge(
+    "bridge_slot_confirmed_timestamp_seconds",
+    "Unix time the slot's confirmed position last advanced (the service's start before the "
+    "first): the age of the slot's lag is now minus this",
+    registry=REGISTRY,
+)
+last_confirmed_at.set_to_current_time()
 connected = Gauge("bridge_connected", "1 while the pipeline streams", registry=REGISTRY)
 reconnects = Counter(
     "bridge_reconnects", "Pipeline restarts after a transient failure", registry=REGISTRY
@@ -40,6 +47,15 @@ in_flight_bytes = Gauge(
     "WAL bytes read and not yet acknowledged by JetStream",
     registry=REGISTRY,
 )
+publish_refusals = Counter(
+    "bridge_publish_refusals",
+    "Publishes JetStream refused or did not answer (each restarts the pipeline, which replays "
+    "from the slot)",
+    ["reason"],
+    registry=REGISTRY,
+)
+for _reason in ("no_responders", "wrong_last_sequence", "refused", "ack_timeout"):
+    publish_refusals.labels(_reason)  # at 0 from the start: increase() sees the first one
 oversized_rows = Counter(
     "bridge_oversized_rows",
     "Rows larger than NATS max_payload sent to the dead-letter subject",

@@ -336,6 +336,7 @@ class Publisher(LoopActor):
             )
             ack = await asyncio.wait_for(future, self.ack_timeout)
         except TimeoutError:
+            metrics.publish_refusals.labels("ack_timeout").inc()
             raise TransientError(
                 f"no PubAck from JetStream for {self.ack_timeout:g} s: NATS slow or unreachable"
             ) from None
@@ -392,16 +393,19 @@ class Publisher(LoopActor):
         if problem is None:
             return None
         if problem.no_responders:
+            metrics.publish_refusals.labels("no_responders").inc()
             return TransientError(
                 f"JetStream did not answer on {self.stream}: no responders (stream missing or "
                 "JetStream unavailable)"
             )
         if isinstance(problem.error, dict) and problem.error.get("err_code") in (10070, 10071):
+            metrics.publish_refusals.labels("wrong_last_sequence").inc()
             return TransientError(
                 "JetStream refused a message whose predecessor it did not store (wrong last "
                 "sequence: a stream leader changed, or something else publishes to "
                 f"{self.stream}); replaying from the slot keeps the order"
             )
+        metrics.publish_refusals.labels("refused").inc()
         return TransientError(f"JetStream refused a message: {problem.error}")
 
     def _advance(self) -> None:
@@ -423,6 +427,7 @@ class Publisher(LoopActor):
             if self.batches or self.seq > self.acked_through:
                 oldest = self.batches[0].sent_at if self.batches else time.monotonic()
                 if time.monotonic() - oldest > self.ack_timeout:
+                    metrics.publish_refusals.labels("ack_timeout").inc()
                     self.failure.fail(
                         TransientError(
                             f"no PubAck from JetStream for {self.ack_timeout:g} s "

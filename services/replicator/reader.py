@@ -310,6 +310,8 @@ class WalReader(LoopActor):
         assert self.conn is not None
         lsn = self.confirmed
         self.conn.send(standby_status_update(lsn, lsn, lsn, reply=reply))
+        if lsn > self.reported:
+            metrics.last_confirmed_at.set_to_current_time()
         self.reported = lsn
         self.last_update = now
         metrics.status_updates.inc()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from pg_nats_bridge.contract import REFUSALS
 from shared.metrics import uptime_gauge
 
 REGISTRY = CollectorRegistry()
@@ -30,6 +31,8 @@ errors = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+for _reason in sorted(REFUSALS):
+    errors.labels(_reason)  # at 0 from the start: increase() sees the first one
 schemas = Counter(
     "bridge_schema_documents_published",
     "Schema documents published to KV and INIT",
