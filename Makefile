@@ -34,12 +34,12 @@ install-browser:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; \
 	  else echo "chromium missing: install Debian's chromium package for the status-page test" >&2; fi; }
 
-test: install install-browser
+test: install install-browser docs rules
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The documentation site (docs/, mkdocs.yml) into site/; any broken link or missing page fails.
 docs: install
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 docs-serve: install
 	$(BIN)/mkdocs serve
@@ -47,7 +47,7 @@ docs-serve: install
 # The Prometheus alert rules: valid (promtool check rules) and firing when they should
 # (promtool test rules, deploy/prometheus/alerts.test.yaml).
 rules: install-promtool
-	promtool check rules deploy/prometheus/alerts.yaml
+	promtool check config deploy/prometheus/prometheus.yml
 	cd deploy/prometheus && promtool test rules alerts.test.yaml
 
 # promtool comes with Debian's prometheus package (installed here, as root, when missing).

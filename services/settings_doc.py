@@ -1,6 +1,8 @@
-"""The README's configuration table, generated from the settings models so it cannot drift.
+"""The settings tables of docs/configuration.md, generated from the settings models so they
+cannot drift.
 
-`python -m services.settings_doc` prints it; `--write README.md` replaces the table between the
+`python -m services.settings_doc` prints them; `--write docs/configuration.md` replaces the
+tables between the
 `<!-- settings:start -->` and `<!-- settings:end -->` markers.
 """
 

@@ -2,7 +2,8 @@
 
 One model per service, each built on `BridgeSettings`. Flags win over the environment, which
 wins over defaults; `--table a,b` and `BRIDGE_TABLE=a,b` both take a comma-separated list.
-The README's configuration table is generated from these models (`python -m services.settings_doc`).
+docs/configuration.md's settings tables are generated from these models
+(`python -m services.settings_doc`).
 """
 
 from __future__ import annotations

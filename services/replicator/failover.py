@@ -85,7 +85,7 @@ def readiness(conn: psycopg.Connection, database_url: str, slot: str) -> list[st
         log.info(
             "failover: no standby replicates from this server (no physical slot or walsender, "
             "one host in the database URL); for a slot that survives a failover see the "
-            "README's High availability"
+            "docs/operations/high-availability.md"
         )
         return []
     problems = []

@@ -1,4 +1,4 @@
-"""The replicator's Prometheus metrics (README, "The replicator", lists them)."""
+"""The replicator's Prometheus metrics (docs/services.md, "The replicator", lists them)."""
 
 from __future__ import annotations
 

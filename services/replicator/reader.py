@@ -38,7 +38,7 @@ _BATCH_FRAMES = 2000
 # the costs paid per batch (wake-ups, a socket write, a PubAck, cold code) then dominate: at 5k
 # single-row tx/s, no linger cost 111 µs CPU per event; 2 ms 36 µs (p99 commit -> stored
 # 3.3 ms), 5 ms 24 µs (6.7 ms), 10 ms 16 µs (11.8 ms), measured with three threads; with the
-# actors on one loop, 10 ms costs 13-15 µs (README, Benchmark).
+# actors on one loop, 10 ms costs 13-15 µs (docs/benchmarks.md).
 
 _MIN_UPDATE_GAP = 0.5
 _IDLE_PING_SECONDS = 1.0

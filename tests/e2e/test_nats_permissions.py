@@ -1,5 +1,6 @@
-"""deploy/nats-permissions.conf, as the README gives it: the bridge runs as user `bridge`, a
-copy follows as user `app`, and `app` cannot publish anything the bridge owns."""
+"""deploy/nats-permissions.conf, as docs/operations/securing.md gives it: the bridge runs as
+user `bridge`, a copy follows as user `app`, and `app` cannot publish anything the bridge
+owns."""
 
 from __future__ import annotations
 

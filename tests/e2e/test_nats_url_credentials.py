@@ -1,6 +1,6 @@
 """NATS credentials holding URL specials (`% @ : / # ? &`): URL-encoded in BRIDGE_NATS_URL, as
-the README advises, or raw in the settings, they authenticate every service and tool (nats-py
-sends a URL's user and password as written, so the bridge decodes them first)."""
+docs/operations/securing.md advises, or raw in the settings, they authenticate every service
+and tool (nats-py sends a URL's user and password as written, so the bridge decodes them first)."""
 
 from __future__ import annotations
 

@@ -4,8 +4,9 @@ client certificate required) and users with passwords or NKeys, or a token; Post
 from a CA made in the fixture.
 
 The whole stack streams and snapshots through them, every mechanism configured the way the
-README shows; each refusal (wrong password, wrong CA, no client certificate) stops a service
-with exit code 2 and one line; no output of any run holds a secret it was given.
+docs/operations/securing.md shows; each refusal (wrong password, wrong CA, no client
+certificate) stops a service with exit code 2 and one line; no output of any run holds a
+secret it was given.
 """
 
 from __future__ import annotations
