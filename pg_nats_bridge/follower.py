@@ -28,13 +28,14 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamInfo
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from pg_nats_bridge import contract
@@ -55,6 +56,7 @@ from pg_nats_bridge.changes import (
 )
 from pg_nats_bridge.lsn import Lsn
 from pg_nats_bridge.names import kv_key, parse_table_name, table_token
+from pg_nats_bridge.pull import Idle, Puller, PullError
 
 log = logging.getLogger("pg_nats_bridge")
 
@@ -75,6 +77,14 @@ class _ChunksMissing(Exception):
 class _NoSchemaDocument(Exception):
     """The KV entry of a table is not a schema document (written by someone else): the
     snapshotter replaces it within one poll, so it is read again after a pause."""
+
+
+@dataclass
+class _Batch:
+    """Items that arrived together, and the CDC position through them (None: unchanged)."""
+
+    items: list[Item]
+    end: int | None
 
 
 class Undecodable(ValueError):
@@ -118,7 +128,7 @@ class TableFollower:
         chunk_size: int | None = None,
         reuse_snapshot: bool = True,
         snapshot_stall_seconds: float = 60.0,
-        batch: int = 1000,
+        batch: int = 2000,
         idle_seconds: float = 1.0,
     ) -> None:
         if not tables:
@@ -144,6 +154,9 @@ class TableFollower:
         self.skipped = 0  # messages on the bridge's subjects that were not its messages
         self.last_commit_time: str | None = None
         self._consumer_name = ""
+        # Tables an event committed at or after the snapshot was seen for: commit LSNs only
+        # grow along the stream, so later events of these tables need no comparison.
+        self._past_snapshot: set[str] = set()
 
     # -- the position ------------------------------------------------------------------------
 
@@ -186,6 +199,27 @@ class TableFollower:
         return self.items()
 
     async def items(self) -> AsyncGenerator[Item, None]:
+        """The items one at a time; `state` after each is the position through it."""
+        async for batch in self._batches():
+            for item in batch.items:
+                seq = getattr(item, "seq", None)  # a change: the position moves to it
+                if seq is not None:
+                    self._seq = seq
+                yield item
+            if batch.end is not None:
+                self._seq = batch.end
+
+    async def batches(self) -> AsyncGenerator[list[Item], None]:
+        """The items in lists of what arrived together, to apply in one go (a copy's
+        `apply_all`: one transaction, one `executemany` per run of inserts); `state` after a
+        list is the position through its last item, so store it only once the whole list is
+        applied."""
+        async for batch in self._batches():
+            if batch.end is not None:
+                self._seq = batch.end
+            yield batch.items
+
+    async def _batches(self) -> AsyncGenerator[_Batch, None]:
         attempt = 0
         while True:
             try:
@@ -195,17 +229,18 @@ class TableFollower:
                     assert stored is not None
                     self._seq = int(stored["seq"])
                     self._lsns = {t: Lsn.parse(v) for t, v in stored["snapshots"].items()}
+                    self._past_snapshot = set()
                     for table in self.tables:
                         self._schemas[table] = await self._schema(table)
                     log.info("resuming %s after CDC sequence %d", ", ".join(self.tables), self._seq)
                 else:
                     log.info("bootstrapping %s: %s", ", ".join(self.tables), why)
                     async for item in self._bootstrap():
-                        yield item
-                async for item in self._follow():
-                    if isinstance(item, CaughtUp):
+                        yield _Batch([item], None)
+                async for batch in self._follow():
+                    if any(isinstance(item, CaughtUp) for item in batch.items):
                         attempt = 0  # following again: the next failure waits briefly
-                    yield item
+                    yield batch
             except _Rebootstrap as exc:
                 log.warning("re-bootstrapping %s: %s", ", ".join(self.tables), exc)
                 self._stored = None
@@ -218,7 +253,7 @@ class TableFollower:
                     str(exc) or type(exc).__name__,
                     delay,
                 )
-                # Resume from what was yielded, unless a bootstrap was cut short.
+                # Resume from what was handed out, unless a bootstrap was cut short.
                 loaded = sorted(self._lsns) == sorted(self.tables)
                 self._stored = self.state if loaded else None
                 await asyncio.sleep(delay)
@@ -229,6 +264,7 @@ class TableFollower:
 
     async def _bootstrap(self) -> AsyncIterator[Item]:
         self._lsns = {}
+        self._past_snapshot = set()
         info = await self.js.stream_info(self.cdc_stream)
         start = info.state.last_seq + 1
         for table in self.tables:
@@ -407,7 +443,8 @@ class TableFollower:
 
     # -- CDC ---------------------------------------------------------------------------------
 
-    async def _consumer(self) -> JetStreamContext.PullSubscription:
+    async def _consumer(self) -> str:
+        """A pull consumer of the tables' subjects from the stored position; its name."""
         filters = [contract.cdc_filter(tok) for tok in self.tokens.values()]
         filters += [contract.oversized_subject(tok) for tok in self.tokens.values()]
         name = self._consumer_name = self.durable or f"pnb-{secrets.token_hex(6)}"
@@ -425,62 +462,82 @@ class TableFollower:
             with contextlib.suppress(NotFoundError):
                 await self.js.delete_consumer(self.cdc_stream, self.durable)
         await self.js.add_consumer(self.cdc_stream, config)
-        return await self.js.pull_subscribe_bind(
-            consumer=name, stream=self.cdc_stream, durable=self.durable
-        )
+        return name
 
-    async def _follow(self) -> AsyncIterator[Item]:
-        sub = await self._consumer()
+    def _check_stream(self, info: StreamInfo, received: int) -> None:
+        """The stream still holds every message after the last one received (a message
+        removed by retention before the consumer reached it would be skipped silently), and
+        it is the same stream (a recreated one starts its sequences again)."""
+        if info.state.first_seq > received + 1:
+            raise _Rebootstrap(
+                f"stream {self.cdc_stream} no longer holds sequence {received + 1} "
+                f"(its oldest is {info.state.first_seq}): the copy fell behind retention"
+            )
+        if info.state.last_seq < received:
+            raise _Rebootstrap(
+                f"stream {self.cdc_stream} ends at {info.state.last_seq}, before the "
+                f"copy's {received}: the stream was recreated"
+            )
+
+    async def _follow(self) -> AsyncIterator[_Batch]:
+        """The consumer's messages as changes, a batch for what arrived together. Before each
+        pull request the stream's state is read: the retention check above, and its last
+        sequence as the request's marker, so that when the request ends with nothing pending
+        every event of these tables up to that sequence has been delivered (`Idle`), and the
+        position may move past other tables' events there."""
+        puller = Puller(
+            self.nc,
+            self.cdc_stream,
+            await self._consumer(),
+            batch=self.batch,
+            expires=self.idle_seconds,
+        )
+        await puller.start()
         delivered = 0  # consumer sequence of the last delivery
+        received = seq = self._seq  # the last message received; the position through it
         schema_checked = time.monotonic()
         try:
             while True:
-                info = await self.js.stream_info(self.cdc_stream)
-                if info.state.first_seq > self._seq + 1:
-                    raise _Rebootstrap(
-                        f"stream {self.cdc_stream} no longer holds sequence {self._seq + 1} "
-                        f"(its oldest is {info.state.first_seq}): the copy fell behind retention"
+                while puller.wants_request():
+                    info = await self.js.stream_info(self.cdc_stream)
+                    self._check_stream(info, received)
+                    await puller.request(marker=info.state.last_seq)
+                arrived = await puller.take(self.idle_seconds)
+                if not arrived and puller.silent_for() > 3 * self.idle_seconds + 5:
+                    raise PullError(
+                        f"no answer to pull requests on {self.cdc_stream} for "
+                        f"{puller.silent_for():.0f} s; reading again from the stored position"
                     )
-                if info.state.last_seq < self._seq:
-                    raise _Rebootstrap(
-                        f"stream {self.cdc_stream} ends at {info.state.last_seq}, before the "
-                        f"copy's {self._seq}: the stream was recreated"
-                    )
-                try:
-                    msgs = await sub.fetch(self.batch, timeout=self.idle_seconds)
-                except nats.errors.TimeoutError:
-                    msgs = []
-                for msg in msgs:
-                    meta = msg.metadata
-                    if meta.sequence.consumer != delivered + 1:
+                items: list[Item] = []
+                for entry in arrived:
+                    if isinstance(entry, Idle):
+                        seq = max(seq, entry.marker)
+                        self.pending = 0
+                        if time.monotonic() - schema_checked >= self.idle_seconds:
+                            schema_checked = time.monotonic()
+                            items.extend(await self._schema_changes())
+                        items.append(CaughtUp({**self.state, "seq": seq}))
+                        continue
+                    subject, stream_seq, consumer_seq, pending, data = entry
+                    if consumer_seq != delivered + 1:
                         raise nats.errors.Error(
-                            f"consumer delivered {meta.sequence.consumer} after {delivered}: "
+                            f"consumer delivered {consumer_seq} after {delivered}: "
                             "a delivery was lost; reading again from the stored position"
                         )
-                    delivered = meta.sequence.consumer
-                    self.pending = meta.num_pending
+                    delivered, received, self.pending = consumer_seq, stream_seq, pending
                     try:
-                        item = self._change(msg.subject, meta.sequence.stream, msg.data)
+                        item = self._change(subject, stream_seq, data)
                     except (Undecodable, KeyError, TypeError, ValueError, AttributeError) as exc:
                         why = str(exc) if isinstance(exc, Undecodable) else "not a CDC event"
-                        self.skip(self.cdc_stream, msg.subject, meta.sequence.stream, why)
+                        self.skip(self.cdc_stream, subject, stream_seq, why)
                         item = None
-                    self._seq = meta.sequence.stream
+                    seq = stream_seq
                     if item is not None:
-                        yield item
-                if not msgs or msgs[-1].metadata.num_pending == 0:
-                    # Nothing pending: every event of these tables up to the stream's end
-                    # (as it was before the fetch) has been delivered.
-                    self._seq = max(self._seq, info.state.last_seq)
-                    self.pending = 0
-                    if time.monotonic() - schema_checked >= self.idle_seconds:
-                        schema_checked = time.monotonic()
-                        for changed in await self._schema_changes():
-                            yield changed
-                    yield CaughtUp(self.state)
+                        items.append(item)
+                if arrived:
+                    yield _Batch(items, seq)
         finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+            await puller.stop()
             if not self.durable:  # an ephemeral one would linger until its inactive threshold
                 with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                     await self.js.delete_consumer(self.cdc_stream, self._consumer_name)
@@ -518,7 +575,7 @@ class TableFollower:
         event = _unpack(data)
         if token == contract.OVERSIZED_TOKEN:
             table = self._by_token[rest]
-            if Lsn.parse(event["commit_lsn"]) < self._lsns[table]:
+            if self._before_snapshot(table, event["commit_lsn"]):
                 return None
             log.error(
                 "%s: a %s of %d bytes did not fit NATS and is missing from the copy (key %s)",
@@ -529,7 +586,7 @@ class TableFollower:
             )
             return Oversized(table, event, seq)
         table = self._by_token[token]
-        if Lsn.parse(event["commit_lsn"]) < self._lsns[table]:
+        if table not in self._past_snapshot and self._before_snapshot(table, event["commit_lsn"]):
             return None  # committed before the snapshot: already in it
         when = event["commit_time"]
         self.last_commit_time = when
@@ -546,6 +603,12 @@ class TableFollower:
         if op == "truncate":
             return Truncate(table, seq, lsn, when)
         raise FollowError(f"{table}: unknown operation {op!r} at CDC sequence {seq}")
+
+    def _before_snapshot(self, table: str, commit_lsn: str) -> bool:
+        if Lsn.parse(commit_lsn) < self._lsns[table]:
+            return True
+        self._past_snapshot.add(table)
+        return False
 
     def _match(self, table: str, row: Row, event: dict[str, Any]) -> Row:
         """The columns locating the row an update or delete is about: the primary key when

@@ -3,6 +3,7 @@ wire-format rules, for tests, examples and consumers that keep a table in memory
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from pg_nats_bridge.changes import (
@@ -20,41 +21,44 @@ from pg_nats_bridge.changes import (
 
 
 class MemoryCopy:
-    """`tables[name]` is a list of rows; rows are found by primary key, or by the whole old
-    row in a table without one."""
+    """`tables[name]` is a list of the table's rows. Rows are kept by primary key (an update
+    or delete finds its row at once), or by the whole old row in a table without one."""
 
     def __init__(self) -> None:
-        self.tables: dict[str, list[Row]] = {}
+        self._rows: dict[str, dict[Any, Row]] = {}
         self.schemas: dict[str, TableSchema] = {}
-        self._index: dict[str, dict[tuple[Any, ...], Row]] = {}
 
-    def _key(self, table: str, row: Row) -> tuple[Any, ...] | None:
+    @property
+    def tables(self) -> dict[str, list[Row]]:
+        return {table: list(rows.values()) for table, rows in self._rows.items()}
+
+    def _key(self, table: str, row: Row) -> Any:
         key = self.schemas[table].primary_key
-        return tuple(row[k] for k in key) if key else None
+        return tuple(row[k] for k in key) if key else id(row)
 
     def _find(self, table: str, match: Row) -> Row | None:
         key = self.schemas[table].primary_key
+        rows = self._rows[table]
         if key and set(match) == set(key):
-            return self._index[table].get(tuple(match[k] for k in key))
+            return rows.get(tuple(match[k] for k in key))
         return next(
-            (r for r in self.tables[table] if all(r.get(c) == v for c, v in match.items())), None
+            (r for r in rows.values() if all(r.get(c) == v for c, v in match.items())), None
         )
 
     def _add(self, table: str, row: Row) -> None:
-        self.tables[table].append(row)
-        key = self._key(table, row)
-        if key is not None:
-            self._index[table][key] = row
+        self._rows[table][self._key(table, row)] = row
 
     def _remove(self, table: str, row: Row) -> None:
-        self.tables[table] = [r for r in self.tables[table] if r is not row]
-        key = self._key(table, row)
-        if key is not None:
-            self._index[table].pop(key, None)
+        self._rows[table].pop(self._key(table, row), None)
+
+    def apply_all(self, items: Iterable[Item]) -> None:
+        """`apply` each, in order (`TableFollower.batches` hands out such lists)."""
+        for item in items:
+            self.apply(item)
 
     def apply(self, item: Item) -> None:
         if isinstance(item, Reset):
-            self.tables[item.table], self._index[item.table] = [], {}
+            self._rows[item.table] = {}
             self.schemas[item.table] = item.schema
         elif isinstance(item, Rows):
             for row in item.rows:
@@ -71,6 +75,12 @@ class MemoryCopy:
             if found is not None:
                 self._remove(item.table, found)
         elif isinstance(item, Truncate):
-            self.tables[item.table], self._index[item.table] = [], {}
+            self._rows[item.table] = {}
         elif isinstance(item, SchemaChanged):
+            before = self.schemas.get(item.table)
             self.schemas[item.table] = item.schema
+            if before is None or before.primary_key != item.schema.primary_key:
+                rows = list(self._rows.get(item.table, {}).values())  # keyed anew
+                self._rows[item.table] = {}
+                for row in rows:
+                    self._add(item.table, row)

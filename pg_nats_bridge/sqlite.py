@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ class SqliteCopy:
         )
         self.db.commit()
         self._columns: dict[str, list[str]] = {}
+        self._inserts: dict[tuple[str, tuple[str, ...]], str] = {}  # (table, columns) → SQL
         self.applied = 0  # CDC changes applied since opened
 
     # -- state -------------------------------------------------------------------------------
@@ -99,6 +101,29 @@ class SqliteCopy:
         self.db.close()
 
     # -- applying ----------------------------------------------------------------------------
+
+    def apply_all(self, items: Iterable[Item]) -> None:
+        """`apply` each, in order, with each run of inserts into one table with the same
+        columns in one `executemany` (`TableFollower.batches` hands out such lists)."""
+        table: str | None = None
+        columns: tuple[str, ...] = ()
+        run: list[Row] = []
+        for item in items:
+            if type(item) is Insert:
+                if item.table == table and tuple(item.row) == columns:
+                    run.append(item.row)
+                else:
+                    if run and table is not None:
+                        self._insert_many(table, run)
+                    table, columns, run = item.table, tuple(item.row), [item.row]
+                self.applied += 1
+                continue
+            if run and table is not None:
+                self._insert_many(table, run)
+                table, run = None, []
+            self.apply(item)
+        if run and table is not None:
+            self._insert_many(table, run)
 
     def apply(self, item: Item) -> None:
         if isinstance(item, Rows):
@@ -140,6 +165,7 @@ class SqliteCopy:
                 f" ({', '.join(map(ident, key))})"
             )
         self._columns[item.table] = columns
+        self._inserts = {k: sql for k, sql in self._inserts.items() if k[0] != item.table}
         # Until Bootstrapped, the file holds no position: a copy interrupted mid-load starts over.
         self.db.execute("DELETE FROM _bridge_state WHERE name = 'follower'")
         self._put(f"schema:{item.table}", item.schema.document)
@@ -161,12 +187,14 @@ class SqliteCopy:
     def _insert_many(self, table: str, rows: list[Row]) -> None:
         if not rows:
             return
-        names = list(rows[0])
-        self._ensure_columns(table, names)
-        sql = (
-            f"INSERT INTO {ident(table)} ({', '.join(map(ident, names))})"
-            f" VALUES ({', '.join('?' * len(names))})"
-        )
+        names = tuple(rows[0])
+        sql = self._inserts.get((table, names))
+        if sql is None:
+            self._ensure_columns(table, names)
+            sql = self._inserts[(table, names)] = (
+                f"INSERT INTO {ident(table)} ({', '.join(map(ident, names))})"
+                f" VALUES ({', '.join('?' * len(names))})"
+            )
         self.db.executemany(sql, ([stored_value(row.get(n)) for n in names] for row in rows))
 
     def _where(self, match: Row) -> tuple[str, list[Any]]:

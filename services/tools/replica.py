@@ -17,15 +17,11 @@ from pathlib import Path
 from pg_nats_bridge import (
     Bootstrapped,
     CaughtUp,
-    Delete,
     FollowError,
-    Insert,
     Reset,
     Rows,
     SqliteCopy,
     TableFollower,
-    Truncate,
-    Update,
 )
 from services.tools.arguments import ReplicaArguments
 from services.tools.copy_lock import CopyInUse, lock_copy
@@ -106,31 +102,34 @@ async def run_replica(
     progress = Progress(progress_seconds)
     last_commit = time.monotonic()
     try:
-        async for item in follower:
-            copy.apply(item)
-            if isinstance(item, Insert | Update | Delete | Truncate):
-                progress.applied += 1
-            elif isinstance(item, Reset):
-                bootstrapped = False
-                progress.expected[item.table] = int(item.snapshot.get("row_count", 0))
-                progress.loaded[item.table] = 0
-                progress.bootstrap(item.table)
-            elif isinstance(item, Rows):
-                progress.loaded[item.table] = progress.loaded.get(item.table, 0) + len(item.rows)
-                if progress.due():
+        async for batch in follower.batches():
+            # One call per batch: runs of inserts go to SQLite in one executemany each.
+            copy.apply_all(batch)
+            for item in batch:
+                if isinstance(item, Reset):
+                    bootstrapped = False
+                    progress.expected[item.table] = int(item.snapshot.get("row_count", 0))
+                    progress.loaded[item.table] = 0
                     progress.bootstrap(item.table)
-            elif isinstance(item, Bootstrapped):
-                bootstrapped = True
-                for table in progress.expected:
-                    progress.bootstrap(table)
-            if isinstance(item, Bootstrapped | CaughtUp):
+                elif isinstance(item, Rows):
+                    progress.loaded[item.table] = progress.loaded.get(item.table, 0) + len(
+                        item.rows
+                    )
+                    if progress.due():
+                        progress.bootstrap(item.table)
+                elif isinstance(item, Bootstrapped):
+                    bootstrapped = True
+                    for table in progress.expected:
+                        progress.bootstrap(table)
+            progress.applied = copy.applied
+            if batch and isinstance(batch[-1], Bootstrapped | CaughtUp):
                 last_commit = time.monotonic()  # the copy committed with the item's state
             elif time.monotonic() - last_commit >= commit_seconds:
                 copy.commit(follower.state if bootstrapped else None)
                 last_commit = time.monotonic()
             if bootstrapped and progress.due():
                 progress.following(follower)
-            if stopping.is_set():  # between two items: what was applied commits below
+            if stopping.is_set():  # between two batches: what was applied commits below
                 break
         return 0
     finally:

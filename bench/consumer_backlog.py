@@ -1,0 +1,323 @@
+"""Benchmark: do consumers keep up with the bridge?
+
+1. **Backlog.** The same backlog (rows in 1,000-row transactions, loaded while the replicator
+   is stopped) is drained by the replicator into JetStream, then applied by `bridge replica`
+   (TableFollower + SqliteCopy, a process of its own) and by the library's loop in this
+   process (TableFollower + MemoryCopy), each resuming from a copy bootstrapped before the
+   load. The ratio is each consumer's rate over the replicator's, measured in the same run.
+2. **Steady load.** pgbench's TPC-B-like script (4 clients) runs for a while against the
+   pgbench tables while the replicator publishes and `bridge replica` follows: the lag (CDC
+   stream events published but not yet applied by the copy) is sampled every second.
+
+Prints figures; asserts nothing.
+
+    python -m bench.consumer_backlog [--rows 200000] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+import psycopg
+
+from bench.replicator_drain import replicator_env
+from pg_nats_bridge import CaughtUp, MemoryCopy, TableFollower, contract
+from tests.harness.nats import NatsServer
+from tests.harness.postgres import PostgresServer
+from tests.harness.processes import cpu_times
+
+BRIDGE = str(Path(sys.executable).parent / "bridge")
+PGBENCH_TABLES = "pgbench_accounts,pgbench_branches,pgbench_tellers,pgbench_history"
+
+
+class Stack:
+    """The servers and the bridge's processes, each logging to a file under the run's root."""
+
+    def __init__(self) -> None:
+        self.pg, self.ns = PostgresServer.create(), NatsServer.create()
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def env(self, tables: str, **more: str) -> dict[str, str]:
+        return replicator_env(self.pg.url(), self.ns.url, tables, **more)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.pg.root / f"{name}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen([BRIDGE, *argv], env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+    def log(self, name: str) -> str:
+        return (self.pg.root / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def destroy(self) -> None:
+        for name in list(self.procs):
+            self.procs[name].kill()
+            self.procs.pop(name).wait(10)
+        self.pg.destroy()
+        self.ns.destroy()
+
+
+def last_seq(url: str) -> int:
+    async def read() -> int:
+        nc = await nats.connect(url)
+        try:
+            return int((await nc.jetstream().stream_info(contract.CDC_STREAM)).state.last_seq)
+        except Exception:
+            return 0
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def copy_position(path: Path) -> int:
+    """The CDC sequence the SQLite copy has committed through (0 before its bootstrap)."""
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            row = db.execute("SELECT value FROM _bridge_state WHERE name = 'follower'").fetchone()
+    except sqlite3.Error:
+        return 0
+    return int(json.loads(row[0])["seq"]) if row else 0
+
+
+def wait(condition: Any, timeout: float, what: str, stack: Stack) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for name, proc in stack.procs.items():
+            if proc.poll() is not None:
+                raise SystemExit(f"{name} exited while waiting for {what}:\n{stack.log(name)}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+async def follow_in_memory(
+    url: str, state: dict[str, Any] | None, until_seq: int
+) -> tuple[dict[str, Any], float, int, float]:
+    """The library's loop with a MemoryCopy, from `state` until the copy has applied the CDC
+    stream through `until_seq`: (its state, seconds from its first change, changes, CPU s)."""
+    nc = await nats.connect(url)
+    copy = MemoryCopy()
+    follower = TableFollower(nc, ["bench"], state=state)
+    first: float | None = None
+    applied = 0
+    cpu = time.process_time()
+    try:
+        async for item in follower:
+            copy.apply(item)
+            if item.__class__.__name__ in ("Insert", "Update", "Delete"):
+                applied += 1
+                if first is None:
+                    first, cpu = time.monotonic(), time.process_time()
+            if isinstance(item, CaughtUp) and follower.state["seq"] >= until_seq:
+                break
+    finally:
+        await nc.close()
+    now = time.monotonic()
+    return follower.state, now - (first or now), applied, time.process_time() - cpu
+
+
+def backlog(stack: Stack, rows: int, per_tx: int) -> dict[str, Any]:
+    url = stack.pg.url()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bench (id int PRIMARY KEY, name text, amount float8)")
+    env = stack.env("bench")
+    stack.start("replicator", ["replicator"], env)
+    stack.start("snapshotter", ["snapshotter"], {**env, "BRIDGE_PORT": "0"})
+    copy_path = stack.pg.root / "copy.db"
+    replica_argv = ["replica", "bench", "--sqlite", str(copy_path), "--progress-seconds", "2"]
+    # Both copies bootstrap (an empty snapshot) before the load, then stop.
+    stack.start("replica", replica_argv, env)
+    wait(lambda: _bootstrapped(copy_path), 120, "the replica's bootstrap", stack)
+    stack.stop("replica")
+    memory_state, _, _, _ = asyncio.run(follow_in_memory(stack.ns.url, None, 0))
+    stack.stop("replicator")
+
+    from bench.replicator_drain import load
+
+    started = time.monotonic()
+    load(url, rows, per_tx)
+    print(f"backlog: {rows:,} rows in {rows // per_tx:,} transactions of {per_tx:,}", flush=True)
+    print(f"  loaded in {time.monotonic() - started:.1f} s", flush=True)
+
+    # The replicator drains it into JetStream.
+    proc = stack.start("replicator", ["replicator"], env)
+    wait(lambda: last_seq(stack.ns.url) > 0, 60, "the replicator's first message", stack)
+    first, cpu_first = time.monotonic(), cpu_times(proc.pid)
+    wait(lambda: last_seq(stack.ns.url) >= rows, 600, "the replicator's drain", stack)
+    drained = time.monotonic()
+    drain_cpu = sum(cpu_times(proc.pid)) - sum(cpu_first)
+    drain_rate = rows / (drained - first)
+    print(
+        f"  replicator → JetStream: {drain_rate:,.0f} events/s "
+        f"({drain_cpu * 1e6 / rows:.1f} µs CPU/event)",
+        flush=True,
+    )
+
+    # `bridge replica` applies it into SQLite, resuming from its bootstrap.
+    proc = stack.start("replica", replica_argv, env)
+    wait(lambda: copy_position(copy_path) > 0, 120, "the replica's first commit", stack)
+    t0, at0 = time.monotonic(), copy_position(copy_path)
+    cpu0 = cpu_times(proc.pid)
+    wait(lambda: copy_position(copy_path) >= rows, 600, "the replica's catch-up", stack)
+    replica_seconds = time.monotonic() - t0
+    replica_cpu = sum(cpu_times(proc.pid)) - sum(cpu0)
+    replica_rate = (rows - at0) / replica_seconds
+    stack.stop("replica")
+    print(
+        f"  bridge replica → SQLite: {replica_rate:,.0f} changes/s "
+        f"({replica_cpu * 1e6 / (rows - at0):.1f} µs CPU/change); "
+        f"ratio to the replicator {replica_rate / drain_rate:.2f}",
+        flush=True,
+    )
+
+    # The library's own loop into memory, in this process.
+    _, seconds, applied, cpu = asyncio.run(follow_in_memory(stack.ns.url, memory_state, rows))
+    library_rate = applied / seconds
+    print(
+        f"  TableFollower → MemoryCopy: {library_rate:,.0f} changes/s "
+        f"({cpu * 1e6 / applied:.1f} µs CPU/change); "
+        f"ratio to the replicator {library_rate / drain_rate:.2f}",
+        flush=True,
+    )
+    stack.stop("replicator")
+    stack.stop("snapshotter")
+    return {
+        "rows": rows,
+        "rows_per_tx": per_tx,
+        "replicator_events_per_s": round(drain_rate),
+        "replicator_cpu_us_per_event": round(drain_cpu * 1e6 / rows, 1),
+        "replica_changes_per_s": round(replica_rate),
+        "replica_cpu_us_per_change": round(replica_cpu * 1e6 / (rows - at0), 1),
+        "replica_ratio": round(replica_rate / drain_rate, 2),
+        "library_changes_per_s": round(library_rate),
+        "library_cpu_us_per_change": round(cpu * 1e6 / applied, 1),
+        "library_ratio": round(library_rate / drain_rate, 2),
+    }
+
+
+def _bootstrapped(path: Path) -> bool:
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            return (
+                db.execute("SELECT 1 FROM _bridge_state WHERE name = 'follower'").fetchone()
+                is not None
+            )
+    except sqlite3.Error:
+        return False
+
+
+def steady_load(stack: Stack, seconds: float, clients: int) -> dict[str, Any]:
+    """pgbench for `seconds` while `bridge replica` follows its four tables."""
+    url = stack.pg.url()
+    pgbench = str(stack.pg.bindir / "pgbench")
+    subprocess.run([pgbench, "-i", "-q", "-s", "1", url], check=True, capture_output=True)
+    # pgbench_history has no primary key: its rows are identified whole.
+    env = stack.env(
+        PGBENCH_TABLES,
+        BRIDGE_REPLICA_IDENTITY_FULL="true",
+        BRIDGE_SLOT="pgbench_slot",
+        BRIDGE_PUBLICATION="pgbench_pub",
+    )
+    stack.start("replicator-pgbench", ["replicator"], env)
+    stack.start("snapshotter-pgbench", ["snapshotter"], {**env, "BRIDGE_PORT": "0"})
+    copy_path = stack.pg.root / "pgbench.db"
+    stack.start(
+        "replica-pgbench",
+        ["replica", *PGBENCH_TABLES.split(","), "--sqlite", str(copy_path)],
+        env,
+    )
+    wait(lambda: _bootstrapped(copy_path), 180, "the pgbench copy's bootstrap", stack)
+    base = last_seq(stack.ns.url)
+    bench = subprocess.Popen(
+        [pgbench, "-n", "-c", str(clients), "-j", "2", "-T", str(int(seconds)), url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    lags: list[int] = []
+    while bench.poll() is None:
+        time.sleep(1)
+        lags.append(max(0, last_seq(stack.ns.url) - copy_position(copy_path)))
+    output = bench.communicate()[0].decode()
+    ended = time.monotonic()
+    published = last_seq(stack.ns.url) - base
+    tps = next(
+        (line.split("=")[1].split()[0] for line in output.splitlines() if "tps =" in line), "?"
+    )
+    end_lag = max(0, last_seq(stack.ns.url) - copy_position(copy_path))
+    wait(
+        lambda: copy_position(copy_path) >= last_seq(stack.ns.url),
+        600,
+        "the copy's catch-up",
+        stack,
+    )
+    catch_up = time.monotonic() - ended
+    for name in ("replica-pgbench", "replicator-pgbench", "snapshotter-pgbench"):
+        stack.stop(name)
+    print(
+        f"pgbench, {clients} clients, {seconds:g} s: {tps} tps, {published:,} events published "
+        f"({published / seconds:,.0f}/s)\n"
+        f"  bridge replica lag, events (sampled each second): median "
+        f"{statistics.median(lags) if lags else 0:,.0f}, max {max(lags, default=0):,}, at the "
+        f"end {end_lag:,}; caught up {catch_up:.1f} s after the load stopped",
+        flush=True,
+    )
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "tps": tps,
+        "events_per_s": round(published / seconds),
+        "lag_median": statistics.median(lags) if lags else 0,
+        "lag_max": max(lags, default=0),
+        "lag_at_end": end_lag,
+        "catch_up_seconds": round(catch_up, 1),
+    }
+
+
+def measure(rows: int = 200_000, seconds: float = 20.0, clients: int = 4) -> dict[str, Any]:
+    stack = Stack()
+    try:
+        return {
+            "backlog": backlog(stack, rows, 1000),
+            "steady_load": steady_load(stack, seconds, clients),
+        }
+    finally:
+        stack.destroy()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--clients", type=int, default=4)
+    args = parser.parse_args()
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    measure(args.rows, args.seconds, args.clients)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

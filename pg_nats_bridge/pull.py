@@ -1,0 +1,193 @@
+"""Pulling a JetStream consumer fast enough to keep up with the bridge.
+
+nats-py's `fetch` costs several microseconds of client machinery per message (a task, a
+`wait_for` and a uuid per `next_msg`, a `Msg` with parsed headers and metadata) and waits a
+round trip between batches: a copy applied 19k changes/s from a backlog the replicator
+published at 134k/s. Here pull requests ask for large batches and the next one goes out
+before the one before is used up, so the server keeps sending while the copy applies; the
+messages are taken from the client's parser as bytes (subject, the `$JS.ACK…` reply that
+holds the sequences, payload) and nothing is built per message but a tuple.
+
+Taking messages from the parser reaches into nats-py (`Client._process_msg`, as the
+replicator's publisher does for its PubAcks); `shared/pinned.py` pins the release it was
+tested with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+
+Delivery = tuple[str, int, int, int, bytes]
+"""A message as the follower needs it: subject, stream sequence, consumer sequence, messages
+still pending for the consumer after it, payload."""
+
+
+@dataclass
+class _Request:
+    remaining: int
+    marker: Any  # handed back once nothing is pending after this request's messages
+    delivered: int = 0
+
+
+@dataclass(frozen=True)
+class Idle:
+    """Every message the consumer had for the request tagged `marker` was delivered before
+    this (nothing was pending when it ended)."""
+
+    marker: Any
+
+
+class PullError(nats.errors.Error):
+    """The consumer answered something other than messages or the end of a request (it was
+    deleted, its stream lost its leader…): read again from the stored position."""
+
+
+def _sequences(reply: bytes) -> tuple[int, int, int]:
+    """Stream sequence, consumer sequence and pending count from a `$JS.ACK…` reply subject
+    (with or without the domain and account tokens)."""
+    tokens = reply.split(b".")
+    if len(tokens) == 9:
+        return int(tokens[5]), int(tokens[6]), int(tokens[8])
+    if len(tokens) >= 11 and tokens[0] == b"$JS" and tokens[1] == b"ACK":
+        return int(tokens[7]), int(tokens[8]), int(tokens[10])
+    raise PullError(f"a message without JetStream metadata (reply {reply[:80]!r})")
+
+
+class Puller:
+    """Messages of one pull consumer, in order, in batches of whatever has arrived.
+
+    Up to two pull requests are outstanding: the server fills the first, then the second,
+    and each one used up (or ended by the server) is replaced at the next `take`. A request
+    may carry a marker (the caller's stream state taken before it was sent): when the request
+    ends with nothing pending for the consumer, `Idle(marker)` follows its last message."""
+
+    def __init__(
+        self,
+        nc: Client,
+        stream: str,
+        consumer: str,
+        *,
+        batch: int = 2000,
+        expires: float = 1.0,
+    ) -> None:
+        self.nc: Any = nc  # its private message handler is replaced while pulling
+        self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self.batch, self.expires = batch, expires
+        self.ready: deque[Delivery | Idle] = deque()
+        self.requests: deque[_Request] = deque()
+        self.error: Exception | None = None
+        self.arrived = asyncio.Event()
+        self.last_heard = time.monotonic()
+        self.inbox = ""
+        self.sub: Any = None
+        self._original: Callable[..., Awaitable[None]] | None = None
+
+    async def start(self) -> None:
+        self.inbox = self.nc.new_inbox()
+        self.sub = await self.nc.subscribe(self.inbox)
+        sid = self.sub._id
+        original: Callable[..., Awaitable[None]] = self.nc._process_msg
+        self._original = original
+        on_message = self._on_message
+
+        async def process(
+            msg_sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+        ) -> None:
+            if msg_sid == sid:
+                on_message(subject, reply, data, headers)
+            else:
+                await original(msg_sid, subject, reply, data, headers)
+
+        self.nc._process_msg = process
+
+    async def stop(self) -> None:
+        if self._original is not None:
+            self.nc._process_msg = self._original
+            self._original = None
+        if self.sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self.sub.unsubscribe()
+            self.sub = None
+
+    def wants_request(self) -> bool:
+        return len(self.requests) < 2
+
+    async def request(self, marker: Any = None) -> None:
+        """Ask for the next batch (the caller takes its marker's state just before)."""
+        self.requests.append(_Request(self.batch, marker))
+        body = {"batch": self.batch, "expires": int(self.expires * 1e9)}
+        await self.nc.publish(self.subject, json.dumps(body).encode(), reply=self.inbox)
+
+    async def take(self, timeout: float) -> list[Delivery | Idle]:
+        """Whatever has arrived, in order (waiting up to `timeout` for something); an empty
+        list means nothing came, not even the end of a request, which after a few expiry
+        periods the caller treats as a lost request."""
+        if not self.ready and self.error is None:
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), timeout)
+        if self.error is not None:
+            raise self.error
+        out = list(self.ready)
+        self.ready.clear()
+        return out
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last_heard
+
+    # -- from the client's parser: must not raise ---------------------------------------------
+
+    def _on_message(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        self.last_heard = time.monotonic()
+        try:
+            if headers is not None and headers.startswith(b"NATS/1.0 "):
+                self._on_status(headers)
+            else:
+                self._on_delivery(subject, reply, data)
+        except Exception as exc:  # anything unexpected ends the pulling, never the parser
+            self.error = exc if isinstance(exc, PullError) else PullError(repr(exc))
+        self.arrived.set()
+
+    def _on_delivery(self, subject: bytes, reply: bytes, data: bytes) -> None:
+        stream_seq, consumer_seq, pending = _sequences(reply)
+        self.ready.append((subject.decode(), stream_seq, consumer_seq, pending, data))
+        if not self.requests:
+            return  # the server filled a request we no longer count: the sequences decide
+        head = self.requests[0]
+        head.remaining -= 1
+        head.delivered += 1
+        if head.remaining <= 0:
+            self.requests.popleft()
+            if pending == 0 and head.marker is not None:
+                self.ready.append(Idle(head.marker))
+        elif pending == 0 and head.marker is not None:
+            # Nothing more for now: the request stays open for what comes next, and what
+            # was pending when it was sent has all been delivered.
+            self.ready.append(Idle(head.marker))
+            head.marker = None
+
+    def _on_status(self, headers: bytes) -> None:
+        code = headers[9:12]
+        if code == b"100":  # idle heartbeat or flow control: not asked for, nothing to do
+            return
+        if code in (b"404", b"408"):
+            # The request ended unfilled (it expired, or found nothing): one that received no
+            # message waited its whole life with nothing for it. (The status's
+            # Nats-Pending-Messages is what the request still wanted, not the consumer's.)
+            if self.requests:
+                head = self.requests.popleft()
+                if head.marker is not None and head.delivered == 0:
+                    self.ready.append(Idle(head.marker))
+            return
+        line = headers.split(b"\r\n", 1)[0].decode(errors="replace")
+        raise PullError(f"JetStream answered a pull request on {self.subject} with {line[9:]!r}")
