@@ -115,12 +115,11 @@ def wait(condition: Any, timeout: float, what: str, stack: Stack) -> None:
 
 
 async def follow_in_memory(
-    url: str, state: dict[str, Any] | None, until_seq: int
+    url: str, copy: MemoryCopy, state: dict[str, Any] | None, until_seq: int
 ) -> tuple[dict[str, Any], float, int, float]:
-    """The library's loop with a MemoryCopy, from `state` until the copy has applied the CDC
-    stream through `until_seq`: (its state, seconds from its first change, changes, CPU s)."""
+    """The library's loop into `copy`, from `state` until it has applied the CDC stream
+    through `until_seq`: (its state, seconds from its first change, changes, CPU seconds)."""
     nc = await nats.connect(url)
-    copy = MemoryCopy()
     follower = TableFollower(nc, ["bench"], state=state)
     first: float | None = None
     applied = 0
@@ -153,7 +152,8 @@ def backlog(stack: Stack, rows: int, per_tx: int) -> dict[str, Any]:
     stack.start("replica", replica_argv, env)
     wait(lambda: _bootstrapped(copy_path), 120, "the replica's bootstrap", stack)
     stack.stop("replica")
-    memory_state, _, _, _ = asyncio.run(follow_in_memory(stack.ns.url, None, 0))
+    memory = MemoryCopy()
+    memory_state, _, _, _ = asyncio.run(follow_in_memory(stack.ns.url, memory, None, 0))
     stack.stop("replicator")
 
     from bench.replicator_drain import load
@@ -195,7 +195,9 @@ def backlog(stack: Stack, rows: int, per_tx: int) -> dict[str, Any]:
     )
 
     # The library's own loop into memory, in this process.
-    _, seconds, applied, cpu = asyncio.run(follow_in_memory(stack.ns.url, memory_state, rows))
+    _, seconds, applied, cpu = asyncio.run(
+        follow_in_memory(stack.ns.url, memory, memory_state, rows)
+    )
     library_rate = applied / seconds
     print(
         f"  TableFollower → MemoryCopy: {library_rate:,.0f} changes/s "

@@ -45,6 +45,10 @@ def stored_value(value: Any) -> Any:
     return value
 
 
+# Column types (information_schema's names) whose values the bridge sends as floats.
+FLOAT_TYPES = frozenset({"real", "double precision"})
+
+
 def ident(name: str) -> str:
     """A SQLite identifier: double-quoted, embedded quotes doubled."""
     return '"' + name.replace('"', '""') + '"'
@@ -68,6 +72,7 @@ class SqliteCopy:
         self.db.commit()
         self._columns: dict[str, list[str]] = {}
         self._inserts: dict[tuple[str, tuple[str, ...]], str] = {}  # (table, columns) → SQL
+        self._floats: dict[str, frozenset[str]] = {}
         self.applied = 0  # CDC changes applied since opened
 
     # -- state -------------------------------------------------------------------------------
@@ -114,16 +119,42 @@ class SqliteCopy:
                     run.append(item.row)
                 else:
                     if run and table is not None:
-                        self._insert_many(table, run)
+                        self._insert_run(table, columns, run)
                     table, columns, run = item.table, tuple(item.row), [item.row]
                 self.applied += 1
                 continue
             if run and table is not None:
-                self._insert_many(table, run)
+                self._insert_run(table, columns, run)
                 table, run = None, []
             self.apply(item)
         if run and table is not None:
-            self._insert_many(table, run)
+            self._insert_run(table, columns, run)
+
+    def _insert_run(self, table: str, columns: tuple[str, ...], rows: list[Row]) -> None:
+        """Rows whose columns are `columns`, in that order: their values are bound as they
+        are (a boolean binds as 0/1 by itself), only a float column's NaN needs `stored_value`."""
+        sql = self._insert_sql(table, columns)
+        params = [tuple(row.values()) for row in rows]
+        floats = [i for i, name in enumerate(columns) if name in self._float_columns(table)]
+        if floats:
+            for n, values in enumerate(params):
+                for i in floats:
+                    value = values[i]
+                    if value != value:  # NaN is unequal to itself
+                        params[n] = tuple(map(stored_value, values))
+                        break
+        self.db.executemany(sql, params)
+
+    def _float_columns(self, table: str) -> frozenset[str]:
+        """Columns whose values may be a float (and so NaN), from the table's schema."""
+        found = self._floats.get(table)
+        if found is None:
+            schema = self.schema(table)
+            columns = schema.document.get("columns", ()) if schema is not None else ()
+            found = self._floats[table] = frozenset(
+                c["name"] for c in columns if c.get("data_type", "real") in FLOAT_TYPES
+            )
+        return found
 
     def apply(self, item: Item) -> None:
         if isinstance(item, Rows):
@@ -144,6 +175,7 @@ class SqliteCopy:
             self._reset(item)
         elif isinstance(item, SchemaChanged):
             self._put(f"schema:{item.table}", item.schema.document)
+            self._floats.pop(item.table, None)
             self._ensure_columns(item.table, item.schema.columns)
         elif isinstance(item, Oversized):
             self.db.execute(
@@ -166,6 +198,7 @@ class SqliteCopy:
             )
         self._columns[item.table] = columns
         self._inserts = {k: sql for k, sql in self._inserts.items() if k[0] != item.table}
+        self._floats.pop(item.table, None)
         # Until Bootstrapped, the file holds no position: a copy interrupted mid-load starts over.
         self.db.execute("DELETE FROM _bridge_state WHERE name = 'follower'")
         self._put(f"schema:{item.table}", item.schema.document)
@@ -184,10 +217,7 @@ class SqliteCopy:
                 self.db.execute(f"ALTER TABLE {ident(table)} ADD COLUMN {ident(name)}")
                 known.append(name)
 
-    def _insert_many(self, table: str, rows: list[Row]) -> None:
-        if not rows:
-            return
-        names = tuple(rows[0])
+    def _insert_sql(self, table: str, names: tuple[str, ...]) -> str:
         sql = self._inserts.get((table, names))
         if sql is None:
             self._ensure_columns(table, names)
@@ -195,6 +225,13 @@ class SqliteCopy:
                 f"INSERT INTO {ident(table)} ({', '.join(map(ident, names))})"
                 f" VALUES ({', '.join('?' * len(names))})"
             )
+        return sql
+
+    def _insert_many(self, table: str, rows: list[Row]) -> None:
+        if not rows:
+            return
+        names = tuple(rows[0])
+        sql = self._insert_sql(table, names)
         self.db.executemany(sql, ([stored_value(row.get(n)) for n in names] for row in rows))
 
     def _where(self, match: Row) -> tuple[str, list[Any]]:

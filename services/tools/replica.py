@@ -105,7 +105,8 @@ async def run_replica(
         async for batch in follower.batches():
             # One call per batch: runs of inserts go to SQLite in one executemany each.
             copy.apply_all(batch)
-            for item in batch:
+            # A bootstrap's items come one per batch; changes come many to a batch.
+            for item in batch if len(batch) == 1 else ():
                 if isinstance(item, Reset):
                     bootstrapped = False
                     progress.expected[item.table] = int(item.snapshot.get("row_count", 0))
