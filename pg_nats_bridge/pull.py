@@ -8,9 +8,12 @@ before the one before is used up, so the server keeps sending while the copy app
 messages are taken from the client's parser as bytes (subject, the `$JS.ACK…` reply that
 holds the sequences, payload) and nothing is built per message but a tuple.
 
-Taking messages from the parser reaches into nats-py (`Client._process_msg`, as the
-replicator's publisher does for its PubAcks); `shared/pinned.py` pins the release it was
-tested with.
+Taking messages from the parser reaches into nats-py: its message handler
+(`Client._process_msg`, as the replicator's publisher does for its PubAcks) and, for the
+common case of a read that starts with this consumer's messages, its protocol parser's buffer
+(`Parser.buf`, `Parser.state`): those are cut out of the buffer here, without a regular
+expression, a coroutine or a copy of the header block per message, and whatever else the read
+holds goes to nats-py's own parser. `shared/pinned.py` pins the release this was tested with.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
+from nats.protocol.parser import AWAITING_CONTROL_LINE
 
 Delivery = tuple[str, int, int, int, bytes]
 """A message as the follower needs it: subject, stream sequence, consumer sequence, messages
@@ -90,31 +94,15 @@ class Puller:
         self.last_heard = time.monotonic()
         self.inbox = ""
         self.sub: Any = None
-        self._original: Callable[..., Awaitable[None]] | None = None
 
     async def start(self) -> None:
         self.inbox = self.nc.new_inbox()
         self.sub = await self.nc.subscribe(self.inbox)
-        sid = self.sub._id
-        original: Callable[..., Awaitable[None]] = self.nc._process_msg
-        self._original = original
-        on_message = self._on_message
-
-        async def process(
-            msg_sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
-        ) -> None:
-            if msg_sid == sid:
-                on_message(subject, reply, data, headers)
-            else:
-                await original(msg_sid, subject, reply, data, headers)
-
-        self.nc._process_msg = process
+        _Hooks.of(self.nc).attach(self.sub._id, self._on_message)
 
     async def stop(self) -> None:
-        if self._original is not None:
-            self.nc._process_msg = self._original
-            self._original = None
         if self.sub is not None:
+            _Hooks.of(self.nc).detach(self.sub._id)
             with contextlib.suppress(nats.errors.Error):
                 await self.sub.unsubscribe()
             self.sub = None
@@ -191,3 +179,84 @@ class Puller:
             return
         line = headers.split(b"\r\n", 1)[0].decode(errors="replace")
         raise PullError(f"JetStream answered a pull request on {self.subject} with {line[9:]!r}")
+
+
+RawHandler = Callable[[bytes, bytes, bytes, bytes | None], None]
+
+
+class _Hooks:
+    """The messages of pullers' subscriptions, taken from one client before nats-py handles
+    them: installed with the first puller on a client, removed with the last, so that any
+    number of them attach and detach in any order."""
+
+    def __init__(self, nc: Any) -> None:
+        self.nc = nc
+        self.handlers: dict[int, RawHandler] = {}
+        self.by_sid_bytes: dict[bytes, RawHandler] = {}
+        self.process_msg: Callable[..., Awaitable[None]] = nc._process_msg
+        self.parser: Any = nc._ps
+        self.parse: Callable[[bytes], Awaitable[None]] = self.parser.parse
+
+    @classmethod
+    def of(cls, nc: Any) -> _Hooks:
+        hooks: _Hooks | None = getattr(nc, "_pnb_pull_hooks", None)
+        if hooks is None:
+            hooks = nc._pnb_pull_hooks = cls(nc)
+        return hooks
+
+    def attach(self, sid: int, handler: RawHandler) -> None:
+        if not self.handlers:
+            self.nc._process_msg = self._process_msg
+            self.parser.parse = self._parse
+        self.handlers[sid] = handler
+        self.by_sid_bytes[str(sid).encode()] = handler
+
+    def detach(self, sid: int) -> None:
+        self.handlers.pop(sid, None)
+        self.by_sid_bytes.pop(str(sid).encode(), None)
+        if not self.handlers:
+            self.nc._process_msg = self.process_msg
+            self.parser.parse = self.parse
+            del self.nc._pnb_pull_hooks
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        handler = self.handlers.get(sid)
+        if handler is not None:
+            handler(subject, reply, data, headers)
+        else:
+            await self.process_msg(sid, subject, reply, data, headers)
+
+    async def _parse(self, data: bytes = b"") -> None:
+        """HMSGs of the pullers' subscriptions at the start of the buffer are cut out here;
+        anything else, and everything after it, goes to nats-py's parser."""
+        parser = self.parser
+        buf: bytearray = parser.buf
+        buf.extend(data)
+        handlers = self.by_sid_bytes
+        while parser.state == AWAITING_CONTROL_LINE and buf.startswith(b"HMSG "):
+            end = buf.find(b"\r\n")
+            if end < 0:
+                return  # the control line is not complete: the next read brings the rest
+            parts = buf[5:end].split(b" ")
+            if len(parts) == 5:
+                subject, sid, reply, header_size, total_size = parts
+            elif len(parts) == 4:
+                subject, sid, header_size, total_size = parts
+                reply = bytearray()
+            else:
+                break
+            handler = handlers.get(bytes(sid))
+            if handler is None:
+                break
+            start = end + 2
+            headers_end, stop = start + int(header_size), start + int(total_size)
+            if len(buf) < stop + 2:
+                return  # the message is not complete: the next read brings the rest
+            headers = bytes(buf[start:headers_end])
+            payload = bytes(buf[headers_end:stop])
+            del buf[: stop + 2]
+            handler(bytes(subject), bytes(reply), payload, headers)
+        if buf:
+            await self.parse(b"")
