@@ -157,6 +157,7 @@ class TableFollower:
         # Tables an event committed at or after the snapshot was seen for: commit LSNs only
         # grow along the stream, so later events of these tables need no comparison.
         self._past_snapshot: set[str] = set()
+        self._subjects: dict[bytes, tuple[str, str]] = {}  # subject → its token, the rest
 
     # -- the position ------------------------------------------------------------------------
 
@@ -498,10 +499,11 @@ class TableFollower:
         schema_checked = time.monotonic()
         try:
             while True:
-                while puller.wants_request():
+                if puller.wants_request():
                     info = await self.js.stream_info(self.cdc_stream)
                     self._check_stream(info, received)
-                    await puller.request(marker=info.state.last_seq)
+                    while puller.wants_request():
+                        await puller.request(marker=info.state.last_seq)
                 arrived = await puller.take(self.idle_seconds)
                 if not arrived and puller.silent_for() > 3 * self.idle_seconds + 5:
                     raise PullError(
@@ -529,7 +531,9 @@ class TableFollower:
                         item = self._change(subject, stream_seq, data)
                     except (Undecodable, KeyError, TypeError, ValueError, AttributeError) as exc:
                         why = str(exc) if isinstance(exc, Undecodable) else "not a CDC event"
-                        self.skip(self.cdc_stream, subject, stream_seq, why)
+                        self.skip(
+                            self.cdc_stream, subject.decode(errors="replace"), stream_seq, why
+                        )
                         item = None
                     seq = stream_seq
                     if item is not None:
@@ -569,9 +573,15 @@ class TableFollower:
         self.skipped += 1
         log.warning("skipped %s sequence %s (%s): %s", where, seq, subject, why)
 
-    def _change(self, subject: str, seq: int, data: bytes) -> Item | None:
+    def _change(self, subject: bytes, seq: int, data: bytes) -> Item | None:
         """The change one CDC event asks for, or None when the snapshot already holds it."""
-        _, token, rest = subject.split(".", 2)
+        parts = self._subjects.get(subject)
+        if parts is None:
+            _, token, rest = subject.decode().split(".", 2)
+            parts = (token, rest)
+            if len(self._subjects) < 1024:  # a few per table; foreign ones may be any
+                self._subjects[subject] = parts
+        token, rest = parts
         event = _unpack(data)
         if token == contract.OVERSIZED_TOKEN:
             table = self._by_token[rest]

@@ -31,7 +31,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.protocol.parser import AWAITING_CONTROL_LINE
 
-Delivery = tuple[str, int, int, int, bytes]
+Delivery = tuple[bytes, int, int, int, bytes]
 """A message as the follower needs it: subject, stream sequence, consumer sequence, messages
 still pending for the consumer after it, payload."""
 
@@ -56,22 +56,12 @@ class PullError(nats.errors.Error):
     deleted, its stream lost its leader…): read again from the stored position."""
 
 
-def _sequences(reply: bytes) -> tuple[int, int, int]:
-    """Stream sequence, consumer sequence and pending count from a `$JS.ACK…` reply subject
-    (with or without the domain and account tokens)."""
-    tokens = reply.split(b".")
-    if len(tokens) == 9:
-        return int(tokens[5]), int(tokens[6]), int(tokens[8])
-    if len(tokens) >= 11 and tokens[0] == b"$JS" and tokens[1] == b"ACK":
-        return int(tokens[7]), int(tokens[8]), int(tokens[10])
-    raise PullError(f"a message without JetStream metadata (reply {reply[:80]!r})")
-
-
 class Puller:
     """Messages of one pull consumer, in order, in batches of whatever has arrived.
 
-    Up to two pull requests are outstanding: the server fills the first, then the second,
-    and each one used up (or ended by the server) is replaced at the next `take`. A request
+    Several pull requests are outstanding: the server fills them in order, and each one used
+    up (or ended by the server) is replaced at the next `take`, so the server goes on sending
+    while the messages taken before are applied. A request
     may carry a marker (the caller's stream state taken before it was sent): when the request
     ends with nothing pending for the consumer, `Idle(marker)` follows its last message."""
 
@@ -83,10 +73,11 @@ class Puller:
         *,
         batch: int = 2000,
         expires: float = 1.0,
+        outstanding: int = 2,
     ) -> None:
         self.nc: Any = nc  # its private message handler is replaced while pulling
         self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
-        self.batch, self.expires = batch, expires
+        self.batch, self.expires, self.outstanding = batch, expires, outstanding
         self.ready: deque[Delivery | Idle] = deque()
         self.requests: deque[_Request] = deque()
         self.error: Exception | None = None
@@ -108,7 +99,7 @@ class Puller:
             self.sub = None
 
     def wants_request(self) -> bool:
-        return len(self.requests) < 2
+        return len(self.requests) < self.outstanding
 
     async def request(self, marker: Any = None) -> None:
         """Ask for the next batch (the caller takes its marker's state just before)."""
@@ -128,6 +119,8 @@ class Puller:
             raise self.error
         out = list(self.ready)
         self.ready.clear()
+        if out:
+            self.last_heard = time.monotonic()
         return out
 
     def silent_for(self) -> float:
@@ -136,33 +129,44 @@ class Puller:
     # -- from the client's parser: must not raise ---------------------------------------------
 
     def _on_message(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        self.last_heard = time.monotonic()
-        try:
-            if headers is not None and headers.startswith(b"NATS/1.0 "):
+        """One message (every one of a backlog passes here: kept to a few operations)."""
+        if headers is not None and headers.startswith(b"NATS/1.0 "):
+            self.last_heard = time.monotonic()
+            try:
                 self._on_status(headers)
+            except Exception as exc:  # anything unexpected ends the pulling, never the parser
+                self.error = exc if isinstance(exc, PullError) else PullError(repr(exc))
+            self.arrived.set()
+            return
+        tokens = reply.split(b".")
+        try:
+            if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<s>.<c>.<time>.<pending>
+                pending = int(tokens[8])
+                self.ready.append((subject, int(tokens[5]), int(tokens[6]), pending, data))
+            elif len(tokens) >= 11 and tokens[0] == b"$JS":  # with domain and account tokens
+                pending = int(tokens[10])
+                self.ready.append((subject, int(tokens[7]), int(tokens[8]), pending, data))
             else:
-                self._on_delivery(subject, reply, data)
-        except Exception as exc:  # anything unexpected ends the pulling, never the parser
-            self.error = exc if isinstance(exc, PullError) else PullError(repr(exc))
-        self.arrived.set()
-
-    def _on_delivery(self, subject: bytes, reply: bytes, data: bytes) -> None:
-        stream_seq, consumer_seq, pending = _sequences(reply)
-        self.ready.append((subject.decode(), stream_seq, consumer_seq, pending, data))
-        if not self.requests:
-            return  # the server filled a request we no longer count: the sequences decide
-        head = self.requests[0]
-        head.remaining -= 1
-        head.delivered += 1
-        if head.remaining <= 0:
-            self.requests.popleft()
-            if pending == 0 and head.marker is not None:
+                raise ValueError(reply[:80])
+        except ValueError as exc:
+            self.error = PullError(f"a message without JetStream metadata (reply {exc})")
+            self.arrived.set()
+            return
+        requests = self.requests
+        if requests:  # else the server filled a request no longer counted: sequences decide
+            head = requests[0]
+            head.remaining -= 1
+            head.delivered += 1
+            if head.remaining <= 0:
+                requests.popleft()
+                if pending == 0 and head.marker is not None:
+                    self.ready.append(Idle(head.marker))
+            elif pending == 0 and head.marker is not None:
+                # Nothing more for now: the request stays open for what comes next, and
+                # what was pending when it was sent has all been delivered.
                 self.ready.append(Idle(head.marker))
-        elif pending == 0 and head.marker is not None:
-            # Nothing more for now: the request stays open for what comes next, and what
-            # was pending when it was sent has all been delivered.
-            self.ready.append(Idle(head.marker))
-            head.marker = None
+                head.marker = None
+        self.arrived.set()
 
     def _on_status(self, headers: bytes) -> None:
         code = headers[9:12]
@@ -196,6 +200,8 @@ class _Hooks:
         self.process_msg: Callable[..., Awaitable[None]] = nc._process_msg
         self.parser: Any = nc._ps
         self.parse: Callable[[bytes], Awaitable[None]] = self.parser.parse
+        # What to put back: an instance's own attribute, or nothing (the class's method).
+        self.own = {"_process_msg": "_process_msg" in vars(nc), "parse": "parse" in vars(nc._ps)}
 
     @classmethod
     def of(cls, nc: Any) -> _Hooks:
@@ -215,8 +221,14 @@ class _Hooks:
         self.handlers.pop(sid, None)
         self.by_sid_bytes.pop(str(sid).encode(), None)
         if not self.handlers:
-            self.nc._process_msg = self.process_msg
-            self.parser.parse = self.parse
+            if self.own["_process_msg"]:
+                self.nc._process_msg = self.process_msg
+            else:
+                del self.nc._process_msg
+            if self.own["parse"]:
+                self.parser.parse = self.parse
+            else:
+                del self.parser.parse
             del self.nc._pnb_pull_hooks
 
     async def _process_msg(
@@ -254,7 +266,9 @@ class _Hooks:
             headers_end, stop = start + int(header_size), start + int(total_size)
             if len(buf) < stop + 2:
                 return  # the message is not complete: the next read brings the rest
-            headers = bytes(buf[start:headers_end])
+            # Only a status message's headers are read (the bridge's own are not needed).
+            status = buf.startswith(b"NATS/1.0 ", start)
+            headers = bytes(buf[start:headers_end]) if status else None
             payload = bytes(buf[headers_end:stop])
             del buf[: stop + 2]
             handler(bytes(subject), bytes(reply), payload, headers)

@@ -1,0 +1,189 @@
+"""The puller's own parsing of nats-py's read buffer and its accounting of pull requests: every
+message reaches its handler once, in order, however the reads cut the bytes; other
+subscriptions' messages and protocol lines reach nats-py as before."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nats.protocol.parser import Parser
+
+from pg_nats_bridge.pull import Idle, Puller, PullError, _Hooks
+
+OURS, OTHER = 7, 3
+
+
+def hmsg(sid: int, seq: int, pending: int, payload: bytes, status: bytes = b"") -> bytes:
+    headers = (
+        b"NATS/1.0 " + status + b"\r\n\r\n"
+        if status
+        else b"NATS/1.0\r\nNats-Msg-Id: x\r\nNats-Expected-Last-Sequence: 1\r\n\r\n"
+    )
+    reply = b"" if status else f"$JS.ACK.CDC.c.1.{seq}.{seq}.1700000000000000000.{pending}".encode()
+    subject = b"_INBOX.x" if status else b"cdc.t.insert"
+    line = b"HMSG %b %d %b%d %d\r\n" % (
+        subject,
+        sid,
+        reply + b" " if reply else b"",
+        len(headers),
+        len(headers) + len(payload),
+    )
+    return line + headers + payload + b"\r\n"
+
+
+class FakeClient:
+    """What the hooks touch of a nats-py client: its message handler and its parser."""
+
+    def __init__(self) -> None:
+        self.others: list[tuple[int, bytes, bytes]] = []
+        self.pongs = 0
+        self._ps = Parser(self)
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        self.others.append((sid, subject, data))
+
+    async def _process_ping(self) -> None:
+        self.pongs += 1
+
+    async def _process_pong(self) -> None:
+        pass
+
+
+def stream_of(n: int) -> tuple[bytes, list[bytes], int]:
+    """Our messages interleaved with another subscription's and a PING."""
+    out = b""
+    ours = []
+    for i in range(1, n + 1):
+        payload = b"row %d " % i * (i % 5)
+        out += hmsg(OURS, i, n - i, payload)
+        ours.append(payload)
+        if i % 4 == 0:
+            out += hmsg(OTHER, 1000 + i, 0, b"theirs")
+        if i % 7 == 0:
+            out += b"PING\r\n"
+    return out, ours, n // 4
+
+
+async def feed(client: FakeClient, data: bytes, cuts: list[int]) -> None:
+    edges = sorted({0, len(data), *[c % (len(data) + 1) for c in cuts]})
+    for a, b in itertools.pairwise(edges):
+        await client._ps.parse(data[a:b])
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 30), cuts=st.lists(st.integers(0, 10_000), max_size=40))
+def test_every_message_reaches_its_handler_once_in_order_however_reads_cut_it(
+    n: int, cuts: list[int]
+) -> None:
+    client = FakeClient()
+    got: list[bytes] = []
+    hooks = _Hooks.of(client)
+    hooks.attach(OURS, lambda subject, reply, data, headers: got.append(data))
+    data, ours, theirs = stream_of(n)
+    asyncio.run(feed(client, data, cuts))
+    assert got == ours
+    assert [d for _, _, d in client.others] == [b"theirs"] * theirs
+    assert client.pongs == n // 7
+    hooks.detach(OURS)
+    assert "parse" not in vars(client._ps) and not hasattr(client, "_pnb_pull_hooks")
+
+
+def test_pullers_on_one_client_attach_and_detach_in_any_order() -> None:
+    client = FakeClient()
+    original = client._process_msg
+    first, second = _Hooks.of(client), _Hooks.of(client)
+    assert first is second
+    a: list[bytes] = []
+    b: list[bytes] = []
+    first.attach(1, lambda s, r, d, h: a.append(d))
+    first.attach(2, lambda s, r, d, h: b.append(d))
+    first.detach(1)
+    asyncio.run(client._ps.parse(hmsg(2, 1, 0, b"two") + hmsg(1, 1, 0, b"one")))
+    assert (a, b) == ([], [b"two"]) and client.others[-1][2] == b"one"
+    first.detach(2)
+    assert client._process_msg == original
+
+
+def make_puller() -> Puller:
+    puller = Puller.__new__(Puller)
+    Puller.__init__(puller, FakeClient(), "CDC", "c", batch=3)  # type: ignore[arg-type]
+    return puller
+
+
+def deliver(puller: Puller, seq: int, pending: int) -> None:
+    reply = f"$JS.ACK.CDC.c.1.{seq}.{seq}.1700000000000000000.{pending}".encode()
+    puller._on_message(b"cdc.t.insert", reply, b"x", None)
+
+
+def status(puller: Puller, line: bytes) -> None:
+    puller._on_message(b"_INBOX.x", b"", b"", b"NATS/1.0 " + line + b"\r\n\r\n")
+
+
+def entries(puller: Puller) -> list[Any]:
+    out = list(puller.ready)
+    puller.ready.clear()
+    return [e if isinstance(e, Idle) else e[1] for e in out]
+
+
+def test_idle_follows_the_message_after_which_nothing_is_pending() -> None:
+    puller = make_puller()
+    puller.requests.extend([_req(3, "m1"), _req(3, "m2")])
+    deliver(puller, 1, 1)
+    deliver(puller, 2, 0)
+    assert entries(puller) == [1, 2, Idle("m1")]
+    status(puller, b"408 Request Timeout")  # the first request expires: reported once
+    assert entries(puller) == []
+    status(puller, b"408 Request Timeout")  # the second received nothing in its life
+    assert entries(puller) == [Idle("m2")]
+
+
+def test_a_request_that_ended_with_messages_pending_is_not_idle() -> None:
+    puller = make_puller()
+    puller.requests.extend([_req(3, "m1"), _req(3, "m2")])
+    for seq, pending in ((1, 5), (2, 4), (3, 3)):  # fills the first request
+        deliver(puller, seq, pending)
+    deliver(puller, 4, 2)
+    status(puller, b"408 Request Timeout")  # the second one expired after a message
+    assert entries(puller) == [1, 2, 3, 4]
+    assert not puller.requests
+
+
+def test_metadata_with_domain_and_account_tokens() -> None:
+    puller = make_puller()
+    reply = b"$JS.ACK._.ACCOUNTHASH.CDC.c.1.42.17.1700000000000000000.0.rnd"
+    puller._on_message(b"cdc.t.insert", reply, b"x", None)
+    assert list(puller.ready) == [(b"cdc.t.insert", 42, 17, 0, b"x")]
+
+
+@pytest.mark.parametrize(
+    ("reply", "line"),
+    [
+        (b"not.a.js.reply", None),
+        (b"", b"409 Consumer Deleted"),
+        (b"", b"409 Leadership Change"),
+    ],
+)
+def test_anything_else_ends_the_pulling_with_a_clear_error(
+    reply: bytes, line: bytes | None
+) -> None:
+    puller = make_puller()
+    if line is None:
+        puller._on_message(b"cdc.t.insert", reply, b"x", None)
+    else:
+        status(puller, line)
+    with pytest.raises(PullError) as raised:
+        asyncio.run(puller.take(0.01))
+    assert (line or b"metadata").decode().split()[-1] in str(raised.value)
+
+
+def _req(remaining: int, marker: str) -> Any:
+    from pg_nats_bridge.pull import _Request
+
+    return _Request(remaining, marker)
