@@ -14,7 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-from bench import cold_factor, live_latency, replicator_drain, snapshot_vs_copy
+from bench import (
+    cold_factor,
+    consumer_backlog,
+    live_latency,
+    replicator_drain,
+    snapshot_vs_copy,
+)
 
 
 def main() -> int:
@@ -34,6 +40,8 @@ def main() -> int:
     snapshot = snapshot_vs_copy.measure(200_000 // scale)
     print("--- one 1M-row transaction: drain and peak RSS", flush=True)
     big = replicator_drain.measure(1_000_000 // scale, 1_000_000 // scale)
+    print("--- consumers: a backlog beside the replicator's drain; pgbench", flush=True)
+    consumers = consumer_backlog.measure(400_000 // scale, 20.0 / (4 if args.quick else 1))
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -42,6 +50,7 @@ def main() -> int:
         "cold_factor": cold,
         "snapshot": snapshot,
         "big_transaction": big,
+        "consumers": consumers,
     }
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print("--- summary")
@@ -66,6 +75,13 @@ def main() -> int:
     print(
         f"1M-row transaction: ratio replicator / pg_recvlogical {big['ratio']:.2f}, "
         f"{big['cpu_us_per_event']} µs CPU/event, peak RSS {big['peak_rss_mb']} MB"
+    )
+    backlog, steady = consumers["backlog"], consumers["steady_load"]
+    print(
+        f"consumers: bridge replica {backlog['replica_changes_per_s']:,} changes/s, ratio "
+        f"{backlog['replica_ratio']:.2f} to the replicator's drain; TableFollower + MemoryCopy "
+        f"ratio {backlog['library_ratio']:.2f}; under pgbench ({steady['events_per_s']:,} "
+        f"events/s) the replica's lag is at most {steady['lag_max']:,} events"
     )
     print(f"written to {args.out}")
     return 0
