@@ -35,6 +35,10 @@ log = logging.getLogger("bridge.replicator")
 
 HEALTHY_RESET_SECONDS = 30.0
 SLOT_BUSY_RETRY_SECONDS = 1.0
+# While PostgreSQL does not accept writes, one connection attempt this often tells when it
+# does again (a failover manager may take any time to promote a standby); the backoff bounds
+# only the retries against a server that answers.
+POSTGRES_PROBE_SECONDS = 0.5
 
 
 class Backoff:
@@ -231,12 +235,48 @@ class Replicator:
                         self._shown(explain(exc)),
                         delay,
                     )
-                self.stop_requested.wait(delay)
+                self._wait_before_retry(delay)
             finally:
                 self.running = False
                 if pipeline is not None:
                     pipeline.stop()
         return 0
+
+
+    def _wait_before_retry(self, delay: float) -> None:
+        """Wait `delay`, or less when PostgreSQL was not accepting writes and now does.
+
+        A server that answers gets the backoff: whatever failed may fail again at once. One
+        that is down, or a standby not yet promoted, is asked every POSTGRES_PROBE_SECONDS
+        whether it accepts writes (one connection attempt; refused at once while it is down),
+        so the pipeline restarts within that of a promotion, however long the promotion took."""
+        deadline = time.monotonic() + delay
+        if self._postgres_writable():
+            self.stop_requested.wait(delay)
+            return
+        while not self.stop_requested.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.stop_requested.wait(min(POSTGRES_PROBE_SECONDS, left))
+            if self._postgres_writable():
+                log.info("PostgreSQL accepts writes again: restarting the pipeline now")
+                return
+
+    def _postgres_writable(self) -> bool:
+        """A server of the database URL (libpq picks it, `target_session_attrs` included)
+        accepts connections and is not in recovery."""
+        try:
+            with postgres.connect(
+                self.settings.database_dsn(),
+                autocommit=True,
+                connect_timeout=2,
+                application_name="bridge-replicator-probe",
+            ) as conn:
+                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        except psycopg.Error:
+            return False
+        return row is not None and row[0] is False
 
 
 def _slot_busy(exc: BaseException) -> bool:
