@@ -172,6 +172,14 @@ async def ensure_kv(js: JetStreamContext, bucket: str, history: int, replicas: i
     return False
 
 
+async def ensure_cdc_stream(js: JetStreamContext, settings: BridgeSettings) -> bool:
+    """Make sure the CDC stream exists (what the replicator's pipeline needs); True when it
+    was created now."""
+    return await ensure_stream(
+        js, cdc_stream_config(settings), fit_max_bytes=settings.cdc_max_bytes is None
+    )
+
+
 async def provision(js: JetStreamContext, settings: BridgeSettings) -> ProvisioningReport:
     """Make sure the CDC and INIT streams and the schemas bucket exist."""
     created: list[str] = []

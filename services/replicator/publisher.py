@@ -60,6 +60,10 @@ from shared.settings import BridgeSettings
 
 log = logging.getLogger(__name__)
 
+# JetStream requests of a pipeline's start: a stream without a leader does not answer, and the
+# supervisor's probes then find the moment it does (nats-py's default would wait 5 s).
+START_API_TIMEOUT = 1.0
+
 # A PubAck is asked for at least once per this many messages, so a long batch gives budget
 # back as it goes rather than at its end.
 _ACK_EVERY = 1000
@@ -125,7 +129,7 @@ async def open_link(settings: BridgeSettings, stream: str, failure: FailureSigna
 
     nc = await connect(settings, "bridge-replicator", on_closed=lost)
     try:
-        info = await nc.jetstream().stream_info(stream)
+        info = await nc.jetstream(timeout=START_API_TIMEOUT).stream_info(stream)
     except NotFoundError:
         await nc.close()
         raise PermanentError(

@@ -13,12 +13,14 @@ import threading
 import time
 from typing import Any
 
+import nats.errors
 import psycopg
 
 from pg_nats_bridge.contract import control_subject
 from services.replicator import metrics
 from services.replicator.errors import PermanentError, TransientError, explain, is_permanent
 from services.replicator.pipeline import Pipeline
+from services.replicator.publisher import START_API_TIMEOUT
 from services.replicator.settings import ReplicatorSettings
 from services.replicator.setup import prepare
 from shared import postgres
@@ -27,7 +29,7 @@ from shared.http_endpoint import serve
 from shared.lsn import Lsn
 from shared.nats_connection import NatsRefused, NatsUnavailable, connect
 from shared.pg_cancel import QueryCanceller
-from shared.provisioning import ProvisioningError, provision
+from shared.provisioning import ProvisioningError, ensure_cdc_stream, provision
 from shared.redact import redact
 from shared.tables import TableName
 
@@ -35,10 +37,15 @@ log = logging.getLogger("bridge.replicator")
 
 HEALTHY_RESET_SECONDS = 30.0
 SLOT_BUSY_RETRY_SECONDS = 1.0
-# While PostgreSQL does not accept writes, one connection attempt this often tells when it
-# does again (a failover manager may take any time to promote a standby); the backoff bounds
-# only the retries against a server that answers.
-POSTGRES_PROBE_SECONDS = 0.5
+# While PostgreSQL does not accept writes or the CDC stream does not answer, one attempt this
+# often tells when they do again (a failover manager may take any time to promote a standby;
+# a stream elects a leader in seconds); the backoff bounds only retries against servers that
+# answer. A probe's JetStream request waits at most PROBE_TIMEOUT.
+PROBE_SECONDS = 0.5
+PROBE_TIMEOUT = 1.0
+# After JetStream left a pipeline's start unanswered: the most time spent probing before
+# trying again anyway.
+ANSWER_WAIT_SECONDS = 30.0
 
 
 class Backoff:
@@ -171,13 +178,13 @@ class Replicator:
         s = self.settings
         backoff = Backoff()
         first = True
-        published_before = 0.0
         while not self.stop_requested.is_set():
             pipeline: Pipeline | None = None
+            published_before = _published()
             try:
                 # NATS first: a refused connection then stops us before a slot exists to hold
                 # WAL for a replicator that will not come back until an operator acts.
-                asyncio.run(_provision(s))
+                asyncio.run(_provision(s, everything=first))
                 prepare(
                     s.database_dsn(),
                     s.table,
@@ -191,7 +198,6 @@ class Replicator:
                     parts=s.published_parts(),
                 )
                 first = False
-                published_before = _published()
                 pipeline = self.pipeline = Pipeline(s)
                 pipeline.start()
                 self.running = True
@@ -224,16 +230,24 @@ class Replicator:
                     # It was working: this failure is a new incident, not the same one again
                     # (faults close together otherwise stretch each stall with the backoff).
                     backoff.reset()
-                delay = SLOT_BUSY_RETRY_SECONDS if _slot_busy(exc) else backoff.next()
+                if _slot_busy(exc):
+                    delay = SLOT_BUSY_RETRY_SECONDS
+                elif _stream_unanswered(exc) and _published() == published_before:
+                    # JetStream did not answer: a stream electing a leader, or a server just
+                    # back and not yet current. Again as soon as the probes get an answer
+                    # (a new connection, perhaps to another server), without backoff.
+                    delay = 0.0
+                else:
+                    delay = backoff.next()
                 if _slot_busy(exc):
                     log.info("slot %s is in use by another replicator; waiting", s.slot)
                 else:
                     metrics.reconnects.inc()
                     self.restarts += 1
                     log.warning(
-                        "pipeline failed: %s; restarting in %.1f s",
+                        "pipeline failed: %s; restarting %s",
                         self._shown(explain(exc)),
-                        delay,
+                        f"in {delay:.1f} s" if delay else "once the CDC stream answers",
                     )
                 self._wait_before_retry(delay)
             finally:
@@ -242,26 +256,46 @@ class Replicator:
                     pipeline.stop()
         return 0
 
-
     def _wait_before_retry(self, delay: float) -> None:
-        """Wait `delay`, or less when PostgreSQL was not accepting writes and now does.
+        """Wait `delay`, or less when what the pipeline needs was missing and is back (a
+        `delay` of 0: until it is back).
 
-        A server that answers gets the backoff: whatever failed may fail again at once. One
-        that is down, or a standby not yet promoted, is asked every POSTGRES_PROBE_SECONDS
-        whether it accepts writes (one connection attempt; refused at once while it is down),
-        so the pipeline restarts within that of a promotion, however long the promotion took."""
-        deadline = time.monotonic() + delay
-        if self._postgres_writable():
-            self.stop_requested.wait(delay)
+        The backoff is for failures against servers that answer: whatever failed may fail
+        again at once. While PostgreSQL does not accept writes (down, or a standby not yet
+        promoted) or the CDC stream does not answer (NATS down, a stream electing a leader),
+        the servers are asked every PROBE_SECONDS instead (one connection attempt each,
+        refused at once by a server that is down) and the pipeline restarts as soon as both
+        answer, however long a promotion or an election took."""
+        deadline = time.monotonic() + (delay or ANSWER_WAIT_SECONDS)
+        if self._postgres_writable() and self._stream_answers():
+            self.stop_requested.wait(delay if delay else PROBE_SECONDS)
             return
         while not self.stop_requested.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            self.stop_requested.wait(min(POSTGRES_PROBE_SECONDS, left))
-            if self._postgres_writable():
-                log.info("PostgreSQL accepts writes again: restarting the pipeline now")
+            self.stop_requested.wait(min(PROBE_SECONDS, left))
+            if self._postgres_writable() and self._stream_answers():
+                log.info("PostgreSQL accepts writes and the CDC stream answers: restarting now")
                 return
+
+    def _stream_answers(self) -> bool:
+        """The CDC stream answers an info request (it has a leader), within a second."""
+
+        async def ask() -> bool:
+            try:
+                nc = await connect(self.settings, "bridge-replicator-probe")
+            except (NatsUnavailable, NatsRefused):
+                return False
+            try:
+                await nc.jetstream(timeout=PROBE_TIMEOUT).stream_info(self.settings.cdc_stream)
+                return True
+            except Exception:
+                return False
+            finally:
+                await nc.close()
+
+        return asyncio.run(ask())
 
     def _postgres_writable(self) -> bool:
         """A server of the database URL (libpq picks it, `target_session_attrs` included)
@@ -279,11 +313,21 @@ class Replicator:
         return row is not None and row[0] is False
 
 
+def _stream_unanswered(exc: BaseException) -> bool:
+    """JetStream left a request unanswered (a timeout, or no responders)."""
+    if isinstance(exc, TimeoutError | nats.errors.TimeoutError | nats.errors.NoRespondersError):
+        return True
+    text = str(exc)
+    return "no responders" in text or "nats: timeout" in text
+
+
 def _slot_busy(exc: BaseException) -> bool:
     return "is active for pid" in str(exc).lower()
 
 
-async def _provision(settings: ReplicatorSettings) -> None:
+async def _provision(settings: ReplicatorSettings, everything: bool) -> None:
+    """The streams and bucket at the first start; at a restart only the CDC stream, which the
+    pipeline needs (another stream electing a leader must not hold the pipeline up)."""
     try:
         nc = await connect(settings, "bridge-replicator-setup")
     except NatsUnavailable as exc:
@@ -291,7 +335,11 @@ async def _provision(settings: ReplicatorSettings) -> None:
     except NatsRefused as exc:
         raise PermanentError(str(exc)) from exc
     try:
-        await provision(nc.jetstream(), settings)
+        js = nc.jetstream(timeout=START_API_TIMEOUT)
+        if everything:
+            await provision(js, settings)
+        else:
+            await ensure_cdc_stream(js, settings)
     except ProvisioningError as exc:
         raise PermanentError(str(exc)) from exc
     finally:

@@ -86,6 +86,41 @@ class HealthLog:
         self.thread.join(5)
 
 
+class LeaderWatch:
+    """How long the CDC stream leaves info requests unanswered (it has no leader), asked
+    every 0.1 s from a thread on its own connection: JetStream's share of a stall."""
+
+    def __init__(self, cluster: NatsCluster) -> None:
+        self.cluster = cluster
+        self.gaps: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        servers = self.cluster.url.split(",")
+        nc = await nats.connect(servers, connect_timeout=2, max_reconnect_attempts=-1)
+        js = nc.jetstream(timeout=0.5)
+        since: float | None = None
+        while not self.stop.is_set():
+            try:
+                await js.stream_info("CDC")
+                if since is not None:
+                    self.gaps.append(time.monotonic() - since)
+                    since = None
+            except Exception:
+                since = since or time.monotonic()
+            await asyncio.sleep(0.1)
+        await nc.close()
+
+    def __enter__(self) -> LeaderWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
 def cdc_events(cluster: NatsCluster, subject: str) -> list[tuple[str, float, dict[str, Any]]]:
     """(Msg-Id, stored at, event) of every message on `subject`, in stream order."""
 
@@ -159,7 +194,7 @@ def test_leader_and_replica_losses_under_load_lose_and_duplicate_nothing(
     snapshotter = services("snapshotter", pg, cluster.url, **settings).wait_healthy(60)
     assert sorted(cluster.replicas_of("CDC")) == ["n1", "n2", "n3"]  # R3, as configured
 
-    with HealthLog(replicator.port) as health, Load(pg.url) as load:
+    with HealthLog(replicator.port) as health, LeaderWatch(cluster) as watch, Load(pg.url) as load:
         time.sleep(3)
         leader = cluster.leader_of("CDC")
         cluster.kill(leader)  # kill -9 the CDC stream's leader
@@ -204,7 +239,8 @@ def test_leader_and_replica_losses_under_load_lose_and_duplicate_nothing(
     replicator.wait_healthy(60)
     last = httpx.get(f"http://127.0.0.1:{replicator.port}/health", timeout=5).json()
     print(
-        f"\n{written} changes through 3 node losses; longest commit→stored {max(stalls):.1f} s; "
+        f"\n{written} changes through 3 node losses; longest commit→stored {max(stalls):.1f} s "
+        f"(the CDC stream itself unanswered for {', '.join(f'{g:.1f}' for g in watch.gaps)} s); "
         f"snapshot of {BIG_ROWS} rows in {tries} request(s); replicator restarts "
         f"{last.get('restarts')}, /health codes seen {sorted(codes)}, last error "
         f"{last.get('last_error')}"

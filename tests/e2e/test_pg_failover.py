@@ -173,7 +173,7 @@ def test_a_slow_promotion_costs_no_longer_stall_than_a_fast_one(
         "after its commit on the new primary"
     )
     assert stall < 5, f"{stall:.1f} s from the new primary's first commit to JetStream"
-    assert "PostgreSQL accepts writes again" in replicator.output()
+    assert "PostgreSQL accepts writes and the CDC stream answers" in replicator.output()
 
 
 def test_missing_failover_settings_are_said_one_line_each(
