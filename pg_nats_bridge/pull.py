@@ -61,9 +61,9 @@ class Puller:
 
     Several pull requests are outstanding: the server fills them in order, and each one used
     up (or ended by the server) is replaced at the next `take`, so the server goes on sending
-    while the messages taken before are applied. A request
-    may carry a marker (the caller's stream state taken before it was sent): when the request
-    ends with nothing pending for the consumer, `Idle(marker)` follows its last message."""
+    while the messages taken before are applied. A request may carry a marker (the caller's
+    stream state taken before it was sent): when the request ends with nothing pending for the
+    consumer, `Idle(marker)` follows its last message."""
 
     def __init__(
         self,
