@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-browser install-promtool test test-unit test-e2e lint format clean bench \
+.PHONY: install install-browser install-promtool test test-slow test-unit test-e2e lint format clean bench \
 	chaos run lock docs docs-serve rules
 
 install: $(STAMP)
@@ -57,6 +57,10 @@ install-promtool:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	      --no-install-recommends prometheus) >/dev/null; \
 	  else echo "promtool missing: install Debian's prometheus package" >&2; exit 1; fi; }
+
+# Cases marked slow (minutes of waiting for one more case of what make test covers).
+test-slow: install
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
