@@ -22,6 +22,8 @@ from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, CliApp, CliSettingsSource
 
+from shared.settings import BridgeSettings
+
 S = TypeVar("S", bound=BaseSettings)
 
 # The shared settings by group, in the order the help shows them (after the command's own).
@@ -172,8 +174,6 @@ def build_parser(
 def _inherited(model: type[BaseSettings]) -> set[str]:
     """Fields every `bridge` command shares (`BridgeSettings`'), unless the model redeclares
     them (the replicator's own default port, say)."""
-    from shared.settings import BridgeSettings
-
     shared = set(BridgeSettings.model_fields)
     declared = set(getattr(model, "__annotations__", {}))
     return shared - declared if model is not BridgeSettings else set()
