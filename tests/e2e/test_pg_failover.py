@@ -2,8 +2,9 @@
 
 A primary and a streaming standby with slot synchronization (tests/harness/pg_standby.py);
 the replicator and a writer both use a two-host URL with `target_session_attrs=read-write`.
-Under load the primary is killed -9 and the standby promoted: the replicator finds the new
-primary by itself and continues from the synchronized slot. Every row the new primary holds
+Under load the primary is killed -9 and the standby promoted 20 s later (60 s with
+`make test-slow`): the replicator finds the new primary by itself, within a fraction of a
+second of its promotion, and continues from the synchronized slot. Every row the new primary holds
 arrives once, in commit order, and nothing else does.
 """
 
@@ -71,46 +72,6 @@ def slot_synced(ha: PrimaryAndStandby) -> bool:
     return bool(rows) and rows[0][0] and not rows[0][1]
 
 
-def test_the_replicator_follows_a_promoted_standby_with_its_synchronized_slot(
-    ha: PrimaryAndStandby, nats_url: str, services: Callable[..., Service]
-) -> None:
-    db = Database(ha.primary, "postgres")
-    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
-    replicator = services(
-        "replicator", db, nats_url, table="t", database_url=ha.url_both, slot_check_seconds=1
-    ).wait_healthy(60)
-    with Writer(ha.url_both) as writer:
-        wait_for(lambda: slot_synced(ha), 90, "the slot synchronized to the standby", replicator)
-        before = writer.next_id
-        wait_for(lambda: writer.next_id > before + 300, 30, "more load")
-        ha.primary.kill()  # kill -9 of the primary
-        killed_at = writer.next_id
-        ha.promote()
-        wait_for(lambda: writer.next_id > killed_at + 1000, 60, "load on the new primary")
-    assert ha.standby is not None
-    new_primary = Database(ha.standby, "postgres")
-    rows = [r[0] for r in new_primary.execute("SELECT id FROM t ORDER BY id")]
-    try:
-        events = wait_for(
-            lambda: (found := stream_messages(nats_url)) and len(found) >= len(rows) and found,
-            60,
-            f"{len(rows)} events",
-            replicator,
-        )
-    except AssertionError as timeout:
-        got = {payload["data"]["id"] for _, _, payload in stream_messages(nats_url)}
-        missing, extra = sorted(set(rows) - got), sorted(got - set(rows))
-        raise AssertionError(f"missing {missing[:20]}, extra {extra[:20]}") from timeout
-    ids = [payload["data"]["id"] for _, _, payload in events]
-    assert ids == rows, "lost, duplicated, extra or out-of-order changes"
-    assert sum(1 for i in ids if i > killed_at) >= 1000, "too few changes after the failover"
-    assert len({headers["Nats-Msg-Id"] for _, headers, _ in events}) == len(events)
-    output = replicator.output()
-    assert "failover:" not in output, output[-3000:]  # every setting was in place
-    assert "Traceback" not in output, output[-3000:]
-    print(f"\n{len(rows)} rows through the failover; writer errors {writer.errors}")
-
-
 def first_change_after(nats_url: str, killed_at: int) -> tuple[int, float]:
     """The first CDC event of a row written after the kill: its id and the seconds between
     its commit (on the new primary) and its storing in JetStream."""
@@ -134,21 +95,17 @@ def first_change_after(nats_url: str, killed_at: int) -> tuple[int, float]:
 
 @pytest.mark.parametrize(
     "promotion_delay",
-    # 20 s is the case that discriminates (the old backoff's next try came 11.5 s after the
-    # promotion); 60 s, past the backoff's 30 s cap, runs with `make test-slow`.
+    # The standby is promoted 20 s after the primary's kill, as failover managers take that
+    # long: the old backoff's next try came 11.4 s after such a promotion, the probes (every
+    # 0.5 s) within a fraction of a second. 60 s, past the backoff's 30 s cap: `make test-slow`.
     [20, pytest.param(60, marks=pytest.mark.slow)],
 )
-def test_a_slow_promotion_costs_no_longer_stall_than_a_fast_one(
+def test_the_replicator_follows_a_promoted_standby_with_its_synchronized_slot(
     ha: PrimaryAndStandby,
     nats_url: str,
     services: Callable[..., Service],
     promotion_delay: int,
 ) -> None:
-    """The primary is killed and the standby promoted only after `promotion_delay` seconds
-    (failover managers take that long): the replicator streams again within a few seconds of
-    the new primary accepting writes (it asks every 0.5 s meanwhile), not after its backoff
-    (which alone left an 11.5 s stall for a 20 s promotion). The bound is loose: the figure is
-    printed."""
     db = Database(ha.primary, "postgres")
     db.execute("CREATE TABLE t (id int PRIMARY KEY)")
     replicator = services(
@@ -157,28 +114,42 @@ def test_a_slow_promotion_costs_no_longer_stall_than_a_fast_one(
     with Writer(ha.url_both) as writer:
         wait_for(lambda: slot_synced(ha), 90, "the slot synchronized to the standby", replicator)
         before = writer.next_id
-        wait_for(lambda: writer.next_id > before + 200, 30, "load")
-        ha.primary.kill()
+        wait_for(lambda: writer.next_id > before + 300, 30, "more load")
+        ha.primary.kill()  # kill -9 of the primary
         killed_at = writer.next_id
         time.sleep(promotion_delay)
         ha.promote()
-        wait_for(lambda: writer.next_id > killed_at + 300, 60, "load on the new primary")
+        wait_for(lambda: writer.next_id > killed_at + 1000, 60, "load on the new primary")
     assert ha.standby is not None
-    rows = [r[0] for r in Database(ha.standby, "postgres").execute("SELECT id FROM t ORDER BY id")]
-    events = wait_for(
-        lambda: (found := stream_messages(nats_url)) and len(found) >= len(rows) and found,
-        60,
-        f"{len(rows)} events",
-        replicator,
-    )
-    assert [payload["data"]["id"] for _, _, payload in events] == rows
+    new_primary = Database(ha.standby, "postgres")
+    rows = [r[0] for r in new_primary.execute("SELECT id FROM t ORDER BY id")]
+    try:
+        events = wait_for(
+            lambda: (found := stream_messages(nats_url)) and len(found) >= len(rows) and found,
+            60,
+            f"{len(rows)} events",
+            replicator,
+        )
+    except AssertionError as timeout:
+        got = {payload["data"]["id"] for _, _, payload in stream_messages(nats_url)}
+        missing, extra = sorted(set(rows) - got), sorted(got - set(rows))
+        raise AssertionError(f"missing {missing[:20]}, extra {extra[:20]}") from timeout
+    ids = [payload["data"]["id"] for _, _, payload in events]
+    assert ids == rows, "lost, duplicated, extra or out-of-order changes"
+    assert sum(1 for i in ids if i > killed_at) >= 1000, "too few changes after the failover"
+    assert len({headers["Nats-Msg-Id"] for _, headers, _ in events}) == len(events)
+    output = replicator.output()
+    assert "failover:" not in output, output[-3000:]  # every setting was in place
+    assert "Traceback" not in output, output[-3000:]
     first, stall = first_change_after(nats_url, killed_at)
     print(
-        f"\npromotion {promotion_delay} s after the kill: row {first} stored {stall:.2f} s "
-        "after its commit on the new primary"
+        f"\n{len(rows)} rows through the failover; writer errors {writer.errors}; promoted "
+        f"{promotion_delay} s after the kill, row {first} was stored {stall:.2f} s after its "
+        "commit on the new primary"
     )
+    # Loose: the figure is printed; the old backoff gave 11.4 s here.
     assert stall < 5, f"{stall:.1f} s from the new primary's first commit to JetStream"
-    assert "PostgreSQL accepts writes and the CDC stream answers" in replicator.output()
+    assert "PostgreSQL accepts writes and the CDC stream answers" in output
 
 
 def test_missing_failover_settings_are_said_one_line_each(
