@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 
 import httpx
@@ -103,5 +104,10 @@ def run(settings: AdminSettings) -> int:
     )
     state: AdminState = app.state.admin
     state.stop_server = lambda: setattr(server, "should_exit", True)
+    # uvicorn shuts down on SIGTERM/SIGINT, then raises the signal again under the handlers
+    # it found: with the defaults that killed the finished process (exit -15). The shutdown is
+    # done by then, so these handlers ignore it and the admin exits 0, as the others do.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     server.run()
     return state.exit_code
