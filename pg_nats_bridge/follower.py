@@ -180,8 +180,12 @@ class TableFollower:
         """Why `stored` cannot be resumed, or None when it can."""
         if sorted(stored.get("snapshots", {})) != sorted(self.tables):
             return f"the copy holds {sorted(stored.get('snapshots', {}))}, not {self.tables}"
-        seq = int(stored["seq"])
-        info = await self.js.stream_info(self.cdc_stream)
+        return self._stream_lacks(await self.js.stream_info(self.cdc_stream), int(stored["seq"]))
+
+    def _stream_lacks(self, info: StreamInfo, seq: int) -> str | None:
+        """Why the stream cannot give the copy every message after `seq`, or None: it is not
+        the same stream (a recreated one starts its sequences again), or retention removed
+        some (a consumer starting after them would skip them silently)."""
         if info.state.last_seq < seq:
             return (
                 f"stream {self.cdc_stream} ends at sequence {info.state.last_seq}, before the "
@@ -465,27 +469,12 @@ class TableFollower:
         await self.js.add_consumer(self.cdc_stream, config)
         return name
 
-    def _check_stream(self, info: StreamInfo, received: int) -> None:
-        """The stream still holds every message after the last one received (a message
-        removed by retention before the consumer reached it would be skipped silently), and
-        it is the same stream (a recreated one starts its sequences again)."""
-        if info.state.first_seq > received + 1:
-            raise _Rebootstrap(
-                f"stream {self.cdc_stream} no longer holds sequence {received + 1} "
-                f"(its oldest is {info.state.first_seq}): the copy fell behind retention"
-            )
-        if info.state.last_seq < received:
-            raise _Rebootstrap(
-                f"stream {self.cdc_stream} ends at {info.state.last_seq}, before the "
-                f"copy's {received}: the stream was recreated"
-            )
-
     async def _follow(self) -> AsyncIterator[_Batch]:
         """The consumer's messages as changes, a batch for what arrived together. Before each
-        pull request the stream's state is read: the retention check above, and its last
-        sequence as the request's marker, so that when the request ends with nothing pending
-        every event of these tables up to that sequence has been delivered (`Idle`), and the
-        position may move past other tables' events there."""
+        pull request the stream's state is read: `_stream_lacks` after the last message
+        received, and its last sequence as the request's marker, so that when the request
+        ends with nothing pending every event of these tables up to that sequence has been
+        delivered (`Idle`), and the position may move past other tables' events there."""
         puller = Puller(
             self.nc,
             self.cdc_stream,
@@ -501,7 +490,9 @@ class TableFollower:
             while True:
                 if puller.wants_request():
                     info = await self.js.stream_info(self.cdc_stream)
-                    self._check_stream(info, received)
+                    why = self._stream_lacks(info, received)
+                    if why is not None:
+                        raise _Rebootstrap(why)
                     while puller.wants_request():
                         await puller.request(marker=info.state.last_seq)
                 arrived = await puller.take(self.idle_seconds)
