@@ -231,24 +231,25 @@ class Replicator:
                     # (faults close together otherwise stretch each stall with the backoff).
                     backoff.reset()
                 if _slot_busy(exc):
-                    delay = SLOT_BUSY_RETRY_SECONDS
-                elif _stream_unanswered(exc) and _published() == published_before:
+                    # Another replicator streams: both servers answer, so no probes (a
+                    # standby replicator asks this every second for as long as it waits).
+                    log.info("slot %s is in use by another replicator; waiting", s.slot)
+                    self.stop_requested.wait(SLOT_BUSY_RETRY_SECONDS)
+                    continue
+                if _stream_unanswered(exc) and _published() == published_before:
                     # JetStream did not answer: a stream electing a leader, or a server just
                     # back and not yet current. Again as soon as the probes get an answer
                     # (a new connection, perhaps to another server), without backoff.
                     delay = 0.0
                 else:
                     delay = backoff.next()
-                if _slot_busy(exc):
-                    log.info("slot %s is in use by another replicator; waiting", s.slot)
-                else:
-                    metrics.reconnects.inc()
-                    self.restarts += 1
-                    log.warning(
-                        "pipeline failed: %s; restarting %s",
-                        self._shown(explain(exc)),
-                        f"in {delay:.1f} s" if delay else "once the CDC stream answers",
-                    )
+                metrics.reconnects.inc()
+                self.restarts += 1
+                log.warning(
+                    "pipeline failed: %s; restarting %s",
+                    self._shown(explain(exc)),
+                    f"in {delay:.1f} s" if delay else "once the CDC stream answers",
+                )
                 self._wait_before_retry(delay)
             finally:
                 self.running = False
