@@ -70,17 +70,24 @@ def transactions(url: str, slot: str, end_lsn: str) -> int:
     return int(row[0])
 
 
-def stream_count(url: str) -> int:
-    async def count() -> int:
+def cdc_state(url: str) -> tuple[int, int]:
+    """The CDC stream's message count and last sequence ((0, 0) while it does not exist)."""
+
+    async def read() -> tuple[int, int]:
         nc = await nats.connect(url)
         try:
-            return int((await nc.jetstream().stream_info(contract.CDC_STREAM)).state.messages)
+            state = (await nc.jetstream().stream_info(contract.CDC_STREAM)).state
+            return int(state.messages), int(state.last_seq)
         except Exception:
-            return 0
+            return 0, 0
         finally:
             await nc.close()
 
-    return asyncio.run(count())
+    return asyncio.run(read())
+
+
+def stream_count(url: str) -> int:
+    return cdc_state(url)[0]
 
 
 def delete_stream(url: str) -> None:
