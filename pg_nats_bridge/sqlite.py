@@ -135,7 +135,8 @@ class SqliteCopy:
         are (a boolean binds as 0/1 by itself), only a float column's NaN needs `stored_value`."""
         sql = self._insert_sql(table, columns)
         params = [tuple(row.values()) for row in rows]
-        floats = [i for i, name in enumerate(columns) if name in self._float_columns(table)]
+        float_names = self._float_columns(table)
+        floats = [i for i, name in enumerate(columns) if name in float_names]
         if floats:
             for n, values in enumerate(params):
                 for i in floats:
@@ -160,7 +161,7 @@ class SqliteCopy:
         if isinstance(item, Rows):
             self._insert_many(item.table, item.rows)
         elif isinstance(item, Insert):
-            self._insert_many(item.table, [item.row])
+            self._insert_run(item.table, tuple(item.row), [item.row])
             self.applied += 1
         elif isinstance(item, Update):
             self._update(item)
