@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.protocol.parser import Parser
 
-from pg_nats_bridge.pull import Idle, Puller, PullError, _Hooks
+from pg_nats_bridge.pull import Idle, Puller, PullError, _Hooks, _Request
 
 OURS, OTHER = 7, 3
 
@@ -134,7 +134,7 @@ def entries(puller: Puller) -> list[Any]:
 
 def test_idle_follows_the_message_after_which_nothing_is_pending() -> None:
     puller = make_puller()
-    puller.requests.extend([_req(3, "m1"), _req(3, "m2")])
+    puller.requests.extend([_Request(3, "m1"), _Request(3, "m2")])
     deliver(puller, 1, 1)
     deliver(puller, 2, 0)
     assert entries(puller) == [1, 2, Idle("m1")]
@@ -146,7 +146,7 @@ def test_idle_follows_the_message_after_which_nothing_is_pending() -> None:
 
 def test_a_request_that_ended_with_messages_pending_is_not_idle() -> None:
     puller = make_puller()
-    puller.requests.extend([_req(3, "m1"), _req(3, "m2")])
+    puller.requests.extend([_Request(3, "m1"), _Request(3, "m2")])
     for seq, pending in ((1, 5), (2, 4), (3, 3)):  # fills the first request
         deliver(puller, seq, pending)
     deliver(puller, 4, 2)
@@ -181,9 +181,3 @@ def test_anything_else_ends_the_pulling_with_a_clear_error(
     with pytest.raises(PullError) as raised:
         asyncio.run(puller.take(0.01))
     assert (line or b"metadata").decode().split()[-1] in str(raised.value)
-
-
-def _req(remaining: int, marker: str) -> Any:
-    from pg_nats_bridge.pull import _Request
-
-    return _Request(remaining, marker)
