@@ -29,6 +29,7 @@ import httpx
 import msgpack
 import nats
 import psycopg
+from nats.js.api import DeliverPolicy
 
 from pg_nats_bridge.lsn import Lsn
 from services.dev.servers import free_port, make_temp_dir
@@ -400,8 +401,20 @@ def probe(stack: Stack, name: str, started: float, report: Report) -> None:
                 arrived.set()
 
         try:
-            await nc.subscribe("cdc.ledger.insert", cb=on_msg)
-            await nc.flush()
+            # From the stream, not a core subscription: a NATS restart during the wait would
+            # lose a message published while this connection was away.
+            js = nc.jetstream()
+            while True:
+                try:
+                    await js.subscribe(
+                        "cdc.ledger.insert",
+                        cb=on_msg,
+                        ordered_consumer=True,
+                        deliver_policy=DeliverPolicy.NEW,
+                    )
+                    break
+                except Exception:
+                    await asyncio.sleep(0.2)
             while True:
                 try:
                     with psycopg.connect(stack.db.url, autocommit=True, connect_timeout=2) as conn:
