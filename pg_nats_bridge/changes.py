@@ -6,6 +6,9 @@ matched on its whole old row.
 A copy applies each change in the order it arrives. `seq` is the CDC stream sequence of the
 event; after applying, the copy stores `TableFollower.state` with its data (in the same
 transaction), so that a restart resumes exactly after it.
+
+The items are plain slotted dataclasses, to be treated as read-only: one is built per change,
+and a frozen one costs about four times as much to build (0.6 µs against 0.16).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class TableSchema:
         return {c["name"]: c["data_type"] for c in self.document.get("columns", ())}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reset:
     """A bootstrap of `table` begins: drop every row of the copy; `Rows` follow."""
 
@@ -69,7 +72,7 @@ class Reset:
     snapshot: dict[str, Any]  # the snapshot's meta (`snapshot_id`, `lsn`, `row_count`, …)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rows:
     """One snapshot chunk: rows to insert, in primary-key order."""
 
@@ -77,14 +80,14 @@ class Rows:
     rows: list[Row]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Bootstrapped:
     """Every table's snapshot is loaded; CDC changes follow. Store `state` with the rows."""
 
     state: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Insert:
     table: str
     row: Row
@@ -93,7 +96,7 @@ class Insert:
     commit_time: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Update:
     """Set the columns of `row` on the row matching `match` (its old key, or its whole old row
     for a table without a primary key); columns in `keep` were not sent (unchanged TOAST) and
@@ -108,7 +111,7 @@ class Update:
     commit_time: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delete:
     """Delete the row matching `match` (one row, also in a table without a primary key)."""
 
@@ -119,7 +122,7 @@ class Delete:
     commit_time: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Truncate:
     table: str
     seq: int
@@ -127,7 +130,7 @@ class Truncate:
     commit_time: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SchemaChanged:
     """A new schema document for `table`: columns added or dropped, a new primary key."""
 
@@ -135,7 +138,7 @@ class SchemaChanged:
     schema: TableSchema
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Oversized:
     """A row too large for NATS was replaced by a marker: the copy cannot have that change.
     `marker` holds its key, operation and size (docs/wire-format.md)."""
@@ -145,7 +148,7 @@ class Oversized:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CaughtUp:
     """No change is waiting: the copy is current. Store `state` (its `seq` moves on while other
     tables' events pass), so that a quiet table resumes without a new snapshot."""

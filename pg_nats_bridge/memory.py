@@ -54,7 +54,12 @@ class MemoryCopy:
     def apply_all(self, items: Iterable[Item]) -> None:
         """`apply` each, in order (`TableFollower.batches` hands out such lists)."""
         for item in items:
-            self.apply(item)
+            if type(item) is Insert:  # most of a backlog: the shortest way
+                row = item.row
+                key = self.schemas[item.table].primary_key
+                self._rows[item.table][tuple([row[k] for k in key]) if key else id(row)] = row
+            else:
+                self.apply(item)
 
     def apply(self, item: Item) -> None:
         if isinstance(item, Reset):
@@ -64,7 +69,7 @@ class MemoryCopy:
             for row in item.rows:
                 self._add(item.table, row)
         elif isinstance(item, Insert):
-            self._add(item.table, dict(item.row))
+            self._add(item.table, item.row)
         elif isinstance(item, Update):
             old = self._find(item.table, item.match) or {}
             if old:

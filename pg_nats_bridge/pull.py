@@ -89,7 +89,7 @@ class Puller:
     async def start(self) -> None:
         self.inbox = self.nc.new_inbox()
         self.sub = await self.nc.subscribe(self.inbox)
-        _Hooks.of(self.nc).attach(self.sub._id, self._on_message)
+        _Hooks.of(self.nc).attach(self.sub._id, self)
 
     async def stop(self) -> None:
         if self.sub is not None:
@@ -129,15 +129,53 @@ class Puller:
     # -- from the client's parser: must not raise ---------------------------------------------
 
     def _on_message(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        """One message (every one of a backlog passes here: kept to a few operations)."""
+        """One message from nats-py's own parser (a read that did not start with ours)."""
         if headers is not None and headers.startswith(b"NATS/1.0 "):
-            self.last_heard = time.monotonic()
+            self._status(headers)
+        else:
+            self._delivered(subject, reply, data)
+        self.arrived.set()
+
+    def _read(self, view: bytes, pos: int, sid: bytes) -> int:
+        """This subscription's complete messages in `view` (a read's bytes) from `pos` on, up
+        to the first one that is incomplete or another's; the position after the last taken.
+        Every message of a backlog passes here: a few operations each, and the headers of a
+        message of the bridge are not read (only a status message's are)."""
+        size = len(view)
+        find, startswith, delivered = view.find, view.startswith, self._delivered
+        first = taken = pos
+        while startswith(b"HMSG ", pos):
             try:
-                self._on_status(headers)
-            except Exception as exc:  # anything unexpected ends the pulling, never the parser
-                self.error = exc if isinstance(exc, PullError) else PullError(repr(exc))
+                end = find(b"\r\n", pos)
+                if end < 0:
+                    break
+                parts = view[pos + 5 : end].split(b" ")
+                if len(parts) == 5:
+                    subject, of, reply, header_size, total_size = parts
+                elif len(parts) == 4:
+                    subject, of, header_size, total_size = parts
+                    reply = b""
+                else:
+                    break
+                if of != sid:
+                    break
+                start = end + 2
+                stop = start + int(total_size)
+                if stop + 2 > size:
+                    break  # the next read brings the rest
+                headers_end = start + int(header_size)
+                if startswith(b"NATS/1.0 ", start):
+                    self._status(view[start:headers_end])
+                else:
+                    delivered(subject, reply, view[headers_end:stop])
+                pos = taken = stop + 2
+            except ValueError:  # a size that is not a number: nats-py's parser says what
+                break
+        if taken > first:
             self.arrived.set()
-            return
+        return taken
+
+    def _delivered(self, subject: bytes, reply: bytes, data: bytes) -> None:
         tokens = reply.split(b".")
         try:
             if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<s>.<c>.<time>.<pending>
@@ -150,7 +188,6 @@ class Puller:
                 raise ValueError(reply[:80])
         except ValueError as exc:
             self.error = PullError(f"a message without JetStream metadata (reply {exc})")
-            self.arrived.set()
             return
         requests = self.requests
         if requests:  # else the server filled a request no longer counted: sequences decide
@@ -166,7 +203,13 @@ class Puller:
                 # what was pending when it was sent has all been delivered.
                 self.ready.append(Idle(head.marker))
                 head.marker = None
-        self.arrived.set()
+
+    def _status(self, headers: bytes) -> None:
+        self.last_heard = time.monotonic()
+        try:
+            self._on_status(headers)
+        except Exception as exc:  # anything unexpected ends the pulling, never the parser
+            self.error = exc if isinstance(exc, PullError) else PullError(repr(exc))
 
     def _on_status(self, headers: bytes) -> None:
         code = headers[9:12]
@@ -185,9 +228,6 @@ class Puller:
         raise PullError(f"JetStream answered a pull request on {self.subject} with {line[9:]!r}")
 
 
-RawHandler = Callable[[bytes, bytes, bytes, bytes | None], None]
-
-
 class _Hooks:
     """The messages of pullers' subscriptions, taken from one client before nats-py handles
     them: installed with the first puller on a client, removed with the last, so that any
@@ -195,13 +235,14 @@ class _Hooks:
 
     def __init__(self, nc: Any) -> None:
         self.nc = nc
-        self.handlers: dict[int, RawHandler] = {}
-        self.by_sid_bytes: dict[bytes, RawHandler] = {}
+        self.pullers: dict[int, Puller] = {}
+        self.by_sid_bytes: dict[bytes, Puller] = {}
         self.process_msg: Callable[..., Awaitable[None]] = nc._process_msg
         self.parser: Any = nc._ps
         self.parse: Callable[[bytes], Awaitable[None]] = self.parser.parse
         # What to put back: an instance's own attribute, or nothing (the class's method).
         self.own = {"_process_msg": "_process_msg" in vars(nc), "parse": "parse" in vars(nc._ps)}
+        self.wanted = 0  # bytes the buffer holds once the message it starts with is complete
 
     @classmethod
     def of(cls, nc: Any) -> _Hooks:
@@ -210,17 +251,17 @@ class _Hooks:
             hooks = nc._pnb_pull_hooks = cls(nc)
         return hooks
 
-    def attach(self, sid: int, handler: RawHandler) -> None:
-        if not self.handlers:
+    def attach(self, sid: int, puller: Puller) -> None:
+        if not self.pullers:
             self.nc._process_msg = self._process_msg
             self.parser.parse = self._parse
-        self.handlers[sid] = handler
-        self.by_sid_bytes[str(sid).encode()] = handler
+        self.pullers[sid] = puller
+        self.by_sid_bytes[str(sid).encode()] = puller
 
     def detach(self, sid: int) -> None:
-        self.handlers.pop(sid, None)
+        self.pullers.pop(sid, None)
         self.by_sid_bytes.pop(str(sid).encode(), None)
-        if not self.handlers:
+        if not self.pullers:
             if self.own["_process_msg"]:
                 self.nc._process_msg = self.process_msg
             else:
@@ -234,43 +275,45 @@ class _Hooks:
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
     ) -> None:
-        handler = self.handlers.get(sid)
-        if handler is not None:
-            handler(subject, reply, data, headers)
+        puller = self.pullers.get(sid)
+        if puller is not None:
+            puller._on_message(subject, reply, data, headers)
         else:
             await self.process_msg(sid, subject, reply, data, headers)
 
     async def _parse(self, data: bytes = b"") -> None:
-        """HMSGs of the pullers' subscriptions at the start of the buffer are cut out here;
-        anything else, and everything after it, goes to nats-py's parser."""
+        """HMSGs of the pullers' subscriptions at the start of the buffer are taken here, the
+        buffer copied to bytes once per read; anything else, and everything after it, goes to
+        nats-py's parser."""
         parser = self.parser
         buf: bytearray = parser.buf
         buf.extend(data)
-        handlers = self.by_sid_bytes
-        while parser.state == AWAITING_CONTROL_LINE and buf.startswith(b"HMSG "):
-            end = buf.find(b"\r\n")
-            if end < 0:
-                return  # the control line is not complete: the next read brings the rest
-            parts = buf[5:end].split(b" ")
-            if len(parts) == 5:
-                subject, sid, reply, header_size, total_size = parts
-            elif len(parts) == 4:
-                subject, sid, header_size, total_size = parts
-                reply = bytearray()
-            else:
-                break
-            handler = handlers.get(bytes(sid))
-            if handler is None:
-                break
-            start = end + 2
-            headers_end, stop = start + int(header_size), start + int(total_size)
-            if len(buf) < stop + 2:
-                return  # the message is not complete: the next read brings the rest
-            # Only a status message's headers are read (the bridge's own are not needed).
-            status = buf.startswith(b"NATS/1.0 ", start)
-            headers = bytes(buf[start:headers_end]) if status else None
-            payload = bytes(buf[headers_end:stop])
-            del buf[: stop + 2]
-            handler(bytes(subject), bytes(reply), payload, headers)
+        if len(buf) < self.wanted:
+            return
+        self.wanted = 0
+        if parser.state == AWAITING_CONTROL_LINE and buf.startswith(b"HMSG "):
+            view = bytes(buf)
+            pos = 0
+            while view.startswith(b"HMSG ", pos):
+                end = view.find(b"\r\n", pos)
+                if end < 0:
+                    break
+                parts = view[pos + 5 : end].split(b" ")
+                puller = self.by_sid_bytes.get(parts[1]) if len(parts) in (4, 5) else None
+                if puller is None or not parts[-1].isdigit():
+                    break
+                wanted = end - pos + 2 + int(parts[-1]) + 2
+                if pos + wanted > len(view):
+                    # Incomplete: nothing is tried again before the read that completes it
+                    # (a large payload arrives in many reads, each copied above).
+                    self.wanted = wanted
+                    break
+                taken = puller._read(view, pos, parts[1])
+                if taken == pos:
+                    break
+                pos = taken
+            del buf[:pos]
+            if self.wanted:
+                return
         if buf:
             await self.parse(b"")

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 from typing import Any
 
+import nats.errors
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -57,7 +58,7 @@ class FakeClient:
 
 
 def stream_of(n: int) -> tuple[bytes, list[bytes], int]:
-    """Our messages interleaved with another subscription's and a PING."""
+    """Our messages interleaved with another subscription's, a PING and statuses."""
     out = b""
     ours = []
     for i in range(1, n + 1):
@@ -68,6 +69,8 @@ def stream_of(n: int) -> tuple[bytes, list[bytes], int]:
             out += hmsg(OTHER, 1000 + i, 0, b"theirs")
         if i % 7 == 0:
             out += b"PING\r\n"
+        if i % 5 == 0:  # a request ended: a status message without a reply subject
+            out += hmsg(OURS, 0, 0, b"", status=b"408 Request Timeout")
     return out, ours, n // 4
 
 
@@ -83,12 +86,14 @@ def test_every_message_reaches_its_handler_once_in_order_however_reads_cut_it(
     n: int, cuts: list[int]
 ) -> None:
     client = FakeClient()
-    got: list[bytes] = []
+    puller = make_puller(client)
     hooks = _Hooks.of(client)
-    hooks.attach(OURS, lambda subject, reply, data, headers: got.append(data))
+    hooks.attach(OURS, puller)
     data, ours, theirs = stream_of(n)
     asyncio.run(feed(client, data, cuts))
-    assert got == ours
+    assert puller.error is None
+    assert [entry[4] for entry in puller.ready] == ours
+    assert [entry[1] for entry in puller.ready] == list(range(1, n + 1))
     assert [d for _, _, d in client.others] == [b"theirs"] * theirs
     assert client.pongs == n // 7
     hooks.detach(OURS)
@@ -100,21 +105,19 @@ def test_pullers_on_one_client_attach_and_detach_in_any_order() -> None:
     original = client._process_msg
     first, second = _Hooks.of(client), _Hooks.of(client)
     assert first is second
-    a: list[bytes] = []
-    b: list[bytes] = []
-    first.attach(1, lambda s, r, d, h: a.append(d))
-    first.attach(2, lambda s, r, d, h: b.append(d))
+    a, b = make_puller(client), make_puller(client)
+    first.attach(1, a)
+    first.attach(2, b)
     first.detach(1)
     asyncio.run(client._ps.parse(hmsg(2, 1, 0, b"two") + hmsg(1, 1, 0, b"one")))
-    assert (a, b) == ([], [b"two"]) and client.others[-1][2] == b"one"
+    assert not a.ready and [entry[4] for entry in b.ready] == [b"two"]
+    assert client.others[-1][2] == b"one"
     first.detach(2)
     assert client._process_msg == original
 
 
-def make_puller() -> Puller:
-    puller = Puller.__new__(Puller)
-    Puller.__init__(puller, FakeClient(), "CDC", "c", batch=3)  # type: ignore[arg-type]
-    return puller
+def make_puller(client: FakeClient | None = None) -> Puller:
+    return Puller(client or FakeClient(), "CDC", "c", batch=3)  # type: ignore[arg-type]
 
 
 def deliver(puller: Puller, seq: int, pending: int) -> None:
@@ -181,3 +184,23 @@ def test_anything_else_ends_the_pulling_with_a_clear_error(
     with pytest.raises(PullError) as raised:
         asyncio.run(puller.take(0.01))
     assert (line or b"metadata").decode().split()[-1] in str(raised.value)
+
+
+def test_a_payload_that_arrives_in_many_reads_is_taken_whole() -> None:
+    client = FakeClient()
+    puller = make_puller(client)
+    _Hooks.of(client).attach(OURS, puller)
+    payload = bytes(range(256)) * 4096  # 1 MiB, holding CR LF and "HMSG " bytes
+    data = hmsg(OURS, 1, 0, payload) + hmsg(OURS, 2, 0, b"after")
+    asyncio.run(feed(client, data, list(range(7, len(data), 65536))))
+    assert [entry[4] for entry in puller.ready] == [payload, b"after"]
+
+
+def test_a_malformed_size_goes_to_nats_py_instead_of_raising() -> None:
+    client = FakeClient()
+    puller = make_puller(client)
+    _Hooks.of(client).attach(OURS, puller)
+    bad = b"HMSG cdc.t.insert %d $JS.ACK.CDC.c.1.2.2.1.0 x1 y2\r\n" % OURS
+    with pytest.raises(nats.errors.ProtocolError):  # nats-py's parser rejects it, as without us
+        asyncio.run(client._ps.parse(hmsg(OURS, 1, 0, b"one") + bad))
+    assert [entry[4] for entry in puller.ready] == [b"one"]
