@@ -28,7 +28,7 @@ S = TypeVar("S", bound=BaseSettings)
 
 # The shared settings by group, in the order the help shows them (after the command's own).
 GROUPS: list[tuple[str, tuple[str, ...]]] = [
-    ("PostgreSQL", ("database_",)),
+    ("PostgreSQL", ("database_", "primary_url")),
     ("NATS", ("nats_",)),
     (
         "what is replicated",

@@ -45,18 +45,20 @@ def export_snapshot(
     application_name: str = "bridge-snapshotter",
     canceller: QueryCanceller | None = None,
     what: str = "the snapshot",
+    primary_url: str | None = None,
 ) -> tuple[ReplicationConnection, Lsn, str]:
     """A temporary slot's consistent point and exported snapshot; the snapshot stays usable
     while the returned connection is open.
 
     Creating the slot waits for every transaction running at that moment to end (one left
     open in some session holds it up for good): the log says whom `what` waits for, and
-    `canceller` can end the wait."""
+    `canceller` can end the wait. On a hot standby it waits for the primary, which is asked to
+    hurry with `primary_url` (shared/slot_waits.py)."""
     repl = ReplicationConnection(database_url, application_name=application_name)
     try:
         with (
             canceller.cancelling(repl.cancel) if canceller else contextlib.nullcontext(),
-            slot_waits.reporting_waits(database_url, slot, what),
+            slot_waits.reporting_waits(database_url, slot, what, primary_url),
         ):
             (row,) = repl.command(
                 f"CREATE_REPLICATION_SLOT {quote_ident(slot)} TEMPORARY LOGICAL pgoutput"

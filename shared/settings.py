@@ -71,6 +71,13 @@ class BridgeSettings(BaseSettings):
         SecretStr("postgresql://postgres@localhost:5432/postgres"),
         description="PostgreSQL connection URL (libpq form); the password is never logged",
     )
+    primary_url: SecretStr | None = Field(
+        None,
+        description="When the database URL is a hot standby (PostgreSQL 16+): its primary's "
+        "URL. The bridge then creates the publication and sets replica identity there, and "
+        "asks it for a running-transactions record (pg_log_standby_snapshot()) while a slot "
+        "is created on the standby. The password file and TLS settings apply to it too",
+    )
     database_password_file: Path | None = Field(
         None,
         description="File holding the database password (a Docker or Kubernetes secret); "
@@ -230,10 +237,11 @@ class BridgeSettings(BaseSettings):
                 out[name] = (columns, filters.get(name))
         return out
 
-    @field_validator("database_url")
+    @field_validator("database_url", "primary_url")
     @classmethod
-    def _usable_url(cls, value: SecretStr) -> SecretStr:
-        check_database_url(value.get_secret_value())
+    def _usable_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_database_url(value.get_secret_value())
         return value
 
     @field_validator("database_sslmode")
@@ -274,7 +282,15 @@ class BridgeSettings(BaseSettings):
     def database_dsn(self) -> str:
         """The connection string every PostgreSQL connection uses: the URL with the password
         file and the TLS settings applied (they win over the URL's own)."""
-        url = self.database_url.get_secret_value()
+        return self._with_credentials(self.database_url.get_secret_value())
+
+    def primary_dsn(self) -> str | None:
+        """The primary's connection string (see `primary_url`), or None."""
+        if self.primary_url is None:
+            return None
+        return self._with_credentials(self.primary_url.get_secret_value())
+
+    def _with_credentials(self, url: str) -> str:
         extra: dict[str, str] = {}
         if self._database_password is not None:
             extra["password"] = self._database_password
@@ -289,6 +305,10 @@ class BridgeSettings(BaseSettings):
         what redaction removes from logs, replies and pages."""
         found = set(secrets_in_url(self.database_dsn()))
         found.update(secrets_in_url(self.database_url.get_secret_value()))
+        primary = self.primary_dsn()
+        if primary is not None and self.primary_url is not None:
+            found.update(secrets_in_url(primary))
+            found.update(secrets_in_url(self.primary_url.get_secret_value()))
         for url in self.nats_url.split(","):
             found.update(secrets_in_url(url.strip(), token=True))
         for secret in (self.nats_password, self.nats_token, self.control_token):

@@ -4,6 +4,7 @@ slot. Runs before every pipeline start; idempotent."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ import psycopg
 from psycopg import sql
 
 from pg_nats_bridge import contract
-from services.replicator import failover
+from services.replicator import failover, standby
 from services.replicator.errors import PermanentError, TransientError, is_permanent
 from services.replicator.publication import Parts, ensure_publication
 from shared import postgres, slot_waits
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 class SlotState:
     confirmed_flush: Lsn | None
     created: bool
+    on_standby: bool = False
 
 
 def check_server(conn: psycopg.Connection) -> None:
@@ -90,9 +92,10 @@ def ensure_slot(
     create: bool,
     failover_slot: bool = False,
     database_url: str | None = None,
+    primary_url: str | None = None,
 ) -> SlotState:
     """The slot's state; created when missing and `create` (with `database_url`, the log
-    says whom a slow creation waits for)."""
+    says whom a slow creation waits for; on a standby, `primary_url` is asked to hurry)."""
     row = conn.execute(
         "SELECT plugin, database, confirmed_flush_lsn::text, wal_status"
         " FROM pg_replication_slots WHERE slot_name = %s",
@@ -108,7 +111,9 @@ def ensure_slot(
             )
         try:
             with (
-                slot_waits.reporting_waits(database_url, slot, f"the first start (slot {slot})")
+                slot_waits.reporting_waits(
+                    database_url, slot, f"the first start (slot {slot})", primary_url
+                )
                 if database_url
                 else contextlib.nullcontext()
             ):
@@ -123,6 +128,9 @@ def ensure_slot(
         raise PermanentError(f"slot {slot!r} uses plugin {plugin!r}, not pgoutput")
     if database != conn.info.dbname:
         raise PermanentError(f"slot {slot!r} belongs to database {database!r}")
+    why = standby.invalidated(conn, slot)
+    if why is not None:
+        raise PermanentError(why)
     if wal_status == "lost":
         raise PermanentError(
             f"replication slot {slot!r} has been invalidated (wal_status 'lost'): the WAL it "
@@ -181,9 +189,12 @@ def prepare(
     failover_slot: bool = False,
     canceller: QueryCanceller | None = None,
     parts: dict[TableName, Parts] | None = None,
+    primary_url: str | None = None,
 ) -> SlotState:
     """All start-up checks and setup, in order. Connection failures are transient. At the
-    first start (`create_slot`), what keeps the slot from surviving a failover is said."""
+    first start (`create_slot`), what keeps the slot from surviving a failover is said. On
+    a hot standby (services/replicator/standby.py) the setup's writes go to `primary_url`,
+    and the slot lives on the standby."""
     try:
         parsed = [TableName.parse(t) for t in tables]
     except TableNameError as exc:
@@ -196,6 +207,9 @@ def prepare(
             else contextlib.nullcontext(),
         ):
             check_server(conn)
+            on_standby = standby.is_standby(conn)
+            if on_standby:
+                standby.check_standby(conn)
             configured = parsed
             parsed = follow_renames(conn, parsed, {} if known_oids is None else known_oids)
             renamed_parts = {
@@ -203,9 +217,37 @@ def prepare(
                 for was, now in zip(configured, parsed, strict=True)
                 if was in (parts or {})
             }
-            partitioned = check_tables(conn, parsed, replica_identity_full)
-            ensure_publication(conn, publication, parsed, partitioned, renamed_parts)
-            state = ensure_slot(conn, slot, create_slot, failover_slot, database_url)
+            with (
+                postgres.connect(primary_url, autocommit=True, connect_timeout=10)
+                if on_standby and primary_url
+                else contextlib.nullcontext(conn)
+            ) as writer:
+                if writer is not conn:
+                    standby.check_primary(writer)
+                try:
+                    partitioned = check_tables(writer, parsed, replica_identity_full)
+                    ensure_publication(writer, publication, parsed, partitioned, renamed_parts)
+                except psycopg.errors.ReadOnlySqlTransaction as exc:
+                    raise standby.read_only_refusal(exc) from exc
+                if writer is not conn:
+                    standby.wait_replayed(writer, conn)
+            state = ensure_slot(
+                conn,
+                slot,
+                create_slot,
+                failover_slot and not on_standby,
+                database_url,
+                primary_url if on_standby else None,
+            )
+            if on_standby:
+                state = dataclasses.replace(state, on_standby=True)
+                if create_slot:
+                    log.info(
+                        "decoding on a hot standby: slot %s lives there; it holds no WAL on "
+                        "the primary, and is invalidated if the primary removes rows it needs",
+                        slot,
+                    )
+                return state
             for problem in failover.missing_standby_slots(conn):
                 log.warning("failover: %s", problem)
             if create_slot:

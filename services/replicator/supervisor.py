@@ -70,6 +70,7 @@ class Replicator:
         self.setup_canceller = QueryCanceller()
         self.pipeline: Pipeline | None = None
         self.running = False
+        self.on_standby = False  # the slot lives on a hot standby (services/replicator/standby.py)
         self.table_oids: dict[TableName, int] = {}  # the configured tables at first start
         self.secrets = settings.secrets()
         self.restarts = 0
@@ -97,8 +98,9 @@ class Replicator:
         try:
             with postgres.connect(url, autocommit=True, connect_timeout=5) as conn:
                 row = conn.execute(
-                    "SELECT active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)"
-                    " FROM pg_replication_slots WHERE slot_name = %s",
+                    "SELECT active, pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery()"
+                    " THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END,"
+                    " confirmed_flush_lsn) FROM pg_replication_slots WHERE slot_name = %s",
                     (self.settings.slot,),
                 ).fetchone()
         except psycopg.Error as exc:
@@ -185,7 +187,7 @@ class Replicator:
                 # NATS first: a refused connection then stops us before a slot exists to hold
                 # WAL for a replicator that will not come back until an operator acts.
                 asyncio.run(_provision(s, everything=first))
-                prepare(
+                state = prepare(
                     s.database_dsn(),
                     s.table,
                     s.publication,
@@ -196,7 +198,9 @@ class Replicator:
                     failover_slot=s.failover_slot,
                     canceller=self.setup_canceller,
                     parts=s.published_parts(),
+                    primary_url=s.primary_dsn(),
                 )
+                self.on_standby = state.on_standby
                 first = False
                 pipeline = self.pipeline = Pipeline(s)
                 pipeline.start()
@@ -300,7 +304,8 @@ class Replicator:
 
     def _postgres_writable(self) -> bool:
         """A server of the database URL (libpq picks it, `target_session_attrs` included)
-        accepts connections and is not in recovery."""
+        accepts connections and is not in recovery (or is, when the bridge decodes on a
+        standby)."""
         try:
             with postgres.connect(
                 self.settings.database_dsn(),
@@ -311,7 +316,7 @@ class Replicator:
                 row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
         except psycopg.Error:
             return False
-        return row is not None and row[0] is False
+        return row is not None and (row[0] is False or self.on_standby)
 
 
 def _stream_unanswered(exc: BaseException) -> bool:

@@ -268,6 +268,7 @@ class Snapshotter:
                         self.settings.value_mode,
                         self.settings.publication,
                         on_rows=on_chunk,
+                        primary_url=self.settings.primary_dsn(),
                     )
                 )
                 self.snapshots.add(work)

@@ -82,6 +82,7 @@ async def take_snapshot(
     publication: str,
     prefix: str = "init",
     on_rows: Callable[[int], None] = lambda n: None,
+    primary_url: str | None = None,
 ) -> dict[str, Any]:
     """Publish the snapshot's chunks, then, once JetStream stored them all, its meta; return
     the meta."""
@@ -106,7 +107,7 @@ async def take_snapshot(
                 canceller = QueryCanceller()
                 export = functools.partial(
                     export_snapshot, database_url, slot, canceller=canceller,
-                    what=f"the snapshot of {schema}.{table}",
+                    what=f"the snapshot of {schema}.{table}", primary_url=primary_url,
                 )  # fmt: skip
                 try:
                     repl, lsn, snapshot_name = await run_cancellable(export, canceller)

@@ -243,6 +243,7 @@ def verify_once(
             f"bridge_verify_{secrets.token_hex(6)}",
             application_name="bridge-verify",
             what="verify's snapshot",
+            primary_url=settings.primary_dsn(),
         )
         with (
             postgres.connect(dsn, autocommit=True) as conn,

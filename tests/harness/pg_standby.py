@@ -24,7 +24,12 @@ STANDBY_SETTINGS = {
 
 
 class PrimaryAndStandby:
-    def __init__(self) -> None:
+    """`failover_slots=False`: the topology for decoding on the standby instead (16+): the
+    standby still streams through its physical slot with `hot_standby_feedback`, and nothing
+    synchronizes slots."""
+
+    def __init__(self, failover_slots: bool = True) -> None:
+        self.failover_slots = failover_slots
         self.primary = PostgresServer.create()
         self.standby: PostgresServer | None = None
         try:
@@ -36,9 +41,13 @@ class PrimaryAndStandby:
     def _set_up(self) -> None:
         with psycopg.connect(self.primary.url(), autocommit=True) as conn:
             conn.execute("SELECT pg_create_physical_replication_slot(%s)", (STANDBY_SLOT,))
-            conn.execute(f"ALTER SYSTEM SET synchronized_standby_slots = '{STANDBY_SLOT}'")
-            conn.execute("SELECT pg_reload_conf()")
-        standby = PostgresServer(bindir=self.primary.bindir, overrides=STANDBY_SETTINGS)
+            if self.failover_slots:
+                conn.execute(f"ALTER SYSTEM SET synchronized_standby_slots = '{STANDBY_SLOT}'")
+                conn.execute("SELECT pg_reload_conf()")
+        settings = dict(STANDBY_SETTINGS)
+        if not self.failover_slots:
+            settings.pop("sync_replication_slots")
+        standby = PostgresServer(bindir=self.primary.bindir, overrides=settings)
         self.standby = standby
         source = f"host=127.0.0.1 port={self.primary.port} user=postgres dbname=postgres"
         argv = [str(standby.bindir / "pg_basebackup"), "-D", str(standby.datadir)]
