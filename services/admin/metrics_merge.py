@@ -41,6 +41,17 @@ def merge(scrapes: Iterable[tuple[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def by_label(text: str, label: str) -> dict[str, dict[str, float]]:
+    """Labelled sample values: label value → sample name → value (a running snapshot's
+    progress series, by table)."""
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if label in sample.labels:
+                out.setdefault(sample.labels[label], {})[sample.name] = sample.value
+    return out
+
+
 def values(text: str) -> dict[str, float]:
     """Unlabelled sample values by sample name (the replicator's own gauges and counters)."""
     out: dict[str, float] = {}

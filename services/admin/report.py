@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from prometheus_client import Counter, Gauge, Histogram, generate_latest
 
-from services.admin.metrics_merge import merge, values
+from services.admin.metrics_merge import by_label, merge, values
 from services.admin.state import SERVICES, AdminState
 from services.replicator import metrics as replicator
 from services.snapshotter import metrics as snapshotter
@@ -80,6 +80,7 @@ async def status(state: AdminState, streams: dict[str, Any]) -> dict[str, Any]:
             "rows_published": int(s(snapshotter.rows)),
             "chunks_published": int(s(snapshotter.chunks)),
             "snapshots_completed": int(s(snapshotter.duration, "_count")),
+            "running": _running_snapshots(snap_page),
         },
         "streams": streams,
         "timestamp": time.time(),
@@ -109,6 +110,38 @@ def _describe(resp: httpx.Response | None) -> str:
     if resp is None:
         return "unreachable"
     return "ok" if resp.status_code == 200 else f"unhealthy (HTTP {resp.status_code})"
+
+
+def _running_snapshots(resp: httpx.Response | None) -> list[dict[str, Any]]:
+    """Each running snapshot's progress from the snapshotter's series (progress.py)."""
+    if resp is None or resp.status_code != 200:
+        return []
+    try:
+        tables = by_label(resp.text, "table")
+    except ValueError:
+        return []
+    out = []
+    for table, figures in sorted(tables.items()):
+        if sample(snapshotter.progress_rows) not in figures:
+            continue  # another labelled series of this table
+
+        def figure(metric: Gauge, figures: dict[str, float] = figures) -> float | None:
+            return figures.get(sample(metric))
+
+        estimated, left = (
+            figure(snapshotter.progress_estimated),
+            figure(snapshotter.progress_seconds_left),
+        )
+        out.append(
+            {
+                "table": table,
+                "rows_done": int(figure(snapshotter.progress_rows) or 0),
+                "rows_estimated": None if estimated is None else int(estimated),
+                "rows_per_second": round(figure(snapshotter.progress_rate) or 0),
+                "seconds_left": None if left is None else round(left, 1),
+            }
+        )
+    return out
 
 
 def _values(resp: httpx.Response | None) -> dict[str, float]:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from pg_nats_bridge import contract
 from services.snapshotter import metrics
 from services.snapshotter.errors import SnapshotError, init_stream_missing
+from services.snapshotter.progress import SnapshotProgress
 from services.snapshotter.publishing import PipelinedPublisher
 from services.snapshotter.requests import BadRequest, SnapshotRequest, decode_body, describe
 from services.snapshotter.schema import MissingTableError, SchemaWatcher
@@ -62,6 +63,7 @@ class Snapshotter:
         self.exit_code = 0
         self.secrets = settings.secrets()
         self.refusals = ThrottledLog(log)
+        self.progress: dict[tuple[str, str], SnapshotProgress] = {}  # by running snapshot
 
     def by_token(self) -> dict[str, tuple[str, str]]:
         """The configured tables by subject token, under their current names (a rename is
@@ -78,6 +80,7 @@ class Snapshotter:
             "nats": nats_ok,
             "postgres": self.db_ok,
             "snapshots_in_progress": len(self.running),
+            "snapshots": [p.as_dict() for p in list(self.progress.values())],  # another thread
         }
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -239,6 +242,7 @@ class Snapshotter:
             return {**await asyncio.shield(self.running[key]), "joined": True}
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.running[key] = future
+        progress = self.progress[key] = SnapshotProgress(f"{schema}.{table}")
         metrics.in_progress.inc()
         started = time.monotonic()
 
@@ -269,6 +273,7 @@ class Snapshotter:
                         self.settings.publication,
                         on_rows=on_chunk,
                         primary_url=self.settings.primary_dsn(),
+                        progress=progress,
                     )
                 )
                 self.snapshots.add(work)
@@ -290,6 +295,8 @@ class Snapshotter:
         finally:
             metrics.in_progress.dec()
             del self.running[key]
+            del self.progress[key]
+            progress.finish()
 
 
 def _shutting_down() -> SnapshotError:

@@ -1,5 +1,6 @@
-"""A snapshot's rows packed into `{"chunk": n, "data": [...]}` chunks (docs/wire-format.md,
-INIT stream): at most the requested rows each, and never more than NATS max_payload."""
+"""A snapshot's rows packed into `{"chunk": n, "estimated_rows": e, "data": [...]}` chunks
+(docs/wire-format.md, INIT stream; `estimated_rows` only when PostgreSQL has an estimate): at
+most the requested rows each, and never more than NATS max_payload."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class ChunkBuilder:
         self.size = 0
         self.chunks = 0
         self.row_count = 0
+        self.estimated_rows: int | None = None  # said in each chunk when known
         self.packer = msgpack.Packer(use_bin_type=True)
 
     def refuse(self, packed_row: bytes, row: dict[str, Any], key: list[str]) -> SnapshotError:
@@ -74,11 +76,17 @@ class ChunkBuilder:
         if not self.rows:
             return None
         packer = self.packer
+        estimate = (
+            (packer.pack("estimated_rows"), packer.pack(self.estimated_rows))
+            if self.estimated_rows is not None
+            else ()
+        )
         payload = b"".join(
             (
-                packer.pack_map_header(2),
+                packer.pack_map_header(2 + bool(estimate)),
                 packer.pack("chunk"),
                 packer.pack(self.chunks),
+                *estimate,
                 packer.pack("data"),
                 packer.pack_array_header(len(self.rows)),
                 *self.rows,

@@ -48,3 +48,29 @@ control_refused = Counter(
     "Control requests over NATS refused (no or a wrong control token)",
     registry=REGISTRY,
 )
+# A running snapshot's progress, by table (services/snapshotter/progress.py); a table's series
+# exist while it is snapshotted.
+progress_rows = Gauge(
+    "bridge_snapshot_progress_rows",
+    "Rows a running snapshot has published so far",
+    ["table"],
+    registry=REGISTRY,
+)
+progress_estimated = Gauge(
+    "bridge_snapshot_progress_estimated_rows",
+    "PostgreSQL's row estimate of the table a running snapshot reads (absent when unknown)",
+    ["table"],
+    registry=REGISTRY,
+)
+progress_rate = Gauge(
+    "bridge_snapshot_progress_rows_per_second",
+    "Rows per second of a running snapshot since it began",
+    ["table"],
+    registry=REGISTRY,
+)
+progress_seconds_left = Gauge(
+    "bridge_snapshot_progress_seconds_left",
+    "Seconds until a running snapshot reaches the estimate at its rate so far",
+    ["table"],
+    registry=REGISTRY,
+)

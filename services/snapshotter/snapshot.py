@@ -43,6 +43,7 @@ from psycopg import sql
 from pg_nats_bridge import contract
 from services.snapshotter.chunks import Chunk, ChunkBuilder
 from services.snapshotter.errors import SnapshotError
+from services.snapshotter.progress import SnapshotProgress, estimate_rows
 from services.snapshotter.publishing import PipelinedPublisher, PublishFailed
 from services.snapshotter.table_read import Columns, Rewritten, TableRead, publish_chunks
 from shared import failpoints, postgres
@@ -83,11 +84,13 @@ async def take_snapshot(
     prefix: str = "init",
     on_rows: Callable[[int], None] = lambda n: None,
     primary_url: str | None = None,
+    progress: SnapshotProgress | None = None,
 ) -> dict[str, Any]:
     """Publish the snapshot's chunks, then, once JetStream stored them all, its meta; return
     the meta."""
     snapshot_id = new_snapshot_id()
     started = time.monotonic()
+    progress = progress or SnapshotProgress(f"{schema}.{table}")
     builder = ChunkBuilder(options.chunk_size, max_payload)
 
     async def publish(chunk: Chunk) -> None:
@@ -95,12 +98,15 @@ async def take_snapshot(
         msg_id = contract.snapshot_msg_id(snapshot_id, schema, table, chunk.index)
         await publisher.publish(subject, chunk.payload, msg_id)
         on_rows(chunk.rows)
+        progress.add(chunk.rows)
         failpoints.hit("snapshot.after_chunk")
 
     name = sql.Identifier(schema, table)
     try:
         async with await postgres.connect_async(database_url, autocommit=True) as catalog:
             regclass = name.as_string(catalog)
+            progress.estimated(await estimate_rows(catalog, schema, table))
+            builder.estimated_rows = progress.estimated_rows
             for _ in range(_ATTEMPTS):
                 before = await storage_async(catalog, regclass)
                 slot = f"bridge_snap_{secrets.token_hex(6)}"

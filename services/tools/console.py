@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -106,6 +107,41 @@ def tail(settings: TailArguments) -> int:
         return 0
 
 
+class ChunkCount:
+    """Rows of the chunks seen so far, against the estimate they carry: what `bridge snapshot`
+    shows while it waits (a message that is not a chunk of the bridge's counts nothing)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.rows = 0
+        self.estimated: int | None = None
+
+    def add(self, payload: bytes) -> None:
+        try:
+            chunk = unpack(payload)
+            rows = len(chunk["data"])
+            estimated = chunk.get("estimated_rows")
+        except Exception:  # anyone on the account may publish on the subject
+            return
+        self.rows += rows
+        if isinstance(estimated, int) and not isinstance(estimated, bool):
+            self.estimated = estimated
+
+    def __str__(self) -> str:
+        rate = self.rows / max(time.monotonic() - self.started, 1e-3)
+        left = None
+        if self.estimated and rate > 0:
+            left = max(self.estimated - self.rows, 0) / rate
+        return describe_progress(
+            {
+                "rows_done": self.rows,
+                "rows_estimated": self.estimated,
+                "rows_per_second": round(rate),
+                "seconds_left": left,
+            }
+        )
+
+
 def snapshot(settings: SnapshotArguments) -> int:
     table_name = settings.snapshot_table
     token = _token(table_name)
@@ -115,17 +151,16 @@ def snapshot(settings: SnapshotArguments) -> int:
     async def run() -> int:
         nc = await connect(settings, "bridge-snapshot")
         try:
-            counts = {"chunks": 0}
+            seen = ChunkCount()
             with Progress(
                 SpinnerColumn(), TextColumn("{task.description}"), console=console
             ) as bar:
                 task = bar.add_task(f"snapshot of {table_name}: waiting", total=None)
 
                 async def on_chunk(msg: Any) -> None:
-                    counts["chunks"] += 1
-                    bar.update(
-                        task, description=f"snapshot of {table_name}: {counts['chunks']} chunks"
-                    )
+                    seen.add(msg.data)
+                    shown = f"snapshot of {escape(table_name)}: {seen}"
+                    bar.update(task, description=shown)
 
                 sub = await nc.subscribe(contract.snapshot_chunks_filter(token), cb=on_chunk)
                 answer = await nc.request(
@@ -180,5 +215,19 @@ def status(own: StatusArguments) -> int:
     for name, stream in body.get("streams", {}).items():
         if isinstance(stream, dict):
             table.add_row(f"stream {name}", str(stream.get("messages", stream.get("error"))))
+    for running in (body.get("snapshotter") or {}).get("running") or ():
+        table.add_row(escape(f"snapshot of {running.get('table')}"), describe_progress(running))
     console.print(table)
     return 0
+
+
+def describe_progress(running: dict[str, Any]) -> str:
+    """One running snapshot as the admin's /status gives it, in a line."""
+    done, estimated = running.get("rows_done") or 0, running.get("rows_estimated")
+    text = f"{done:,} rows"
+    if estimated:
+        text += f" of ~{estimated:,} ({min(100.0, 100 * done / estimated):.0f}%)"
+    text += f", {running.get('rows_per_second') or 0:,} rows/s"
+    if running.get("seconds_left") is not None:
+        text += f", ~{running['seconds_left']:.0f} s left"
+    return escape(text)
