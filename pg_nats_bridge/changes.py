@@ -89,11 +89,18 @@ class Bootstrapped:
 
 @dataclass(slots=True)
 class Insert:
+    """`replay` (on this and on Update and Delete): the change falls in a chunked snapshot's
+    replay window, so the copy may hold it already or lack the row it is about; apply it
+    idempotently (docs/wire-format.md, "Chunked snapshots"): an insert replaces a row with its
+    key, an update of a missing row inserts the new row when it is complete (`keep` empty) and
+    is skipped otherwise, a delete of a missing row does nothing."""
+
     table: str
     row: Row
     seq: int
     commit_lsn: str
     commit_time: str
+    replay: bool = False
 
 
 @dataclass(slots=True)
@@ -109,6 +116,7 @@ class Update:
     seq: int
     commit_lsn: str
     commit_time: str
+    replay: bool = False
 
 
 @dataclass(slots=True)
@@ -120,6 +128,7 @@ class Delete:
     seq: int
     commit_lsn: str
     commit_time: str
+    replay: bool = False
 
 
 @dataclass(slots=True)

@@ -8,6 +8,7 @@ Table tokens (how a table's name becomes one subject token) are in `names.py`.
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -168,7 +169,8 @@ def schema_msg_id(token: str, revision: int) -> str:
 
 MAX_CHUNK_SIZE = 10_000
 MAX_REQUEST_BYTES = 4096
-"""A request's body is `{"chunk_size": 10000}` at most; anything this long is not a request."""
+"""A request's body is `{"chunk_size": 10000, "mode": "chunked"}` at most; anything this long
+is not a request."""
 
 REFUSALS = frozenset(
     {
@@ -178,6 +180,7 @@ REFUSALS = frozenset(
         "postgres_unavailable",
         "init_stream_missing",
         "row_too_large",
+        "no_primary_key",
         "table_rewritten",
         "publish_failed",
         "shutting_down",
@@ -187,7 +190,7 @@ REFUSALS = frozenset(
 """The `reason` of a reply that is not a snapshot."""
 
 PERMANENT_REFUSALS = frozenset(
-    {"unknown_table", "bad_request", "init_stream_missing", "row_too_large"}
+    {"unknown_table", "bad_request", "init_stream_missing", "row_too_large", "no_primary_key"}
 )
 """Refusals a later request would get again; the others are worth asking again."""
 
@@ -206,11 +209,14 @@ class SnapshotMeta(BaseModel):
     table: str
     timestamp: int
     joined: bool = False
+    mode: Literal["exported", "chunked"] = "exported"
+    replay_until: str | None = None  # chunked: replay CDC idempotently below this LSN
 
-    @field_validator("lsn")
+    @field_validator("lsn", "replay_until")
     @classmethod
-    def _an_lsn(cls, value: str) -> str:
-        Lsn.parse(value)
+    def _an_lsn(cls, value: str | None) -> str | None:
+        if value is not None:
+            Lsn.parse(value)
         return value
 
 
@@ -247,4 +253,9 @@ class SnapshotRequest(BaseModel):
 
     chunk_size: int | None = Field(
         None, ge=1, le=MAX_CHUNK_SIZE, description="Rows per chunk (default: the setting)"
+    )
+    mode: Literal["exported", "chunked"] | None = Field(
+        None,
+        description="`exported` (the default): one exported snapshot held for the whole read; "
+        "`chunked`: primary-key ranges, each in its own short transaction (docs/wire-format.md)",
     )

@@ -130,6 +130,7 @@ class TableFollower:
         snapshot_stall_seconds: float = 60.0,
         batch: int = 2000,
         idle_seconds: float = 1.0,
+        snapshot_mode: str | None = None,
     ) -> None:
         if not tables:
             raise FollowError("no table to follow")
@@ -144,10 +145,14 @@ class TableFollower:
         self.chunk_size = chunk_size
         self.reuse_snapshot = reuse_snapshot
         self.snapshot_stall_seconds = snapshot_stall_seconds
+        self.snapshot_mode = snapshot_mode  # None: the snapshotter's default ("exported")
         self.batch, self.idle_seconds = batch, idle_seconds
         self._stored = state
         self._seq = 0
         self._lsns: dict[str, Lsn] = {}
+        # Tables loaded from a chunked snapshot whose replay window is still open: changes
+        # committed below this LSN are handed out with `replay` (docs/wire-format.md).
+        self._replay_until: dict[str, Lsn] = {}
         self._schemas: dict[str, TableSchema] = {}
         self._revisions: dict[str, int] = {}
         self.pending = 0  # events the consumer holds beyond the last one delivered
@@ -165,11 +170,14 @@ class TableFollower:
     def state(self) -> dict[str, Any]:
         """What to store with the copy: the CDC sequence applied (or seen) through and each
         table's snapshot LSN."""
-        return {
+        state: dict[str, Any] = {
             "seq": self._seq,
             "snapshots": {t: str(lsn) for t, lsn in self._lsns.items()},
             "stream": self.cdc_stream,
         }
+        if self._replay_until:
+            state["replay_until"] = {t: str(lsn) for t, lsn in self._replay_until.items()}
+        return state
 
     def state_before(self, seq: int) -> dict[str, Any]:
         """The state through the event before CDC sequence `seq`: what to store when stopping
@@ -234,6 +242,9 @@ class TableFollower:
                     assert stored is not None
                     self._seq = int(stored["seq"])
                     self._lsns = {t: Lsn.parse(v) for t, v in stored["snapshots"].items()}
+                    self._replay_until = {
+                        t: Lsn.parse(v) for t, v in (stored.get("replay_until") or {}).items()
+                    }
                     self._past_snapshot = set()
                     for table in self.tables:
                         self._schemas[table] = await self._schema(table)
@@ -269,6 +280,7 @@ class TableFollower:
 
     async def _bootstrap(self) -> AsyncIterator[Item]:
         self._lsns = {}
+        self._replay_until = {}
         self._past_snapshot = set()
         info = await self.js.stream_info(self.cdc_stream)
         start = info.state.last_seq + 1
@@ -281,6 +293,8 @@ class TableFollower:
             async for rows in self._chunks(table, meta):
                 yield Rows(table, rows)
             self._lsns[table] = Lsn.parse(meta["lsn"])
+            if meta.get("mode") == "chunked" and meta.get("replay_until"):
+                self._replay_until[table] = Lsn.parse(meta["replay_until"])
             log.info(
                 "%s: snapshot %s loaded (%d rows, lsn %s%s)",
                 table,
@@ -356,7 +370,8 @@ class TableFollower:
         """Ask the snapshotters, and ask again when the one working on it stops publishing
         chunks for `snapshot_stall_seconds` (it died) or nobody answers yet."""
         token = self.tokens[table]
-        body = json.dumps({"chunk_size": self.chunk_size}).encode() if self.chunk_size else b""
+        options = {"chunk_size": self.chunk_size, "mode": self.snapshot_mode}
+        body = json.dumps({k: v for k, v in options.items() if v}).encode()
         inbox = self.nc.new_inbox()
         replies: asyncio.Queue[Any] = asyncio.Queue()
         progress = {"at": time.monotonic()}
@@ -609,14 +624,17 @@ class TableFollower:
             return Oversized(table, event, seq)
         when = self.last_commit_time = event["commit_time"]
         op = event["operation"]
+        replay = bool(self._replay_until) and self._replaying(table, lsn)
         if op == "insert":
-            return Insert(table, event["data"], seq, lsn, when)
+            return Insert(table, event["data"], seq, lsn, when, replay)
         if op == "update":
             new = event["data"]
             match = self._match(table, event["old"] or new, event)
-            return Update(table, match, new, tuple(event.get("unchanged") or ()), seq, lsn, when)
+            keep = tuple(event.get("unchanged") or ())
+            return Update(table, match, new, keep, seq, lsn, when, replay)
         if op == "delete":
-            return Delete(table, self._match(table, event["old"] or {}, event), seq, lsn, when)
+            match = self._match(table, event["old"] or {}, event)
+            return Delete(table, match, seq, lsn, when, replay)
         if op == "truncate":
             return Truncate(table, seq, lsn, when)
         raise FollowError(f"{table}: unknown operation {op!r} at CDC sequence {seq}")
@@ -630,6 +648,17 @@ class TableFollower:
         if len(self._routes) < 1024:  # a few per table; foreign ones may be any
             self._routes[subject] = route
         return route
+
+    def _replaying(self, table: str, commit_lsn: str) -> bool:
+        """Whether a change of `table` falls in its chunked snapshot's replay window (which
+        closes for good at the first change past it: commit LSNs only grow)."""
+        until = self._replay_until.get(table)
+        if until is None:
+            return False
+        if Lsn.parse(commit_lsn) < until:
+            return True
+        del self._replay_until[table]
+        return False
 
     def _before_snapshot(self, table: str, commit_lsn: str) -> bool:
         if Lsn.parse(commit_lsn) < self._lsns[table]:

@@ -74,6 +74,8 @@ class MemoryCopy:
             old = self._find(item.table, item.match) or {}
             if old:
                 self._remove(item.table, old)
+            elif item.replay and item.keep:
+                return  # not in the copy, and incomplete: see Insert's `replay`
             self._add(item.table, {**{c: old.get(c) for c in item.keep}, **item.row})
         elif isinstance(item, Delete):
             found = self._find(item.table, item.match)

@@ -114,7 +114,7 @@ class SqliteCopy:
         columns: tuple[str, ...] = ()
         run: list[Row] = []
         for item in items:
-            if type(item) is Insert:
+            if type(item) is Insert and not item.replay:
                 if item.table == table and tuple(item.row) == columns:
                     run.append(item.row)
                 else:
@@ -161,6 +161,8 @@ class SqliteCopy:
         if isinstance(item, Rows):
             self._insert_many(item.table, item.rows)
         elif isinstance(item, Insert):
+            if item.replay:  # the copy may hold it already (docs/wire-format.md)
+                self._delete(item.table, self._key(item.table, item.row))
             self._insert_run(item.table, tuple(item.row), [item.row])
             self.applied += 1
         elif isinstance(item, Update):
@@ -241,17 +243,19 @@ class SqliteCopy:
             [stored_value(v) for v in match.values()],
         )
 
+    def _key(self, table: str, row: Row) -> Row:
+        """The primary key columns of `row` (a chunked snapshot's table has one)."""
+        schema = self.schema(table)
+        key = schema.primary_key if schema is not None else ()
+        return {k: row.get(k) for k in key} if key else dict(row)
+
     def _update(self, item: Update) -> None:
+        if item.replay:
+            self._replay_update(item)
+            return
         names = [c for c in item.row if c not in item.keep]
         self._ensure_columns(item.table, names)
-        where, args = self._where(item.match)
-        table = ident(item.table)
-        cur = self.db.execute(
-            f"UPDATE {table} SET {', '.join(f'{ident(c)} = ?' for c in names)}"
-            f" WHERE rowid = (SELECT rowid FROM {table} WHERE {where} LIMIT 1)",
-            [stored_value(item.row[c]) for c in names] + args,
-        )
-        if cur.rowcount == 0:
+        if self._set(item.table, item.match, item.row, names) == 0:
             # The copy diverged (it was changed by hand, or a change was lost upstream): say
             # so, keep the new row when it is complete, and let `bridge verify` show the rest.
             log.error(
@@ -262,6 +266,50 @@ class SqliteCopy:
             )
             if not item.keep:
                 self._insert_many(item.table, [item.row])
+
+    def _replay_update(self, item: Update) -> None:
+        """An update in a chunked snapshot's replay window (see Insert's `replay`): the copy
+        may hold it already, even at the key it moves the row to, or lack the row."""
+        names = [c for c in item.row if c not in item.keep]
+        self._ensure_columns(item.table, names)
+        moved_to = self._key(item.table, item.row)
+        if self._has(item.table, item.match):
+            if moved_to != item.match:
+                self._delete(item.table, moved_to)  # a later read of the row, at its new key
+            self._set(item.table, item.match, item.row, names)
+        elif not item.keep:  # complete: it is the row (or an older state a later change fixes)
+            self._delete(item.table, moved_to)
+            self._insert_many(item.table, [item.row])
+        elif moved_to != item.match and not self._has(item.table, moved_to):
+            log.warning(
+                "%s: CDC sequence %d moves the row %s to %s while a chunked snapshot was read, "
+                "without its unchanged TOAST columns %s, and the copy has the row at neither "
+                "key: if it still lacks it once caught up, re-snapshot the table (REPLICA "
+                "IDENTITY FULL avoids this)",
+                item.table,
+                item.seq,
+                item.match,
+                moved_to,
+                ", ".join(item.keep),
+            )
+
+    def _set(self, table_name: str, match: Row, row: Row, names: list[str]) -> int:
+        """Set `names` of the row matching `match` to `row`'s values; rows changed (0 or 1)."""
+        where, args = self._where(match)
+        table = ident(table_name)
+        cur = self.db.execute(
+            f"UPDATE {table} SET {', '.join(f'{ident(c)} = ?' for c in names)}"
+            f" WHERE rowid = (SELECT rowid FROM {table} WHERE {where} LIMIT 1)",
+            [stored_value(row[c]) for c in names] + args,
+        )
+        return int(cur.rowcount)
+
+    def _has(self, table: str, match: Row) -> bool:
+        where, args = self._where(match)
+        return (
+            self.db.execute(f"SELECT 1 FROM {ident(table)} WHERE {where} LIMIT 1", args).fetchone()
+            is not None
+        )
 
     def _delete(self, table: str, match: Row) -> None:
         where, args = self._where(match)

@@ -206,7 +206,11 @@ class Snapshotter:
                     f"{self.waiting} snapshot requests are waiting on this snapshotter; "
                     "ask again later",
                 )
-            options = SnapshotOptions(request.chunk_size or self.settings.chunk_size)
+            options = SnapshotOptions(
+                request.chunk_size or self.settings.chunk_size,
+                request.mode or "exported",
+                self.settings.snapshot_transaction_seconds,
+            )
             self.waiting += 1
             try:
                 running = self.running.get((schema, table))

@@ -28,3 +28,10 @@ class SnapshotterSettings(BridgeSettings):
     max_concurrent_snapshots: int = Field(
         4, ge=1, le=64, description="Snapshots one snapshotter runs at once"
     )
+    snapshot_transaction_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=3600,
+        description="Chunked snapshots: about how long one reading transaction lasts (the "
+        "xmin horizon is held no longer); the rows per transaction adapt to it",
+    )

@@ -41,11 +41,18 @@ import psycopg
 from psycopg import sql
 
 from pg_nats_bridge import contract
+from services.snapshotter.chunked import ChunkedRead, read_chunked
 from services.snapshotter.chunks import Chunk, ChunkBuilder
 from services.snapshotter.errors import SnapshotError
 from services.snapshotter.progress import SnapshotProgress, estimate_rows
 from services.snapshotter.publishing import PipelinedPublisher, PublishFailed
-from services.snapshotter.table_read import Columns, Rewritten, TableRead, publish_chunks
+from services.snapshotter.table_read import (
+    Columns,
+    Rewritten,
+    TableRead,
+    publish_chunks,
+    read_table,
+)
 from shared import failpoints, postgres
 from shared.codec import ValueMode
 from shared.consistent_read import (
@@ -53,6 +60,7 @@ from shared.consistent_read import (
     export_snapshot,
     storage_async,
 )
+from shared.lsn import Lsn
 from shared.pg_cancel import QueryCanceller, run_cancellable
 from shared.wire import pack
 
@@ -65,6 +73,8 @@ _ATTEMPTS = 5
 @dataclass(frozen=True)
 class SnapshotOptions:
     chunk_size: int
+    mode: str = "exported"  # or "chunked" (services/snapshotter/chunked.py)
+    transaction_seconds: float = 1.0  # chunked: how long one reading transaction lasts
 
 
 def new_snapshot_id() -> str:
@@ -101,51 +111,22 @@ async def take_snapshot(
         progress.add(chunk.rows)
         failpoints.hit("snapshot.after_chunk")
 
-    name = sql.Identifier(schema, table)
+    extra: dict[str, Any] = {}
     try:
         async with await postgres.connect_async(database_url, autocommit=True) as catalog:
-            regclass = name.as_string(catalog)
             progress.estimated(await estimate_rows(catalog, schema, table))
             builder.estimated_rows = progress.estimated_rows
-            for _ in range(_ATTEMPTS):
-                before = await storage_async(catalog, regclass)
-                slot = f"bridge_snap_{secrets.token_hex(6)}"
-                canceller = QueryCanceller()
-                export = functools.partial(
-                    export_snapshot, database_url, slot, canceller=canceller,
-                    what=f"the snapshot of {schema}.{table}", primary_url=primary_url,
+            if options.mode == "chunked":
+                lsn, extra = await read_chunked_snapshot(
+                    catalog, database_url, schema, table, publication, mode, options,
+                    builder, publish, primary_url,
                 )  # fmt: skip
-                try:
-                    repl, lsn, snapshot_name = await run_cancellable(export, canceller)
-                except Exception as exc:
-                    raise SnapshotError(
-                        "postgres_unavailable", f"PostgreSQL: {str(exc).strip()}"
-                    ) from exc
-
-                async def unchanged(before: list[Any] = before) -> bool:
-                    return await storage_async(catalog, regclass) == before
-
-                try:
-                    if await _read_exported(
-                        database_url, snapshot_name, schema, table, publication, mode, unchanged,
-                        builder, publish, canceller,
-                    ):  # fmt: skip
-                        await publisher.wait_acked()
-                        break
-                finally:
-                    await asyncio.to_thread(repl.close)  # drops the temporary slot
-                log.info(
-                    "%s.%s was truncated or rewritten after the snapshot was exported (it would "
-                    "read empty); exporting another",
-                    schema,
-                    table,
-                )
             else:
-                raise SnapshotError(
-                    "table_rewritten",
-                    f"{schema}.{table} was truncated or rewritten during each of {_ATTEMPTS} "
-                    "attempts to snapshot it; ask again once that stops",
-                )
+                lsn = await _export_and_read(
+                    catalog, database_url, schema, table, publication, mode, builder,
+                    publish, primary_url,
+                )  # fmt: skip
+            await publisher.wait_acked()
     except psycopg.OperationalError as exc:
         raise SnapshotError("postgres_unavailable", f"PostgreSQL: {str(exc).strip()}") from exc
     except PublishFailed as exc:
@@ -158,6 +139,7 @@ async def take_snapshot(
         "table": table,
         "schema": schema,
         "timestamp": int(time.time()),
+        **extra,
     }
     try:
         await publisher.publish(
@@ -179,6 +161,110 @@ async def take_snapshot(
         time.monotonic() - started,
     )
     return meta
+
+
+async def _export_and_read(
+    catalog: psycopg.AsyncConnection[Any],
+    database_url: str,
+    schema: str,
+    table: str,
+    publication: str,
+    mode: ValueMode,
+    builder: ChunkBuilder,
+    publish: Callable[[Chunk], Awaitable[None]],
+    primary_url: str | None,
+) -> Lsn:
+    """Export a snapshot and read the table under it (again while a TRUNCATE or rewrite came
+    in between); the snapshot's consistent point."""
+    regclass = sql.Identifier(schema, table).as_string(catalog)
+    for _ in range(_ATTEMPTS):
+        before = await storage_async(catalog, regclass)
+        slot = f"bridge_snap_{secrets.token_hex(6)}"
+        canceller = QueryCanceller()
+        export = functools.partial(
+            export_snapshot, database_url, slot, canceller=canceller,
+            what=f"the snapshot of {schema}.{table}", primary_url=primary_url,
+        )  # fmt: skip
+        try:
+            repl, lsn, snapshot_name = await run_cancellable(export, canceller)
+        except Exception as exc:
+            raise SnapshotError("postgres_unavailable", f"PostgreSQL: {str(exc).strip()}") from exc
+
+        async def unchanged(before: list[Any] = before) -> bool:
+            return await storage_async(catalog, regclass) == before
+
+        try:
+            if await _read_exported(
+                database_url, snapshot_name, schema, table, publication, mode, unchanged,
+                builder, publish, canceller,
+            ):  # fmt: skip
+                return lsn
+        finally:
+            await asyncio.to_thread(repl.close)  # drops the temporary slot
+        log.info(
+            "%s.%s was truncated or rewritten after the snapshot was exported (it would read "
+            "empty); exporting another",
+            schema,
+            table,
+        )
+    raise SnapshotError(
+        "table_rewritten",
+        f"{schema}.{table} was truncated or rewritten during each of {_ATTEMPTS} attempts to "
+        "snapshot it; ask again once that stops",
+    )
+
+
+async def read_chunked_snapshot(
+    catalog: psycopg.AsyncConnection[Any],
+    database_url: str,
+    schema: str,
+    table: str,
+    publication: str,
+    mode: ValueMode,
+    options: SnapshotOptions,
+    builder: ChunkBuilder,
+    publish: Callable[[Chunk], Awaitable[None]],
+    primary_url: str | None,
+) -> tuple[Lsn, dict[str, Any]]:
+    """A chunked snapshot (services/snapshotter/chunked.py): the consistent point of a
+    temporary slot dropped at once, then the ranges; that point, and the meta's own fields."""
+    columns = Columns(*await describe_table(catalog, schema, table, publication))
+    if not columns.key or not set(columns.key) <= set(columns.names):
+        raise SnapshotError(
+            "no_primary_key",
+            f"{schema}.{table} has no primary key{'' if not columns.key else ' published'}: a "
+            "chunked snapshot reads it in primary-key ranges. Ask for the default mode (one "
+            "exported snapshot), or give the table a primary key",
+        )
+    canceller = QueryCanceller()
+    export = functools.partial(
+        export_snapshot, database_url, f"bridge_snap_{secrets.token_hex(6)}",
+        canceller=canceller, what=f"the chunked snapshot of {schema}.{table}",
+        primary_url=primary_url,
+    )  # fmt: skip
+    try:
+        repl, lsn, _ = await run_cancellable(export, canceller)
+    except Exception as exc:
+        raise SnapshotError("postgres_unavailable", f"PostgreSQL: {str(exc).strip()}") from exc
+    await asyncio.to_thread(repl.close)  # only its consistent point was wanted
+    read = ChunkedRead(
+        database_url,
+        sql.Identifier(schema, table),
+        columns,
+        mode,
+        options.transaction_seconds,
+        canceller,
+    )
+    until = await publish_chunks(functools.partial(read_chunked, read), canceller, builder, publish)
+    log.info(
+        "chunked snapshot of %s.%s: %d rows in %d transactions, the longest %.2f s",
+        schema,
+        table,
+        builder.row_count,
+        read.transactions,
+        read.longest_transaction,
+    )
+    return lsn, {"mode": "chunked", "replay_until": str(max(until, lsn))}
 
 
 async def _read_exported(
@@ -215,10 +301,9 @@ async def _read_exported(
                 return asyncio.run_coroutine_threadsafe(columns_once_locked(), loop).result()
 
             try:
+                read = TableRead(database_url, snapshot_name, name, mode, locked, canceller)
                 await publish_chunks(
-                    TableRead(database_url, snapshot_name, name, mode, locked, canceller),
-                    builder,
-                    publish,
+                    functools.partial(read_table, read), canceller, builder, publish
                 )
             except Rewritten:
                 return False

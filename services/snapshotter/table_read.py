@@ -7,6 +7,7 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from psycopg import sql
 
@@ -71,17 +72,21 @@ def read_table(read: TableRead, builder: ChunkBuilder, emit: Callable[[Chunk], N
         emit(last)
 
 
+T = TypeVar("T")
+
 # Chunks the reader may have handed over and the publisher not yet published.
 _CHUNKS_AHEAD = 4
 
 
 async def publish_chunks(
-    read: TableRead,
+    read: Callable[[ChunkBuilder, Callable[[Chunk], None]], T],
+    canceller: QueryCanceller,
     builder: ChunkBuilder,
     publish: Callable[[Chunk], Awaitable[None]],
-) -> None:
-    """Run the table read in a thread and publish its chunks as they come, a few chunks of
-    memory at most: the reader waits only while `_CHUNKS_AHEAD` of them are not published yet.
+) -> T:
+    """Run a table read (`read_table`, or a chunked one) in a thread and publish its chunks as
+    they come, a few chunks of memory at most: the reader waits only while `_CHUNKS_AHEAD` of
+    them are not published yet; the read's result once all are published.
 
     A hand-over does not wait for the loop to take the chunk (it did: a thread round trip per
     chunk, a quarter of the reader's time spent waiting while the loop wrote to the socket)."""
@@ -104,7 +109,7 @@ async def publish_chunks(
         finally:
             room.release()
 
-    reader = asyncio.ensure_future(asyncio.to_thread(read_table, read, builder, emit))
+    reader = asyncio.ensure_future(asyncio.to_thread(read, builder, emit))
     try:
         while True:
             getting = asyncio.ensure_future(queue.get())
@@ -117,9 +122,8 @@ async def publish_chunks(
             # the loop, made before the thread's end was (its completion is one too).
             while not queue.empty():
                 await publish_one(queue.get_nowait())
-            reader.result()  # the reader's error, if it failed
-            return
+            return reader.result()  # or the reader's error, if it failed
     finally:
         if not reader.done():
             stopped.set()  # seen at its next chunk; a wait in PostgreSQL ends by a cancel
-            await finish_thread(reader, read.canceller)
+            await finish_thread(reader, canceller)

@@ -5,11 +5,19 @@ mistaken for the command's positional table."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, CliPositionalArg, SettingsConfigDict
 
 from shared.settings import BridgeSettings
+
+SnapshotMode = Literal["exported", "chunked"]
+SNAPSHOT_MODE_HELP = (
+    "how a snapshot reads the table: `exported` (one exported snapshot held for the whole "
+    "read) or `chunked` (primary-key ranges, each in its own short transaction); default: "
+    "exported"
+)
 
 
 class TailArguments(BridgeSettings):
@@ -28,6 +36,9 @@ class SnapshotArguments(BridgeSettings):
     )
     chunk_size: int | None = Field(
         None, gt=0, description="rows per chunk; default: the snapshotter's"
+    )
+    snapshot_mode: SnapshotMode | None = Field(
+        None, description=SNAPSHOT_MODE_HELP, json_schema_extra={"metavar": "{exported,chunked}"}
     )
 
 
@@ -60,6 +71,9 @@ class ReplicaArguments(CopyArguments):
         0.5, gt=0, description="most seconds between commits of the copy while it is behind"
     )
     progress_seconds: float = Field(5.0, gt=0, description="seconds between progress lines")
+    snapshot_mode: SnapshotMode | None = Field(
+        None, description=SNAPSHOT_MODE_HELP, json_schema_extra={"metavar": "{exported,chunked}"}
+    )
 
 
 class VerifyArguments(CopyArguments):

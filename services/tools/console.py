@@ -145,8 +145,8 @@ class ChunkCount:
 def snapshot(settings: SnapshotArguments) -> int:
     table_name = settings.snapshot_table
     token = _token(table_name)
-    chunk_size = settings.chunk_size
-    body = json.dumps({"chunk_size": chunk_size}).encode() if chunk_size else b""
+    options = {"chunk_size": settings.chunk_size, "mode": settings.snapshot_mode}
+    body = json.dumps({k: v for k, v in options.items() if v}).encode()
 
     async def run() -> int:
         nc = await connect(settings, "bridge-snapshot")
@@ -179,8 +179,10 @@ def snapshot(settings: SnapshotArguments) -> int:
                 console.print(escape(reply.error))
                 return 1
             table = Table(title=f"snapshot of {table_name}")
-            for key in ("snapshot_id", "lsn", "row_count", "batch_count", "timestamp"):
-                table.add_row(key, str(getattr(reply, key)))
+            for key in ("snapshot_id", "mode", "lsn", "replay_until", "row_count", "batch_count"):
+                if getattr(reply, key) is not None:
+                    table.add_row(key, str(getattr(reply, key)))
+            table.add_row("timestamp", str(reply.timestamp))
             console.print(table)
             return 0
         finally:

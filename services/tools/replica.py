@@ -86,6 +86,7 @@ async def run_replica(
     commit_seconds: float,
     progress_seconds: float,
     stopping: asyncio.Event,
+    snapshot_mode: str | None = None,
 ) -> int:
     copy = SqliteCopy(path)
     nc = await connect(settings, "bridge-replica", reconnect=True)
@@ -98,6 +99,7 @@ async def run_replica(
         init_stream=settings.init_stream,
         kv_bucket=settings.kv_bucket,
         snapshot_subject=snapshot_subject,
+        snapshot_mode=snapshot_mode,
     )
     bootstrapped = copy.state() is not None
     progress = Progress(progress_seconds)
@@ -187,6 +189,7 @@ def replica(own: ReplicaArguments) -> int:
                 own.commit_seconds,
                 own.progress_seconds,
                 stopping,
+                own.snapshot_mode,
             )
         except asyncio.CancelledError:
             return 0
