@@ -211,6 +211,8 @@ class SnapshotMeta(BaseModel):
     joined: bool = False
     mode: Literal["exported", "chunked"] = "exported"
     replay_until: str | None = None  # chunked: replay CDC idempotently below this LSN
+    resumed: bool = False  # chunked: continued after its first reader stopped
+    started: int | None = None  # chunked: unix time the snapshot began
 
     @field_validator("lsn", "replay_until")
     @classmethod
@@ -258,4 +260,8 @@ class SnapshotRequest(BaseModel):
         None,
         description="`exported` (the default): one exported snapshot held for the whole read; "
         "`chunked`: primary-key ranges, each in its own short transaction (docs/wire-format.md)",
+    )
+    fresh: bool | None = Field(
+        None,
+        description="chunked: start a new snapshot rather than continue an unfinished one",
     )

@@ -286,6 +286,16 @@ class TableFollower:
         start = info.state.last_seq + 1
         for table in self.tables:
             meta, reused_from = await self._snapshot(table)
+            if reused_from is None and (meta.get("joined") or meta.get("resumed")):
+                # It began before this copy's position was taken (it was running already):
+                # the changes from its `lsn` on are read from further back.
+                reused_from = await self._covered(meta["lsn"])
+                if reused_from is None:
+                    raise _Rebootstrap(
+                        f"snapshot {meta['snapshot_id']} of {table} began before this copy's "
+                        "CDC position, and the CDC stream no longer holds every change after "
+                        "its lsn; asking for another"
+                    )
             schema = await self._schema(table)
             if reused_from is not None:
                 start = min(start, reused_from)
@@ -348,6 +358,21 @@ class TableFollower:
             last = await self.js.get_last_msg(
                 self.init_stream, contract.meta_subject_of_token(token)
             )
+        except NotFoundError:
+            return None
+        try:
+            meta = _unpack(last.data)
+            contract.SnapshotMeta.model_validate(meta)  # a meta of the bridge's
+        except (Undecodable, AttributeError, KeyError, TypeError, ValueError):  # Validation too
+            return None  # not the bridge's: nothing proves a snapshot reusable
+        start = await self._covered(meta["lsn"])
+        return None if start is None else (meta, start)
+
+    async def _covered(self, lsn: str) -> int | None:
+        """The CDC sequence to read from for every change committed at or after `lsn` (the
+        stream's first), when the stream provably holds them all (its oldest event committed
+        below `lsn`); None when it may have lost some."""
+        try:
             info = await self.js.stream_info(self.cdc_stream)
             if not info.state.messages:
                 return None
@@ -355,16 +380,13 @@ class TableFollower:
         except NotFoundError:
             return None
         try:
-            meta = _unpack(last.data)
             event = _unpack(first.data)
             oldest = event.get("commit_lsn") or event.get("lsn")
-            contract.SnapshotMeta.model_validate(meta)  # a meta of the bridge's
-            if not oldest or Lsn.parse(oldest) >= Lsn.parse(meta["lsn"]):
-                return None  # the stream may have lost events after the snapshot
-        except (Undecodable, AttributeError, KeyError, TypeError, ValueError):  # Validation too
-            # Either message is not the bridge's: nothing proves the snapshot reusable.
-            return None
-        return meta, info.state.first_seq
+            if not oldest or Lsn.parse(oldest) >= Lsn.parse(lsn):
+                return None  # the stream may have lost events after `lsn`
+        except (Undecodable, AttributeError, TypeError, ValueError):
+            return None  # not the bridge's event: nothing proves it
+        return info.state.first_seq
 
     async def _request_snapshot(self, table: str) -> dict[str, Any]:
         """Ask the snapshotters, and ask again when the one working on it stops publishing

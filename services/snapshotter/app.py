@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +67,7 @@ class Snapshotter:
         self.secrets = settings.secrets()
         self.refusals = ThrottledLog(log)
         self.progress: dict[tuple[str, str], SnapshotProgress] = {}  # by running snapshot
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
     def by_token(self) -> dict[str, tuple[str, str]]:
         """The configured tables by subject token, under their current names (a rename is
@@ -210,6 +214,8 @@ class Snapshotter:
                 request.chunk_size or self.settings.chunk_size,
                 request.mode or "exported",
                 self.settings.snapshot_transaction_seconds,
+                self.settings.snapshot_takeover_seconds,
+                bool(request.fresh),
             )
             self.waiting += 1
             try:
@@ -278,6 +284,9 @@ class Snapshotter:
                         on_rows=on_chunk,
                         primary_url=self.settings.primary_dsn(),
                         progress=progress,
+                        js=self.js,
+                        init_stream=self.settings.init_stream,
+                        owner=self.owner,
                     )
                 )
                 self.snapshots.add(work)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from services.snapshotter.chunks import Chunk, ChunkBuilder
+from services.snapshotter.chunks import Chunk, ChunkBuilder, RangeDone
 from services.snapshotter.copy_rows import CopyRowPacker
 from services.snapshotter.table_read import Columns
 from shared import postgres
@@ -58,6 +58,8 @@ class ChunkedRead:
     mode: ValueMode
     transaction_seconds: float
     canceller: QueryCanceller
+    after: tuple[str, ...] | None = None  # where to start: after this key (a resumed read)
+    statement_seconds: float = 20.0  # a range's lock wait and read end with an error past it
     transactions: int = 0
     longest_transaction: float = 0.0
     key_positions: list[int] = field(default_factory=list)
@@ -66,7 +68,7 @@ class ChunkedRead:
         self.key_positions = [self.columns.names.index(k) for k in self.columns.key]
 
 
-def range_query(read: ChunkedRead, after: list[str] | None, limit: int) -> sql.Composed:
+def range_query(read: ChunkedRead, after: tuple[str, ...] | None, limit: int) -> sql.Composed:
     """`COPY (SELECT … WHERE (<row filter>) AND (<key>) > (<after>) ORDER BY <key> LIMIT n)`.
     The row filter is the publication's, as shared/consistent_read.copy_query explains; the
     last key's values are literals PostgreSQL reads as the key columns' types."""
@@ -89,10 +91,14 @@ def range_query(read: ChunkedRead, after: list[str] | None, limit: int) -> sql.C
     )
 
 
-def read_chunked(read: ChunkedRead, builder: ChunkBuilder, emit: Callable[[Chunk], None]) -> Lsn:
-    """In a thread: every range of the table, each in its own transaction, packed into chunks
-    handed to `emit`; returns `replay_until`, the WAL insert position once the last range was
-    read (every change a range can hold committed before it)."""
+def read_chunked(
+    read: ChunkedRead, builder: ChunkBuilder, emit: Callable[[Chunk | RangeDone], None]
+) -> Lsn:
+    """In a thread: every range of the table from `read.after` on, each in its own
+    transaction, packed into chunks handed to `emit`, each range's last chunk followed by a
+    `RangeDone` (a range ends its chunk, so that a resumed read starts a chunk of its own);
+    returns `replay_until`, the WAL position once the last range was read (every change a
+    range can hold committed before it)."""
     packer = CopyRowPacker(RowCodec(read.columns.names, read.columns.oids, read.mode))
     with (
         postgres.connect(read.database_url, autocommit=True) as conn,
@@ -101,13 +107,18 @@ def read_chunked(read: ChunkedRead, builder: ChunkBuilder, emit: Callable[[Chunk
         conn.execute("SET client_encoding TO 'UTF8'")
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
-        after: list[str] | None = None
+        after = read.after
         limit = FIRST_RANGE_ROWS
         while True:
             started = time.monotonic()
             last: bytes | None = None
             count = 0
             with conn.transaction():
+                # Bounded, so that a live reader records its progress well within the time
+                # after which another snapshotter takes its snapshot over (resume.py).
+                bound = sql.Literal(f"{int(read.statement_seconds * 1000)}ms")
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(bound))
+                conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(bound))
                 conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(read.table))
                 conn.execute(PINNED_SEARCH_PATH)
                 query = range_query(read, after, limit)
@@ -119,16 +130,19 @@ def read_chunked(read: ChunkedRead, builder: ChunkBuilder, emit: Callable[[Chunk
             seconds = time.monotonic() - started
             read.transactions += 1
             read.longest_transaction = max(read.longest_transaction, seconds)
-            if last is None or count < limit:
+            if last is None:
                 break
+            rest = builder.finish()
+            if rest is not None:
+                emit(rest)
             fields = split_line(last)
-            after = [_text(fields[i]) for i in read.key_positions]
+            after = tuple(_text(fields[i]) for i in read.key_positions)
+            emit(RangeDone(after, builder.chunks, builder.row_count))
+            if count < limit:
+                break
             # About `transaction_seconds` at the rate of this one (at most doubling or halving).
             wanted = count * read.transaction_seconds / max(seconds, 1e-3)
             limit = int(min(MAX_RANGE_ROWS, max(limit // 2, min(wanted, limit * 2), 1)))
-        rest = builder.finish()
-        if rest is not None:
-            emit(rest)
         with conn.transaction():
             (end,) = conn.execute(END_QUERY).fetchone() or ("",)
     return Lsn.parse(end)

@@ -23,6 +23,18 @@ class Chunk:
     rows: int
 
 
+@dataclass(frozen=True, slots=True)
+class RangeDone:
+    """A chunked read finished a range (services/snapshotter/chunked.py): the chunks before
+    `next_chunk` hold every row up to the key `after` (as text), `row_count` of them. Handed to
+    the publisher in line with the chunks, so that it records the progress once they are
+    stored."""
+
+    after: tuple[str, ...]
+    next_chunk: int
+    row_count: int
+
+
 class ChunkBuilder:
     """Packs rows into `{"chunk": n, "data": [...]}` chunks no larger than `max_payload`."""
 

@@ -35,3 +35,10 @@ class SnapshotterSettings(BridgeSettings):
         description="Chunked snapshots: about how long one reading transaction lasts (the "
         "xmin horizon is held no longer); the rows per transaction adapt to it",
     )
+    snapshot_takeover_seconds: float = Field(
+        60.0,
+        ge=10,
+        le=3600,
+        description="Chunked snapshots: a snapshot whose reader recorded no progress for this "
+        "long is continued by the next request for it (the reader died)",
+    )

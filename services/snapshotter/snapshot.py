@@ -29,6 +29,7 @@ reader thread and the publisher, and the chunks awaiting their PubAck).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
@@ -38,14 +39,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from nats.js import JetStreamContext
 from psycopg import sql
 
 from pg_nats_bridge import contract
 from services.snapshotter.chunked import ChunkedRead, read_chunked
-from services.snapshotter.chunks import Chunk, ChunkBuilder
+from services.snapshotter.chunks import Chunk, ChunkBuilder, RangeDone
 from services.snapshotter.errors import SnapshotError
 from services.snapshotter.progress import SnapshotProgress, estimate_rows
 from services.snapshotter.publishing import PipelinedPublisher, PublishFailed
+from services.snapshotter.resume import (
+    ChunkedProgress,
+    Recorder,
+    last_progress,
+    remove_unrecorded_chunks,
+)
 from services.snapshotter.table_read import (
     Columns,
     Rewritten,
@@ -75,6 +83,8 @@ class SnapshotOptions:
     chunk_size: int
     mode: str = "exported"  # or "chunked" (services/snapshotter/chunked.py)
     transaction_seconds: float = 1.0  # chunked: how long one reading transaction lasts
+    takeover_seconds: float = 60.0  # chunked: a record older than this is a dead reader's
+    fresh: bool = False  # chunked: start anew rather than continue an unfinished one
 
 
 def new_snapshot_id() -> str:
@@ -95,17 +105,35 @@ async def take_snapshot(
     on_rows: Callable[[int], None] = lambda n: None,
     primary_url: str | None = None,
     progress: SnapshotProgress | None = None,
+    js: JetStreamContext | None = None,
+    init_stream: str = contract.INIT_STREAM,
+    owner: str = "",
 ) -> dict[str, Any]:
     """Publish the snapshot's chunks, then, once JetStream stored them all, its meta; return
-    the meta."""
-    snapshot_id = new_snapshot_id()
+    the meta. A chunked one (with `js`) records its progress after every range and continues
+    an unfinished one a dead reader left (services/snapshotter/resume.py)."""
     started = time.monotonic()
     progress = progress or SnapshotProgress(f"{schema}.{table}")
     builder = ChunkBuilder(options.chunk_size, max_payload)
+    chunked: _Chunked | None = None
+    if options.mode == "chunked" and js is not None:
+        chunked = await _Chunked.begin(
+            js, init_stream, prefix, schema, table, owner, options, builder, progress
+        )
+    snapshot_id = chunked.snapshot_id if chunked else new_snapshot_id()
 
-    async def publish(chunk: Chunk) -> None:
+    async def publish(chunk: Chunk | RangeDone) -> None:
+        if isinstance(chunk, RangeDone):
+            if chunked is not None:
+                await publisher.wait_acked()  # its chunks are stored before it is recorded
+                await chunked.record(chunk)
+            return
         subject = contract.snapshot_chunk_subject(schema, table, snapshot_id, chunk.index, prefix)
         msg_id = contract.snapshot_msg_id(snapshot_id, schema, table, chunk.index)
+        if chunked is not None and chunked.previous is not None:
+            # JetStream remembers the Msg-Ids of the dead reader's unrecorded chunks (removed,
+            # but within the duplicate window): the same number read again needs another.
+            msg_id += f":{chunked.attempt}"
         await publisher.publish(subject, chunk.payload, msg_id)
         on_rows(chunk.rows)
         progress.add(chunk.rows)
@@ -119,7 +147,7 @@ async def take_snapshot(
             if options.mode == "chunked":
                 lsn, extra = await read_chunked_snapshot(
                     catalog, database_url, schema, table, publication, mode, options,
-                    builder, publish, primary_url,
+                    builder, publish, primary_url, chunked,
                 )  # fmt: skip
             else:
                 lsn = await _export_and_read(
@@ -127,10 +155,14 @@ async def take_snapshot(
                     publish, primary_url,
                 )  # fmt: skip
             await publisher.wait_acked()
-    except psycopg.OperationalError as exc:
-        raise SnapshotError("postgres_unavailable", f"PostgreSQL: {str(exc).strip()}") from exc
-    except PublishFailed as exc:
-        raise SnapshotError(exc.reason, str(exc)) from exc
+    except BaseException as exc:
+        if chunked is not None and not isinstance(exc, asyncio.CancelledError):
+            await chunked.stop()
+        if isinstance(exc, psycopg.OperationalError | psycopg.errors.QueryCanceled):
+            raise SnapshotError("postgres_unavailable", f"PostgreSQL: {str(exc).strip()}") from exc
+        if isinstance(exc, PublishFailed):
+            raise SnapshotError(exc.reason, str(exc)) from exc
+        raise
     meta = {
         "batch_count": builder.chunks,
         "lsn": str(lsn),
@@ -141,6 +173,8 @@ async def take_snapshot(
         "timestamp": int(time.time()),
         **extra,
     }
+    if chunked is not None:
+        await chunked.finish()
     try:
         await publisher.publish(
             contract.snapshot_meta_subject(schema, table, prefix),
@@ -171,7 +205,7 @@ async def _export_and_read(
     publication: str,
     mode: ValueMode,
     builder: ChunkBuilder,
-    publish: Callable[[Chunk], Awaitable[None]],
+    publish: Callable[[Chunk | RangeDone], Awaitable[None]],
     primary_url: str | None,
 ) -> Lsn:
     """Export a snapshot and read the table under it (again while a TRUNCATE or rewrite came
@@ -223,11 +257,13 @@ async def read_chunked_snapshot(
     mode: ValueMode,
     options: SnapshotOptions,
     builder: ChunkBuilder,
-    publish: Callable[[Chunk], Awaitable[None]],
+    publish: Callable[[Chunk | RangeDone], Awaitable[None]],
     primary_url: str | None,
+    chunked: _Chunked | None = None,
 ) -> tuple[Lsn, dict[str, Any]]:
     """A chunked snapshot (services/snapshotter/chunked.py): the consistent point of a
-    temporary slot dropped at once, then the ranges; that point, and the meta's own fields."""
+    temporary slot dropped at once (or the one of the snapshot it continues), then the ranges;
+    that point, and the meta's own fields."""
     columns = Columns(*await describe_table(catalog, schema, table, publication))
     if not columns.key or not set(columns.key) <= set(columns.names):
         raise SnapshotError(
@@ -237,16 +273,21 @@ async def read_chunked_snapshot(
             "exported snapshot), or give the table a primary key",
         )
     canceller = QueryCanceller()
-    export = functools.partial(
-        export_snapshot, database_url, f"bridge_snap_{secrets.token_hex(6)}",
-        canceller=canceller, what=f"the chunked snapshot of {schema}.{table}",
-        primary_url=primary_url,
-    )  # fmt: skip
-    try:
-        repl, lsn, _ = await run_cancellable(export, canceller)
-    except Exception as exc:
-        raise SnapshotError("postgres_unavailable", f"PostgreSQL: {str(exc).strip()}") from exc
-    await asyncio.to_thread(repl.close)  # only its consistent point was wanted
+    if chunked is not None and chunked.previous is not None:
+        lsn = Lsn.parse(chunked.previous.lsn)
+    else:
+        export = functools.partial(
+            export_snapshot, database_url, f"bridge_snap_{secrets.token_hex(6)}",
+            canceller=canceller, what=f"the chunked snapshot of {schema}.{table}",
+            primary_url=primary_url,
+        )  # fmt: skip
+        try:
+            repl, lsn, _ = await run_cancellable(export, canceller)
+        except Exception as exc:
+            raise SnapshotError("postgres_unavailable", f"PostgreSQL: {str(exc).strip()}") from exc
+        await asyncio.to_thread(repl.close)  # only its consistent point was wanted
+    if chunked is not None:
+        await chunked.claim(str(lsn))
     read = ChunkedRead(
         database_url,
         sql.Identifier(schema, table),
@@ -254,6 +295,8 @@ async def read_chunked_snapshot(
         mode,
         options.transaction_seconds,
         canceller,
+        after=chunked.previous.after if chunked and chunked.previous else None,
+        statement_seconds=min(20.0, options.takeover_seconds / 3),
     )
     until = await publish_chunks(functools.partial(read_chunked, read), canceller, builder, publish)
     log.info(
@@ -264,7 +307,106 @@ async def read_chunked_snapshot(
         read.transactions,
         read.longest_transaction,
     )
-    return lsn, {"mode": "chunked", "replay_until": str(max(until, lsn))}
+    extra: dict[str, Any] = {"mode": "chunked", "replay_until": str(max(until, lsn))}
+    if chunked is not None and chunked.previous is not None:
+        extra["resumed"] = True
+    if chunked is not None:
+        extra["started"] = chunked.started
+    return lsn, extra
+
+
+class _Chunked:
+    """A chunked snapshot's records (services/snapshotter/resume.py): a new one, or the
+    unfinished one of a dead reader, continued."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        previous: ChunkedProgress | None,
+        owner: str,
+        progress: SnapshotProgress,
+    ) -> None:
+        self.recorder, self.previous, self.owner = recorder, previous, owner
+        self.snapshot_id = previous.snapshot_id if previous else new_snapshot_id()
+        self.started = previous.started if previous else int(time.time())
+        self.progress = progress
+        self.lsn = previous.lsn if previous else ""
+        self.last: RangeDone | None = None
+        self.attempt = f"r{secrets.token_hex(3)}"  # this continuation's, in its chunks' Msg-Ids
+
+    @classmethod
+    async def begin(
+        cls,
+        js: JetStreamContext,
+        stream: str,
+        prefix: str,
+        schema: str,
+        table: str,
+        owner: str,
+        options: SnapshotOptions,
+        builder: ChunkBuilder,
+        progress: SnapshotProgress,
+    ) -> _Chunked:
+        token = contract.table_token(schema, table)
+        found, seq = await last_progress(js, stream, token, prefix)
+        previous = None
+        if found is not None and found.state in ("running", "stopped") and not options.fresh:
+            if found.state == "running" and found.age() < options.takeover_seconds:
+                raise SnapshotError(
+                    "busy",
+                    f"a chunked snapshot of {schema}.{table} ({found.snapshot_id}) is being "
+                    f"read by another snapshotter (its last record is {found.age():.0f} s "
+                    "old); ask again",
+                )
+            previous = found
+            removed = await remove_unrecorded_chunks(js, stream, schema, table, found, prefix)
+            builder.chunks, builder.row_count = found.next_chunk, found.row_count
+            progress.add(found.row_count)
+            log.info(
+                "continuing the chunked snapshot %s of %s.%s after its reader stopped %.0f s "
+                "ago: from chunk %d (%d rows recorded; %d unrecorded chunks removed)",
+                found.snapshot_id,
+                schema,
+                table,
+                found.age(),
+                found.next_chunk,
+                found.row_count,
+                removed,
+            )
+        return cls(Recorder(js, token, prefix, seq), previous, owner, progress)
+
+    def _record(self, state: str = "running") -> ChunkedProgress:
+        last, previous = self.last, self.previous
+        return ChunkedProgress(
+            snapshot_id=self.snapshot_id,
+            lsn=self.lsn,
+            after=last.after if last else (previous.after if previous else None),
+            next_chunk=last.next_chunk if last else (previous.next_chunk if previous else 0),
+            row_count=last.row_count if last else (previous.row_count if previous else 0),
+            owner=self.owner,
+            updated=time.time(),
+            started=self.started,
+            state=state,
+        )
+
+    async def claim(self, lsn: str) -> None:
+        """This reader's first record: a second claimant's fails."""
+        self.lsn = lsn
+        await self.recorder.write(self._record())
+
+    async def record(self, done: RangeDone) -> None:
+        self.last = done
+        await self.recorder.write(self._record())
+
+    async def finish(self) -> None:
+        await self.recorder.write(self._record("done"))
+
+    async def stop(self) -> None:
+        """The read failed here: any request may continue it at once (best effort: a reader
+        that cannot write this is taken over once its last record is old)."""
+        if self.lsn:
+            with contextlib.suppress(Exception):
+                await self.recorder.write(self._record("stopped"))
 
 
 async def _read_exported(
@@ -276,7 +418,7 @@ async def _read_exported(
     mode: ValueMode,
     unchanged: Callable[[], Awaitable[bool]],
     builder: ChunkBuilder,
-    publish: Callable[[Chunk], Awaitable[None]],
+    publish: Callable[[Chunk | RangeDone], Awaitable[None]],
     canceller: QueryCanceller,
 ) -> bool:
     """Read the table under the exported snapshot and publish its chunks; False, with nothing

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from psycopg import sql
 
-from services.snapshotter.chunks import Chunk, ChunkBuilder
+from services.snapshotter.chunks import Chunk, ChunkBuilder, RangeDone
 from services.snapshotter.copy_rows import CopyRowPacker
 from shared import postgres
 from shared.codec import RowCodec, ValueMode
@@ -52,7 +52,9 @@ class TableRead:
 _BLOCK_LINES = 256
 
 
-def read_table(read: TableRead, builder: ChunkBuilder, emit: Callable[[Chunk], None]) -> None:
+def read_table(
+    read: TableRead, builder: ChunkBuilder, emit: Callable[[Chunk | RangeDone], None]
+) -> None:
     """In a thread: COPY the table under the exported snapshot, its lines decoded by the very
     converters CDC events use a block at a time, each row packed, each full chunk handed to
     `emit`."""
@@ -79,10 +81,10 @@ _CHUNKS_AHEAD = 4
 
 
 async def publish_chunks(
-    read: Callable[[ChunkBuilder, Callable[[Chunk], None]], T],
+    read: Callable[[ChunkBuilder, Callable[[Chunk | RangeDone], None]], T],
     canceller: QueryCanceller,
     builder: ChunkBuilder,
-    publish: Callable[[Chunk], Awaitable[None]],
+    publish: Callable[[Chunk | RangeDone], Awaitable[None]],
 ) -> T:
     """Run a table read (`read_table`, or a chunked one) in a thread and publish its chunks as
     they come, a few chunks of memory at most: the reader waits only while `_CHUNKS_AHEAD` of
@@ -91,11 +93,11 @@ async def publish_chunks(
     A hand-over does not wait for the loop to take the chunk (it did: a thread round trip per
     chunk, a quarter of the reader's time spent waiting while the loop wrote to the socket)."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Chunk] = asyncio.Queue()
+    queue: asyncio.Queue[Chunk | RangeDone] = asyncio.Queue()
     room = threading.Semaphore(_CHUNKS_AHEAD)
     stopped = threading.Event()
 
-    def emit(chunk: Chunk) -> None:
+    def emit(chunk: Chunk | RangeDone) -> None:
         while not room.acquire(timeout=0.1):
             if stopped.is_set():
                 raise _Stopped
@@ -103,7 +105,7 @@ async def publish_chunks(
             raise _Stopped
         loop.call_soon_threadsafe(queue.put_nowait, chunk)
 
-    async def publish_one(chunk: Chunk) -> None:
+    async def publish_one(chunk: Chunk | RangeDone) -> None:
         try:
             await publish(chunk)
         finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nats
 
-from pg_nats_bridge import CaughtUp, MemoryCopy, TableFollower
+from pg_nats_bridge import CaughtUp, MemoryCopy, SqliteCopy, TableFollower
 from pg_nats_bridge.lsn import Lsn
 from pg_nats_bridge.sqlite import stored_value
 from tests.e2e.conftest import Service, slot_lag, stream_messages, wait_for
@@ -136,3 +136,81 @@ def test_a_table_without_a_primary_key_is_refused_a_chunked_snapshot(
     assert "no_primary_key" in text and "give the table a primary key" in text, text
     taken = bridge("snapshot", "events", env=snapshotter.env)  # the default mode takes it
     assert taken.returncode == 0, taken.stdout
+
+
+def test_a_chunked_snapshot_killed_mid_way_is_continued_by_another_snapshotter(
+    pg: Database, nats_url: str, services: Callable[..., Service], tmp_path: Path
+) -> None:
+    """The first snapshotter dies (kill -9, by failpoint) after its 20th chunk; a second one,
+    asked again by the follower, continues from the last recorded range once the first's
+    record is older than the takeover time, under the same snapshot id: each chunk is in INIT
+    once, the second sends only the ones after the record, and the copy verifies equal."""
+    grow_items(pg)
+    settings = {
+        "table": "items",
+        "snapshot_transaction_seconds": 0.02,
+        "snapshot_takeover_seconds": 10,
+        "chunk_size": 500,
+    }
+    replicator = services("replicator", pg, nats_url, table="items").wait_healthy()
+    doomed = services(
+        "snapshotter", pg, nats_url, failpoints="snapshot.after_chunk=exit@20", **settings
+    ).wait_healthy()
+    path = tmp_path / "copy.db"
+    loaded = threading.Event()
+    done = threading.Event()
+
+    async def follow() -> None:
+        nc = await nats.connect(nats_url)
+        copy = SqliteCopy(path)
+        try:
+            follower = TableFollower(
+                nc, ["items"], snapshot_mode="chunked", snapshot_stall_seconds=3
+            )
+            async for batch in follower.batches():
+                copy.apply_all(batch)
+                if batch and isinstance(batch[-1], CaughtUp):
+                    loaded.set()
+                    if done.is_set():
+                        return
+        finally:
+            copy.close()
+            await nc.close()
+
+    with Writer(pg.url, seed=10):
+        consumer = threading.Thread(target=lambda: asyncio.run(follow()), daemon=True)
+        consumer.start()
+        assert doomed.wait(60) != 0  # the failpoint's exit, mid-snapshot
+        second = services("snapshotter", pg, nats_url, **settings).wait_healthy()
+        wait_for(loaded.is_set, 120, "the copy to load and catch up", second)
+        time.sleep(1)
+    wait_for(lambda: slot_lag(pg) == 0, 30, "the replicator to catch up", replicator)
+    loaded.clear()
+    wait_for(loaded.is_set, 30, "the copy to catch up after the writes")
+    done.set()
+    consumer.join(30)
+
+    output = second.output()
+    line = next(x for x in output.splitlines() if "continuing the chunked snapshot" in x)
+    print("\n" + line.split("INFO ")[-1])
+    resumed_at = int(line.split("from chunk ")[1].split()[0])
+    assert resumed_at > 0, line
+    init = stream_messages(nats_url, "INIT")
+    (meta,) = [m for subject, _, m in init if subject == "init.meta.items"]
+    assert meta["resumed"] is True and meta["mode"] == "chunked", meta
+    prefix = f"init.snap.items.{meta['snapshot_id']}."
+    numbers = sorted(
+        int(subject.rsplit(".", 1)[1]) for subject, _, _ in init if subject.startswith(prefix)
+    )
+    assert numbers == list(range(meta["batch_count"])), "a chunk missing or twice in INIT"
+    sent = second.metrics()
+    published = next(
+        float(x.split()[-1])
+        for x in sent.splitlines()
+        if x.startswith("bridge_snapshot_chunks_published_total")
+    )
+    assert published == meta["batch_count"] - resumed_at, (published, resumed_at, meta)
+
+    result = bridge("verify", "items", "--sqlite", str(path), env=second.env)
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,141 @@
+"""Where a chunked snapshot is, kept on the INIT stream so that one killed mid-way is continued.
+
+After every range whose chunks JetStream stored, the snapshotter publishes the snapshot's
+progress to `init.progress.<table>` (the last message of the subject is the one that counts):
+its id and consistent point, the key read through, the next chunk's number, the rows so far,
+who is reading it and when it last wrote. A request for a chunked snapshot of the table finds a
+running one there: written within `takeover_seconds`, another snapshotter is on it (`busy`:
+ask again); older, its reader died, and this request continues it from the recorded key, under
+the same id and consistent point, after removing the chunks published after the last record
+(their range was not recorded, so it is read again). Nothing recorded is read or sent again.
+
+Before recording a range, the reader checks the last record is still its own: one that stalled
+longer than `takeover_seconds` (a lock wait) and finds its snapshot continued by another stops
+instead of writing over it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
+
+from pg_nats_bridge import contract
+from services.snapshotter.errors import SnapshotError
+from shared.wire import pack, unpack
+
+log = logging.getLogger(__name__)
+
+
+WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-last-sequence
+
+
+def progress_subject(token: str, prefix: str = contract.INIT) -> str:
+    return f"{prefix}.progress.{token}"
+
+
+@dataclass(frozen=True)
+class ChunkedProgress:
+    snapshot_id: str
+    lsn: str  # the consistent point
+    after: tuple[str, ...] | None  # the key read through (as text); None: nothing read yet
+    next_chunk: int
+    row_count: int
+    owner: str  # the snapshotter process reading it
+    updated: float  # unix time of this record
+    started: int  # unix time the snapshot began
+    state: str = "running"  # or "done"
+
+    def payload(self) -> bytes:
+        return pack({**asdict(self), "after": list(self.after) if self.after else None})
+
+    def msg_id(self) -> str:
+        return f"{self.snapshot_id}:progress:{self.next_chunk}:{self.owner}:{self.state}"
+
+    @classmethod
+    def read(cls, data: bytes) -> ChunkedProgress | None:
+        """The record, or None for anything else (anyone on the account may publish here)."""
+        try:
+            body: Any = unpack(data)
+            after = body["after"]
+            return cls(
+                snapshot_id=str(body["snapshot_id"]),
+                lsn=str(body["lsn"]),
+                after=tuple(str(v) for v in after) if after else None,
+                next_chunk=int(body["next_chunk"]),
+                row_count=int(body["row_count"]),
+                owner=str(body["owner"]),
+                updated=float(body["updated"]),
+                started=int(body["started"]),
+                state=str(body["state"]),
+            )
+        except Exception:
+            return None
+
+    def age(self) -> float:
+        return time.time() - self.updated
+
+
+async def last_progress(
+    js: JetStreamContext, stream: str, token: str, prefix: str = contract.INIT
+) -> tuple[ChunkedProgress | None, int]:
+    """The last record of the table and its stream sequence (0: none; a record that is not
+    one of ours reads as None with its sequence)."""
+    try:
+        msg = await js.get_last_msg(stream, progress_subject(token, prefix))
+    except NotFoundError:
+        return None, 0
+    return ChunkedProgress.read(msg.data or b""), int(msg.seq or 0)
+
+
+class Recorder:
+    """Writes one chunked snapshot's records, each expecting the one before it on the subject
+    (`Nats-Expected-Last-Subject-Sequence`): a second writer's record fails, and with it that
+    writer's snapshot, instead of both going on."""
+
+    def __init__(self, js: JetStreamContext, token: str, prefix: str, last_seq: int) -> None:
+        self.js, self.subject, self.last_seq = js, progress_subject(token, prefix), last_seq
+
+    async def write(self, record: ChunkedProgress) -> None:
+        headers = {
+            "Nats-Msg-Id": record.msg_id(),
+            "Nats-Expected-Last-Subject-Sequence": str(self.last_seq),
+        }
+        try:
+            ack = await self.js.publish(self.subject, record.payload(), headers=headers)
+        except APIError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            raise SnapshotError(
+                "busy",
+                f"the chunked snapshot {record.snapshot_id} was continued by another "
+                f"snapshotter ({exc.description}); ask again",
+            ) from None
+        self.last_seq = int(ack.seq)
+
+
+async def remove_unrecorded_chunks(
+    js: JetStreamContext,
+    stream: str,
+    schema: str,
+    table: str,
+    progress: ChunkedProgress,
+    prefix: str = contract.INIT,
+) -> int:
+    """Purge the chunks a dead reader published after its last record (they are contiguous
+    from `next_chunk`); how many there were."""
+    removed = 0
+    while True:
+        subject = contract.snapshot_chunk_subject(
+            schema, table, progress.snapshot_id, progress.next_chunk + removed, prefix
+        )
+        try:
+            await js.get_last_msg(stream, subject)
+        except NotFoundError:
+            return removed
+        await js.purge_stream(stream, subject=subject)
+        removed += 1
