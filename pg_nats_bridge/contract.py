@@ -181,6 +181,8 @@ REFUSALS = frozenset(
         "init_stream_missing",
         "row_too_large",
         "no_primary_key",
+        "paused",
+        "cancelled",
         "table_rewritten",
         "publish_failed",
         "shutting_down",

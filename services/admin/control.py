@@ -1,10 +1,12 @@
 """`/shutdown`: the replicator and the snapshotter asked over NATS, with the control token
-(shared/control.py), to shut down gracefully."""
+(shared/control.py), to shut down gracefully; `/snapshots/{table}/{action}`: a chunked
+snapshot paused, resumed or cancelled the same way."""
 
 from __future__ import annotations
 
 import json
 import logging
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
 
@@ -47,3 +49,43 @@ async def shutdown_services(state: AdminState) -> dict[str, str]:
 async def shutdown(state: State) -> dict[str, str]:
     state.requests.labels("shutdown").inc()
     return await shutdown_services(state)
+
+
+@router.post(
+    "/snapshots/{table}/{action}",
+    dependencies=[Depends(require_token)],
+    summary="Pause, resume or cancel a chunked snapshot of a table",
+    responses={
+        401: {},
+        403: {},
+        404: {"description": "no chunked snapshot of the table to act on"},
+        503: {"description": "NATS unreachable"},
+    },
+)
+async def snapshot_control(
+    state: State, table: str, action: Literal["pause", "resume", "cancel"]
+) -> dict[str, Any]:
+    """Asks the snapshotters over NATS (`<control_prefix>.snapshotter.snapshot`); the one
+    that acts answers: pause and cancel stop the reader after its current range (the progress
+    stays recorded), resume continues a paused one from there."""
+    state.requests.labels("snapshot_control").inc()
+    if state.nc is None or not state.nc.is_connected:
+        raise Error(503, "NATS is unreachable: the request cannot be sent")
+    settings = state.settings
+    subject = control_subject("snapshotter", "snapshot", prefix=settings.control_prefix)
+    body = json.dumps({"action": action, "table": table}).encode()
+    try:
+        reply = await state.nc.request(
+            subject, body, timeout=5, headers=request_headers(settings.control_token)
+        )
+    except Exception:
+        raise Error(
+            404,
+            f"no snapshotter has a chunked snapshot of {table!r} to {action} (none running, "
+            "paused or stopped)",
+        ) from None
+    answer: dict[str, Any] = json.loads(reply.data)
+    if "error" in answer:
+        raise Error(400 if answer.get("reason") == "bad_request" else 403, answer["error"])
+    log.warning("snapshot %s of %s: %s", action, table, answer)
+    return answer

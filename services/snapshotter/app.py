@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -25,15 +26,17 @@ from pydantic import ValidationError
 
 from pg_nats_bridge import contract
 from services.snapshotter import metrics
+from services.snapshotter.chunked import Operator
 from services.snapshotter.errors import SnapshotError, init_stream_missing
 from services.snapshotter.progress import SnapshotProgress
 from services.snapshotter.publishing import PipelinedPublisher
 from services.snapshotter.requests import BadRequest, SnapshotRequest, decode_body, describe
+from services.snapshotter.resume import change_state
 from services.snapshotter.schema import MissingTableError, SchemaWatcher
 from services.snapshotter.settings import SnapshotterSettings
 from services.snapshotter.snapshot import SnapshotOptions, take_snapshot
 from shared import pg_errors, postgres
-from shared.control import ControlEndpoint
+from shared.control import ControlEndpoint, refusal
 from shared.http_endpoint import serve
 from shared.log_throttle import ThrottledLog
 from shared.nats_connection import NatsRefused, broker_security, connect, servers
@@ -68,6 +71,7 @@ class Snapshotter:
         self.refusals = ThrottledLog(log)
         self.progress: dict[tuple[str, str], SnapshotProgress] = {}  # by running snapshot
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.operators: dict[tuple[str, str], Operator] = {}  # by running snapshot
 
     def by_token(self) -> dict[str, tuple[str, str]]:
         """The configured tables by subject token, under their current names (a rename is
@@ -107,6 +111,12 @@ class Snapshotter:
                 log,
                 on_refused=metrics.control_refused.inc,
             ).handle,
+        )
+        await self.nc.subscribe(
+            contract.control_subject(
+                "snapshotter", "snapshot", prefix=self.settings.control_prefix
+            ),
+            cb=self.on_operator_request,
         )
         self.tasks.append(asyncio.create_task(self._watch_schemas()))
         if self.settings.snapshot_on_start:
@@ -184,6 +194,87 @@ class Snapshotter:
                     return
                 log.error("start-up snapshot of %s.%s failed: %s", schema, table, exc)
 
+    # -- an operator's pause, resume and cancel of a chunked snapshot -------------------------
+
+    async def on_operator_request(self, msg: Any) -> None:
+        """`<control_prefix>.snapshotter.snapshot` with `{"action": "pause"|"resume"|"cancel",
+        "table": …}` and the control token. Every snapshotter hears it; the one that acts
+        answers (the one reading the snapshot pauses or cancels it after its current range;
+        any one marks a paused snapshot resumable and continues it, or cancels one nobody
+        reads), the others stay silent."""
+        problem = refusal(msg.headers, self.settings.control_token)
+        if problem is not None:
+            metrics.control_refused.inc()
+            self.refusals.warning("control", "refused a snapshot control request: %s", problem)
+            if msg.reply:
+                await msg.respond(to_json({"error": problem, "reason": "unauthorized"}))
+            return
+        try:
+            body = json.loads(msg.data[: contract.MAX_REQUEST_BYTES + 1] or b"{}")
+            action, name = body["action"], str(body["table"])
+            if action not in ("pause", "resume", "cancel"):
+                raise ValueError(action)
+            schema, table = next(
+                (s, t)
+                for s, t in self.tables
+                if name in (f"{s}.{t}", t, contract.table_token(s, t))
+            )
+        except (ValueError, KeyError, TypeError, StopIteration, RecursionError):
+            if msg.reply:
+                await msg.respond(
+                    to_json(
+                        {
+                            "error": 'expected {"action": "pause"|"resume"|"cancel", "table": '
+                            "<a configured table>}",
+                            "reason": "bad_request",
+                        }
+                    )
+                )
+            return
+        answer = await self.operate(action, schema, table)
+        if answer is not None and msg.reply:
+            await msg.respond(to_json(answer))
+
+    async def operate(self, action: str, schema: str, table: str) -> dict[str, Any] | None:
+        assert self.js is not None
+        operator = self.operators.get((schema, table))
+        if operator is not None and action in ("pause", "cancel"):
+            operator.action = action
+            log.warning("%s of the chunked snapshot of %s.%s requested", action, schema, table)
+            return {"status": f"{action} requested: the reader stops after its current range"}
+        token = contract.table_token(schema, table)
+        if action == "resume":
+            record = await change_state(
+                self.js, self.settings.init_stream, token, ("paused",), "stopped"
+            )
+            if record is None:
+                return None
+            log.warning(
+                "the chunked snapshot %s of %s.%s resumed", record.snapshot_id, schema, table
+            )
+            options = SnapshotOptions(
+                self.settings.chunk_size,
+                "chunked",
+                self.settings.snapshot_transaction_seconds,
+                self.settings.snapshot_takeover_seconds,
+            )
+            self.tasks.append(asyncio.create_task(self._continue(schema, table, options)))
+            return {"status": "resumed", "snapshot_id": record.snapshot_id}
+        if action == "cancel":
+            record = await change_state(
+                self.js, self.settings.init_stream, token, ("paused", "stopped"), "cancelled"
+            )
+            if record is not None:
+                return {"status": "cancelled", "snapshot_id": record.snapshot_id}
+        return None
+
+    async def _continue(self, schema: str, table: str, options: SnapshotOptions) -> None:
+        try:
+            meta = await self.snapshot(schema, table, options)
+            log.info("resumed snapshot %s of %s.%s done", meta["snapshot_id"], schema, table)
+        except SnapshotError as exc:
+            log.warning("resumed snapshot of %s.%s: %s", schema, table, self.shown(str(exc)))
+
     # -- snapshots ------------------------------------------------------------------------
 
     async def handle_request(self, token: str, request: SnapshotRequest) -> bytes:
@@ -253,6 +344,7 @@ class Snapshotter:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.running[key] = future
         progress = self.progress[key] = SnapshotProgress(f"{schema}.{table}")
+        operator = self.operators[key] = Operator()
         metrics.in_progress.inc()
         started = time.monotonic()
 
@@ -287,6 +379,7 @@ class Snapshotter:
                         js=self.js,
                         init_stream=self.settings.init_stream,
                         owner=self.owner,
+                        operator=operator,
                     )
                 )
                 self.snapshots.add(work)
@@ -309,6 +402,7 @@ class Snapshotter:
             metrics.in_progress.dec()
             del self.running[key]
             del self.progress[key]
+            del self.operators[key]
             progress.finish()
 
 

@@ -50,6 +50,22 @@ MAX_RANGE_ROWS = 1_000_000
 _BLOCK_LINES = 256
 
 
+class Interrupted(Exception):
+    """An operator paused or cancelled the snapshot: its reader stopped after a range."""
+
+    def __init__(self, action: str) -> None:
+        super().__init__(action)
+        self.action = action
+
+
+@dataclass
+class Operator:
+    """What an operator asked of a running chunked snapshot (`pause` or `cancel`), set from
+    the event loop, seen by the reader at the end of its range."""
+
+    action: str | None = None
+
+
 @dataclass
 class ChunkedRead:
     database_url: str
@@ -60,6 +76,7 @@ class ChunkedRead:
     canceller: QueryCanceller
     after: tuple[str, ...] | None = None  # where to start: after this key (a resumed read)
     statement_seconds: float = 20.0  # a range's lock wait and read end with an error past it
+    operator: Operator = field(default_factory=Operator)
     transactions: int = 0
     longest_transaction: float = 0.0
     key_positions: list[int] = field(default_factory=list)
@@ -140,6 +157,8 @@ def read_chunked(
             emit(RangeDone(after, builder.chunks, builder.row_count))
             if count < limit:
                 break
+            if read.operator.action is not None:
+                raise Interrupted(read.operator.action)
             # About `transaction_seconds` at the rate of this one (at most doubling or halving).
             wanted = count * read.transaction_seconds / max(seconds, 1e-3)
             limit = int(min(MAX_RANGE_ROWS, max(limit // 2, min(wanted, limit * 2), 1)))

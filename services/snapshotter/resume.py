@@ -54,7 +54,11 @@ class ChunkedProgress:
         return pack({**asdict(self), "after": list(self.after) if self.after else None})
 
     def msg_id(self) -> str:
-        return f"{self.snapshot_id}:progress:{self.next_chunk}:{self.owner}:{self.state}"
+        """Unique per record (a duplicate's PubAck would carry the first one's sequence)."""
+        return (
+            f"{self.snapshot_id}:progress:{self.next_chunk}:{self.owner}:{self.state}:"
+            f"{self.updated:.6f}"
+        )
 
     @classmethod
     def read(cls, data: bytes) -> ChunkedProgress | None:
@@ -139,3 +143,25 @@ async def remove_unrecorded_chunks(
             return removed
         await js.purge_stream(stream, subject=subject)
         removed += 1
+
+
+async def change_state(
+    js: JetStreamContext,
+    stream: str,
+    token: str,
+    wanted: tuple[str, ...],
+    state: str,
+    prefix: str = contract.INIT,
+) -> ChunkedProgress | None:
+    """Mark the table's last record `state` when it is in one of the `wanted` states (an
+    operator's resume or cancel of a snapshot nobody reads); the record, or None when there
+    was none to change (or another snapshotter changed it first)."""
+    found, seq = await last_progress(js, stream, token, prefix)
+    if found is None or found.state not in wanted:
+        return None
+    changed = ChunkedProgress(**{**asdict(found), "state": state, "updated": time.time()})
+    try:
+        await Recorder(js, token, prefix, seq).write(changed)
+    except SnapshotError:
+        return None
+    return changed

@@ -43,7 +43,7 @@ from nats.js import JetStreamContext
 from psycopg import sql
 
 from pg_nats_bridge import contract
-from services.snapshotter.chunked import ChunkedRead, read_chunked
+from services.snapshotter.chunked import ChunkedRead, Interrupted, Operator, read_chunked
 from services.snapshotter.chunks import Chunk, ChunkBuilder, RangeDone
 from services.snapshotter.errors import SnapshotError
 from services.snapshotter.progress import SnapshotProgress, estimate_rows
@@ -108,6 +108,7 @@ async def take_snapshot(
     js: JetStreamContext | None = None,
     init_stream: str = contract.INIT_STREAM,
     owner: str = "",
+    operator: Operator | None = None,
 ) -> dict[str, Any]:
     """Publish the snapshot's chunks, then, once JetStream stored them all, its meta; return
     the meta. A chunked one (with `js`) records its progress after every range and continues
@@ -147,7 +148,7 @@ async def take_snapshot(
             if options.mode == "chunked":
                 lsn, extra = await read_chunked_snapshot(
                     catalog, database_url, schema, table, publication, mode, options,
-                    builder, publish, primary_url, chunked,
+                    builder, publish, primary_url, chunked, operator or Operator(),
                 )  # fmt: skip
             else:
                 lsn = await _export_and_read(
@@ -156,6 +157,15 @@ async def take_snapshot(
                 )  # fmt: skip
             await publisher.wait_acked()
     except BaseException as exc:
+        if isinstance(exc, Interrupted) and chunked is not None:
+            done = "paused" if exc.action == "pause" else "cancelled"
+            await chunked.mark(done)
+            raise SnapshotError(
+                done,
+                f"the chunked snapshot {snapshot_id} of {schema}.{table} was {done} by an "
+                f"operator after {builder.row_count} rows"
+                + ("; resume it to go on" if done == "paused" else ""),
+            ) from None
         if chunked is not None and not isinstance(exc, asyncio.CancelledError):
             await chunked.stop()
         if isinstance(exc, psycopg.OperationalError | psycopg.errors.QueryCanceled):
@@ -260,6 +270,7 @@ async def read_chunked_snapshot(
     publish: Callable[[Chunk | RangeDone], Awaitable[None]],
     primary_url: str | None,
     chunked: _Chunked | None = None,
+    operator: Operator | None = None,
 ) -> tuple[Lsn, dict[str, Any]]:
     """A chunked snapshot (services/snapshotter/chunked.py): the consistent point of a
     temporary slot dropped at once (or the one of the snapshot it continues), then the ranges;
@@ -297,6 +308,7 @@ async def read_chunked_snapshot(
         canceller,
         after=chunked.previous.after if chunked and chunked.previous else None,
         statement_seconds=min(20.0, options.takeover_seconds / 3),
+        operator=operator or Operator(),
     )
     until = await publish_chunks(functools.partial(read_chunked, read), canceller, builder, publish)
     log.info(
@@ -350,6 +362,13 @@ class _Chunked:
         token = contract.table_token(schema, table)
         found, seq = await last_progress(js, stream, token, prefix)
         previous = None
+        if found is not None and found.state == "paused" and not options.fresh:
+            raise SnapshotError(
+                "paused",
+                f"the chunked snapshot {found.snapshot_id} of {schema}.{table} is paused by an "
+                f"operator ({found.row_count} rows read): resume it, or ask with "
+                '{"fresh": true} for a new one',
+            )
         if found is not None and found.state in ("running", "stopped") and not options.fresh:
             if found.state == "running" and found.age() < options.takeover_seconds:
                 raise SnapshotError(
@@ -400,6 +419,9 @@ class _Chunked:
 
     async def finish(self) -> None:
         await self.recorder.write(self._record("done"))
+
+    async def mark(self, state: str) -> None:
+        await self.recorder.write(self._record(state))
 
     async def stop(self) -> None:
         """The read failed here: any request may continue it at once (best effort: a reader

@@ -10,17 +10,20 @@ cut to about 20 ms each, so that the read spans many transactions with writes be
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import nats
 
 from pg_nats_bridge import CaughtUp, MemoryCopy, SqliteCopy, TableFollower
 from pg_nats_bridge.lsn import Lsn
 from pg_nats_bridge.sqlite import stored_value
-from tests.e2e.conftest import Service, slot_lag, stream_messages, wait_for
+from tests.e2e.conftest import BRIDGE, Service, slot_lag, stream_messages, wait_for
 from tests.e2e.test_consumers import Writer, bridge, make_tables, start_replica, table_rows
 from tests.harness.postgres import Database
 
@@ -214,3 +217,77 @@ def test_a_chunked_snapshot_killed_mid_way_is_continued_by_another_snapshotter(
     result = bridge("verify", "items", "--sqlite", str(path), env=second.env)
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_an_operator_pauses_resumes_and_cancels_a_chunked_snapshot(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    """Through the admin API (the snapshotter stalls 4 s after its 3rd chunk, so that the
+    pause lands mid-way): paused, the request is answered `paused` and the rows stay recorded;
+    resumed, the snapshot continues where it stopped under the same id; a running one
+    cancelled leaves the next request to start a new one."""
+    grow_items(pg)
+    token = {"control_token": "s3cret-control"}
+    settings = {"table": "items", "snapshot_transaction_seconds": 0.01, "chunk_size": 100}
+    replicator = services("replicator", pg, nats_url, table="items").wait_healthy()
+    snapshotter = services(
+        "snapshotter", pg, nats_url, failpoints="snapshot.after_chunk=sleep:4@3",
+        **settings, **token,
+    ).wait_healthy()  # fmt: skip
+    front = services(
+        "admin", pg, nats_url, replicator_url=f"http://127.0.0.1:{replicator.port}",
+        snapshotter_url=f"http://127.0.0.1:{snapshotter.port}", admin_token="adm", **token,
+    )  # fmt: skip
+    wait_for(lambda: front.health() == 200, 30, "admin healthy", front)
+    admin = httpx.Client(base_url=f"http://127.0.0.1:{front.port}", timeout=30)
+    auth = {"Authorization": "Bearer adm"}
+
+    def ask() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [BRIDGE, "snapshot", "items", "--snapshot-mode", "chunked"],
+            env=snapshotter.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    def running() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = admin.get("/status").json()["snapshotter"]["running"]
+        return found
+
+    request = ask()
+    wait_for(lambda: running() and running()[0]["rows_done"] > 0, 30, "the snapshot to run")
+    assert admin.post("/snapshots/items/pause").status_code in (401, 403)  # no token
+    paused = admin.post("/snapshots/items/pause", headers=auth)
+    assert paused.status_code == 200 and "pause requested" in paused.json()["status"], paused.text
+    out, _ = request.communicate(timeout=60)
+    assert request.returncode == 1 and "paused" in out, out
+    assert running() == []
+    again = ask()
+    out, _ = again.communicate(timeout=60)
+    assert again.returncode == 1 and "paused by an operator" in " ".join(out.split()), out
+
+    resumed = admin.post("/snapshots/items/resume", headers=auth)
+    assert resumed.status_code == 200 and resumed.json()["status"] == "resumed", resumed.text
+    snapshot_id = resumed.json()["snapshot_id"]
+
+    def meta() -> dict[str, Any] | None:
+        found = [m for s, _, m in stream_messages(nats_url, "INIT") if s == "init.meta.items"]
+        return found[-1] if found else None
+
+    done = wait_for(lambda: (m := meta()) and m, 60, "the resumed snapshot's meta", snapshotter)
+    assert done["snapshot_id"] == snapshot_id and done["resumed"] is True, done
+    assert done["row_count"] == pg.execute("SELECT count(*) FROM items")[0][0]
+    prefix = f"init.snap.items.{snapshot_id}."
+    init = stream_messages(nats_url, "INIT")
+    numbers = sorted(int(s.rsplit(".", 1)[1]) for s, _, _ in init if s.startswith(prefix))
+    assert numbers == list(range(done["batch_count"])), "a chunk missing or twice"
+    assert admin.post("/snapshots/items/resume", headers=auth).status_code == 404  # done
+
+    request = ask()  # a new one (the last is done); cancelled while it runs
+    wait_for(lambda: running() and running()[0]["rows_done"] > 0, 30, "the next snapshot")
+    cancelled = admin.post("/snapshots/items/cancel", headers=auth)
+    assert cancelled.status_code == 200, cancelled.text
+    out, _ = request.communicate(timeout=60)
+    assert request.returncode == 1 and "cancelled" in out, out
+    fresh = ask()
+    out, _ = fresh.communicate(timeout=120)
+    assert fresh.returncode == 0, out
+    assert snapshot_id not in out and "chunked" in out
