@@ -19,6 +19,7 @@ from bench import (
     consumer_backlog,
     live_latency,
     replicator_drain,
+    snapshot_modes,
     snapshot_vs_copy,
 )
 
@@ -38,6 +39,8 @@ def main() -> int:
     cold = cold_factor.measure(30_000 // scale)
     print("--- snapshot beside COPY", flush=True)
     snapshot = snapshot_vs_copy.measure(200_000 // scale)
+    print("--- snapshot modes: rows/s and the longest transaction held", flush=True)
+    modes = snapshot_modes.measure([200_000 // scale, 2_000_000 // scale])
     print("--- one 1M-row transaction: drain and peak RSS", flush=True)
     big = replicator_drain.measure(1_000_000 // scale, 1_000_000 // scale)
     print("--- consumers: a backlog beside the replicator's drain; pgbench", flush=True)
@@ -49,6 +52,7 @@ def main() -> int:
         "live": live,
         "cold_factor": cold,
         "snapshot": snapshot,
+        "snapshot_modes": modes,
         "big_transaction": big,
         "consumers": consumers,
     }
@@ -72,6 +76,14 @@ def main() -> int:
         'back on this machine (the floor under "x the drain\'s" at a 10 ms linger)'
     )
     print(f"snapshot ratio snapshot / COPY: {snapshot['ratio']:.2f}")
+    for size in modes:
+        exported, chunked = size["exported"], size["chunked"]
+        print(
+            f"snapshot modes, {size['rows']:,} rows, 1 reader: exported "
+            f"{exported['rows_per_s']:,} rows/s holding one transaction "
+            f"{exported['longest_transaction_s']} s; chunked {chunked['rows_per_s']:,} rows/s, "
+            f"longest transaction {chunked['longest_transaction_s']} s"
+        )
     print(
         f"1M-row transaction: ratio replicator / pg_recvlogical {big['ratio']:.2f}, "
         f"{big['cpu_us_per_event']} µs CPU/event, peak RSS {big['peak_rss_mb']} MB"
