@@ -183,8 +183,6 @@ async def take_snapshot(
         "timestamp": int(time.time()),
         **extra,
     }
-    if chunked is not None:
-        await chunked.finish()
     try:
         await publisher.publish(
             contract.snapshot_meta_subject(schema, table, prefix),
@@ -193,7 +191,11 @@ async def take_snapshot(
         )
         await publisher.wait_acked()
     except PublishFailed as exc:
+        if chunked is not None:
+            await chunked.stop()  # every range is recorded: the next request publishes the meta
         raise SnapshotError(exc.reason, str(exc)) from exc
+    if chunked is not None:
+        await chunked.finish()
     log.info(
         "snapshot %s of %s.%s: %d rows in %d chunks at %s (%.1f s)",
         snapshot_id,
@@ -418,7 +420,12 @@ class _Chunked:
         await self.recorder.write(self._record())
 
     async def finish(self) -> None:
-        await self.recorder.write(self._record("done"))
+        """The meta is published: the record says done (if this fails, a later request finds
+        nothing more to read and publishes the meta again, which changes nothing)."""
+        try:
+            await self.recorder.write(self._record("done"))
+        except Exception as exc:
+            log.warning("snapshot %s: its last progress record: %s", self.snapshot_id, exc)
 
     async def mark(self, state: str) -> None:
         await self.recorder.write(self._record(state))
