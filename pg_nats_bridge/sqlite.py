@@ -73,6 +73,7 @@ class SqliteCopy:
         self._columns: dict[str, list[str]] = {}
         self._inserts: dict[tuple[str, tuple[str, ...]], str] = {}  # (table, columns) → SQL
         self._floats: dict[str, frozenset[str]] = {}
+        self._keys: dict[str, tuple[str, ...]] = {}  # primary keys, from the schemas
         self.applied = 0  # CDC changes applied since opened
 
     # -- state -------------------------------------------------------------------------------
@@ -179,6 +180,7 @@ class SqliteCopy:
         elif isinstance(item, SchemaChanged):
             self._put(f"schema:{item.table}", item.schema.document)
             self._floats.pop(item.table, None)
+            self._keys.pop(item.table, None)
             self._ensure_columns(item.table, item.schema.columns)
         elif isinstance(item, Oversized):
             self.db.execute(
@@ -202,6 +204,7 @@ class SqliteCopy:
         self._columns[item.table] = columns
         self._inserts = {k: sql for k, sql in self._inserts.items() if k[0] != item.table}
         self._floats.pop(item.table, None)
+        self._keys.pop(item.table, None)
         # Until Bootstrapped, the file holds no position: a copy interrupted mid-load starts over.
         self.db.execute("DELETE FROM _bridge_state WHERE name = 'follower'")
         self._put(f"schema:{item.table}", item.schema.document)
@@ -245,8 +248,10 @@ class SqliteCopy:
 
     def _key(self, table: str, row: Row) -> Row:
         """The primary key columns of `row` (a chunked snapshot's table has one)."""
-        schema = self.schema(table)
-        key = schema.primary_key if schema is not None else ()
+        key = self._keys.get(table)
+        if key is None:
+            schema = self.schema(table)
+            key = self._keys[table] = schema.primary_key if schema is not None else ()
         return {k: row.get(k) for k in key} if key else dict(row)
 
     def _update(self, item: Update) -> None:
