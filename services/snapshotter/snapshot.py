@@ -295,10 +295,14 @@ async def read_chunked_snapshot(
             primary_url=primary_url,
         )  # fmt: skip
         try:
-            repl, lsn, _ = await run_cancellable(export, canceller)
+            repl, lsn, snapshot_name = await run_cancellable(export, canceller)
         except Exception as exc:
             raise SnapshotError("postgres_unavailable", f"PostgreSQL: {str(exc).strip()}") from exc
-        await asyncio.to_thread(repl.close)  # only its consistent point was wanted
+        try:
+            exported = await _snapshot_text(database_url, snapshot_name)
+        finally:
+            await asyncio.to_thread(repl.close)  # only its consistent point was wanted
+        await _until_visible(catalog, exported, f"{schema}.{table}")
     if chunked is not None:
         await chunked.claim(str(lsn))
     read = ChunkedRead(
@@ -327,6 +331,57 @@ async def read_chunked_snapshot(
     if chunked is not None:
         extra["started"] = chunked.started
     return lsn, extra
+
+
+async def _snapshot_text(database_url: str, snapshot_name: str) -> str:
+    """The exported snapshot as `pg_snapshot` text (xmin:xmax:xip): what `lsn` holds."""
+    async with await postgres.connect_async(database_url) as conn:
+        await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+        await conn.set_read_only(True)
+        async with conn.transaction():
+            await conn.execute(
+                sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
+            )
+            cur = await conn.execute("SELECT pg_current_snapshot()::text")
+            (text,) = await cur.fetchone() or ("",)
+    return str(text)
+
+
+# Transactions the exported snapshot sees (their commits were decoded before `lsn`, so
+# consumers skip their events) that a snapshot taken now does not: still in the procarray,
+# waiting for a synchronous standby's answer, say. They are among the running ones now, or
+# at or above now's xmax (the xids up to the exported snapshot's xmax).
+_SEEN_BEFORE_VISIBLE = """
+WITH now AS (SELECT pg_current_snapshot() AS s)
+SELECT count(*) FROM (
+    SELECT pg_snapshot_xip(now.s) AS x FROM now
+    UNION
+    SELECT (pg_snapshot_xmax(now.s)::text::numeric + g)::text::xid8 FROM now,
+        generate_series(0, pg_snapshot_xmax(%(exported)s::pg_snapshot)::text::numeric
+            - pg_snapshot_xmax(now.s)::text::numeric - 1) AS g
+) AS candidates
+WHERE pg_visible_in_snapshot(x, %(exported)s::pg_snapshot)
+"""
+
+
+async def _until_visible(catalog: psycopg.AsyncConnection[Any], exported: str, what: str) -> None:
+    """Before the first range: until every transaction the consistent point counts as
+    committed is visible to a new snapshot (checked twice in a row, 50 ms apart); else a
+    range would miss its rows while consumers skip its changes."""
+    clear, started, next_log = 0, time.monotonic(), 5.0
+    while clear < 2:
+        cur = await catalog.execute(_SEEN_BEFORE_VISIBLE, {"exported": exported})
+        (hidden,) = await cur.fetchone() or (0,)
+        clear = clear + 1 if not hidden else 0
+        if hidden and time.monotonic() - started >= next_log:
+            next_log += 30
+            log.warning(
+                "the chunked snapshot of %s waits for %d committed transaction(s) to become "
+                "visible (a synchronous standby's answer?)",
+                what,
+                hidden,
+            )
+        await asyncio.sleep(0.05)
 
 
 class _Chunked:

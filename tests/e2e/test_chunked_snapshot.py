@@ -19,13 +19,15 @@ from typing import Any
 
 import httpx
 import nats
+import psycopg
 
 from pg_nats_bridge import CaughtUp, MemoryCopy, SqliteCopy, TableFollower
 from pg_nats_bridge.lsn import Lsn
 from pg_nats_bridge.sqlite import stored_value
+from services.snapshotter.snapshot import _until_visible
 from tests.e2e.conftest import BRIDGE, Service, slot_lag, stream_messages, wait_for
 from tests.e2e.test_consumers import Writer, bridge, make_tables, start_replica, table_rows
-from tests.harness.postgres import Database
+from tests.harness.postgres import Database, PostgresServer
 
 
 def grow_items(pg: Database) -> None:
@@ -334,3 +336,54 @@ def test_a_chunked_snapshot_publishes_what_the_publication_does_as_an_exported_o
         assert rows["chunked"] == rows["exported"], table
         assert len(rows["chunked"]) == count and set(rows["chunked"][0]) == columns, table
         assert table != "orders" or {r["region"] for r in rows["chunked"]} == {"eu"}
+
+
+def test_the_first_range_waits_for_a_commit_still_waiting_for_a_synchronous_standby() -> None:
+    """A transaction whose commit is written and decoded (the consistent point's snapshot sees
+    it, and consumers skip its changes) but which still waits for a synchronous standby's
+    answer is invisible to a new snapshot: a range read then would miss its rows. The wait
+    before the first range holds until it is visible. The consistent point's snapshot is
+    written out here as it would be (`xmin:xmax:` with the transaction below xmax): a slot
+    created while it waits would wait for it itself. (A server of its own:
+    synchronous_standby_names names a standby that never answers, hanging every commit.)"""
+    with PostgresServer.create() as server:
+        db = Database(server, "postgres")
+        db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        db.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+        db.execute("SELECT pg_reload_conf()")
+        waiting = threading.Thread(
+            target=lambda: psycopg.connect(db.url, autocommit=True).execute(
+                "INSERT INTO t VALUES (1)"
+            ),
+            daemon=True,
+        )
+        waiting.start()  # its commit is written, then waits for 'nobody'
+        wait_for(
+            lambda: (
+                db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+                == [(1,)]
+            ),
+            30,
+            "the commit to wait for the standby",
+        )
+        ((xid,),) = db.execute(
+            "SELECT backend_xid::text::bigint FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+        )
+        exported = f"{xid}:{xid + 1}:"  # the transaction committed, as decoding sees it
+
+        async def wait() -> float:
+            async with await psycopg.AsyncConnection.connect(db.url, autocommit=True) as conn:
+                started = time.monotonic()
+                await _until_visible(conn, exported, "public.t")
+                return time.monotonic() - started
+
+        def release() -> None:
+            time.sleep(2)
+            db.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            db.execute("SELECT pg_reload_conf()")  # the commit returns, visible
+
+        threading.Thread(target=release, daemon=True).start()
+        waited = asyncio.run(wait())
+        waiting.join(30)
+        assert waited >= 1.9, f"returned after {waited:.2f} s, before the commit was visible"
+        assert db.execute("SELECT id FROM t") == [(1,)]
