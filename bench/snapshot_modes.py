@@ -17,22 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-import httpx
 import nats
 import psycopg
 
-from bench.snapshot_vs_copy import copy_rate
-from tests.harness.nats import NatsServer
-from tests.harness.postgres import PostgresServer
-from tests.harness.processes import free_port
+from bench.snapshot_vs_copy import copy_rate, snapshot_stack
 
 OLDEST_TRANSACTION = (
     "SELECT coalesce(max(extract(epoch FROM now() - xact_start)), 0) FROM pg_stat_activity"
@@ -76,50 +69,13 @@ async def request(nats_url: str, mode: str) -> tuple[dict[str, Any], float]:
 
 
 def measure_size(rows: int) -> dict[str, Any]:
-    pg, ns = PostgresServer.create(), NatsServer.create()
-    proc = None
-    try:
-        url = pg.url()
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(
-                "CREATE TABLE bench (id int PRIMARY KEY, name text, amount numeric, ok bool,"
-                " at timestamptz)"
-            )
-            conn.execute(
-                "INSERT INTO bench SELECT g, 'name ' || g, g * 1.25, g %% 2 = 0, now()"
-                " FROM generate_series(1, %s) g",
-                (rows,),
-            )
-            conn.execute("VACUUM ANALYZE bench")
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-        env.update(
-            BRIDGE_DATABASE_URL=url,
-            BRIDGE_NATS_URL=ns.url,
-            BRIDGE_TABLE="bench",
-            BRIDGE_PORT=str(port),
-            BRIDGE_LOG_LEVEL="WARNING",
-        )
-        bridge = str(Path(sys.executable).parent / "bridge")
-        proc = subprocess.Popen(
-            [bridge, "snapshotter"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("snapshotter did not become healthy")
-            time.sleep(0.1)
+    with snapshot_stack(rows) as (url, nats_url, _):
         ceiling = copy_rate(url, rows)
         out: dict[str, Any] = {"rows": rows, "copy_rows_per_s": round(ceiling)}
         print(f"{rows:,} rows: COPY … TO STDOUT (ceiling) {ceiling:,.0f} rows/s", flush=True)
         for mode in ("exported", "chunked"):
             with LongestTransaction(url) as held:
-                meta, seconds = asyncio.run(request(ns.url, mode))
+                meta, seconds = asyncio.run(request(nats_url, mode))
             if "error" in meta:
                 raise SystemExit(f"{mode} snapshot failed: {meta['error']}")
             rate = rows / seconds
@@ -135,12 +91,6 @@ def measure_size(rows: int) -> dict[str, Any]:
                 f"{seconds:.1f} s); longest transaction held {held.longest:.2f} s",
                 flush=True,
             )
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(30)
-        pg.destroy()
-        ns.destroy()
     return out
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +48,10 @@ async def snapshot(url: str) -> tuple[dict[str, object], float]:
         await nc.close()
 
 
-def measure(rows: int) -> dict[str, Any]:
-    """Snapshot a `rows`-row table beside a plain COPY of it; the figures."""
-    args = argparse.Namespace(rows=rows)
+@contextlib.contextmanager
+def snapshot_stack(rows: int) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+    """A `rows`-row table `bench` (analyzed), NATS and a snapshotter serving it: (the
+    database URL, the NATS URL, the snapshotter's process)."""
     pg, ns = PostgresServer.create(), NatsServer.create()
     proc = None
     try:
@@ -61,7 +64,7 @@ def measure(rows: int) -> dict[str, Any]:
             conn.execute(
                 "INSERT INTO bench SELECT g, 'name ' || g, g * 1.25, g %% 2 = 0, now()"
                 " FROM generate_series(1, %s) g",
-                (args.rows,),
+                (rows,),
             )
             conn.execute("VACUUM ANALYZE bench")
         port = free_port()
@@ -87,23 +90,29 @@ def measure(rows: int) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise SystemExit("snapshotter did not become healthy")
             time.sleep(0.1)
-        ceiling = copy_rate(url, args.rows)
-        meta, seconds = asyncio.run(snapshot(ns.url))
-        rate = args.rows / seconds
-        peak_mb = peak_rss_mb(proc.pid)
-        print(f"snapshot table: {args.rows:,} rows, {meta['batch_count']} chunks")
-        print(f"COPY … TO STDOUT (ceiling): {ceiling:>10,.0f} rows/s")
-        print(
-            f"snapshot → JetStream INIT:  {rate:>10,.0f} rows/s  ({seconds:.2f} s; "
-            f"peak RSS {peak_mb:.0f} MB)"
-        )
-        print(f"ratio snapshot / COPY: {rate / ceiling:.2f}", flush=True)
+        yield url, ns.url, proc
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(30)
         pg.destroy()
         ns.destroy()
+
+
+def measure(rows: int) -> dict[str, Any]:
+    """Snapshot a `rows`-row table beside a plain COPY of it; the figures."""
+    with snapshot_stack(rows) as (url, nats_url, proc):
+        ceiling = copy_rate(url, rows)
+        meta, seconds = asyncio.run(snapshot(nats_url))
+        rate = rows / seconds
+        peak_mb = peak_rss_mb(proc.pid)
+        print(f"snapshot table: {rows:,} rows, {meta['batch_count']} chunks")
+        print(f"COPY … TO STDOUT (ceiling): {ceiling:>10,.0f} rows/s")
+        print(
+            f"snapshot → JetStream INIT:  {rate:>10,.0f} rows/s  ({seconds:.2f} s; "
+            f"peak RSS {peak_mb:.0f} MB)"
+        )
+        print(f"ratio snapshot / COPY: {rate / ceiling:.2f}", flush=True)
     return {
         "rows": rows,
         "copy_rows_per_s": round(ceiling),

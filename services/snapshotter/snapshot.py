@@ -70,6 +70,7 @@ from shared.consistent_read import (
 )
 from shared.lsn import Lsn
 from shared.pg_cancel import QueryCanceller, run_cancellable
+from shared.postgres import ReplicationConnection
 from shared.wire import pack
 
 log = logging.getLogger(__name__)
@@ -209,6 +210,21 @@ async def take_snapshot(
     return meta
 
 
+async def _export(
+    database_url: str, what: str, primary_url: str | None, canceller: QueryCanceller
+) -> tuple[ReplicationConnection, Lsn, str]:
+    """A temporary slot with an exported snapshot (shared/consistent_read.py), in a thread
+    that `canceller` can stop; a failure is PostgreSQL's."""
+    export = functools.partial(
+        export_snapshot, database_url, f"bridge_snap_{secrets.token_hex(6)}",
+        canceller=canceller, what=what, primary_url=primary_url,
+    )  # fmt: skip
+    try:
+        return await run_cancellable(export, canceller)
+    except Exception as exc:
+        raise SnapshotError("postgres_unavailable", f"PostgreSQL: {str(exc).strip()}") from exc
+
+
 async def _export_and_read(
     catalog: psycopg.AsyncConnection[Any],
     database_url: str,
@@ -225,16 +241,10 @@ async def _export_and_read(
     regclass = sql.Identifier(schema, table).as_string(catalog)
     for _ in range(_ATTEMPTS):
         before = await storage_async(catalog, regclass)
-        slot = f"bridge_snap_{secrets.token_hex(6)}"
         canceller = QueryCanceller()
-        export = functools.partial(
-            export_snapshot, database_url, slot, canceller=canceller,
-            what=f"the snapshot of {schema}.{table}", primary_url=primary_url,
-        )  # fmt: skip
-        try:
-            repl, lsn, snapshot_name = await run_cancellable(export, canceller)
-        except Exception as exc:
-            raise SnapshotError("postgres_unavailable", f"PostgreSQL: {str(exc).strip()}") from exc
+        repl, lsn, snapshot_name = await _export(
+            database_url, f"the snapshot of {schema}.{table}", primary_url, canceller
+        )
 
         async def unchanged(before: list[Any] = before) -> bool:
             return await storage_async(catalog, regclass) == before
@@ -289,15 +299,9 @@ async def read_chunked_snapshot(
     if chunked is not None and chunked.previous is not None:
         lsn = Lsn.parse(chunked.previous.lsn)
     else:
-        export = functools.partial(
-            export_snapshot, database_url, f"bridge_snap_{secrets.token_hex(6)}",
-            canceller=canceller, what=f"the chunked snapshot of {schema}.{table}",
-            primary_url=primary_url,
-        )  # fmt: skip
-        try:
-            repl, lsn, snapshot_name = await run_cancellable(export, canceller)
-        except Exception as exc:
-            raise SnapshotError("postgres_unavailable", f"PostgreSQL: {str(exc).strip()}") from exc
+        repl, lsn, snapshot_name = await _export(
+            database_url, f"the chunked snapshot of {schema}.{table}", primary_url, canceller
+        )
         try:
             exported = await _snapshot_text(database_url, snapshot_name)
         finally:
