@@ -403,7 +403,7 @@ class TableFollower:
 
         reply_sub = await self.nc.subscribe(inbox, cb=replies.put)
         chunk_sub = await self.nc.subscribe(contract.snapshot_chunks_filter(token), cb=on_chunk)
-        waits = 0
+        waits = failures = 0
         try:
             while True:
                 await self.nc.publish(
@@ -428,7 +428,9 @@ class TableFollower:
                         return dict(json.loads(msg.data))
                     if reply.reason in contract.PERMANENT_REFUSALS:
                         raise FollowError(f"snapshot of {table} refused: {reply.error}")
-                    log.warning("snapshot of %s failed: %s; asking again", table, reply.error)
+                    failures += 1  # said once a minute at most while it lasts (a pause)
+                    say = log.warning if failures % 12 == 1 else log.debug
+                    say("snapshot of %s failed: %s; asking again", table, reply.error)
                     break
                 else:
                     log.warning(
