@@ -73,13 +73,15 @@ class PrimaryAndStandby:
             return cur.fetchall() if cur.description else []
 
     def promote(self) -> None:
-        """Promote the standby, then do what an operator's runbook does next: the new primary
-        inherited `synchronized_standby_slots` (pg_basebackup copied postgresql.auto.conf),
-        naming a physical slot it does not have, and would hold logical decoding back for it;
-        with no new standby yet, the setting is cleared."""
-        self.on_standby("SELECT pg_promote(true, 60)")
+        """Promote the standby, having done first what an operator's runbook does: the
+        standby inherited `synchronized_standby_slots` (pg_basebackup copied
+        postgresql.auto.conf), naming a physical slot it does not have, and as a primary
+        would hold logical decoding back for it; with no new standby yet, the setting is
+        cleared, before the promotion (after it, a replicator that connects at once would
+        find it still set)."""
         self.on_standby("ALTER SYSTEM RESET synchronized_standby_slots")
         self.on_standby("SELECT pg_reload_conf()")
+        self.on_standby("SELECT pg_promote(true, 60)")
 
     def destroy(self) -> None:
         for server in (self.standby, self.primary):
