@@ -53,13 +53,12 @@ class MemoryCopy:
 
     def apply_all(self, items: Iterable[Item]) -> None:
         """`apply` each, in order (`TableFollower.batches` hands out such lists)."""
+        add, apply = self._add, self.apply
         for item in items:
             if type(item) is Insert:  # most of a backlog: the shortest way
-                row = item.row
-                key = self.schemas[item.table].primary_key
-                self._rows[item.table][tuple([row[k] for k in key]) if key else id(row)] = row
+                add(item.table, item.row)
             else:
-                self.apply(item)
+                apply(item)
 
     def apply(self, item: Item) -> None:
         if isinstance(item, Reset):

@@ -255,11 +255,11 @@ class SqliteCopy:
         return {k: row.get(k) for k in key} if key else dict(row)
 
     def _update(self, item: Update) -> None:
-        if item.replay:
-            self._replay_update(item)
-            return
         names = [c for c in item.row if c not in item.keep]
         self._ensure_columns(item.table, names)
+        if item.replay:
+            self._replay_update(item, names)
+            return
         if self._set(item.table, item.match, item.row, names) == 0:
             # The copy diverged (it was changed by hand, or a change was lost upstream): say
             # so, keep the new row when it is complete, and let `bridge verify` show the rest.
@@ -272,11 +272,9 @@ class SqliteCopy:
             if not item.keep:
                 self._insert_many(item.table, [item.row])
 
-    def _replay_update(self, item: Update) -> None:
+    def _replay_update(self, item: Update, names: list[str]) -> None:
         """An update in a chunked snapshot's replay window (see Insert's `replay`): the copy
         may hold it already, even at the key it moves the row to, or lack the row."""
-        names = [c for c in item.row if c not in item.keep]
-        self._ensure_columns(item.table, names)
         moved_to = self._key(item.table, item.row)
         if self._has(item.table, item.match):
             if moved_to != item.match:

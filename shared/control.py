@@ -46,7 +46,8 @@ def refusal(headers: dict[str, str] | None, token: SecretStr | None) -> str | No
 
 
 class ControlEndpoint:
-    """The shutdown request handler of one service; `handle` is the subscription callback."""
+    """The shutdown request handler of one service; `handle` is the subscription callback, and
+    `authorized` the token check any other control request of the service goes through."""
 
     def __init__(
         self,
@@ -61,15 +62,21 @@ class ControlEndpoint:
         self.log = log
         self.refusals = ThrottledLog(log)
 
-    async def handle(self, msg: Any) -> None:
+    async def authorized(self, msg: Any) -> bool:
+        """Whether `msg` carries the token; if not, it is answered, logged and counted."""
         problem = refusal(msg.headers, self.token)
-        if problem is not None:
-            self.on_refused()
-            self.refusals.warning(
-                "refused", "refused a control request on %s: %s", msg.subject, problem
-            )
-            if msg.reply:
-                await msg.respond(to_json({"error": problem, "reason": "unauthorized"}))
+        if problem is None:
+            return True
+        self.on_refused()
+        self.refusals.warning(
+            "refused", "refused a control request on %s: %s", msg.subject, problem
+        )
+        if msg.reply:
+            await msg.respond(to_json({"error": problem, "reason": "unauthorized"}))
+        return False
+
+    async def handle(self, msg: Any) -> None:
+        if not await self.authorized(msg):
             return
         self.log.info("shutdown requested on %s", msg.subject)
         if msg.reply:

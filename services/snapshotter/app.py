@@ -36,7 +36,7 @@ from services.snapshotter.schema import MissingTableError, SchemaWatcher
 from services.snapshotter.settings import SnapshotterSettings
 from services.snapshotter.snapshot import SnapshotOptions, take_snapshot
 from shared import pg_errors, postgres
-from shared.control import ControlEndpoint, refusal
+from shared.control import ControlEndpoint
 from shared.http_endpoint import serve
 from shared.log_throttle import ThrottledLog
 from shared.nats_connection import NatsRefused, broker_security, connect, servers
@@ -72,6 +72,24 @@ class Snapshotter:
         self.progress: dict[tuple[str, str], SnapshotProgress] = {}  # by running snapshot
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.operators: dict[tuple[str, str], Operator] = {}  # by running snapshot
+        self.control = ControlEndpoint(
+            settings.control_token,
+            lambda: self.on_shutdown_request(),  # set by the runner after this
+            log,
+            on_refused=metrics.control_refused.inc,
+        )
+
+    def options(
+        self, chunk_size: int | None = None, mode: str | None = None, fresh: bool = False
+    ) -> SnapshotOptions:
+        """A snapshot's options: a request's own, the settings for the rest."""
+        return SnapshotOptions(
+            chunk_size or self.settings.chunk_size,
+            mode or "exported",
+            self.settings.snapshot_transaction_seconds,
+            self.settings.snapshot_takeover_seconds,
+            fresh,
+        )
 
     def by_token(self) -> dict[str, tuple[str, str]]:
         """The configured tables by subject token, under their current names (a rename is
@@ -105,12 +123,7 @@ class Snapshotter:
         await provision(self.js, self.settings)
         await self.nc.subscribe(
             contract.control_subject("snapshotter", prefix=self.settings.control_prefix),
-            cb=ControlEndpoint(
-                self.settings.control_token,
-                self.on_shutdown_request,
-                log,
-                on_refused=metrics.control_refused.inc,
-            ).handle,
+            cb=self.control.handle,
         )
         await self.nc.subscribe(
             contract.control_subject(
@@ -186,7 +199,7 @@ class Snapshotter:
             except NotFoundError:
                 pass
             try:
-                meta = await self.snapshot(schema, table, SnapshotOptions(self.settings.chunk_size))
+                meta = await self.snapshot(schema, table, self.options())
                 log.info("start-up snapshot of %s.%s: %s", schema, table, meta["snapshot_id"])
             except SnapshotError as exc:
                 if exc.reason == "shutting_down":
@@ -202,12 +215,7 @@ class Snapshotter:
         answers (the one reading the snapshot pauses or cancels it after its current range;
         any one marks a paused snapshot resumable and continues it, or cancels one nobody
         reads), the others stay silent."""
-        problem = refusal(msg.headers, self.settings.control_token)
-        if problem is not None:
-            metrics.control_refused.inc()
-            self.refusals.warning("control", "refused a snapshot control request: %s", problem)
-            if msg.reply:
-                await msg.respond(to_json({"error": problem, "reason": "unauthorized"}))
+        if not await self.control.authorized(msg):
             return
         try:
             body = json.loads(msg.data[: contract.MAX_REQUEST_BYTES + 1] or b"{}")
@@ -252,12 +260,7 @@ class Snapshotter:
             log.warning(
                 "the chunked snapshot %s of %s.%s resumed", record.snapshot_id, schema, table
             )
-            options = SnapshotOptions(
-                self.settings.chunk_size,
-                "chunked",
-                self.settings.snapshot_transaction_seconds,
-                self.settings.snapshot_takeover_seconds,
-            )
+            options = self.options(mode="chunked")
             self.tasks.append(asyncio.create_task(self._continue(schema, table, options)))
             return {"status": "resumed", "snapshot_id": record.snapshot_id}
         if action == "cancel":
@@ -301,13 +304,7 @@ class Snapshotter:
                     f"{self.waiting} snapshot requests are waiting on this snapshotter; "
                     "ask again later",
                 )
-            options = SnapshotOptions(
-                request.chunk_size or self.settings.chunk_size,
-                request.mode or "exported",
-                self.settings.snapshot_transaction_seconds,
-                self.settings.snapshot_takeover_seconds,
-                bool(request.fresh),
-            )
+            options = self.options(request.chunk_size, request.mode, bool(request.fresh))
             self.waiting += 1
             try:
                 running = self.running.get((schema, table))

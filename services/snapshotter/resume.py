@@ -9,14 +9,13 @@ ask again); older, its reader died, and this request continues it from the recor
 the same id and consistent point, after removing the chunks published after the last record
 (their range was not recorded, so it is read again). Nothing recorded is read or sent again.
 
-Before recording a range, the reader checks the last record is still its own: one that stalled
-longer than `takeover_seconds` (a lock wait) and finds its snapshot continued by another stops
-instead of writing over it.
+Each record expects the sequence of the one before it on the subject: a reader whose snapshot
+another continued meanwhile (it stalled longer than `takeover_seconds`) has its next record
+refused and stops, instead of writing over the other's.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,9 +26,6 @@ from nats.js.errors import APIError, NotFoundError
 from pg_nats_bridge import contract
 from services.snapshotter.errors import SnapshotError
 from shared.wire import pack, unpack
-
-log = logging.getLogger(__name__)
-
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-last-sequence
 
@@ -48,7 +44,7 @@ class ChunkedProgress:
     owner: str  # the snapshotter process reading it
     updated: float  # unix time of this record
     started: int  # unix time the snapshot began
-    state: str = "running"  # or "done"
+    state: str = "running"  # or stopped (after an error), paused, cancelled, done
 
     def payload(self) -> bytes:
         return pack({**asdict(self), "after": list(self.after) if self.after else None})

@@ -404,7 +404,10 @@ class _Chunked:
         self.started = previous.started if previous else int(time.time())
         self.progress = progress
         self.lsn = previous.lsn if previous else ""
-        self.last: RangeDone | None = None
+        # Read through (the key, the next chunk's number, the rows): a record's fields.
+        self.after = previous.after if previous else None
+        self.next_chunk = previous.next_chunk if previous else 0
+        self.row_count = previous.row_count if previous else 0
         self.attempt = f"r{secrets.token_hex(3)}"  # this continuation's, in its chunks' Msg-Ids
 
     @classmethod
@@ -456,13 +459,12 @@ class _Chunked:
         return cls(Recorder(js, token, prefix, seq), previous, owner, progress)
 
     def _record(self, state: str = "running") -> ChunkedProgress:
-        last, previous = self.last, self.previous
         return ChunkedProgress(
             snapshot_id=self.snapshot_id,
             lsn=self.lsn,
-            after=last.after if last else (previous.after if previous else None),
-            next_chunk=last.next_chunk if last else (previous.next_chunk if previous else 0),
-            row_count=last.row_count if last else (previous.row_count if previous else 0),
+            after=self.after,
+            next_chunk=self.next_chunk,
+            row_count=self.row_count,
             owner=self.owner,
             updated=time.time(),
             started=self.started,
@@ -475,7 +477,7 @@ class _Chunked:
         await self.recorder.write(self._record())
 
     async def record(self, done: RangeDone) -> None:
-        self.last = done
+        self.after, self.next_chunk, self.row_count = done.after, done.next_chunk, done.row_count
         await self.recorder.write(self._record())
 
     async def finish(self) -> None:
