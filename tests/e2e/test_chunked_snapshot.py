@@ -10,6 +10,7 @@ cut to about 20 ms each, so that the read spans many transactions with writes be
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import threading
 import time
@@ -387,3 +388,51 @@ def test_the_first_range_waits_for_a_commit_still_waiting_for_a_synchronous_stan
         waiting.join(30)
         assert waited >= 1.9, f"returned after {waited:.2f} s, before the commit was visible"
         assert db.execute("SELECT id FROM t") == [(1,)]
+
+
+def test_snapshot_control_requests_that_are_not_one_get_a_clear_answer(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    """Anyone on the account can publish on the control subject: without the token, or with a
+    body that is no request (too long, too deep, wrong types, an unknown table), each gets its
+    answer, a thousand at once too, and the snapshotter stays healthy."""
+    pg.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    snapshotter = services(
+        "snapshotter", pg, nats_url, table="t", control_token="s3cret-control"
+    ).wait_healthy()
+    subject = "bridge.control.snapshotter.snapshot"
+    token = {"Authorization": "Bearer s3cret-control"}
+
+    async def ask(body: bytes, headers: dict[str, str] | None) -> dict[str, Any]:
+        nc = await nats.connect(nats_url)
+        try:
+            reply = await nc.request(subject, body, timeout=10, headers=headers)
+            answer: dict[str, Any] = json.loads(reply.data)
+            return answer
+        finally:
+            await nc.close()
+
+    assert asyncio.run(ask(b'{"action": "pause", "table": "t"}', None))["reason"] == "unauthorized"
+    for body in (
+        b"x" * 100_000,
+        b"[" * 100_000,
+        b'{"action": 5, "table": "t"}',
+        b'{"action": "pause", "table": ["t"]}',
+        b'{"action": "pause", "table": "nope"}',
+        b'{"action": "drop", "table": "t"}',
+        b"\xff\xfe",
+    ):
+        assert asyncio.run(ask(body, token))["reason"] == "bad_request", body[:40]
+
+    async def flood() -> list[dict[str, Any]]:
+        nc = await nats.connect(nats_url)
+        try:
+            replies = await asyncio.gather(
+                *(nc.request(subject, b"{}", timeout=30) for _ in range(1000))
+            )
+            return [json.loads(r.data) for r in replies]
+        finally:
+            await nc.close()
+
+    assert {a["reason"] for a in asyncio.run(flood())} == {"unauthorized"}
+    assert snapshotter.health() == 200
