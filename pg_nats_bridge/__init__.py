@@ -7,6 +7,8 @@ other installed packages.
 """
 
 from pg_nats_bridge.changes import (
+    Backfilled,
+    BackfillRows,
     Bootstrapped,
     CaughtUp,
     Change,
@@ -27,6 +29,8 @@ from pg_nats_bridge.memory import MemoryCopy
 from pg_nats_bridge.sqlite import SqliteCopy
 
 __all__ = [
+    "BackfillRows",
+    "Backfilled",
     "Bootstrapped",
     "CaughtUp",
     "Change",

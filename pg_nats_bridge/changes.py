@@ -81,6 +81,26 @@ class Rows:
 
 
 @dataclass(slots=True)
+class BackfillRows:
+    """A chunk of a partial backfill asked with `TableFollower.backfill`: rows of a live copy
+    to replace (delete the row with each one's key, insert it). Changes after them come with
+    `replay` until the backfill's window closes (docs/wire-format.md, "Partial backfills")."""
+
+    table: str
+    rows: list[Row]
+
+
+@dataclass(slots=True)
+class Backfilled:
+    """Every row of the backfill `snapshot` (its meta) is handed out: store `state` with
+    them."""
+
+    table: str
+    snapshot: dict[str, Any]
+    state: dict[str, Any]
+
+
+@dataclass(slots=True)
 class Bootstrapped:
     """Every table's snapshot is loaded; CDC changes follow. Store `state` with the rows."""
 
@@ -166,6 +186,16 @@ class CaughtUp:
 
 
 Change = (
-    Reset | Rows | Bootstrapped | Insert | Update | Delete | Truncate | SchemaChanged | Oversized
+    Reset
+    | Rows
+    | Bootstrapped
+    | BackfillRows
+    | Backfilled
+    | Insert
+    | Update
+    | Delete
+    | Truncate
+    | SchemaChanged
+    | Oversized
 )
 Item = Change | CaughtUp

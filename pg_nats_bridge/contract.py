@@ -10,7 +10,14 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pg_nats_bridge.lsn import Lsn
 from pg_nats_bridge.names import (
@@ -95,6 +102,12 @@ def meta_subject_of_token(token: str) -> str:
     return f"{INIT}.meta.{token}"
 
 
+def backfill_meta_subject(schema: str, table: str, prefix: str = INIT) -> str:
+    """A partial backfill's meta: never on the meta subject, which bootstrapping consumers
+    read as the table's last complete snapshot."""
+    return f"{prefix}.backfill.{table_token(schema, table)}"
+
+
 def snapshot_request_subject(token: str, prefix: str = SNAPSHOT_PREFIX) -> str:
     return f"{prefix}.{token}"
 
@@ -169,8 +182,10 @@ def schema_msg_id(token: str, revision: int) -> str:
 
 MAX_CHUNK_SIZE = 10_000
 MAX_REQUEST_BYTES = 4096
-"""A request's body is `{"chunk_size": 10000, "mode": "chunked"}` at most; anything this long
-is not a request."""
+"""A request's body is `{"chunk_size": 10000, "mode": "chunked"}` and a few conditions at most;
+anything this long is not a request."""
+MAX_CONDITIONS = 8
+MAX_CONDITION_VALUE = 256  # characters of a condition's value
 
 REFUSALS = frozenset(
     {
@@ -213,6 +228,7 @@ class SnapshotMeta(BaseModel):
     joined: bool = False
     mode: Literal["exported", "chunked"] = "exported"
     replay_until: str | None = None  # chunked: replay CDC idempotently below this LSN
+    partial: bool = False  # a backfill of the rows matching `where`, not the whole table
     resumed: bool = False  # chunked: continued after its first reader stopped
     started: int | None = None  # chunked: unix time the snapshot began
 
@@ -250,6 +266,42 @@ def read_snapshot_reply(data: bytes) -> SnapshotMeta | SnapshotRefusal:
         raise ValueError(f"not a snapshot reply ({exc.error_count()} problems)") from None
 
 
+CONDITION_OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "is null", "is not null")
+
+
+class Condition(BaseModel):
+    """One condition of a partial backfill: `column op value`, ANDed with the others. The value
+    reaches PostgreSQL as a bound parameter and is read as the column's type there."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    column: str = Field(min_length=1, max_length=63)
+    op: Literal["=", "!=", "<", "<=", ">", ">=", "is null", "is not null"]
+    value: str | int | float | bool | None = None
+
+    @field_validator("value")
+    @classmethod
+    def _short(cls, value: object) -> object:
+        if isinstance(value, str) and len(value) > MAX_CONDITION_VALUE:
+            raise ValueError(f"at most {MAX_CONDITION_VALUE} characters")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+            raise ValueError("out of the 64-bit range (send it as a string)")
+        return value
+
+    @model_validator(mode="after")
+    def _value_for_op(self) -> Condition:
+        if self.op in ("is null", "is not null"):
+            if self.value is not None:
+                raise ValueError(f"{self.op!r} takes no value")
+        elif self.value is None:
+            raise ValueError(f"{self.op!r} needs a value (for NULL use 'is null')")
+        return self
+
+    def describe(self) -> str:
+        shown = "" if self.value is None else f" {self.value!r}"
+        return f"{self.column} {self.op}{shown}"
+
+
 class SnapshotRequest(BaseModel):
     """The options a snapshot request may carry; an empty body asks for the defaults."""
 
@@ -266,4 +318,11 @@ class SnapshotRequest(BaseModel):
     fresh: bool | None = Field(
         None,
         description="chunked: start a new snapshot rather than continue an unfinished one",
+    )
+    where: list[Condition] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_CONDITIONS,
+        description="a partial backfill: only the rows matching every condition, e.g. "
+        '`[{"column": "updated_at", "op": ">=", "value": "2026-01-01"}]` (docs/wire-format.md)',
     )

@@ -40,6 +40,8 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from pg_nats_bridge import contract
 from pg_nats_bridge.changes import (
+    Backfilled,
+    BackfillRows,
     Bootstrapped,
     CaughtUp,
     Delete,
@@ -68,6 +70,17 @@ class FollowError(RuntimeError):
 
 class _Rebootstrap(Exception):
     """The stream no longer holds what the copy needs next; the message says why."""
+
+
+class _Backfill(Exception):
+    """A backfill was asked for: following stops at the position handed out so far."""
+
+
+@dataclass
+class _BackfillRequest:
+    table: str
+    body: dict[str, Any]
+    done: asyncio.Future[dict[str, Any]]
 
 
 class _ChunksMissing(Exception):
@@ -163,6 +176,8 @@ class TableFollower:
         # grow along the stream, so later events of these tables need no comparison.
         self._past_snapshot: set[str] = set()
         self._routes: dict[bytes, tuple[str, bool]] = {}  # subject → what _route says
+        self._backfills: list[_BackfillRequest] = []
+        self._last_commit_lsn: str | None = None  # of the last change handed out
 
     # -- the position ------------------------------------------------------------------------
 
@@ -205,6 +220,77 @@ class TableFollower:
                 f"{info.state.first_seq}): retention removed changes the copy has not applied"
             )
         return None
+
+    def backfill(
+        self, table: str, where: Sequence[dict[str, Any]], *, mode: str | None = None
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Re-read the rows of `table` matching `where` (conditions as in a snapshot request,
+        e.g. `[{"column": "updated_at", "op": ">=", "value": "2026-01-01"}]`) into the copy
+        while it follows: the follower stops at the position handed out so far, asks for the
+        backfill, hands out its rows as `BackfillRows` and `Backfilled`, then goes on from that
+        position, replaying changes until the backfill's window closes (docs/wire-format.md,
+        "Partial backfills"). The future is the backfill's meta once handed out, or the
+        refusal (`FollowError`)."""
+        name = ".".join(parse_table_name(table))
+        if name not in self.tables:
+            raise FollowError(f"{table} is not one of the followed tables ({self.tables})")
+        conditions = [contract.Condition.model_validate(c).model_dump() for c in where]
+        body: dict[str, Any] = {"where": conditions, "mode": mode or self.snapshot_mode}
+        if self.chunk_size:
+            body["chunk_size"] = self.chunk_size
+        done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._backfills.append(_BackfillRequest(name, {k: v for k, v in body.items() if v}, done))
+        return done
+
+    async def _backfill(self) -> AsyncIterator[Item]:
+        """The asked backfills, each into the copy at the position handed out so far. Its
+        snapshot is taken after the request, so its consistent point is at or past every change
+        handed out: its rows are as new as the copy's or newer, and replaying the changes from
+        here to the end of its window brings every row to its state there."""
+        while self._backfills:
+            request = self._backfills.pop(0)
+            if request.done.done():  # cancelled by its asker
+                continue
+            table = request.table
+            try:
+                if not self._schemas[table].primary_key:
+                    raise FollowError(
+                        f"{table} has no primary key: a backfill's rows cannot replace the "
+                        "copy's; re-bootstrap the copy instead"
+                    )
+                meta = await self._request_snapshot(table, request.body)
+                if self._last_commit_lsn and Lsn.parse(meta["lsn"]) < Lsn.parse(
+                    self._last_commit_lsn
+                ):  # the snapshotter reads a server behind the one decoded (a standby)
+                    raise FollowError(
+                        f"backfill {meta['snapshot_id']} of {table} was read at {meta['lsn']}, "
+                        f"before changes the copy holds ({self._last_commit_lsn}): its server "
+                        "lags the replicator's; ask again"
+                    )
+            except FollowError as exc:
+                request.done.set_exception(exc)
+                log.warning("backfill of %s: %s", table, exc)
+                continue
+            until = Lsn.parse(meta.get("replay_until") or meta["lsn"])
+            self._replay_until[table] = max(until, self._replay_until.get(table, until))
+            try:
+                async for rows in self._chunks(table, meta):
+                    yield BackfillRows(table, rows)
+            except BaseException:
+                # Asked again once following resumes: a new backfill's rows replace these,
+                # and the replay from this position covers both windows.
+                self._backfills.insert(0, request)
+                raise
+            log.info(
+                "%s: backfill %s loaded (%d rows where %s, lsn %s)",
+                table,
+                meta["snapshot_id"],
+                meta["row_count"],
+                " and ".join(contract.Condition(**c).describe() for c in meta.get("where", ())),
+                meta["lsn"],
+            )
+            yield Backfilled(table, meta, self.state)
+            request.done.set_result(meta)
 
     # -- the items ---------------------------------------------------------------------------
 
@@ -260,6 +346,10 @@ class TableFollower:
             except _Rebootstrap as exc:
                 log.warning("re-bootstrapping %s: %s", ", ".join(self.tables), exc)
                 self._stored = None
+            except _Backfill:
+                async for item in self._backfill():
+                    yield _Batch([item], None)
+                self._stored = self.state  # following goes on from where it stopped
             except (TimeoutError, nats.errors.Error, _ChunksMissing, _NoSchemaDocument) as exc:
                 attempt += 1
                 delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
@@ -388,12 +478,16 @@ class TableFollower:
             return None  # not the bridge's event: nothing proves it
         return info.state.first_seq
 
-    async def _request_snapshot(self, table: str) -> dict[str, Any]:
+    async def _request_snapshot(
+        self, table: str, request: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Ask the snapshotters, and ask again when the one working on it stops publishing
         chunks for `snapshot_stall_seconds` (it died) or nobody answers yet."""
         token = self.tokens[table]
-        options = {"chunk_size": self.chunk_size, "mode": self.snapshot_mode}
-        body = json.dumps({k: v for k, v in options.items() if v}).encode()
+        if request is None:
+            options = {"chunk_size": self.chunk_size, "mode": self.snapshot_mode}
+            request = {k: v for k, v in options.items() if v}
+        body = json.dumps(request).encode()
         inbox = self.nc.new_inbox()
         replies: asyncio.Queue[Any] = asyncio.Queue()
         progress = {"at": time.monotonic()}
@@ -533,6 +627,8 @@ class TableFollower:
         unchecked = False  # a request went out since the last read of the stream's state
         try:
             while True:
+                if self._backfills:
+                    raise _Backfill
                 if puller.wants_request() and self.pending > puller.outstanding * puller.batch:
                     # These requests are filled entirely whatever the stream holds: no marker
                     # to wait for (its answer queues behind the messages already sent).
@@ -584,6 +680,11 @@ class TableFollower:
                     seq = stream_seq
                     if item is not None:
                         items.append(item)
+                for item in reversed(items):
+                    lsn = getattr(item, "commit_lsn", None)
+                    if lsn is not None:
+                        self._last_commit_lsn = lsn
+                        break
                 if arrived:
                     yield _Batch(items, seq)
         finally:

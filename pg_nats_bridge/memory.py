@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pg_nats_bridge.changes import (
+    BackfillRows,
     Delete,
     Insert,
     Item,
@@ -64,7 +65,7 @@ class MemoryCopy:
         if isinstance(item, Reset):
             self._rows[item.table] = {}
             self.schemas[item.table] = item.schema
-        elif isinstance(item, Rows):
+        elif isinstance(item, Rows | BackfillRows):  # a backfill's replace theirs by key
             for row in item.rows:
                 self._add(item.table, row)
         elif isinstance(item, Insert):

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from pg_nats_bridge.changes import (
+    Backfilled,
+    BackfillRows,
     Bootstrapped,
     CaughtUp,
     Delete,
@@ -161,6 +163,10 @@ class SqliteCopy:
     def apply(self, item: Item) -> None:
         if isinstance(item, Rows):
             self._insert_many(item.table, item.rows)
+        elif isinstance(item, BackfillRows):
+            for row in item.rows:
+                self._delete(item.table, self._key(item.table, row))
+            self._insert_many(item.table, item.rows)
         elif isinstance(item, Insert):
             if item.replay:  # the copy may hold it already (docs/wire-format.md)
                 self._delete(item.table, self._key(item.table, item.row))
@@ -187,6 +193,9 @@ class SqliteCopy:
                 "INSERT INTO _bridge_oversized VALUES (?, ?, ?)",
                 (item.table, item.seq, json.dumps(item.marker, default=repr)),
             )
+        elif isinstance(item, Backfilled):
+            self._put(f"backfill:{item.table}", item.snapshot)
+            self.commit(item.state)
         elif isinstance(item, Bootstrapped | CaughtUp):
             self.commit(item.state)
 

@@ -73,16 +73,26 @@ def export_snapshot(
 
 
 def copy_query(
-    table: sql.Identifier, names: list[str], key: list[str], row_filter: str | None
+    table: sql.Identifier,
+    names: list[str],
+    key: list[str],
+    row_filter: str | None,
+    condition: sql.Composable | None = None,
 ) -> sql.Composed:
     """`COPY (SELECT <published columns> FROM t WHERE (<row filter>) ORDER BY <key>)`.
 
     The row filter is the publication's own expression as PostgreSQL deparsed it from its
     catalog (shared/published.py), not text from any request or setting, and it must be evaluated
     under the search path it was deparsed with (`published.PINNED_SEARCH_PATH`, which
-    `snapshot_transaction` sets)."""
+    `snapshot_transaction` sets). `condition`: a partial backfill's, built from identifiers
+    and bound values (services/snapshotter/conditions.py)."""
     order = sql.SQL(", ").join(map(sql.Identifier, key))
-    where = sql.SQL(" WHERE ({})").format(sql.SQL(row_filter)) if row_filter else sql.SQL("")  # type: ignore[arg-type]
+    parts: list[sql.Composable] = []
+    if row_filter:
+        parts.append(sql.SQL("({})").format(sql.SQL(row_filter)))  # type: ignore[arg-type]
+    if condition is not None:
+        parts.append(condition)
+    where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(parts) if parts else sql.SQL("")
     return sql.SQL("COPY (SELECT {} FROM {}{}{}) TO STDOUT").format(
         sql.SQL(", ").join(map(sql.Identifier, names)),
         table,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from pg_nats_bridge import contract
+from pg_nats_bridge.contract import Condition
 from services.snapshotter import metrics
 from services.snapshotter.chunked import Operator
 from services.snapshotter.errors import SnapshotError, init_stream_missing
@@ -49,6 +51,9 @@ log = logging.getLogger("bridge.snapshotter")
 
 # Requests one snapshotter lets wait for a snapshot before it answers `busy`.
 MAX_WAITING_REQUESTS = 1024
+# Partial backfills one snapshotter runs or queues at once: each reads on its own (a backfill
+# joins no other snapshot), so unlike full snapshots a flood of them would not collapse.
+MAX_BACKFILLS = 8
 
 
 class Snapshotter:
@@ -72,6 +77,7 @@ class Snapshotter:
         self.progress: dict[tuple[str, str], SnapshotProgress] = {}  # by running snapshot
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.operators: dict[tuple[str, str], Operator] = {}  # by running snapshot
+        self.backfills = itertools.count()  # numbers telling running backfills apart
         self.control = ControlEndpoint(
             settings.control_token,
             lambda: self.on_shutdown_request(),  # set by the runner after this
@@ -80,7 +86,11 @@ class Snapshotter:
         )
 
     def options(
-        self, chunk_size: int | None = None, mode: str | None = None, fresh: bool = False
+        self,
+        chunk_size: int | None = None,
+        mode: str | None = None,
+        fresh: bool = False,
+        where: tuple[Condition, ...] = (),
     ) -> SnapshotOptions:
         """A snapshot's options: a request's own, the settings for the rest."""
         return SnapshotOptions(
@@ -89,6 +99,7 @@ class Snapshotter:
             self.settings.snapshot_transaction_seconds,
             self.settings.snapshot_takeover_seconds,
             fresh,
+            where,
         )
 
     def by_token(self) -> dict[str, tuple[str, str]]:
@@ -304,11 +315,13 @@ class Snapshotter:
                     f"{self.waiting} snapshot requests are waiting on this snapshotter; "
                     "ask again later",
                 )
-            options = self.options(request.chunk_size, request.mode, bool(request.fresh))
+            options = self.options(
+                request.chunk_size, request.mode, bool(request.fresh), tuple(request.where or ())
+            )
             self.waiting += 1
             try:
                 running = self.running.get((schema, table))
-                if running is not None:
+                if running is not None and not options.where:
                     return to_json({**await asyncio.shield(running), "joined": True})
                 return to_json(await self.snapshot(schema, table, options))
             finally:
@@ -332,15 +345,26 @@ class Snapshotter:
 
     async def snapshot(self, schema: str, table: str, options: SnapshotOptions) -> dict[str, Any]:
         """Run one snapshot of the table; requests arriving meanwhile join it (registered
-        before the first `await`, so that two requests never both start one)."""
+        before the first `await`, so that two requests never both start one). A partial
+        backfill joins nothing and nothing joins it: its requester counts on its `lsn` being
+        taken after the request (docs/wire-format.md, "Partial backfills")."""
         assert self.js is not None and self.nc is not None
         js = self.js
         key = (schema, table)
-        if key in self.running:
+        name = f"{schema}.{table}"
+        if options.where:
+            if sum(1 for _, t in self.running if "\0" in t) >= MAX_BACKFILLS:
+                raise SnapshotError(
+                    "busy",
+                    f"{MAX_BACKFILLS} backfills are running on this snapshotter; ask again later",
+                )
+            # NUL is in no PostgreSQL name: no table's key is a backfill's.
+            key, name = (schema, f"{table}\0{next(self.backfills)}"), f"{name} (backfill)"
+        elif key in self.running:
             return {**await asyncio.shield(self.running[key]), "joined": True}
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.running[key] = future
-        progress = self.progress[key] = SnapshotProgress(f"{schema}.{table}")
+        progress = self.progress[key] = SnapshotProgress(name)
         operator = self.operators[key] = Operator()
         metrics.in_progress.inc()
         started = time.monotonic()

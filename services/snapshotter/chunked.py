@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
+from pg_nats_bridge.contract import Condition
 from services.snapshotter.chunks import Chunk, ChunkBuilder, RangeDone
+from services.snapshotter.conditions import bound, condition_sql
 from services.snapshotter.copy_rows import CopyRowPacker
 from services.snapshotter.table_read import Columns
 from shared import postgres
@@ -77,6 +79,7 @@ class ChunkedRead:
     after: tuple[str, ...] | None = None  # where to start: after this key (a resumed read)
     statement_seconds: float = 20.0  # a range's lock wait and read end with an error past it
     operator: Operator = field(default_factory=Operator)
+    conditions: tuple[Condition, ...] = ()  # a partial backfill's (conditions.py)
     transactions: int = 0
     longest_transaction: float = 0.0
     key_positions: list[int] = field(default_factory=list)
@@ -94,6 +97,8 @@ def range_query(read: ChunkedRead, after: tuple[str, ...] | None, limit: int) ->
     conditions: list[sql.Composable] = []
     if columns.row_filter:
         conditions.append(sql.SQL("({})").format(sql.SQL(columns.row_filter)))  # type: ignore[arg-type]
+    if read.conditions:
+        conditions.append(condition_sql(read.table, read.conditions))
     if after is not None:
         conditions.append(
             sql.SQL("({}) > ({})").format(key, sql.SQL(", ").join(map(sql.Literal, after)))
@@ -120,6 +125,7 @@ def read_chunked(
     with (
         postgres.connect(read.database_url, autocommit=True) as conn,
         read.canceller.cancelling(lambda: conn.cancel_safe(timeout=5)),
+        bound(conn, read.conditions),
     ):
         conn.execute("SET client_encoding TO 'UTF8'")
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -133,9 +139,9 @@ def read_chunked(
             with conn.transaction():
                 # Bounded, so that a live reader records its progress well within the time
                 # after which another snapshotter takes its snapshot over (resume.py).
-                bound = sql.Literal(f"{int(read.statement_seconds * 1000)}ms")
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(bound))
-                conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(bound))
+                limit_ms = sql.Literal(f"{int(read.statement_seconds * 1000)}ms")
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(limit_ms))
+                conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(limit_ms))
                 conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(read.table))
                 conn.execute(PINNED_SEARCH_PATH)
                 query = range_query(read, after, limit)

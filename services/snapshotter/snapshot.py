@@ -43,8 +43,10 @@ from nats.js import JetStreamContext
 from psycopg import sql
 
 from pg_nats_bridge import contract
+from pg_nats_bridge.contract import Condition
 from services.snapshotter.chunked import ChunkedRead, Interrupted, Operator, read_chunked
 from services.snapshotter.chunks import Chunk, ChunkBuilder, RangeDone
+from services.snapshotter.conditions import checked, validate
 from services.snapshotter.errors import SnapshotError
 from services.snapshotter.progress import SnapshotProgress, estimate_rows
 from services.snapshotter.publishing import PipelinedPublisher, PublishFailed
@@ -86,6 +88,9 @@ class SnapshotOptions:
     transaction_seconds: float = 1.0  # chunked: how long one reading transaction lasts
     takeover_seconds: float = 60.0  # chunked: a record older than this is a dead reader's
     fresh: bool = False  # chunked: start anew rather than continue an unfinished one
+    # A partial backfill: only rows matching these (services/snapshotter/conditions.py). Its
+    # meta goes to its own subject, and a chunked one is not recorded for resuming.
+    where: tuple[Condition, ...] = ()
 
 
 def new_snapshot_id() -> str:
@@ -118,7 +123,7 @@ async def take_snapshot(
     progress = progress or SnapshotProgress(f"{schema}.{table}")
     builder = ChunkBuilder(options.chunk_size, max_payload)
     chunked: _Chunked | None = None
-    if options.mode == "chunked" and js is not None:
+    if options.mode == "chunked" and js is not None and not options.where:
         chunked = await _Chunked.begin(
             js, init_stream, prefix, schema, table, owner, options, builder, progress
         )
@@ -144,8 +149,11 @@ async def take_snapshot(
     extra: dict[str, Any] = {}
     try:
         async with await postgres.connect_async(database_url, autocommit=True) as catalog:
-            progress.estimated(await estimate_rows(catalog, schema, table))
-            builder.estimated_rows = progress.estimated_rows
+            if options.where:
+                await _check_conditions(catalog, schema, table, publication, options.where)
+            else:  # a backfill's rows are a part, of unknown size
+                progress.estimated(await estimate_rows(catalog, schema, table))
+                builder.estimated_rows = progress.estimated_rows
             if options.mode == "chunked":
                 lsn, extra = await read_chunked_snapshot(
                     catalog, database_url, schema, table, publication, mode, options,
@@ -154,7 +162,7 @@ async def take_snapshot(
             else:
                 lsn = await _export_and_read(
                     catalog, database_url, schema, table, publication, mode, builder,
-                    publish, primary_url,
+                    publish, primary_url, options.where,
                 )  # fmt: skip
             await publisher.wait_acked()
     except BaseException as exc:
@@ -184,9 +192,15 @@ async def take_snapshot(
         "timestamp": int(time.time()),
         **extra,
     }
+    if options.where:
+        meta["partial"] = True
+        meta["where"] = [c.model_dump() for c in options.where]
+    meta_subject = (
+        contract.backfill_meta_subject if options.where else contract.snapshot_meta_subject
+    )
     try:
         await publisher.publish(
-            contract.snapshot_meta_subject(schema, table, prefix),
+            meta_subject(schema, table, prefix),
             pack(meta),
             contract.meta_msg_id(snapshot_id),
         )
@@ -235,6 +249,7 @@ async def _export_and_read(
     builder: ChunkBuilder,
     publish: Callable[[Chunk | RangeDone], Awaitable[None]],
     primary_url: str | None,
+    conditions: tuple[Condition, ...] = (),
 ) -> Lsn:
     """Export a snapshot and read the table under it (again while a TRUNCATE or rewrite came
     in between); the snapshot's consistent point."""
@@ -252,7 +267,7 @@ async def _export_and_read(
         try:
             if await _read_exported(
                 database_url, snapshot_name, schema, table, publication, mode, unchanged,
-                builder, publish, canceller,
+                builder, publish, canceller, conditions,
             ):  # fmt: skip
                 return lsn
         finally:
@@ -319,6 +334,7 @@ async def read_chunked_snapshot(
         after=chunked.previous.after if chunked and chunked.previous else None,
         statement_seconds=min(20.0, options.takeover_seconds / 3),
         operator=operator or Operator(),
+        conditions=options.where,
     )
     until = await publish_chunks(functools.partial(read_chunked, read), canceller, builder, publish)
     log.info(
@@ -335,6 +351,20 @@ async def read_chunked_snapshot(
     if chunked is not None:
         extra["started"] = chunked.started
     return lsn, extra
+
+
+async def _check_conditions(
+    catalog: psycopg.AsyncConnection[Any],
+    schema: str,
+    table: str,
+    publication: str,
+    conditions: tuple[Condition, ...],
+) -> None:
+    """A backfill's conditions name published columns and values their types take."""
+    names, _, _, _ = await describe_table(catalog, schema, table, publication)
+    what = f"{schema}.{table}"
+    checked(conditions, names, what)
+    await validate(catalog, sql.Identifier(schema, table), conditions, what)
 
 
 async def _snapshot_text(database_url: str, snapshot_name: str) -> str:
@@ -510,6 +540,7 @@ async def _read_exported(
     builder: ChunkBuilder,
     publish: Callable[[Chunk | RangeDone], Awaitable[None]],
     canceller: QueryCanceller,
+    conditions: tuple[Condition, ...] = (),
 ) -> bool:
     """Read the table under the exported snapshot and publish its chunks; False, with nothing
     published, when `unchanged` says the table was truncated or rewritten since the export."""
@@ -533,7 +564,9 @@ async def _read_exported(
                 return asyncio.run_coroutine_threadsafe(columns_once_locked(), loop).result()
 
             try:
-                read = TableRead(database_url, snapshot_name, name, mode, locked, canceller)
+                read = TableRead(
+                    database_url, snapshot_name, name, mode, locked, canceller, conditions
+                )
                 await publish_chunks(
                     functools.partial(read_table, read), canceller, builder, publish
                 )

@@ -11,7 +11,9 @@ from typing import TypeVar
 
 from psycopg import sql
 
+from pg_nats_bridge.contract import Condition
 from services.snapshotter.chunks import Chunk, ChunkBuilder, RangeDone
+from services.snapshotter.conditions import bound, condition_sql
 from services.snapshotter.copy_rows import CopyRowPacker
 from shared import postgres
 from shared.codec import RowCodec, ValueMode
@@ -46,6 +48,7 @@ class TableRead:
     # `Rewritten` when the storage is no longer what it was before the export.
     locked: Callable[[], Columns]
     canceller: QueryCanceller  # ends the read's wait for the lock, or its COPY, on a stop
+    conditions: tuple[Condition, ...] = ()  # a partial backfill's (conditions.py)
 
 
 # Lines decoded together (copy_rows.py); a block is a few hundred kB at most.
@@ -61,11 +64,13 @@ def read_table(
     with (
         postgres.connect(read.database_url, autocommit=True) as conn,
         read.canceller.cancelling(lambda: conn.cancel_safe(timeout=5)),
+        bound(conn, read.conditions),
         snapshot_transaction(conn, read.snapshot_name, [read.table]),
     ):
         columns = read.locked()
         rows = CopyRowPacker(RowCodec(columns.names, columns.oids, read.mode))
-        query = copy_query(read.table, columns.names, columns.key, columns.row_filter)
+        condition = condition_sql(read.table, read.conditions) if read.conditions else None
+        query = copy_query(read.table, columns.names, columns.key, columns.row_filter, condition)
         for lines in postgres.copy_out_blocks(conn, query, _BLOCK_LINES):
             for chunk in builder.add_many(rows.pack_block(lines), columns.key):
                 emit(chunk)

@@ -4,12 +4,14 @@ mistaken for the command's positional table."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, CliPositionalArg, SettingsConfigDict
 
+from pg_nats_bridge.contract import Condition
 from shared.settings import BridgeSettings
 
 SnapshotMode = Literal["exported", "chunked"]
@@ -18,6 +20,39 @@ SNAPSHOT_MODE_HELP = (
     "read) or `chunked` (primary-key ranges, each in its own short transaction); default: "
     "exported"
 )
+
+
+WHERE_HELP = (
+    "a condition of a partial backfill, `COLUMN OP VALUE` with OP one of = != < <= > >= "
+    "(or `COLUMN is null`, `COLUMN is not null`); repeat it to AND several. The value is "
+    "read as the column's type by PostgreSQL, e.g. --where 'updated_at >= 2026-01-01'"
+)
+
+_CONDITION = re.compile(
+    r'^\s*(?P<column>"(?:[^"]|"")+"|[^\s=!<>]+)\s*'
+    r"(?P<op>is\s+not\s+null|is\s+null|!=|<>|<=|>=|=|<|>)\s*(?P<value>.*?)\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def parse_condition(text: str) -> dict[str, Any]:
+    """`updated_at >= 2026-01-01` as a snapshot request's condition (ValueError otherwise)."""
+    found = _CONDITION.match(text)
+    if found is None:
+        raise ValueError(f"{text!r} is not `COLUMN OP VALUE` (OP: = != < <= > >=, is null)")
+    column, value = found["column"], found["value"]
+    if column.startswith('"'):
+        column = column[1:-1].replace('""', '"')
+    op = " ".join(found["op"].lower().split()).replace("<>", "!=")
+    condition: dict[str, Any] = {"column": column, "op": op}
+    if op.startswith("is "):
+        if value:
+            raise ValueError(f"{text!r}: `{op}` takes no value")
+    elif not value:
+        raise ValueError(f"{text!r}: `{op}` needs a value")
+    else:
+        condition["value"] = value
+    return dict(Condition.model_validate(condition).model_dump())
 
 
 class TailArguments(BridgeSettings):
@@ -39,6 +74,9 @@ class SnapshotArguments(BridgeSettings):
     )
     snapshot_mode: SnapshotMode | None = Field(
         None, description=SNAPSHOT_MODE_HELP, json_schema_extra={"metavar": "{exported,chunked}"}
+    )
+    where: list[str] = Field(
+        default_factory=list, description=WHERE_HELP, json_schema_extra={"metavar": "CONDITION"}
     )
 
 
@@ -73,6 +111,15 @@ class ReplicaArguments(CopyArguments):
     progress_seconds: float = Field(5.0, gt=0, description="seconds between progress lines")
     snapshot_mode: SnapshotMode | None = Field(
         None, description=SNAPSHOT_MODE_HELP, json_schema_extra={"metavar": "{exported,chunked}"}
+    )
+    backfill: str | None = Field(
+        None,
+        description="once following, re-read this table's rows matching --where into the copy "
+        "(a partial backfill; docs/consuming.md)",
+        json_schema_extra={"metavar": "TABLE"},
+    )
+    where: list[str] = Field(
+        default_factory=list, description=WHERE_HELP, json_schema_extra={"metavar": "CONDITION"}
     )
 
 

@@ -15,7 +15,12 @@ from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from pg_nats_bridge import contract
-from services.tools.arguments import SnapshotArguments, StatusArguments, TailArguments
+from services.tools.arguments import (
+    SnapshotArguments,
+    StatusArguments,
+    TailArguments,
+    parse_condition,
+)
 from shared.nats_connection import connect
 from shared.tables import TableName
 from shared.wire import unpack
@@ -145,7 +150,12 @@ class ChunkCount:
 def snapshot(settings: SnapshotArguments) -> int:
     table_name = settings.snapshot_table
     token = _token(table_name)
-    options = {"chunk_size": settings.chunk_size, "mode": settings.snapshot_mode}
+    try:
+        where = [parse_condition(text) for text in settings.where]
+    except ValueError as exc:
+        console.print(f"[red]--where:[/] {escape(str(exc))}")
+        return 2
+    options = {"chunk_size": settings.chunk_size, "mode": settings.snapshot_mode, "where": where}
     body = json.dumps({k: v for k, v in options.items() if v}).encode()
 
     async def run() -> int:
@@ -178,7 +188,8 @@ def snapshot(settings: SnapshotArguments) -> int:
                 console.print(f"[red]snapshot failed ({escape(reply.reason)}):[/] ", end="")
                 console.print(escape(reply.error))
                 return 1
-            table = Table(title=f"snapshot of {table_name}")
+            title = "backfill" if reply.partial else "snapshot"
+            table = Table(title=f"{title} of {table_name}")
             for key in ("snapshot_id", "mode", "lsn", "replay_until", "row_count", "batch_count"):
                 if getattr(reply, key) is not None:
                     table.add_row(key, str(getattr(reply, key)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
@@ -14,8 +15,10 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pg_nats_bridge import (
+    Backfilled,
     Bootstrapped,
     CaughtUp,
     FollowError,
@@ -24,7 +27,7 @@ from pg_nats_bridge import (
     SqliteCopy,
     TableFollower,
 )
-from services.tools.arguments import ReplicaArguments
+from services.tools.arguments import ReplicaArguments, parse_condition
 from services.tools.copy_lock import CopyInUse, lock_copy
 from shared.nats_connection import connect
 from shared.settings import BridgeSettings
@@ -87,6 +90,7 @@ async def run_replica(
     progress_seconds: float,
     stopping: asyncio.Event,
     snapshot_mode: str | None = None,
+    backfill: tuple[str, list[dict[str, Any]]] | None = None,
 ) -> int:
     copy = SqliteCopy(path)
     nc = await connect(settings, "bridge-replica", reconnect=True)
@@ -103,6 +107,9 @@ async def run_replica(
     )
     bootstrapped = copy.state() is not None
     progress = Progress(progress_seconds)
+    if backfill is not None:
+        asked = follower.backfill(*backfill)
+        asked.add_done_callback(functools.partial(_backfill_done, backfill[0]))
     # What start-up built (modules, settings, the connection) lives as long as the process:
     # moved out of the collector's way, full collections while applying a backlog no longer
     # walk it (0.4 µs of the ~5 µs a change costs, measured on a 200k-change backlog).
@@ -130,7 +137,7 @@ async def run_replica(
                     for table in progress.expected:
                         progress.bootstrap(table)
             progress.applied = copy.applied
-            if batch and isinstance(batch[-1], Bootstrapped | CaughtUp):
+            if batch and isinstance(batch[-1], Bootstrapped | CaughtUp | Backfilled):
                 last_commit = time.monotonic()  # the copy committed with the item's state
             elif time.monotonic() - last_commit >= commit_seconds:
                 copy.commit(follower.state if bootstrapped else None)
@@ -154,6 +161,22 @@ async def run_replica(
             await nc.close()
 
 
+def _backfill_done(table: str, done: asyncio.Future[dict[str, Any]]) -> None:
+    if done.cancelled():
+        return
+    if done.exception() is not None:
+        log.error("backfill of %s refused: %s", table, done.exception())
+        return
+    meta = done.result()
+    log.info(
+        "backfill %s of %s applied: %d rows (lsn %s)",
+        meta["snapshot_id"],
+        table,
+        meta["row_count"],
+        meta["lsn"],
+    )
+
+
 def replica(own: ReplicaArguments) -> int:
     settings = own
     try:
@@ -161,6 +184,18 @@ def replica(own: ReplicaArguments) -> int:
     except CopyInUse as exc:
         print(f"bridge replica: {exc}", flush=True)
         return 2
+    backfill = None
+    if own.backfill is not None or own.where:
+        try:
+            if own.backfill is None:
+                raise ValueError("--where needs --backfill TABLE")
+            if not own.where:
+                raise ValueError("--backfill needs at least one --where condition")
+            backfill = (own.backfill, [parse_condition(text) for text in own.where])
+        except ValueError as exc:
+            print(f"bridge replica: {exc}", flush=True)
+            lock.close()
+            return 2
     durable = own.durable or "replica-" + "".join(
         c if c.isalnum() or c in "-_" else "_" for c in own.sqlite.stem
     )
@@ -190,6 +225,7 @@ def replica(own: ReplicaArguments) -> int:
                 own.progress_seconds,
                 stopping,
                 own.snapshot_mode,
+                backfill,
             )
         except asyncio.CancelledError:
             return 0

@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,10 +168,12 @@ def bridge(
     )
 
 
-def start_replica(env: dict[str, str], path: Path, log: Path, *tables: str) -> Service:
+def start_replica(
+    env: dict[str, str], path: Path, log: Path, *tables: str, extra: Sequence[str] = ()
+) -> Service:
     """`bridge replica TABLES` (items and events by default) with progress every second."""
     service = Service("replica", env, 0, log)
-    argv = [BRIDGE, "replica", *(tables or ("items", "events")), "--sqlite", str(path)]
+    argv = [BRIDGE, "replica", *(tables or ("items", "events")), "--sqlite", str(path), *extra]
     with open(log, "ab") as out:
         service.process = subprocess.Popen(
             [*argv, "--progress-seconds", "1"], env=env, stdout=out, stderr=subprocess.STDOUT
