@@ -100,6 +100,7 @@ class Snapshotter:
             self.settings.snapshot_takeover_seconds,
             fresh,
             where,
+            self.settings.snapshot_readers,
         )
 
     def by_token(self) -> dict[str, tuple[str, str]]:

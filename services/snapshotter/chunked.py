@@ -88,10 +88,16 @@ class ChunkedRead:
         self.key_positions = [self.columns.names.index(k) for k in self.columns.key]
 
 
-def range_query(read: ChunkedRead, after: tuple[str, ...] | None, limit: int) -> sql.Composed:
+def range_query(
+    read: ChunkedRead,
+    after: tuple[str, ...] | None,
+    limit: int,
+    segment: sql.Composable | None = None,
+) -> sql.Composed:
     """`COPY (SELECT … WHERE (<row filter>) AND (<key>) > (<after>) ORDER BY <key> LIMIT n)`.
     The row filter is the publication's, as shared/consistent_read.copy_query explains; the
-    last key's values are literals PostgreSQL reads as the key columns' types."""
+    last key's values are literals PostgreSQL reads as the key columns' types. `segment`: a
+    parallel reader's bounds (services/snapshotter/reader.py)."""
     columns = read.columns
     key = sql.SQL(", ").join(map(sql.Identifier, columns.key))
     conditions: list[sql.Composable] = []
@@ -99,6 +105,8 @@ def range_query(read: ChunkedRead, after: tuple[str, ...] | None, limit: int) ->
         conditions.append(sql.SQL("({})").format(sql.SQL(columns.row_filter)))  # type: ignore[arg-type]
     if read.conditions:
         conditions.append(condition_sql(read.table, read.conditions))
+    if segment is not None:
+        conditions.append(segment)
     if after is not None:
         conditions.append(
             sql.SQL("({}) > ({})").format(key, sql.SQL(", ").join(map(sql.Literal, after)))

@@ -84,6 +84,13 @@ class ChunkBuilder:
         self.row_count += len(packed_rows)
         return done
 
+    def adopt(self, entries: int, body: bytes, rows: int) -> Chunk:
+        """A reader process's chunk (`split_chunk`), numbered next."""
+        chunk = Chunk(self.chunks, join_chunk(self.chunks, entries, body), rows)
+        self.chunks += 1
+        self.row_count += rows
+        return chunk
+
     def finish(self) -> Chunk | None:
         if not self.rows:
             return None
@@ -108,6 +115,25 @@ class ChunkBuilder:
         self.chunks += 1
         self.rows, self.size = [], 0
         return chunk
+
+
+_CHUNK_KEY = msgpack.packb("chunk")
+_INT_SIZES = {0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9}
+
+
+def split_chunk(payload: bytes) -> tuple[int, bytes]:
+    """A chunk's map entries and what follows its `chunk` number: a reader process's chunk
+    without its own number (`join_chunk` gives it the snapshot's)."""
+    entries = payload[0] & 0x0F  # a fixmap: a chunk has at most three entries
+    if payload[0] & 0xF0 != 0x80 or payload[1:7] != _CHUNK_KEY:
+        raise ValueError("not a chunk of ChunkBuilder's")
+    first = payload[7]
+    size = 1 if first < 0x80 else _INT_SIZES[first]
+    return entries, payload[7 + size :]
+
+
+def join_chunk(index: int, entries: int, body: bytes) -> bytes:
+    return b"".join((bytes((0x80 | entries,)), _CHUNK_KEY, msgpack.packb(index), body))
 
 
 def describe_row(row: dict[str, Any], key: list[str]) -> str:

@@ -17,7 +17,7 @@ refused and stops, instead of writing over the other's.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -25,6 +25,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from pg_nats_bridge import contract
 from services.snapshotter.errors import SnapshotError
+from services.snapshotter.parallel import Segment
 from shared.wire import pack, unpack
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-last-sequence
@@ -45,6 +46,9 @@ class ChunkedProgress:
     updated: float  # unix time of this record
     started: int  # unix time the snapshot began
     state: str = "running"  # or stopped (after an error), paused, cancelled, done
+    # Read by several readers (services/snapshotter/parallel.py): each segment's key read
+    # through, instead of `after`.
+    segments: tuple[Segment, ...] | None = None
 
     def payload(self) -> bytes:
         return pack({**asdict(self), "after": list(self.after) if self.after else None})
@@ -62,6 +66,7 @@ class ChunkedProgress:
         try:
             body: Any = unpack(data)
             after = body["after"]
+            segments = body.get("segments")
             return cls(
                 snapshot_id=str(body["snapshot_id"]),
                 lsn=str(body["lsn"]),
@@ -72,6 +77,7 @@ class ChunkedProgress:
                 updated=float(body["updated"]),
                 started=int(body["started"]),
                 state=str(body["state"]),
+                segments=tuple(map(Segment.read, segments)) if segments else None,
             )
         except Exception:
             return None
@@ -155,7 +161,7 @@ async def change_state(
     found, seq = await last_progress(js, stream, token, prefix)
     if found is None or found.state not in wanted:
         return None
-    changed = ChunkedProgress(**{**asdict(found), "state": state, "updated": time.time()})
+    changed = replace(found, state=state, updated=time.time())
     try:
         await Recorder(js, token, prefix, seq).write(changed)
     except SnapshotError:

@@ -35,6 +35,13 @@ class SnapshotterSettings(BridgeSettings):
         description="Chunked snapshots: about how long one reading transaction lasts (the "
         "xmin horizon is held no longer); the rows per transaction adapt to it",
     )
+    snapshot_readers: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Reader processes per snapshot, each reading a primary-key segment (both "
+        "modes; tables under 50000 rows per reader get fewer); 1 reads in the snapshotter",
+    )
     snapshot_takeover_seconds: float = Field(
         60.0,
         ge=10,

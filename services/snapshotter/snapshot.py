@@ -44,10 +44,26 @@ from psycopg import sql
 
 from pg_nats_bridge import contract
 from pg_nats_bridge.contract import Condition
-from services.snapshotter.chunked import ChunkedRead, Interrupted, Operator, read_chunked
+from services.snapshotter.chunked import (
+    END_QUERY,
+    ChunkedRead,
+    Interrupted,
+    Operator,
+    read_chunked,
+)
 from services.snapshotter.chunks import Chunk, ChunkBuilder, RangeDone
 from services.snapshotter.conditions import checked, validate
 from services.snapshotter.errors import SnapshotError
+from services.snapshotter.parallel import (
+    Ledger,
+    LockBusy,
+    ParallelJob,
+    Segment,
+    SegmentsDone,
+    plan_segments,
+    read_chunked_parallel,
+    read_exported_parallel,
+)
 from services.snapshotter.progress import SnapshotProgress, estimate_rows
 from services.snapshotter.publishing import PipelinedPublisher, PublishFailed
 from services.snapshotter.resume import (
@@ -77,6 +93,9 @@ from shared.wire import pack
 
 log = logging.getLogger(__name__)
 
+# What a read hands the publisher: a chunk, or a point to record (chunked mode).
+Piece = Chunk | RangeDone | SegmentsDone
+
 # Exports tried before a table that keeps being truncated or rewritten fails the request.
 _ATTEMPTS = 5
 
@@ -91,6 +110,7 @@ class SnapshotOptions:
     # A partial backfill: only rows matching these (services/snapshotter/conditions.py). Its
     # meta goes to its own subject, and a chunked one is not recorded for resuming.
     where: tuple[Condition, ...] = ()
+    readers: int = 1  # reader processes, each a key segment (services/snapshotter/parallel.py)
 
 
 def new_snapshot_id() -> str:
@@ -129,8 +149,8 @@ async def take_snapshot(
         )
     snapshot_id = chunked.snapshot_id if chunked else new_snapshot_id()
 
-    async def publish(chunk: Chunk | RangeDone) -> None:
-        if isinstance(chunk, RangeDone):
+    async def publish(chunk: Piece) -> None:
+        if isinstance(chunk, RangeDone | SegmentsDone):
             if chunked is not None:
                 await publisher.wait_acked()  # its chunks are stored before it is recorded
                 await chunked.record(chunk)
@@ -154,15 +174,23 @@ async def take_snapshot(
             else:  # a backfill's rows are a part, of unknown size
                 progress.estimated(await estimate_rows(catalog, schema, table))
                 builder.estimated_rows = progress.estimated_rows
+            job = None
+            if options.readers > 1:
+                job = ParallelJob(
+                    database_url, (schema, table), str(mode), options.chunk_size, max_payload,
+                    progress.estimated_rows, options.readers,
+                    [c.model_dump() for c in options.where], options.transaction_seconds,
+                    min(20.0, options.takeover_seconds / 3),
+                )  # fmt: skip
             if options.mode == "chunked":
                 lsn, extra = await read_chunked_snapshot(
                     catalog, database_url, schema, table, publication, mode, options,
-                    builder, publish, primary_url, chunked, operator or Operator(),
+                    builder, publish, primary_url, chunked, operator or Operator(), job,
                 )  # fmt: skip
             else:
                 lsn = await _export_and_read(
                     catalog, database_url, schema, table, publication, mode, builder,
-                    publish, primary_url, options.where,
+                    publish, primary_url, options.where, job,
                 )  # fmt: skip
             await publisher.wait_acked()
     except BaseException as exc:
@@ -247,13 +275,21 @@ async def _export_and_read(
     publication: str,
     mode: ValueMode,
     builder: ChunkBuilder,
-    publish: Callable[[Chunk | RangeDone], Awaitable[None]],
+    publish: Callable[[Piece], Awaitable[None]],
     primary_url: str | None,
     conditions: tuple[Condition, ...] = (),
+    job: ParallelJob | None = None,
 ) -> Lsn:
     """Export a snapshot and read the table under it (again while a TRUNCATE or rewrite came
-    in between); the snapshot's consistent point."""
+    in between); the snapshot's consistent point. With `job`, by reader processes when the
+    table is large enough to cut into segments."""
     regclass = sql.Identifier(schema, table).as_string(catalog)
+    segments: list[Segment] = []
+    if job is not None:
+        _, _, key, _ = await describe_table(catalog, schema, table, publication)
+        segments = await plan_segments(
+            catalog, sql.Identifier(schema, table), key, job.readers, job.estimated_rows
+        )
     for _ in range(_ATTEMPTS):
         before = await storage_async(catalog, regclass)
         canceller = QueryCanceller()
@@ -265,7 +301,13 @@ async def _export_and_read(
             return await storage_async(catalog, regclass) == before
 
         try:
-            if await _read_exported(
+            if segments and job is not None:
+                if await _read_exported_parallel(
+                    job, snapshot_name, schema, table, publication, unchanged, segments,
+                    builder, publish,
+                ):  # fmt: skip
+                    return lsn
+            elif await _read_exported(
                 database_url, snapshot_name, schema, table, publication, mode, unchanged,
                 builder, publish, canceller, conditions,
             ):  # fmt: skip
@@ -294,10 +336,11 @@ async def read_chunked_snapshot(
     mode: ValueMode,
     options: SnapshotOptions,
     builder: ChunkBuilder,
-    publish: Callable[[Chunk | RangeDone], Awaitable[None]],
+    publish: Callable[[Piece], Awaitable[None]],
     primary_url: str | None,
     chunked: _Chunked | None = None,
     operator: Operator | None = None,
+    job: ParallelJob | None = None,
 ) -> tuple[Lsn, dict[str, Any]]:
     """A chunked snapshot (services/snapshotter/chunked.py): the consistent point of a
     temporary slot dropped at once (or the one of the snapshot it continues), then the ranges;
@@ -324,6 +367,40 @@ async def read_chunked_snapshot(
         await _until_visible(catalog, exported, f"{schema}.{table}")
     if chunked is not None:
         await chunked.claim(str(lsn))
+    previous = chunked.previous if chunked is not None else None
+    if previous is not None and previous.segments:
+        segments = list(previous.segments)  # continued as it was cut
+    elif job is not None and previous is None:
+        segments = await plan_segments(
+            catalog, sql.Identifier(schema, table), columns.key, job.readers, job.estimated_rows
+        )
+    else:
+        segments = []
+    if segments:
+        job = job or ParallelJob(
+            database_url, (schema, table), str(mode), options.chunk_size, builder.limit + 1024,
+            builder.estimated_rows, len(segments), [], options.transaction_seconds,
+            min(20.0, options.takeover_seconds / 3),
+        )  # fmt: skip
+        ledger = Ledger(segments, builder.chunks, builder.row_count)
+        stopped = await read_chunked_parallel(
+            job, columns, segments, ledger, builder, publish,
+            lambda: (operator or Operator()).action,
+        )  # fmt: skip
+        if stopped is not None:
+            raise Interrupted(stopped)
+        cur = await catalog.execute(END_QUERY)
+        (end,) = await cur.fetchone() or ("",)
+        log.info(
+            "chunked snapshot of %s.%s: %d rows by %d readers",
+            schema, table, builder.row_count, len(segments),
+        )  # fmt: skip
+        extra: dict[str, Any] = {"mode": "chunked", "replay_until": str(max(Lsn.parse(end), lsn))}
+        if previous is not None:
+            extra["resumed"] = True
+        if chunked is not None:
+            extra["started"] = chunked.started
+        return lsn, extra
     read = ChunkedRead(
         database_url,
         sql.Identifier(schema, table),
@@ -345,7 +422,7 @@ async def read_chunked_snapshot(
         read.transactions,
         read.longest_transaction,
     )
-    extra: dict[str, Any] = {"mode": "chunked", "replay_until": str(max(until, lsn))}
+    extra = {"mode": "chunked", "replay_until": str(max(until, lsn))}
     if chunked is not None and chunked.previous is not None:
         extra["resumed"] = True
     if chunked is not None:
@@ -438,6 +515,7 @@ class _Chunked:
         self.after = previous.after if previous else None
         self.next_chunk = previous.next_chunk if previous else 0
         self.row_count = previous.row_count if previous else 0
+        self.segments = previous.segments if previous else None
         self.attempt = f"r{secrets.token_hex(3)}"  # this continuation's, in its chunks' Msg-Ids
 
     @classmethod
@@ -499,6 +577,7 @@ class _Chunked:
             updated=time.time(),
             started=self.started,
             state=state,
+            segments=self.segments,
         )
 
     async def claim(self, lsn: str) -> None:
@@ -506,8 +585,12 @@ class _Chunked:
         self.lsn = lsn
         await self.recorder.write(self._record())
 
-    async def record(self, done: RangeDone) -> None:
-        self.after, self.next_chunk, self.row_count = done.after, done.next_chunk, done.row_count
+    async def record(self, done: RangeDone | SegmentsDone) -> None:
+        if isinstance(done, SegmentsDone):
+            self.segments = tuple(done.segments)
+        else:
+            self.after = done.after
+        self.next_chunk, self.row_count = done.next_chunk, done.row_count
         await self.recorder.write(self._record())
 
     async def finish(self) -> None:
@@ -529,6 +612,43 @@ class _Chunked:
                 await self.recorder.write(self._record("stopped"))
 
 
+async def _read_exported_parallel(
+    job: ParallelJob,
+    snapshot_name: str,
+    schema: str,
+    table: str,
+    publication: str,
+    unchanged: Callable[[], Awaitable[bool]],
+    segments: list[Segment],
+    builder: ChunkBuilder,
+    publish: Callable[[Piece], Awaitable[None]],
+) -> bool:
+    """`_read_exported` by reader processes; False, with nothing published, when a reader
+    could not lock the table in time or the table was rewritten since the export."""
+    async with await postgres.connect_async(job.dsn) as conn:
+        await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+        await conn.set_read_only(True)
+        async with conn.transaction():
+            await conn.execute(
+                sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
+            )
+
+            async def locked() -> Columns:
+                # Every reader holds the lock now: the storage can no longer change.
+                if not await unchanged():
+                    raise Rewritten
+                return Columns(*await describe_table(conn, schema, table, publication))
+
+            try:
+                await read_exported_parallel(job, snapshot_name, segments, locked, builder, publish)
+            except (Rewritten, LockBusy) as exc:
+                if isinstance(exc, LockBusy):
+                    log.info("a snapshot reader of %s.%s waited too long for the table's "
+                             "lock (an ALTER TABLE queued?)", schema, table)  # fmt: skip
+                return False
+    return True
+
+
 async def _read_exported(
     database_url: str,
     snapshot_name: str,
@@ -538,7 +658,7 @@ async def _read_exported(
     mode: ValueMode,
     unchanged: Callable[[], Awaitable[bool]],
     builder: ChunkBuilder,
-    publish: Callable[[Chunk | RangeDone], Awaitable[None]],
+    publish: Callable[[Piece], Awaitable[None]],
     canceller: QueryCanceller,
     conditions: tuple[Condition, ...] = (),
 ) -> bool:

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import httpx
+import msgpack
 from nats.js.api import DeliverPolicy
 from rich.console import Console
 from rich.markup import escape
@@ -122,10 +123,23 @@ class ChunkCount:
         self.estimated: int | None = None
 
     def add(self, payload: bytes) -> None:
+        """Reads the chunk's header and its rows' count, not the rows: decoding each chunk
+        whole (up to a megabyte) could not keep up with several readers, and NATS cuts a
+        client that falls behind, the request's reply with it."""
         try:
-            chunk = unpack(payload)
-            rows = len(chunk["data"])
-            estimated = chunk.get("estimated_rows")
+            fields = msgpack.Unpacker(raw=False, max_buffer_size=len(payload) + 1)
+            fields.feed(payload)
+            rows, estimated = None, None
+            for _ in range(fields.read_map_header()):
+                key = fields.unpack()
+                if key == "data":
+                    rows = fields.read_array_header()
+                    break
+                value = fields.unpack()
+                if key == "estimated_rows":
+                    estimated = value
+            if rows is None:
+                return
         except Exception:  # anyone on the account may publish on the subject
             return
         self.rows += rows

@@ -144,6 +144,48 @@ def test_a_table_without_a_primary_key_is_refused_a_chunked_snapshot(
     assert taken.returncode == 0, taken.stdout
 
 
+class ChunkedCopy:
+    """A SqliteCopy of items followed in a thread through chunked snapshots (asked again after
+    3 s without a chunk, so that a dead snapshotter's is continued soon)."""
+
+    def __init__(self, nats_url: str, path: Path) -> None:
+        self.nats_url, self.path = nats_url, path
+        self.loaded = threading.Event()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._follow()), daemon=True)
+
+    def __enter__(self) -> ChunkedCopy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(30)
+
+    def catch_up(self, pg: Database) -> None:
+        """Once the replicator published every change, until the copy applied them all."""
+        wait_for(lambda: slot_lag(pg) == 0, 30, "the replicator to catch up")
+        self.loaded.clear()
+        wait_for(self.loaded.is_set, 60, "the copy to catch up after the writes")
+
+    async def _follow(self) -> None:
+        nc = await nats.connect(self.nats_url)
+        copy = SqliteCopy(self.path)
+        try:
+            follower = TableFollower(
+                nc, ["items"], snapshot_mode="chunked", snapshot_stall_seconds=3
+            )
+            async for batch in follower.batches():
+                copy.apply_all(batch)
+                if batch and isinstance(batch[-1], CaughtUp):
+                    self.loaded.set()
+                    if self.done.is_set():
+                        return
+        finally:
+            copy.close()
+            await nc.close()
+
+
 def test_a_chunked_snapshot_killed_mid_way_is_continued_by_another_snapshotter(
     pg: Database, nats_url: str, services: Callable[..., Service], tmp_path: Path
 ) -> None:
@@ -158,43 +200,18 @@ def test_a_chunked_snapshot_killed_mid_way_is_continued_by_another_snapshotter(
         "snapshot_takeover_seconds": 10,
         "chunk_size": 500,
     }
-    replicator = services("replicator", pg, nats_url, table="items").wait_healthy()
+    services("replicator", pg, nats_url, table="items").wait_healthy()
     doomed = services(
         "snapshotter", pg, nats_url, failpoints="snapshot.after_chunk=exit@20", **settings
     ).wait_healthy()
     path = tmp_path / "copy.db"
-    loaded = threading.Event()
-    done = threading.Event()
-
-    async def follow() -> None:
-        nc = await nats.connect(nats_url)
-        copy = SqliteCopy(path)
-        try:
-            follower = TableFollower(
-                nc, ["items"], snapshot_mode="chunked", snapshot_stall_seconds=3
-            )
-            async for batch in follower.batches():
-                copy.apply_all(batch)
-                if batch and isinstance(batch[-1], CaughtUp):
-                    loaded.set()
-                    if done.is_set():
-                        return
-        finally:
-            copy.close()
-            await nc.close()
-
-    with Writer(pg.url, seed=10):
-        consumer = threading.Thread(target=lambda: asyncio.run(follow()), daemon=True)
-        consumer.start()
-        assert doomed.wait(60) != 0  # the failpoint's exit, mid-snapshot
-        second = services("snapshotter", pg, nats_url, **settings).wait_healthy()
-        wait_for(loaded.is_set, 120, "the copy to load and catch up", second)
-        time.sleep(1)
-    wait_for(lambda: slot_lag(pg) == 0, 30, "the replicator to catch up", replicator)
-    loaded.clear()
-    wait_for(loaded.is_set, 30, "the copy to catch up after the writes")
-    done.set()
-    consumer.join(30)
+    with ChunkedCopy(nats_url, path) as copy:
+        with Writer(pg.url, seed=10):
+            assert doomed.wait(60) != 0  # the failpoint's exit, mid-snapshot
+            second = services("snapshotter", pg, nats_url, **settings).wait_healthy()
+            wait_for(copy.loaded.is_set, 120, "the copy to load and catch up", second)
+            time.sleep(1)
+        copy.catch_up(pg)
 
     output = second.output()
     line = next(x for x in output.splitlines() if "continuing the chunked snapshot" in x)

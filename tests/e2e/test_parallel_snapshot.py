@@ -1,0 +1,109 @@
+"""Snapshots read by several reader processes (`--snapshot-readers`; docs/services.md): the
+same rows as one reader in both modes, each once; a chunked one killed mid-way is continued
+segment by segment without a row twice; a copy loaded under writes verifies equal.
+
+The table is 240,000 rows, analyzed so that the planner's estimate asks for four readers
+(a reader per 50,000 rows at most); the transactions of the chunked mode are cut to about
+20 ms so that each segment takes many ranges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pg_nats_bridge.sqlite import stored_value
+from tests.e2e.conftest import Service, stream_messages, wait_for
+from tests.e2e.test_chunked_snapshot import ChunkedCopy
+from tests.e2e.test_consumers import Writer, bridge, make_tables
+from tests.harness.postgres import Database
+
+ROWS = 240_000
+
+
+def big_items(pg: Database) -> None:
+    make_tables(pg)
+    pg.execute(
+        "INSERT INTO items SELECT g, g / 3.0, repeat('c', 20 + g % 2 * 4000), g % 3 = 0"
+        f" FROM generate_series(3002, {ROWS}) g; ANALYZE items"
+    )
+
+
+def snapshot_rows(nats_url: str, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    prefix = f"init.snap.items.{meta['snapshot_id']}."
+    chunks = [(s, c) for s, _, c in stream_messages(nats_url, "INIT") if s.startswith(prefix)]
+    numbers = [c["chunk"] for _, c in chunks]
+    assert numbers == list(range(meta["batch_count"])), "chunks out of order, missing or twice"
+    # NaN as the copy stores it, so that equal rows compare equal.
+    return [{k: stored_value(v) for k, v in r.items()} for _, c in chunks for r in c["data"]]
+
+
+def last_meta(nats_url: str) -> dict[str, Any]:
+    return [m for s, _, m in stream_messages(nats_url, "INIT") if s == "init.meta.items"][-1]
+
+
+def test_four_readers_read_the_rows_one_reader_does_in_both_modes(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    big_items(pg)
+    services("replicator", pg, nats_url, table="items").wait_healthy()
+    one = services("snapshotter", pg, nats_url, table="items").wait_healthy()
+    result = bridge("snapshot", "items", env=one.env)
+    assert result.returncode == 0, result.stdout
+    expected = sorted(snapshot_rows(nats_url, last_meta(nats_url)), key=lambda r: r["id"])
+    assert len(expected) == ROWS
+    one.stop()
+    four = services(
+        "snapshotter", pg, nats_url, table="items", snapshot_readers=4,
+        snapshot_transaction_seconds=0.02,
+    ).wait_healthy()  # fmt: skip
+    for mode in ("exported", "chunked"):
+        result = bridge("snapshot", "items", "--snapshot-mode", mode, env=four.env)
+        assert result.returncode == 0, result.stdout
+        meta = last_meta(nats_url)
+        assert meta.get("mode", "exported") == mode and meta["row_count"] == ROWS, meta
+        rows = snapshot_rows(nats_url, meta)
+        assert sorted(rows, key=lambda r: r["id"]) == expected, mode
+    said = four.output()
+    assert "by 4 readers" in said, said[-2000:]
+
+
+def test_a_parallel_chunked_snapshot_killed_mid_way_is_continued_and_the_copy_is_equal(
+    pg: Database, nats_url: str, services: Callable[..., Service], tmp_path: Path
+) -> None:
+    """The first snapshotter (four readers) dies after its 30th chunk, under writes; a second
+    continues every segment from its recorded key; each chunk is in INIT once, the replica
+    loads it and verifies equal."""
+    big_items(pg)
+    settings = {
+        "table": "items",
+        "snapshot_readers": 4,
+        "snapshot_transaction_seconds": 0.02,
+        "snapshot_takeover_seconds": 10,
+        "chunk_size": 1000,
+    }
+    replicator = services("replicator", pg, nats_url, table="items").wait_healthy()
+    doomed = services(
+        "snapshotter", pg, nats_url, failpoints="snapshot.after_chunk=exit@30", **settings
+    ).wait_healthy()
+    path = tmp_path / "copy.db"
+    with ChunkedCopy(nats_url, path) as copy:
+        with Writer(pg.url, seed=31) as writer:
+            assert doomed.wait(120) != 0  # the failpoint's exit, mid-snapshot
+            second = services("snapshotter", pg, nats_url, **settings).wait_healthy()
+            wait_for(copy.loaded.is_set, 120, "the copy to load and catch up", second)
+            before = writer.transactions
+            wait_for(lambda: writer.transactions > before + 200, 60, "writes after the load")
+        copy.catch_up(pg)
+    result = bridge("verify", "items", "--sqlite", str(path), env=replicator.env)
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    line = next(x for x in second.output().splitlines() if "continuing the chunked" in x)
+    print("\n" + line.split("INFO ")[-1])
+    meta = last_meta(nats_url)
+    assert meta["resumed"] is True, meta
+    rows = snapshot_rows(nats_url, meta)  # numbers 0..n-1, each once
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)) == meta["row_count"], "a row in two chunks"
