@@ -49,11 +49,9 @@ async def snapshot(url: str) -> tuple[dict[str, object], float]:
 
 
 @contextlib.contextmanager
-def snapshot_stack(rows: int) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
-    """A `rows`-row table `bench` (analyzed), NATS and a snapshotter serving it: (the
-    database URL, the NATS URL, the snapshotter's process)."""
+def bench_servers(rows: int) -> Iterator[tuple[str, str]]:
+    """PostgreSQL with a `rows`-row table `bench` (analyzed) and NATS: their URLs."""
     pg, ns = PostgresServer.create(), NatsServer.create()
-    proc = None
     try:
         url = pg.url()
         with psycopg.connect(url, autocommit=True) as conn:
@@ -67,19 +65,32 @@ def snapshot_stack(rows: int) -> Iterator[tuple[str, str, subprocess.Popen[bytes
                 (rows,),
             )
             conn.execute("VACUUM ANALYZE bench")
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-        env.update(
-            BRIDGE_DATABASE_URL=url,
-            BRIDGE_NATS_URL=ns.url,
-            BRIDGE_TABLE="bench",
-            BRIDGE_PORT=str(port),
-            BRIDGE_LOG_LEVEL="WARNING",
-        )
-        bridge = str(Path(sys.executable).parent / "bridge")
-        proc = subprocess.Popen(
-            [bridge, "snapshotter"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        yield url, ns.url
+    finally:
+        pg.destroy()
+        ns.destroy()
+
+
+@contextlib.contextmanager
+def running_snapshotter(
+    url: str, nats_url: str, **settings: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A snapshotter serving `bench` (settings as BRIDGE_ variables), healthy."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(
+        BRIDGE_DATABASE_URL=url,
+        BRIDGE_NATS_URL=nats_url,
+        BRIDGE_TABLE="bench",
+        BRIDGE_PORT=str(port),
+        BRIDGE_LOG_LEVEL="WARNING",
+        **{f"BRIDGE_{k.upper()}": v for k, v in settings.items()},
+    )
+    bridge = str(Path(sys.executable).parent / "bridge")
+    proc = subprocess.Popen(
+        [bridge, "snapshotter"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -90,13 +101,18 @@ def snapshot_stack(rows: int) -> Iterator[tuple[str, str, subprocess.Popen[bytes
             if time.monotonic() > deadline:
                 raise SystemExit("snapshotter did not become healthy")
             time.sleep(0.1)
-        yield url, ns.url, proc
+        yield proc
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(30)
-        pg.destroy()
-        ns.destroy()
+        proc.terminate()
+        proc.wait(30)
+
+
+@contextlib.contextmanager
+def snapshot_stack(rows: int) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+    """`bench_servers` and a snapshotter serving the table: (the database URL, the NATS URL,
+    the snapshotter's process)."""
+    with bench_servers(rows) as (url, nats_url), running_snapshotter(url, nats_url) as proc:
+        yield url, nats_url, proc
 
 
 def measure(rows: int) -> dict[str, Any]:

@@ -101,6 +101,7 @@ class Snapshotter:
             fresh,
             where,
             self.settings.snapshot_readers,
+            self.settings.snapshot_rows_per_reader,
         )
 
     def by_token(self) -> dict[str, tuple[str, str]]:

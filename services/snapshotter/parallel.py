@@ -3,8 +3,9 @@ each (services/snapshotter/reader.py), their chunks numbered and published here.
 
 Segments: the table's key is sampled (`TABLESAMPLE SYSTEM`, about 20,000 rows) and cut at its
 quantiles, so each reader gets about as many rows; the first segment is open below, the last
-above, so every row is in exactly one whatever was sampled. A table too small to cut, or
-without a primary key, is read by one reader.
+above, so every row is in exactly one whatever was sampled. A table of fewer rows than
+`--snapshot-rows-per-reader` per reader gets fewer readers (a process takes about 0.3 s to
+start); one too small to cut, or without a primary key, is read by one.
 
 - Exported mode: every reader adopts the one exported snapshot and locks the table (with a
   bounded wait: an ALTER TABLE queued behind one reader's lock would queue the next reader's
@@ -45,9 +46,8 @@ from services.snapshotter.table_read import Columns
 
 log = logging.getLogger(__name__)
 
-# Rows sampled to cut the key into segments, and the fewest rows worth a second reader.
+# Rows sampled to cut the key into segments.
 SAMPLE_ROWS = 20_000
-MIN_ROWS_PER_READER = 50_000
 # How long a reader waits for the table's lock before the attempt is given up (exported).
 LOCK_SECONDS = 5.0
 
@@ -83,6 +83,7 @@ async def plan_segments(
     key: list[str],
     readers: int,
     estimated_rows: int | None,
+    rows_per_reader: int = 500_000,
 ) -> list[Segment]:
     """`readers` segments of about equal rows, fewer for a small table; [] for one reader.
     Without the planner's estimate (a table never analyzed) 1% of its pages are sampled, and
@@ -90,7 +91,7 @@ async def plan_segments(
     if readers <= 1 or not key:
         return []
     if estimated_rows is not None:
-        readers = min(readers, max(1, estimated_rows // MIN_ROWS_PER_READER))
+        readers = min(readers, max(1, estimated_rows // rows_per_reader))
         if readers <= 1:
             return []
         percent = min(100.0, max(0.001, 100.0 * SAMPLE_ROWS / max(estimated_rows, 1)))
@@ -111,7 +112,7 @@ async def plan_segments(
     cur = await conn.execute(query)
     sample = [list(row) for row in await cur.fetchall()]
     if estimated_rows is None:
-        readers = min(readers, max(1, len(sample) * 100 // MIN_ROWS_PER_READER))
+        readers = min(readers, max(1, len(sample) * 100 // rows_per_reader))
     bounds: list[list[str]] = []
     for i in range(1, readers):
         bound = sample[len(sample) * i // readers] if sample else None
@@ -249,6 +250,7 @@ class ParallelJob:
     max_payload: int
     estimated_rows: int | None
     readers: int = 1
+    rows_per_reader: int = 500_000
     conditions: list[dict[str, Any]] = field(default_factory=list)
     transaction_seconds: float = 1.0
     statement_seconds: float = 20.0

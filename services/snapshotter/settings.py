@@ -40,7 +40,13 @@ class SnapshotterSettings(BridgeSettings):
         ge=1,
         le=16,
         description="Reader processes per snapshot, each reading a primary-key segment (both "
-        "modes; tables under 50000 rows per reader get fewer); 1 reads in the snapshotter",
+        "modes); 1 reads in the snapshotter itself",
+    )
+    snapshot_rows_per_reader: int = Field(
+        500_000,
+        ge=1,
+        description="The fewest rows (the planner's estimate) worth another reader: a reader "
+        "process costs about 0.3 s to start, so a smaller table gets fewer readers",
     )
     snapshot_takeover_seconds: float = Field(
         60.0,

@@ -111,6 +111,7 @@ class SnapshotOptions:
     # meta goes to its own subject, and a chunked one is not recorded for resuming.
     where: tuple[Condition, ...] = ()
     readers: int = 1  # reader processes, each a key segment (services/snapshotter/parallel.py)
+    rows_per_reader: int = 500_000  # the fewest rows worth another reader
 
 
 def new_snapshot_id() -> str:
@@ -176,12 +177,8 @@ async def take_snapshot(
                 builder.estimated_rows = progress.estimated_rows
             job = None
             if options.readers > 1:
-                job = ParallelJob(
-                    database_url, (schema, table), str(mode), options.chunk_size, max_payload,
-                    progress.estimated_rows, options.readers,
-                    [c.model_dump() for c in options.where], options.transaction_seconds,
-                    min(20.0, options.takeover_seconds / 3),
-                )  # fmt: skip
+                job = _job(database_url, schema, table, mode, options, max_payload)
+                job.estimated_rows = progress.estimated_rows
             if options.mode == "chunked":
                 lsn, extra = await read_chunked_snapshot(
                     catalog, database_url, schema, table, publication, mode, options,
@@ -252,6 +249,30 @@ async def take_snapshot(
     return meta
 
 
+def _job(
+    database_url: str,
+    schema: str,
+    table: str,
+    mode: ValueMode,
+    options: SnapshotOptions,
+    max_payload: int,
+) -> ParallelJob:
+    """What the reader processes of this snapshot are told (services/snapshotter/parallel.py)."""
+    return ParallelJob(
+        dsn=database_url,
+        table=(schema, table),
+        mode=str(mode),
+        chunk_size=options.chunk_size,
+        max_payload=max_payload,
+        estimated_rows=None,
+        readers=options.readers,
+        rows_per_reader=options.rows_per_reader,
+        conditions=[c.model_dump() for c in options.where],
+        transaction_seconds=options.transaction_seconds,
+        statement_seconds=min(20.0, options.takeover_seconds / 3),
+    )
+
+
 async def _export(
     database_url: str, what: str, primary_url: str | None, canceller: QueryCanceller
 ) -> tuple[ReplicationConnection, Lsn, str]:
@@ -288,7 +309,12 @@ async def _export_and_read(
     if job is not None:
         _, _, key, _ = await describe_table(catalog, schema, table, publication)
         segments = await plan_segments(
-            catalog, sql.Identifier(schema, table), key, job.readers, job.estimated_rows
+            catalog,
+            sql.Identifier(schema, table),
+            key,
+            job.readers,
+            job.estimated_rows,
+            job.rows_per_reader,
         )
     for _ in range(_ATTEMPTS):
         before = await storage_async(catalog, regclass)
@@ -372,16 +398,19 @@ async def read_chunked_snapshot(
         segments = list(previous.segments)  # continued as it was cut
     elif job is not None and previous is None:
         segments = await plan_segments(
-            catalog, sql.Identifier(schema, table), columns.key, job.readers, job.estimated_rows
+            catalog,
+            sql.Identifier(schema, table),
+            columns.key,
+            job.readers,
+            job.estimated_rows,
+            job.rows_per_reader,
         )
     else:
         segments = []
     if segments:
-        job = job or ParallelJob(
-            database_url, (schema, table), str(mode), options.chunk_size, builder.limit + 1024,
-            builder.estimated_rows, len(segments), [], options.transaction_seconds,
-            min(20.0, options.takeover_seconds / 3),
-        )  # fmt: skip
+        if job is None:  # a continued one, read as it was cut whatever the setting is now
+            job = _job(database_url, schema, table, mode, options, builder.limit + 1024)
+            job.estimated_rows = builder.estimated_rows
         ledger = Ledger(segments, builder.chunks, builder.row_count)
         stopped = await read_chunked_parallel(
             job, columns, segments, ledger, builder, publish,

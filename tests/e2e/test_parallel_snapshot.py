@@ -3,8 +3,8 @@ same rows as one reader in both modes, each once; a chunked one killed mid-way i
 segment by segment without a row twice; a copy loaded under writes verifies equal.
 
 The table is 240,000 rows, analyzed so that the planner's estimate asks for four readers
-(a reader per 50,000 rows at most); the transactions of the chunked mode are cut to about
-20 ms so that each segment takes many ranges.
+(`--snapshot-rows-per-reader` 50,000; the default would give it one); the transactions of
+the chunked mode are cut to about 20 ms so that each segment takes many ranges.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def test_four_readers_read_the_rows_one_reader_does_in_both_modes(
     one.stop()
     four = services(
         "snapshotter", pg, nats_url, table="items", snapshot_readers=4,
+        snapshot_rows_per_reader=50_000,
         snapshot_transaction_seconds=0.02,
     ).wait_healthy()  # fmt: skip
     for mode in ("exported", "chunked"):
@@ -79,6 +80,7 @@ def test_a_parallel_chunked_snapshot_killed_mid_way_is_continued_and_the_copy_is
     settings = {
         "table": "items",
         "snapshot_readers": 4,
+        "snapshot_rows_per_reader": 50_000,
         "snapshot_transaction_seconds": 0.02,
         "snapshot_takeover_seconds": 10,
         "chunk_size": 1000,
