@@ -10,7 +10,8 @@ point costs one global lookup.
 Points: `reader.after_acked` (the reader took an acknowledgement, before any status update
 about it), `reader.after_status` (a status update was sent), `publisher.after_write` (a
 batch's messages were written to NATS, before any PubAck), `snapshot.after_chunk` (a snapshot
-chunk was sent to JetStream, before the next).
+chunk was sent to JetStream, before the next), `snapshot.before_readers` (a parallel exported
+snapshot was exported; its reader processes are about to start).
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from services.snapshotter.chunks import Chunk, ChunkBuilder
 from services.snapshotter.errors import SnapshotError
 from services.snapshotter.reader import HEADER
 from services.snapshotter.table_read import Columns
+from shared import failpoints
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ async def plan_segments(
 ) -> list[Segment]:
     """`readers` segments of about equal rows, fewer for a small table; [] for one reader.
     Without the planner's estimate (a table never analyzed) 1% of its pages are sampled, and
-    the sample says the size."""
+    the sample says the size. `LockBusy` when the table could not be locked in time."""
     if readers <= 1 or not key:
         return []
     if estimated_rows is not None:
@@ -109,8 +110,19 @@ async def plan_segments(
         sql.Literal(percent),
         columns,
     )
-    cur = await conn.execute(query)
-    sample = [list(row) for row in await cur.fetchall()]
+    try:
+        async with conn.transaction():
+            # Bounded as the readers' own locks are: an ALTER TABLE queued behind another
+            # transaction would hold this up for as long.
+            await conn.execute(
+                sql.SQL("SET LOCAL lock_timeout = {}").format(
+                    sql.Literal(f"{int(LOCK_SECONDS * 1000)}ms")
+                )
+            )
+            cur = await conn.execute(query)
+            sample = [list(row) for row in await cur.fetchall()]
+    except psycopg.errors.LockNotAvailable as exc:
+        raise LockBusy(str(exc)) from None
     if estimated_rows is None:
         readers = min(readers, max(1, len(sample) * 100 // rows_per_reader))
     bounds: list[list[str]] = []
@@ -353,6 +365,7 @@ async def read_exported_parallel(
     """Every segment under the exported snapshot, once all readers hold the table's lock and
     `locked` (the storage check, the columns) passed. `LockBusy` or `Rewritten`: nothing was
     published, export again."""
+    failpoints.hit("snapshot.before_readers")
     readers = [
         await _Reader.start(i, job.for_segment(s, snapshot=snapshot_name))
         for i, s in enumerate(segments)

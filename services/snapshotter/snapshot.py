@@ -55,6 +55,7 @@ from services.snapshotter.chunks import Chunk, ChunkBuilder, RangeDone
 from services.snapshotter.conditions import checked, validate
 from services.snapshotter.errors import SnapshotError
 from services.snapshotter.parallel import (
+    LOCK_SECONDS,
     Ledger,
     LockBusy,
     ParallelJob,
@@ -249,6 +250,17 @@ async def take_snapshot(
     return meta
 
 
+def _locked_out(schema: str, table: str) -> None:
+    log.warning(
+        "a parallel snapshot of %s.%s waited %g s for the table's lock: an ALTER TABLE or "
+        "TRUNCATE is queued behind another transaction's lock (each reader locks the table); "
+        "trying again once the readers let go",
+        schema,
+        table,
+        LOCK_SECONDS,
+    )
+
+
 def _job(
     database_url: str,
     schema: str,
@@ -306,17 +318,20 @@ async def _export_and_read(
     table is large enough to cut into segments."""
     regclass = sql.Identifier(schema, table).as_string(catalog)
     segments: list[Segment] = []
-    if job is not None:
-        _, _, key, _ = await describe_table(catalog, schema, table, publication)
-        segments = await plan_segments(
-            catalog,
-            sql.Identifier(schema, table),
-            key,
-            job.readers,
-            job.estimated_rows,
-            job.rows_per_reader,
-        )
+    lock_waits = 0
     for _ in range(_ATTEMPTS):
+        if job is not None:
+            _, _, key, _ = await describe_table(catalog, schema, table, publication)
+            try:
+                segments = await plan_segments(
+                    catalog, sql.Identifier(schema, table), key, job.readers,
+                    job.estimated_rows, job.rows_per_reader,
+                )  # fmt: skip
+            except LockBusy:
+                lock_waits += 1
+                _locked_out(schema, table)
+                await asyncio.sleep(1)
+                continue
         before = await storage_async(catalog, regclass)
         canceller = QueryCanceller()
         repl, lsn, snapshot_name = await _export(
@@ -338,6 +353,11 @@ async def _export_and_read(
                 builder, publish, canceller, conditions,
             ):  # fmt: skip
                 return lsn
+        except LockBusy:
+            lock_waits += 1
+            _locked_out(schema, table)
+            await asyncio.sleep(1)
+            continue
         finally:
             await asyncio.to_thread(repl.close)  # drops the temporary slot
         log.info(
@@ -346,10 +366,16 @@ async def _export_and_read(
             schema,
             table,
         )
+    also = (
+        f" (in {lock_waits} of them a reader could not lock it: an ALTER TABLE or TRUNCATE "
+        "waits behind a long transaction; see pg_locks)"
+        if lock_waits
+        else ""
+    )
     raise SnapshotError(
         "table_rewritten",
-        f"{schema}.{table} was truncated or rewritten during each of {_ATTEMPTS} attempts to "
-        "snapshot it; ask again once that stops",
+        f"{schema}.{table} was truncated or rewritten, or locked out, during each of "
+        f"{_ATTEMPTS} attempts to snapshot it{also}; ask again once that stops",
     )
 
 
@@ -397,14 +423,14 @@ async def read_chunked_snapshot(
     if previous is not None and previous.segments:
         segments = list(previous.segments)  # continued as it was cut
     elif job is not None and previous is None:
-        segments = await plan_segments(
-            catalog,
-            sql.Identifier(schema, table),
-            columns.key,
-            job.readers,
-            job.estimated_rows,
-            job.rows_per_reader,
-        )
+        try:
+            segments = await plan_segments(
+                catalog, sql.Identifier(schema, table), columns.key, job.readers,
+                job.estimated_rows, job.rows_per_reader,
+            )  # fmt: skip
+        except LockBusy:  # one reader, whose every range waits a bounded time for its lock
+            _locked_out(schema, table)
+            segments = []
     else:
         segments = []
     if segments:
@@ -652,8 +678,8 @@ async def _read_exported_parallel(
     builder: ChunkBuilder,
     publish: Callable[[Piece], Awaitable[None]],
 ) -> bool:
-    """`_read_exported` by reader processes; False, with nothing published, when a reader
-    could not lock the table in time or the table was rewritten since the export."""
+    """`_read_exported` by reader processes; False, with nothing published, when the table was
+    rewritten since the export, `LockBusy` when a reader could not lock it in time."""
     async with await postgres.connect_async(job.dsn) as conn:
         await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
         await conn.set_read_only(True)
@@ -670,10 +696,7 @@ async def _read_exported_parallel(
 
             try:
                 await read_exported_parallel(job, snapshot_name, segments, locked, builder, publish)
-            except (Rewritten, LockBusy) as exc:
-                if isinstance(exc, LockBusy):
-                    log.info("a snapshot reader of %s.%s waited too long for the table's "
-                             "lock (an ALTER TABLE queued?)", schema, table)  # fmt: skip
+            except Rewritten:
                 return False
     return True
 

@@ -9,14 +9,20 @@ the chunked mode are cut to about 20 ms so that each segment takes many ranges.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import psycopg
+import pytest
 
 from pg_nats_bridge.sqlite import stored_value
 from tests.e2e.conftest import Service, stream_messages, wait_for
 from tests.e2e.test_chunked_snapshot import ChunkedCopy
 from tests.e2e.test_consumers import Writer, bridge, make_tables
+from tests.e2e.test_snapshotter import request
 from tests.harness.postgres import Database
 
 ROWS = 240_000
@@ -109,3 +115,52 @@ def test_a_parallel_chunked_snapshot_killed_mid_way_is_continued_and_the_copy_is
     rows = snapshot_rows(nats_url, meta)  # numbers 0..n-1, each once
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)) == meta["row_count"], "a row in two chunks"
+
+
+@pytest.mark.parametrize("blocked", ["sampling", "readers"])
+def test_readers_locked_out_by_a_queued_alter_table_export_again(
+    pg: Database, nats_url: str, services: Callable[..., Service], blocked: str
+) -> None:
+    """A transaction holds the table; an ALTER TABLE queues behind it; the snapshot's lock
+    requests queue behind the ALTER. One reader alone would wait with them; several could
+    wait on one another for good (the first holds its lock while the snapshotter waits for
+    the rest), so the key's sampling and each reader give up after 5 s and the snapshot is
+    tried again once the way is clear: it comes, after the ALTER, with its column. The ALTER
+    queues before the request (the sampling meets it), or once the snapshot was exported and
+    the readers are about to start (a failpoint holds them 3 s)."""
+    make_tables(pg)
+    pg.execute("ANALYZE items")
+    services("replicator", pg, nats_url, table="items").wait_healthy()
+    snapshotter = services(
+        "snapshotter", pg, nats_url, table="items", snapshot_readers=3,
+        snapshot_rows_per_reader=1000,
+        failpoints="snapshot.before_readers=sleep:3" if blocked == "readers" else None,
+    ).wait_healthy()  # fmt: skip
+    holder = psycopg.connect(pg.url)
+    alter = threading.Thread(
+        target=lambda: pg.execute("ALTER TABLE items ADD COLUMN extra int DEFAULT 7"),
+        daemon=True,
+    )
+
+    def block() -> None:
+        holder.execute("SELECT FROM items LIMIT 0")  # its transaction holds ACCESS SHARE
+        alter.start()
+
+    if blocked == "sampling":
+        block()
+    replies: list[dict[str, Any]] = []
+    asking = threading.Thread(target=lambda: replies.append(request(nats_url, "items")))
+    asking.start()
+    if blocked == "readers":
+        wait_for(lambda: "Received" in snapshotter.output(), 10, "the request")
+        time.sleep(1)  # exported by now; the readers start in 2 s
+        block()
+    wait_for(lambda: "waited 5 s for the table's lock" in snapshotter.output(), 30, "a lock wait")
+    holder.commit()  # the ALTER goes through, then the snapshot
+    holder.close()
+    asking.join(60)
+    alter.join(10)
+    (meta,) = replies
+    assert meta.get("row_count") == 3001, meta
+    rows = snapshot_rows(nats_url, meta)
+    assert {r["extra"] for r in rows} == {7}, "read before the ALTER"
