@@ -2,8 +2,8 @@
 same rows as one reader in both modes, each once; a chunked one killed mid-way is continued
 segment by segment without a row twice; a copy loaded under writes verifies equal.
 
-The table is 240,000 rows, analyzed so that the planner's estimate asks for four readers
-(`--snapshot-rows-per-reader` 50,000; the default would give it one); the transactions of
+The table is 60,000 rows, analyzed so that the planner's estimate asks for four readers
+(`--snapshot-rows-per-reader` 10,000; the default would give it one); the transactions of
 the chunked mode are cut to about 20 ms so that each segment takes many ranges.
 """
 
@@ -25,7 +25,7 @@ from tests.e2e.test_consumers import Writer, bridge, make_tables
 from tests.e2e.test_snapshotter import request
 from tests.harness.postgres import Database
 
-ROWS = 240_000
+ROWS = 60_000
 
 
 def big_items(pg: Database) -> None:
@@ -62,7 +62,7 @@ def test_four_readers_read_the_rows_one_reader_does_in_both_modes(
     one.stop()
     four = services(
         "snapshotter", pg, nats_url, table="items", snapshot_readers=4,
-        snapshot_rows_per_reader=50_000,
+        snapshot_rows_per_reader=10_000,
         snapshot_transaction_seconds=0.02,
     ).wait_healthy()  # fmt: skip
     for mode in ("exported", "chunked"):
@@ -86,7 +86,7 @@ def test_a_parallel_chunked_snapshot_killed_mid_way_is_continued_and_the_copy_is
     settings = {
         "table": "items",
         "snapshot_readers": 4,
-        "snapshot_rows_per_reader": 50_000,
+        "snapshot_rows_per_reader": 10_000,
         "snapshot_transaction_seconds": 0.02,
         "snapshot_takeover_seconds": 10,
         "chunk_size": 1000,
