@@ -77,13 +77,14 @@ def main() -> int:
     )
     print(f"snapshot ratio snapshot / COPY: {snapshot['ratio']:.2f}")
     for size in modes:
-        exported, chunked = size["exported"], size["chunked"]
-        print(
-            f"snapshot modes, {size['rows']:,} rows, 1 reader: exported "
-            f"{exported['rows_per_s']:,} rows/s holding one transaction "
-            f"{exported['longest_transaction_s']} s; chunked {chunked['rows_per_s']:,} rows/s, "
-            f"longest transaction {chunked['longest_transaction_s']} s"
-        )
+        for readers in snapshot_modes.READERS:
+            exported, chunked = size[f"exported_{readers}"], size[f"chunked_{readers}"]
+            print(
+                f"snapshot modes, {size['rows']:,} rows, {readers} reader(s): exported "
+                f"{exported['rows_per_s']:,} rows/s holding one transaction "
+                f"{exported['longest_transaction_s']} s; chunked {chunked['rows_per_s']:,} "
+                f"rows/s, longest transaction {chunked['longest_transaction_s']} s"
+            )
     print(
         f"1M-row transaction: ratio replicator / pg_recvlogical {big['ratio']:.2f}, "
         f"{big['cpu_us_per_event']} µs CPU/event, peak RSS {big['peak_rss_mb']} MB"
