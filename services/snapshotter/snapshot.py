@@ -366,16 +366,16 @@ async def _export_and_read(
             schema,
             table,
         )
-    also = (
-        f" (in {lock_waits} of them a reader could not lock it: an ALTER TABLE or TRUNCATE "
-        "waits behind a long transaction; see pg_locks)"
-        if lock_waits
-        else ""
-    )
+    what = "truncated or rewritten"
+    if lock_waits:
+        what += (
+            f", or could not be locked ({lock_waits} times: an ALTER TABLE or TRUNCATE waits "
+            "behind a long transaction, see pg_locks),"
+        )
     raise SnapshotError(
         "table_rewritten",
-        f"{schema}.{table} was truncated or rewritten, or locked out, during each of "
-        f"{_ATTEMPTS} attempts to snapshot it{also}; ask again once that stops",
+        f"{schema}.{table} was {what} during each of {_ATTEMPTS} attempts to snapshot it; ask "
+        "again once that stops",
     )
 
 
