@@ -246,10 +246,12 @@ class TableFollower:
         """The asked backfills, each into the copy at the position handed out so far. Its
         snapshot is taken after the request, so its consistent point is at or past every change
         handed out: its rows are as new as the copy's or newer, and replaying the changes from
-        here to the end of its window brings every row to its state there."""
+        here to the end of its window brings every row to its state there. A request leaves
+        the queue once answered: cut short by a NATS error, it is asked again."""
         while self._backfills:
-            request = self._backfills.pop(0)
+            request = self._backfills[0]
             if request.done.done():  # cancelled by its asker
+                self._backfills.pop(0)
                 continue
             table = request.table
             try:
@@ -268,29 +270,30 @@ class TableFollower:
                         "lags the replicator's; ask again"
                     )
             except FollowError as exc:
+                self._backfills.pop(0)
                 request.done.set_exception(exc)
                 log.warning("backfill of %s: %s", table, exc)
                 continue
             until = Lsn.parse(meta.get("replay_until") or meta["lsn"])
             self._replay_until[table] = max(until, self._replay_until.get(table, until))
-            try:
-                async for rows in self._chunks(table, meta):
-                    yield BackfillRows(table, rows)
-            except BaseException:
-                # Asked again once following resumes: a new backfill's rows replace these,
-                # and the replay from this position covers both windows.
-                self._backfills.insert(0, request)
-                raise
+            # Cut short, the next one's rows replace these, and the replay from this position
+            # covers both windows.
+            async for rows in self._chunks(table, meta):
+                yield BackfillRows(table, rows)
+            self._backfills.pop(0)
             log.info(
                 "%s: backfill %s loaded (%d rows where %s, lsn %s)",
                 table,
                 meta["snapshot_id"],
                 meta["row_count"],
-                " and ".join(contract.Condition(**c).describe() for c in meta.get("where", ())),
+                " and ".join(
+                    contract.Condition(**c).describe() for c in request.body.get("where", ())
+                ),
                 meta["lsn"],
             )
             yield Backfilled(table, meta, self.state)
-            request.done.set_result(meta)
+            if not request.done.done():
+                request.done.set_result(meta)
 
     # -- the items ---------------------------------------------------------------------------
 
@@ -320,8 +323,16 @@ class TableFollower:
 
     async def _batches(self) -> AsyncGenerator[_Batch, None]:
         attempt = 0
+        backfill_due = False
         while True:
             try:
+                if backfill_due:
+                    # Here, not in the handler of `_Backfill`: a NATS error while it loads is
+                    # handled below like any other (and the backfill asked again).
+                    backfill_due = False
+                    async for item in self._backfill():
+                        yield _Batch([item], None)
+                    self._stored = self.state  # following goes on from where it stopped
                 stored, self._stored = self._stored, None
                 why = await self._resumable(stored) if stored else "the copy is empty"
                 if why is None:
@@ -347,9 +358,8 @@ class TableFollower:
                 log.warning("re-bootstrapping %s: %s", ", ".join(self.tables), exc)
                 self._stored = None
             except _Backfill:
-                async for item in self._backfill():
-                    yield _Batch([item], None)
-                self._stored = self.state  # following goes on from where it stopped
+                backfill_due = True
+                self._stored = self.state
             except (TimeoutError, nats.errors.Error, _ChunksMissing, _NoSchemaDocument) as exc:
                 attempt += 1
                 delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
