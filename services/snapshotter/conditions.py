@@ -106,7 +106,12 @@ async def validate(
                 await conn.execute(
                     sql.SQL("SELECT {} {} {}").format(value, _OPERATORS[condition.op], value)
                 )
-        except (psycopg.errors.DataError, psycopg.errors.UndefinedFunction) as exc:
+        except (
+            psycopg.errors.DataError,  # a value the type does not take
+            psycopg.errors.UndefinedFunction,  # an operator the type has not
+            psycopg.errors.DatatypeMismatch,
+            psycopg.errors.FeatureNotSupported,
+        ) as exc:
             raise SnapshotError(
                 "bad_request",
                 f"where[{i}] ({condition.describe()}) on {what}: {_first_line(exc)}",
