@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
@@ -80,6 +80,10 @@ class ChunkedRead:
     statement_seconds: float = 20.0  # a range's lock wait and read end with an error past it
     operator: Operator = field(default_factory=Operator)
     conditions: tuple[Condition, ...] = ()  # a partial backfill's (conditions.py)
+    # A parallel reader's key segment (services/snapshotter/parallel.py): from `start`
+    # (inclusive) to `end` (exclusive); None, unbounded.
+    start: tuple[str, ...] | None = None
+    end: tuple[str, ...] | None = None
     transactions: int = 0
     longest_transaction: float = 0.0
     key_positions: list[int] = field(default_factory=list)
@@ -88,16 +92,34 @@ class ChunkedRead:
         self.key_positions = [self.columns.names.index(k) for k in self.columns.key]
 
 
-def range_query(
-    read: ChunkedRead,
-    after: tuple[str, ...] | None,
-    limit: int,
-    segment: sql.Composable | None = None,
-) -> sql.Composed:
+def key_bounds(
+    key: list[str],
+    start: Sequence[str] | None,
+    end: Sequence[str] | None,
+    after: Sequence[str] | None = None,
+) -> list[sql.Composable]:
+    """`(key) > (after)` (or `>= (start)` before anything was read) and `(key) < (end)`, as
+    literals PostgreSQL reads as the key columns' types: keys this snapshot read or sampled
+    from the table, never a request's."""
+    columns = sql.SQL(", ").join(map(sql.Identifier, key))
+
+    def row(values: Sequence[str]) -> sql.Composable:
+        return sql.SQL(", ").join(map(sql.Literal, values))
+
+    bounds: list[sql.Composable] = []
+    if after is not None:
+        bounds.append(sql.SQL("({}) > ({})").format(columns, row(after)))
+    elif start is not None:
+        bounds.append(sql.SQL("({}) >= ({})").format(columns, row(start)))
+    if end is not None:
+        bounds.append(sql.SQL("({}) < ({})").format(columns, row(end)))
+    return bounds
+
+
+def range_query(read: ChunkedRead, after: tuple[str, ...] | None, limit: int) -> sql.Composed:
     """`COPY (SELECT … WHERE (<row filter>) AND (<key>) > (<after>) ORDER BY <key> LIMIT n)`.
-    The row filter is the publication's, as shared/consistent_read.copy_query explains; the
-    last key's values are literals PostgreSQL reads as the key columns' types. `segment`: a
-    parallel reader's bounds (services/snapshotter/reader.py)."""
+    The row filter is the publication's, as shared/consistent_read.copy_query explains; a
+    backfill's conditions and a parallel reader's segment join it."""
     columns = read.columns
     key = sql.SQL(", ").join(map(sql.Identifier, columns.key))
     conditions: list[sql.Composable] = []
@@ -105,12 +127,7 @@ def range_query(
         conditions.append(sql.SQL("({})").format(sql.SQL(columns.row_filter)))  # type: ignore[arg-type]
     if read.conditions:
         conditions.append(condition_sql(read.table, read.conditions))
-    if segment is not None:
-        conditions.append(segment)
-    if after is not None:
-        conditions.append(
-            sql.SQL("({}) > ({})").format(key, sql.SQL(", ").join(map(sql.Literal, after)))
-        )
+    conditions += key_bounds(columns.key, read.start, read.end, after)
     where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
     return sql.SQL("COPY (SELECT {} FROM {}{} ORDER BY {} LIMIT {}) TO STDOUT").format(
         sql.SQL(", ").join(map(sql.Identifier, columns.names)),

@@ -21,51 +21,30 @@ stdout are `<kind: 1 byte><length: 4 bytes, big-endian><payload>`:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import struct
 import sys
-import time
 from typing import Any, BinaryIO
 
 import psycopg
 from psycopg import sql
 
 from pg_nats_bridge.contract import Condition
-from services.snapshotter.chunked import range_query
-from services.snapshotter.chunks import Chunk, ChunkBuilder, split_chunk
+from services.snapshotter.chunked import ChunkedRead, Interrupted, key_bounds, read_chunked
+from services.snapshotter.chunks import Chunk, ChunkBuilder, RangeDone, split_chunk
 from services.snapshotter.conditions import bound, condition_sql
 from services.snapshotter.copy_rows import CopyRowPacker
 from services.snapshotter.errors import SnapshotError
 from services.snapshotter.table_read import Columns
 from shared import postgres
 from shared.codec import RowCodec, ValueMode
-from shared.codec.copy_text import split_line
 from shared.consistent_read import PINNED_SEARCH_PATH, copy_query
+from shared.pg_cancel import QueryCanceller
 
 _BLOCK_LINES = 256
 HEADER = struct.Struct(">cI")
-
-
-def key_bounds(
-    key: list[str], start: list[str] | None, end: list[str] | None, after: list[str] | None
-) -> sql.Composable | None:
-    """`(key) >= (start)` (or `> (after)`, once part of the segment is read) and
-    `(key) < (end)`: the segment's bounds, as literals PostgreSQL reads as the key's types
-    (values the snapshotter sampled from the table, not from a request)."""
-    columns = sql.SQL(", ").join(map(sql.Identifier, key))
-    parts: list[sql.Composable] = []
-
-    def row(values: list[str]) -> sql.Composable:
-        return sql.SQL(", ").join(map(sql.Literal, values))
-
-    if after is not None:
-        parts.append(sql.SQL("({}) > ({})").format(columns, row(after)))
-    elif start is not None:
-        parts.append(sql.SQL("({}) >= ({})").format(columns, row(start)))
-    if end is not None:
-        parts.append(sql.SQL("({}) < ({})").format(columns, row(end)))
-    return sql.SQL("({})").format(sql.SQL(" AND ").join(parts)) if parts else None
 
 
 class Frames:
@@ -126,13 +105,10 @@ def read_exported(job: dict[str, Any], frames: Frames, lines: BinaryIO) -> None:
                 return
             job = {**job, **json.loads(go)}
             columns = _columns(job)
-            segment = key_bounds(columns.key, job.get("start"), job.get("end"), None)
-            condition: sql.Composable | None = segment
+            parts = key_bounds(columns.key, job.get("start"), job.get("end"))
             if conditions:
-                backfill = condition_sql(table, conditions)
-                condition = (
-                    backfill if segment is None else sql.SQL("{} AND {}").format(segment, backfill)
-                )
+                parts.append(condition_sql(table, conditions))
+            condition = sql.SQL(" AND ").join(parts) if parts else None
             query = copy_query(table, columns.names, columns.key, columns.row_filter, condition)
             rows = CopyRowPacker(RowCodec(columns.names, columns.oids, ValueMode(job["mode"])))
             builder = _builder(job)
@@ -146,13 +122,10 @@ def read_exported(job: dict[str, Any], frames: Frames, lines: BinaryIO) -> None:
 
 
 def read_ranges(job: dict[str, Any], frames: Frames, lines: BinaryIO) -> None:
-    """The segment in short transactions, as services/snapshotter/chunked.py reads a table,
-    each range followed by `R` and the snapshotter's `go` or `stop`."""
-    from services.snapshotter.chunked import FIRST_RANGE_ROWS, MAX_RANGE_ROWS, ChunkedRead
-    from shared.pg_cancel import QueryCanceller
-
+    """The segment in short transactions, exactly as one reader reads a table
+    (`chunked.read_chunked`), each range followed by `R` and the snapshotter's `go` or
+    `stop`."""
     columns = _columns(job)
-    conditions = tuple(Condition(**c) for c in job.get("conditions", ()))
     read = ChunkedRead(
         job["dsn"],
         sql.Identifier(*job["table"]),
@@ -160,54 +133,27 @@ def read_ranges(job: dict[str, Any], frames: Frames, lines: BinaryIO) -> None:
         ValueMode(job["mode"]),
         job["transaction_seconds"],
         QueryCanceller(),
+        after=tuple(job["after"]) if job.get("after") else None,
         statement_seconds=job["statement_seconds"],
-        conditions=conditions,
+        conditions=tuple(Condition(**c) for c in job.get("conditions", ())),
+        start=tuple(job["start"]) if job.get("start") else None,
+        end=tuple(job["end"]) if job.get("end") else None,
     )
-    packer = CopyRowPacker(RowCodec(columns.names, columns.oids, read.mode))
-    builder = _builder(job)
-    after: list[str] | None = job.get("after")
-    limit = FIRST_RANGE_ROWS
-    with postgres.connect(read.database_url, autocommit=True) as conn, bound(conn, conditions):
-        conn.execute("SET client_encoding TO 'UTF8'")
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        while True:
-            started = time.monotonic()
-            last: bytes | None = None
-            count = 0
-            segment = key_bounds(columns.key, job.get("start"), job.get("end"), after)
-            with conn.transaction():
-                timeout = sql.Literal(f"{int(read.statement_seconds * 1000)}ms")
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(timeout))
-                conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(timeout))
-                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(read.table))
-                conn.execute(PINNED_SEARCH_PATH)
-                query = range_query(read, None, limit, segment)
-                for block in postgres.copy_out_blocks(conn, query, _BLOCK_LINES):
-                    for chunk in builder.add_many(packer.pack_block(block), columns.key):
-                        frames.chunk(chunk)
-                    count += len(block)
-                    last = block[-1]
-            seconds = time.monotonic() - started
-            if last is None:
-                break
-            rest = builder.finish()
-            if rest is not None:
-                frames.chunk(rest)
-            fields = split_line(last)
-            after = [_text(fields[i]) for i in read.key_positions]
-            frames.json(b"R", {"after": after, "rows": count, "seconds": seconds})
-            if lines.readline().strip() != b"go" or count < limit:
-                break
-            wanted = count * read.transaction_seconds / max(seconds, 1e-3)
-            limit = int(min(MAX_RANGE_ROWS, max(limit // 2, min(wanted, limit * 2), 1)))
+    rows_before = 0
+
+    def emit(piece: Chunk | RangeDone) -> None:
+        nonlocal rows_before
+        if isinstance(piece, Chunk):
+            frames.chunk(piece)
+            return
+        rows, rows_before = piece.row_count - rows_before, piece.row_count
+        frames.json(b"R", {"after": list(piece.after), "rows": rows})
+        if lines.readline().strip() != b"go":
+            read.operator.action = "stop"  # read_chunked ends after this range
+
+    with contextlib.suppress(Interrupted):
+        read_chunked(read, _builder(job), emit)
     frames.send(b"D")
-
-
-def _text(value: bytes | None) -> str:
-    if value is None:
-        raise ValueError("a primary key value is NULL")
-    return value.decode()
 
 
 def main() -> int:
