@@ -34,7 +34,7 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -499,8 +499,12 @@ async def _check_conditions(
     await validate(catalog, sql.Identifier(schema, table), conditions, what)
 
 
-async def _snapshot_text(database_url: str, snapshot_name: str) -> str:
-    """The exported snapshot as `pg_snapshot` text (xmin:xmax:xip): what `lsn` holds."""
+@contextlib.asynccontextmanager
+async def _adopted(
+    database_url: str, snapshot_name: str
+) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """A connection in a read-only REPEATABLE READ transaction that adopted the exported
+    snapshot."""
     async with await postgres.connect_async(database_url) as conn:
         await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
         await conn.set_read_only(True)
@@ -508,8 +512,14 @@ async def _snapshot_text(database_url: str, snapshot_name: str) -> str:
             await conn.execute(
                 sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
             )
-            cur = await conn.execute("SELECT pg_current_snapshot()::text")
-            (text,) = await cur.fetchone() or ("",)
+            yield conn
+
+
+async def _snapshot_text(database_url: str, snapshot_name: str) -> str:
+    """The exported snapshot as `pg_snapshot` text (xmin:xmax:xip): what `lsn` holds."""
+    async with _adopted(database_url, snapshot_name) as conn:
+        cur = await conn.execute("SELECT pg_current_snapshot()::text")
+        (text,) = await cur.fetchone() or ("",)
     return str(text)
 
 
@@ -680,24 +690,18 @@ async def _read_exported_parallel(
 ) -> bool:
     """`_read_exported` by reader processes; False, with nothing published, when the table was
     rewritten since the export, `LockBusy` when a reader could not lock it in time."""
-    async with await postgres.connect_async(job.dsn) as conn:
-        await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
-        await conn.set_read_only(True)
-        async with conn.transaction():
-            await conn.execute(
-                sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
-            )
+    async with _adopted(job.dsn, snapshot_name) as conn:
 
-            async def locked() -> Columns:
-                # Every reader holds the lock now: the storage can no longer change.
-                if not await unchanged():
-                    raise Rewritten
-                return Columns(*await describe_table(conn, schema, table, publication))
+        async def locked() -> Columns:
+            # Every reader holds the lock now: the storage can no longer change.
+            if not await unchanged():
+                raise Rewritten
+            return Columns(*await describe_table(conn, schema, table, publication))
 
-            try:
-                await read_exported_parallel(job, snapshot_name, segments, locked, builder, publish)
-            except Rewritten:
-                return False
+        try:
+            await read_exported_parallel(job, snapshot_name, segments, locked, builder, publish)
+        except Rewritten:
+            return False
     return True
 
 
@@ -718,30 +722,20 @@ async def _read_exported(
     published, when `unchanged` says the table was truncated or rewritten since the export."""
     loop = asyncio.get_running_loop()
     name = sql.Identifier(schema, table)
-    async with await postgres.connect_async(database_url) as conn:
-        await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
-        await conn.set_read_only(True)
-        async with conn.transaction():
-            await conn.execute(
-                sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
-            )
+    async with _adopted(database_url, snapshot_name) as conn:
 
-            async def columns_once_locked() -> Columns:
-                if not await unchanged():
-                    raise Rewritten
-                return Columns(*await describe_table(conn, schema, table, publication))
+        async def columns_once_locked() -> Columns:
+            if not await unchanged():
+                raise Rewritten
+            return Columns(*await describe_table(conn, schema, table, publication))
 
-            def locked() -> Columns:
-                # In the reading thread, while the loop awaits that thread.
-                return asyncio.run_coroutine_threadsafe(columns_once_locked(), loop).result()
+        def locked() -> Columns:
+            # In the reading thread, while the loop awaits that thread.
+            return asyncio.run_coroutine_threadsafe(columns_once_locked(), loop).result()
 
-            try:
-                read = TableRead(
-                    database_url, snapshot_name, name, mode, locked, canceller, conditions
-                )
-                await publish_chunks(
-                    functools.partial(read_table, read), canceller, builder, publish
-                )
-            except Rewritten:
-                return False
+        try:
+            read = TableRead(database_url, snapshot_name, name, mode, locked, canceller, conditions)
+            await publish_chunks(functools.partial(read_table, read), canceller, builder, publish)
+        except Rewritten:
+            return False
     return True
