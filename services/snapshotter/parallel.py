@@ -310,7 +310,7 @@ async def _merge(
         while True:
             kind, payload = await reader.frame()
             await queue.put((reader, kind, payload))
-            if kind in (b"D", b"E"):
+            if kind in (b"D", b"S", b"E"):
                 return
 
     pumps = [asyncio.ensure_future(pump(r)) for r in readers if not r.finished]
@@ -337,9 +337,9 @@ async def _merge(
             elif kind == b"R":
                 assert on_range is not None
                 await on_range(reader, json.loads(payload))
-            elif kind == b"D":
+            elif kind in (b"D", b"S"):  # done; stopped before the segment's end
                 reader.finished = True
-                if ledger is not None:
+                if ledger is not None and kind == b"D":
                     ledger.finished[reader.index] = True
                 left -= 1
             elif kind == b"E":

@@ -16,12 +16,11 @@ stdout are `<kind: 1 byte><length: 4 bytes, big-endian><payload>`:
 - `R` (chunked mode) a range is done, its chunks sent: `{"after": [key as text], "rows": n}`;
   the reader reads a line, `go` or `stop`, before the next range.
 - `E` a failure: `{"reason": …, "error": …}` (a snapshot refusal's reason); then it exits.
-- `D` the segment is done.
+- `D` the segment is done; `S` (chunked) it stopped after a range, as the snapshotter asked.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import struct
@@ -151,8 +150,11 @@ def read_ranges(job: dict[str, Any], frames: Frames, lines: BinaryIO) -> None:
         if lines.readline().strip() != b"go":
             read.operator.action = "stop"  # read_chunked ends after this range
 
-    with contextlib.suppress(Interrupted):
+    try:
         read_chunked(read, _builder(job), emit)
+    except Interrupted:
+        frames.send(b"S")  # stopped as asked, the segment not read to its end
+        return
     frames.send(b"D")
 
 
