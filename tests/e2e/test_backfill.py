@@ -146,6 +146,14 @@ def test_backfill_conditions_that_are_not_one_are_refused_and_reach_no_sql(
         assert sorted(r["id"] for r in rows) == list(range(59, 301)), mode
         assert set(rows[0]) == {"id", "name", "doc", "born"}, rows[0]  # never `secret`
 
+    # The command line's form; a condition it cannot read is refused before anything is sent.
+    shown = bridge("snapshot", "people", "--where", "id <= 10", "--where", "name is not null",
+                   env=snapshotter.env)  # fmt: skip
+    assert shown.returncode == 0 and "backfill of people" in shown.stdout, shown.stdout
+    assert "row_count" in shown.stdout and " 10 " in shown.stdout, shown.stdout
+    wrong = bridge("snapshot", "people", "--where", "id ~ 3", env=snapshotter.env)
+    assert wrong.returncode == 2 and "is not `COLUMN OP VALUE`" in wrong.stdout, wrong.stdout
+
     bodies = [
         json.dumps({"where": [{"column": "id", "op": ">", "value": i}]}).encode() for i in range(40)
     ]
