@@ -230,11 +230,17 @@ class TableFollower:
         backfill, hands out its rows as `BackfillRows` and `Backfilled`, then goes on from that
         position, replaying changes until the backfill's window closes (docs/wire-format.md,
         "Partial backfills"). The future is the backfill's meta once handed out, or the
-        refusal (`FollowError`)."""
+        snapshotter's refusal (`FollowError`); a table not followed or a condition that is not
+        one raises `FollowError` at once."""
         name = ".".join(parse_table_name(table))
         if name not in self.tables:
             raise FollowError(f"{table} is not one of the followed tables ({self.tables})")
-        conditions = [contract.Condition.model_validate(c).model_dump() for c in where]
+        try:
+            conditions = [contract.Condition.model_validate(c).model_dump() for c in where]
+        except ValueError as exc:  # pydantic's ValidationError is one
+            raise FollowError(f"backfill of {table}: {exc}") from None
+        if not conditions:
+            raise FollowError(f"backfill of {table}: no condition (a backfill is a part)")
         body: dict[str, Any] = {"where": conditions, "mode": mode or self.snapshot_mode}
         if self.chunk_size:
             body["chunk_size"] = self.chunk_size

@@ -3,10 +3,13 @@ SQL they become (names as identifiers, values never in the text)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from psycopg import sql
 from pydantic import ValidationError
 
+from pg_nats_bridge import FollowError, TableFollower
 from pg_nats_bridge.contract import Condition, SnapshotRequest
 from services.snapshotter.conditions import condition_sql
 from services.tools.arguments import parse_condition
@@ -64,3 +67,27 @@ def test_names_are_identifiers_and_values_stay_out_of_the_sql() -> None:
     assert '"x""; DROP TABLE t; --" = ' in text  # one quoted identifier
     assert "DROP TABLE t; --'" not in text and "'); DROP" not in text  # the value is not there
     assert "current_setting('bridge.backfill')" in text and '"b" IS NOT NULL' in text
+
+
+@pytest.mark.parametrize(
+    ("table", "where"),
+    [
+        ("items", [{"column": "id", "op": "~", "value": 1}]),
+        ("items", []),
+        ("items", [{"column": "id"}]),
+        ("elsewhere", [{"column": "id", "op": "=", "value": 1}]),
+    ],
+)
+def test_a_backfill_the_follower_cannot_ask_for_is_refused_at_the_call(
+    table: str, where: list[dict[str, object]]
+) -> None:
+    class NoServer:  # the call refuses before anything would reach NATS
+        def jetstream(self) -> None:
+            return None
+
+    async def ask() -> None:
+        follower = TableFollower(NoServer(), ["items"])  # type: ignore[arg-type]
+        follower.backfill(table, where)
+
+    with pytest.raises(FollowError):
+        asyncio.run(ask())
