@@ -114,6 +114,12 @@ class SnapshotOptions:
     readers: int = 1  # reader processes, each a key segment (services/snapshotter/parallel.py)
     rows_per_reader: int = 500_000  # the fewest rows worth another reader
 
+    @property
+    def statement_seconds(self) -> float:
+        """Chunked: a range's lock wait and read end with an error past this, so that a live
+        reader records its progress well within `takeover_seconds`."""
+        return min(20.0, self.takeover_seconds / 3)
+
 
 def new_snapshot_id() -> str:
     """`snap-<unix time>-<random>`: ordered by time, unique within a second."""
@@ -178,8 +184,10 @@ async def take_snapshot(
                 builder.estimated_rows = progress.estimated_rows
             job = None
             if options.readers > 1:
-                job = _job(database_url, schema, table, mode, options, max_payload)
-                job.estimated_rows = progress.estimated_rows
+                job = _job(
+                    database_url, schema, table, mode, options, max_payload,
+                    progress.estimated_rows,
+                )  # fmt: skip
             if options.mode == "chunked":
                 lsn, extra = await read_chunked_snapshot(
                     catalog, database_url, schema, table, publication, mode, options,
@@ -268,6 +276,7 @@ def _job(
     mode: ValueMode,
     options: SnapshotOptions,
     max_payload: int,
+    estimated_rows: int | None,
 ) -> ParallelJob:
     """What the reader processes of this snapshot are told (services/snapshotter/parallel.py)."""
     return ParallelJob(
@@ -276,12 +285,12 @@ def _job(
         mode=str(mode),
         chunk_size=options.chunk_size,
         max_payload=max_payload,
-        estimated_rows=None,
+        estimated_rows=estimated_rows,
         readers=options.readers,
         rows_per_reader=options.rows_per_reader,
         conditions=[c.model_dump() for c in options.where],
         transaction_seconds=options.transaction_seconds,
-        statement_seconds=min(20.0, options.takeover_seconds / 3),
+        statement_seconds=options.statement_seconds,
     )
 
 
@@ -420,69 +429,81 @@ async def read_chunked_snapshot(
     if chunked is not None:
         await chunked.claim(str(lsn))
     previous = chunked.previous if chunked is not None else None
-    if previous is not None and previous.segments:
-        segments = list(previous.segments)  # continued as it was cut
-    elif job is not None and previous is None:
-        try:
-            segments = await plan_segments(
-                catalog, sql.Identifier(schema, table), columns.key, job.readers,
-                job.estimated_rows, job.rows_per_reader,
-            )  # fmt: skip
-        except LockBusy:  # one reader, whose every range waits a bounded time for its lock
-            _locked_out(schema, table)
-            segments = []
-    else:
-        segments = []
+    operator = operator or Operator()
+    segments = await _chunked_segments(catalog, schema, table, columns, job, previous)
     if segments:
         if job is None:  # a continued one, read as it was cut whatever the setting is now
-            job = _job(database_url, schema, table, mode, options, builder.limit + 1024)
-            job.estimated_rows = builder.estimated_rows
+            job = _job(
+                database_url, schema, table, mode, options, builder.limit + 1024,
+                builder.estimated_rows,
+            )  # fmt: skip
         ledger = Ledger(segments, builder.chunks, builder.row_count)
         stopped = await read_chunked_parallel(
-            job, columns, segments, ledger, builder, publish,
-            lambda: (operator or Operator()).action,
-        )  # fmt: skip
+            job, columns, segments, ledger, builder, publish, lambda: operator.action
+        )
         if stopped is not None:
             raise Interrupted(stopped)
         cur = await catalog.execute(END_QUERY)
         (end,) = await cur.fetchone() or ("",)
+        until = Lsn.parse(end)
         log.info(
             "chunked snapshot of %s.%s: %d rows by %d readers",
             schema, table, builder.row_count, len(segments),
         )  # fmt: skip
-        extra: dict[str, Any] = {"mode": "chunked", "replay_until": str(max(Lsn.parse(end), lsn))}
-        if previous is not None:
-            extra["resumed"] = True
-        if chunked is not None:
-            extra["started"] = chunked.started
-        return lsn, extra
-    read = ChunkedRead(
-        database_url,
-        sql.Identifier(schema, table),
-        columns,
-        mode,
-        options.transaction_seconds,
-        canceller,
-        after=chunked.previous.after if chunked and chunked.previous else None,
-        statement_seconds=min(20.0, options.takeover_seconds / 3),
-        operator=operator or Operator(),
-        conditions=options.where,
-    )
-    until = await publish_chunks(functools.partial(read_chunked, read), canceller, builder, publish)
-    log.info(
-        "chunked snapshot of %s.%s: %d rows in %d transactions, the longest %.2f s",
-        schema,
-        table,
-        builder.row_count,
-        read.transactions,
-        read.longest_transaction,
-    )
-    extra = {"mode": "chunked", "replay_until": str(max(until, lsn))}
-    if chunked is not None and chunked.previous is not None:
+    else:
+        read = ChunkedRead(
+            database_url,
+            sql.Identifier(schema, table),
+            columns,
+            mode,
+            options.transaction_seconds,
+            canceller,
+            after=previous.after if previous is not None else None,
+            statement_seconds=options.statement_seconds,
+            operator=operator,
+            conditions=options.where,
+        )
+        reading = functools.partial(read_chunked, read)
+        until = await publish_chunks(reading, canceller, builder, publish)
+        log.info(
+            "chunked snapshot of %s.%s: %d rows in %d transactions, the longest %.2f s",
+            schema,
+            table,
+            builder.row_count,
+            read.transactions,
+            read.longest_transaction,
+        )
+    extra: dict[str, Any] = {"mode": "chunked", "replay_until": str(max(until, lsn))}
+    if previous is not None:
         extra["resumed"] = True
     if chunked is not None:
         extra["started"] = chunked.started
     return lsn, extra
+
+
+async def _chunked_segments(
+    catalog: psycopg.AsyncConnection[Any],
+    schema: str,
+    table: str,
+    columns: Columns,
+    job: ParallelJob | None,
+    previous: ChunkedProgress | None,
+) -> list[Segment]:
+    """The segments a chunked snapshot's reader processes read: a continued one's as they
+    were cut, a new one's from a sample of the key when readers are asked for; [] for one
+    reader in this process."""
+    if previous is not None:
+        return list(previous.segments or ())
+    if job is None:
+        return []
+    try:
+        return await plan_segments(
+            catalog, sql.Identifier(schema, table), columns.key, job.readers,
+            job.estimated_rows, job.rows_per_reader,
+        )  # fmt: skip
+    except LockBusy:  # one reader, whose every range waits a bounded time for its lock
+        _locked_out(schema, table)
+        return []
 
 
 async def _check_conditions(
