@@ -22,12 +22,19 @@ import httpx
 import nats
 import psycopg
 
-from pg_nats_bridge import CaughtUp, MemoryCopy, SqliteCopy, TableFollower
+from pg_nats_bridge import MemoryCopy, SqliteCopy
 from pg_nats_bridge.lsn import Lsn
 from pg_nats_bridge.sqlite import stored_value
 from services.snapshotter.snapshot import _until_visible
-from tests.e2e.conftest import BRIDGE, Service, slot_lag, stream_messages, wait_for
-from tests.e2e.test_consumers import Writer, bridge, make_tables, start_replica, table_rows
+from tests.e2e.conftest import BRIDGE, Service, stream_messages, wait_for
+from tests.e2e.test_consumers import (
+    FollowedCopy,
+    Writer,
+    bridge,
+    make_tables,
+    start_replica,
+    table_rows,
+)
 from tests.harness.postgres import Database, PostgresServer
 
 
@@ -94,34 +101,15 @@ def test_the_library_loads_a_chunked_snapshot_into_memory_equal_to_the_table(
     services(
         "snapshotter", pg, nats_url, table="items", snapshot_transaction_seconds=0.02
     ).wait_healthy()
-    copy = MemoryCopy()
-    caught_up = threading.Event()
-    done = threading.Event()
-
-    async def follow() -> None:
-        nc = await nats.connect(nats_url)
-        try:
-            follower = TableFollower(nc, ["items"], snapshot_mode="chunked")
-            async for batch in follower.batches():
-                copy.apply_all(batch)
-                if batch and isinstance(batch[-1], CaughtUp):
-                    caught_up.set()
-                    if done.is_set():
-                        return
-        finally:
-            await nc.close()
-
+    followed = FollowedCopy(nats_url, ["items"], MemoryCopy, snapshot_mode="chunked")
     with Writer(pg.url, seed=9) as writer:
         time.sleep(0.5)
-        consumer = threading.Thread(target=lambda: asyncio.run(follow()), daemon=True)
-        consumer.start()
+        followed.start()
         time.sleep(4)
     assert writer.transactions > 300, f"only {writer.transactions} transactions"
-    wait_for(lambda: slot_lag(pg) == 0, 30, "the replicator to catch up", replicator)
-    caught_up.clear()
-    wait_for(caught_up.is_set, 30, "the copy to catch up")
-    done.set()
-    consumer.join(30)
+    followed.catch_up(pg, replicator, timeout=30)
+    followed.stop()
+    copy = followed.copy
     names = ["id", "score", "big", "flag"]
     got = sorted(
         (tuple(stored_value(r.get(c)) for c in names) for r in copy.tables["public.items"]),
@@ -144,46 +132,13 @@ def test_a_table_without_a_primary_key_is_refused_a_chunked_snapshot(
     assert taken.returncode == 0, taken.stdout
 
 
-class ChunkedCopy:
-    """A SqliteCopy of items followed in a thread through chunked snapshots (asked again after
-    3 s without a chunk, so that a dead snapshotter's is continued soon)."""
-
-    def __init__(self, nats_url: str, path: Path) -> None:
-        self.nats_url, self.path = nats_url, path
-        self.loaded = threading.Event()
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._follow()), daemon=True)
-
-    def __enter__(self) -> ChunkedCopy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.thread.join(30)
-
-    def catch_up(self, pg: Database) -> None:
-        """Once the replicator published every change, until the copy applied them all."""
-        wait_for(lambda: slot_lag(pg) == 0, 30, "the replicator to catch up")
-        self.loaded.clear()
-        wait_for(self.loaded.is_set, 60, "the copy to catch up after the writes")
-
-    async def _follow(self) -> None:
-        nc = await nats.connect(self.nats_url)
-        copy = SqliteCopy(self.path)
-        try:
-            follower = TableFollower(
-                nc, ["items"], snapshot_mode="chunked", snapshot_stall_seconds=3
-            )
-            async for batch in follower.batches():
-                copy.apply_all(batch)
-                if batch and isinstance(batch[-1], CaughtUp):
-                    self.loaded.set()
-                    if self.done.is_set():
-                        return
-        finally:
-            copy.close()
-            await nc.close()
+def chunked_copy(nats_url: str, path: Path) -> FollowedCopy:
+    """A SqliteCopy of items followed through chunked snapshots (asked again after 3 s without
+    a chunk, so that a dead snapshotter's is continued soon)."""
+    return FollowedCopy(
+        nats_url, ["items"], lambda: SqliteCopy(path), snapshot_mode="chunked",
+        snapshot_stall_seconds=3,
+    )  # fmt: skip
 
 
 def test_a_chunked_snapshot_killed_mid_way_is_continued_by_another_snapshotter(
@@ -205,7 +160,7 @@ def test_a_chunked_snapshot_killed_mid_way_is_continued_by_another_snapshotter(
         "snapshotter", pg, nats_url, failpoints="snapshot.after_chunk=exit@20", **settings
     ).wait_healthy()
     path = tmp_path / "copy.db"
-    with ChunkedCopy(nats_url, path) as copy:
+    with chunked_copy(nats_url, path) as copy:
         with Writer(pg.url, seed=10):
             assert doomed.wait(60) != 0  # the failpoint's exit, mid-snapshot
             second = services("snapshotter", pg, nats_url, **settings).wait_healthy()

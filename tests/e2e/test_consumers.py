@@ -94,6 +94,76 @@ class Writer:
                 time.sleep(0.003)
 
 
+class FollowedCopy:
+    """A copy (`make_copy()`: a MemoryCopy, a SqliteCopy) following `tables` in a thread of
+    its own, with its own event loop and NATS connection: `loaded` is set at each CaughtUp.
+    `batches=False` applies item by item (`async for item in follower`)."""
+
+    def __init__(
+        self,
+        nats_url: str,
+        tables: list[str],
+        make_copy: Callable[[], Any],
+        *,
+        batches: bool = True,
+        **options: Any,
+    ) -> None:
+        self.nats_url, self.tables, self.make_copy = nats_url, tables, make_copy
+        self.batches, self.options = batches, options
+        self.copy: Any = None
+        self.loaded = threading.Event()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._follow()), daemon=True)
+
+    def start(self) -> FollowedCopy:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """At its next CaughtUp."""
+        self.done.set()
+        self.thread.join(30)
+
+    def __enter__(self) -> FollowedCopy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def catch_up(
+        self, pg: Database, replicator: Service | None = None, timeout: float = 60
+    ) -> None:
+        """Once the replicator published every change, until the copy applied them all."""
+        wait_for(lambda: slot_lag(pg) == 0, 30, "the replicator to catch up", replicator)
+        self.loaded.clear()
+        wait_for(self.loaded.is_set, timeout, "the copy to catch up after the writes")
+
+    async def _follow(self) -> None:
+        nc = await nats.connect(self.nats_url)
+        copy = self.copy = self.make_copy()
+        try:
+            follower = TableFollower(nc, self.tables, **self.options)
+            if self.batches:
+                async for batch in follower.batches():
+                    copy.apply_all(batch)
+                    if batch and isinstance(batch[-1], CaughtUp) and self._caught_up():
+                        return
+            else:
+                async for item in follower:
+                    copy.apply(item)
+                    if isinstance(item, CaughtUp) and self._caught_up():
+                        return
+        finally:
+            if hasattr(copy, "close"):
+                copy.close()
+            await nc.close()
+
+    def _caught_up(self) -> bool:
+        """Say so; whether to stop."""
+        self.loaded.set()
+        return self.done.is_set()
+
+
 def make_tables(pg: Database) -> None:
     pg.execute(
         "CREATE TABLE items (id int PRIMARY KEY, score float8, big text, flag boolean);"
@@ -122,33 +192,15 @@ def test_library_keeps_a_copy_equal_to_the_tables_under_writes(
 ) -> None:
     make_tables(pg)
     replicator = start_stack(pg, nats_url, services)
-    copy = MemoryCopy()
-    caught_up = threading.Event()
-    done = threading.Event()
-
-    async def follow() -> None:
-        nc = await nats.connect(nats_url)
-        try:
-            async for item in TableFollower(nc, ["items", "public.events"]):
-                copy.apply(item)
-                if isinstance(item, CaughtUp):
-                    caught_up.set()
-                    if done.is_set():
-                        return
-        finally:
-            await nc.close()
-
+    followed = FollowedCopy(nats_url, ["items", "public.events"], MemoryCopy, batches=False)
     with Writer(pg.url) as writer:
         time.sleep(0.5)
-        consumer = threading.Thread(target=lambda: asyncio.run(follow()), daemon=True)
-        consumer.start()
+        followed.start()
         time.sleep(4)
     assert writer.transactions > 300, f"only {writer.transactions} transactions"
-    wait_for(lambda: slot_lag(pg) == 0, 30, "the replicator to catch up", replicator)
-    caught_up.clear()
-    wait_for(caught_up.is_set, 30, "the copy to catch up")
-    done.set()
-    consumer.join(30)
+    followed.catch_up(pg, replicator, timeout=30)
+    followed.stop()
+    copy = followed.copy
     for table, columns in (("items", "id, score, big, flag"), ("events", "kind, note")):
         names = [c.strip() for c in columns.split(",")]
         got = sorted(

@@ -20,7 +20,7 @@ import pytest
 
 from pg_nats_bridge.sqlite import stored_value
 from tests.e2e.conftest import Service, stream_messages, wait_for
-from tests.e2e.test_chunked_snapshot import ChunkedCopy
+from tests.e2e.test_chunked_snapshot import chunked_copy
 from tests.e2e.test_consumers import Writer, bridge, make_tables
 from tests.e2e.test_snapshotter import request
 from tests.harness.postgres import Database
@@ -96,7 +96,7 @@ def test_a_parallel_chunked_snapshot_killed_mid_way_is_continued_and_the_copy_is
         "snapshotter", pg, nats_url, failpoints="snapshot.after_chunk=exit@30", **settings
     ).wait_healthy()
     path = tmp_path / "copy.db"
-    with ChunkedCopy(nats_url, path) as copy:
+    with chunked_copy(nats_url, path) as copy:
         with Writer(pg.url, seed=31) as writer:
             assert doomed.wait(120) != 0  # the failpoint's exit, mid-snapshot
             second = services("snapshotter", pg, nats_url, **settings).wait_healthy()
