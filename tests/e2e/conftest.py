@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -134,6 +135,24 @@ def services(tmp_path: Path) -> Iterator[Callable[..., Service]]:
     yield start
     for service in started:
         service.stop()
+
+
+def ask_all(
+    url: str, subject: str, bodies: list[bytes], timeout: float = 120
+) -> list[dict[str, Any]]:
+    """The JSON answers to a request on `subject` per body, all sent at once."""
+
+    async def ask() -> list[dict[str, Any]]:
+        nc = await nats.connect(url)
+        try:
+            replies = await asyncio.gather(
+                *(nc.request(subject, body, timeout=timeout) for body in bodies)
+            )
+            return [json.loads(r.data) for r in replies]
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
 
 
 def stream_messages(

@@ -9,7 +9,6 @@ leaves out.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import time
@@ -17,9 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import nats
-
-from tests.e2e.conftest import Service, stream_messages, wait_for
+from tests.e2e.conftest import Service, ask_all, stream_messages, wait_for
 from tests.e2e.test_consumers import Writer, bridge, make_tables, start_replica
 from tests.e2e.test_snapshotter import request
 from tests.harness.postgres import Database
@@ -72,22 +69,6 @@ def test_a_backfill_repairs_a_live_copy_under_writes(
     rows = [r for s, _, c in init if s.startswith(prefix) for r in c["data"]]
     assert len(rows) == backfill["row_count"] > 900, backfill
     assert all(r["id"] <= 1000 for r in rows)
-
-
-def ask_all(url: str, bodies: list[bytes], table: str = "items") -> list[dict[str, Any]]:
-    """The snapshotter's answers to `bodies`, sent at once."""
-
-    async def ask() -> list[dict[str, Any]]:
-        nc = await nats.connect(url)
-        try:
-            replies = await asyncio.gather(
-                *(nc.request(f"bridge.snapshot.{table}", b, timeout=120) for b in bodies)
-            )
-            return [json.loads(r.data) for r in replies]
-        finally:
-            await nc.close()
-
-    return asyncio.run(ask())
 
 
 def test_backfill_conditions_that_are_not_one_are_refused_and_reach_no_sql(
@@ -157,7 +138,7 @@ def test_backfill_conditions_that_are_not_one_are_refused_and_reach_no_sql(
     bodies = [
         json.dumps({"where": [{"column": "id", "op": ">", "value": i}]}).encode() for i in range(40)
     ]
-    answers = ask_all(nats_url, bodies, "people")
+    answers = ask_all(nats_url, "bridge.snapshot.people", bodies)
     reasons = [a.get("reason", "ok") for a in answers]
     print({r: reasons.count(r) for r in set(reasons)})
     assert set(reasons) <= {"ok", "busy"} and "ok" in reasons, reasons

@@ -26,7 +26,7 @@ from pg_nats_bridge import MemoryCopy, SqliteCopy
 from pg_nats_bridge.lsn import Lsn
 from pg_nats_bridge.sqlite import stored_value
 from services.snapshotter.snapshot import _until_visible
-from tests.e2e.conftest import BRIDGE, Service, stream_messages, wait_for
+from tests.e2e.conftest import BRIDGE, Service, ask_all, stream_messages, wait_for
 from tests.e2e.test_consumers import (
     FollowedCopy,
     Writer,
@@ -396,17 +396,8 @@ def test_snapshot_control_requests_that_are_not_one_get_a_clear_answer(
     ):
         assert asyncio.run(ask(body, token))["reason"] == "bad_request", body[:40]
 
-    async def flood() -> list[dict[str, Any]]:
-        nc = await nats.connect(nats_url)
-        try:
-            replies = await asyncio.gather(
-                *(nc.request(subject, b"{}", timeout=30) for _ in range(1000))
-            )
-            return [json.loads(r.data) for r in replies]
-        finally:
-            await nc.close()
-
-    assert {a["reason"] for a in asyncio.run(flood())} == {"unauthorized"}
+    flood = ask_all(nats_url, subject, [b"{}"] * 1000, timeout=30)
+    assert {a["reason"] for a in flood} == {"unauthorized"}
     assert snapshotter.health() == 200
 
 
