@@ -158,6 +158,18 @@ class FollowedCopy:
                 copy.close()
             await nc.close()
 
+    def follow_writes(self, pg: Database, replicator: Service, seed: int = 1) -> Any:
+        """Start following 0.5 s into the writer's 4.5 s of writes; once they and the copy are
+        caught up, stop; the copy."""
+        with Writer(pg.url, seed=seed) as writer:
+            time.sleep(0.5)
+            self.start()
+            time.sleep(4)
+        assert writer.transactions > 300, f"only {writer.transactions} transactions"
+        self.catch_up(pg, replicator, timeout=30)
+        self.stop()
+        return self.copy
+
     def _caught_up(self) -> bool:
         """Say so; whether to stop."""
         self.loaded.set()
@@ -193,14 +205,7 @@ def test_library_keeps_a_copy_equal_to_the_tables_under_writes(
     make_tables(pg)
     replicator = start_stack(pg, nats_url, services)
     followed = FollowedCopy(nats_url, ["items", "public.events"], MemoryCopy, batches=False)
-    with Writer(pg.url) as writer:
-        time.sleep(0.5)
-        followed.start()
-        time.sleep(4)
-    assert writer.transactions > 300, f"only {writer.transactions} transactions"
-    followed.catch_up(pg, replicator, timeout=30)
-    followed.stop()
-    copy = followed.copy
+    copy = followed.follow_writes(pg, replicator)
     for table, columns in (("items", "id, score, big, flag"), ("events", "kind, note")):
         names = [c.strip() for c in columns.split(",")]
         got = sorted(
