@@ -6,6 +6,7 @@ equal to PostgreSQL (a snapshot, then every change after it, resumable); `Sqlite
 other installed packages.
 """
 
+from pg_nats_bridge.apply_error import ApplyError
 from pg_nats_bridge.changes import (
     Backfilled,
     BackfillRows,
@@ -29,6 +30,7 @@ from pg_nats_bridge.memory import MemoryCopy
 from pg_nats_bridge.sqlite import SqliteCopy
 
 __all__ = [
+    "ApplyError",
     "BackfillRows",
     "Backfilled",
     "Bootstrapped",

@@ -166,6 +166,10 @@ class TableFollower:
         # Tables loaded from a chunked snapshot whose replay window is still open: changes
         # committed below this LSN are handed out with `replay` (docs/wire-format.md).
         self._replay_until: dict[str, Lsn] = {}
+        # A window stays in the state until the position passes the change that closed it, so
+        # that `state_before` a change in front of that one still replays (`_windows`).
+        self._replay_open: set[str] = set()
+        self._replay_closed: dict[str, int] = {}  # table → CDC sequence that closed its window
         self._schemas: dict[str, TableSchema] = {}
         self._revisions: dict[str, int] = {}
         self.pending = 0  # events the consumer holds beyond the last one delivered
@@ -190,14 +194,29 @@ class TableFollower:
             "snapshots": {t: str(lsn) for t, lsn in self._lsns.items()},
             "stream": self.cdc_stream,
         }
-        if self._replay_until:
-            state["replay_until"] = {t: str(lsn) for t, lsn in self._replay_until.items()}
+        windows = self._windows(self._seq)
+        if windows:
+            state["replay_until"] = windows
         return state
 
     def state_before(self, seq: int) -> dict[str, Any]:
         """The state through the event before CDC sequence `seq`: what to store when stopping
-        without applying the change at `seq`."""
-        return {**self.state, "seq": seq - 1}
+        without applying the change at `seq` (one the copy could not apply: `ApplyError.seq`),
+        so that following on from it hands that change out again, exactly as the first time."""
+        state = {**self.state, "seq": seq - 1}
+        state.pop("replay_until", None)
+        windows = self._windows(seq - 1)
+        if windows:
+            state["replay_until"] = windows
+        return state
+
+    def _windows(self, seq: int) -> dict[str, str]:
+        """The replay windows a copy at CDC sequence `seq` is still in."""
+        return {
+            t: str(lsn)
+            for t, lsn in self._replay_until.items()
+            if self._replay_closed.get(t, seq + 1) > seq
+        }
 
     async def _resumable(self, stored: dict[str, Any]) -> str | None:
         """Why `stored` cannot be resumed, or None when it can."""
@@ -282,6 +301,8 @@ class TableFollower:
                 continue
             until = Lsn.parse(meta.get("replay_until") or meta["lsn"])
             self._replay_until[table] = max(until, self._replay_until.get(table, until))
+            self._replay_open.add(table)
+            self._replay_closed.pop(table, None)
             # Cut short, the next one's rows replace these, and the replay from this position
             # covers both windows.
             async for rows in self._chunks(table, meta):
@@ -348,6 +369,7 @@ class TableFollower:
                     self._replay_until = {
                         t: Lsn.parse(v) for t, v in (stored.get("replay_until") or {}).items()
                     }
+                    self._replay_open, self._replay_closed = set(self._replay_until), {}
                     self._past_snapshot = set()
                     for table in self.tables:
                         self._schemas[table] = await self._schema(table)
@@ -387,6 +409,7 @@ class TableFollower:
     async def _bootstrap(self) -> AsyncIterator[Item]:
         self._lsns = {}
         self._replay_until = {}
+        self._replay_open, self._replay_closed = set(), {}
         self._past_snapshot = set()
         info = await self.js.stream_info(self.cdc_stream)
         start = info.state.last_seq + 1
@@ -411,6 +434,7 @@ class TableFollower:
             self._lsns[table] = Lsn.parse(meta["lsn"])
             if meta.get("mode") == "chunked" and meta.get("replay_until"):
                 self._replay_until[table] = Lsn.parse(meta["replay_until"])
+                self._replay_open.add(table)
             log.info(
                 "%s: snapshot %s loaded (%d rows, lsn %s%s)",
                 table,
@@ -765,7 +789,7 @@ class TableFollower:
             return Oversized(table, event, seq)
         when = self.last_commit_time = event["commit_time"]
         op = event["operation"]
-        replay = bool(self._replay_until) and self._replaying(table, lsn)
+        replay = bool(self._replay_open) and self._replaying(table, lsn, seq)
         if op == "insert":
             return Insert(table, event["data"], seq, lsn, when, replay)
         if op == "update":
@@ -790,15 +814,15 @@ class TableFollower:
             self._routes[subject] = route
         return route
 
-    def _replaying(self, table: str, commit_lsn: str) -> bool:
+    def _replaying(self, table: str, commit_lsn: str, seq: int) -> bool:
         """Whether a change of `table` falls in its chunked snapshot's replay window (which
-        closes for good at the first change past it: commit LSNs only grow)."""
-        until = self._replay_until.get(table)
-        if until is None:
+        closes for good at the first change past it, at `seq`: commit LSNs only grow)."""
+        if table not in self._replay_open:
             return False
-        if Lsn.parse(commit_lsn) < until:
+        if Lsn.parse(commit_lsn) < self._replay_until[table]:
             return True
-        del self._replay_until[table]
+        self._replay_open.discard(table)
+        self._replay_closed[table] = seq
         return False
 
     def _before_snapshot(self, table: str, commit_lsn: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from pg_nats_bridge.apply_error import ApplyError
 from pg_nats_bridge.changes import (
     BackfillRows,
     Delete,
@@ -23,7 +24,11 @@ from pg_nats_bridge.changes import (
 
 class MemoryCopy:
     """`tables[name]` is a list of the table's rows. Rows are kept by primary key (an update
-    or delete finds its row at once), or by the whole old row in a table without one."""
+    or delete finds its row at once), or by the whole old row in a table without one.
+
+    Each item is applied whole or not at all: an item that cannot be applied raises
+    `ApplyError` and leaves the copy holding every item before it, so following on from
+    `TableFollower.state_before(error.seq)` retries it and loses nothing."""
 
     def __init__(self) -> None:
         self._rows: dict[str, dict[Any, Row]] = {}
@@ -54,29 +59,53 @@ class MemoryCopy:
 
     def apply_all(self, items: Iterable[Item]) -> None:
         """`apply` each, in order (`TableFollower.batches` hands out such lists)."""
-        add, apply = self._add, self.apply
+        add, apply = self._add, self._apply
         for item in items:
-            if type(item) is Insert:  # most of a backlog: the shortest way
-                add(item.table, item.row)
-            else:
-                apply(item)
+            try:
+                if type(item) is Insert:  # most of a backlog: the shortest way
+                    add(item.table, item.row)
+                else:
+                    apply(item)
+            except Exception as exc:
+                raise self._error(item, exc) from exc
 
     def apply(self, item: Item) -> None:
+        try:
+            self._apply(item)
+        except Exception as exc:
+            raise self._error(item, exc) from exc
+
+    def _error(self, item: Item, exc: Exception) -> ApplyError:
+        key: Row | None = None
+        if isinstance(item, Update | Delete):
+            key = item.match
+        elif isinstance(item, Insert):
+            names = self.schemas[item.table].primary_key if item.table in self.schemas else ()
+            key = {k: item.row.get(k) for k in names} if names else item.row
+        return ApplyError(item, key, exc)
+
+    def _apply(self, item: Item) -> None:
+        """Everything that can fail (a key, a lookup) comes before the first change to the
+        rows, so that a failed item changes nothing."""
         if isinstance(item, Reset):
             self._rows[item.table] = {}
             self.schemas[item.table] = item.schema
         elif isinstance(item, Rows | BackfillRows):  # a backfill's replace theirs by key
-            for row in item.rows:
-                self._add(item.table, row)
+            keyed = {self._key(item.table, row): row for row in item.rows}  # hashed here
+            self._rows[item.table].update(keyed)
         elif isinstance(item, Insert):
             self._add(item.table, item.row)
         elif isinstance(item, Update):
             old = self._find(item.table, item.match) or {}
-            if old:
-                self._remove(item.table, old)
-            elif item.replay and item.keep:
+            if not old and item.replay and item.keep:
                 return  # not in the copy, and incomplete: see Insert's `replay`
-            self._add(item.table, {**{c: old.get(c) for c in item.keep}, **item.row})
+            new = {**{c: old.get(c) for c in item.keep}, **item.row}
+            new_key = self._key(item.table, new)
+            hash(new_key)  # an array in the key arrives as a list: unhashable
+            rows = self._rows[item.table]
+            if old:
+                rows.pop(self._key(item.table, old), None)
+            rows[new_key] = new
         elif isinstance(item, Delete):
             found = self._find(item.table, item.match)
             if found is not None:
@@ -85,9 +114,10 @@ class MemoryCopy:
             self._rows[item.table] = {}
         elif isinstance(item, SchemaChanged):
             before = self.schemas.get(item.table)
-            self.schemas[item.table] = item.schema
             if before is None or before.primary_key != item.schema.primary_key:
-                rows = list(self._rows.get(item.table, {}).values())  # keyed anew
-                self._rows[item.table] = {}
-                for row in rows:
-                    self._add(item.table, row)
+                names = item.schema.primary_key
+                held = self._rows.get(item.table, {}).values()  # keyed anew
+                self._rows[item.table] = {
+                    (tuple(row[k] for k in names) if names else id(row)): row for row in held
+                }
+            self.schemas[item.table] = item.schema

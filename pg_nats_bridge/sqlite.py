@@ -14,9 +14,11 @@ import logging
 import math
 import sqlite3
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pg_nats_bridge.apply_error import ApplyError
 from pg_nats_bridge.changes import (
     Backfilled,
     BackfillRows,
@@ -57,9 +59,15 @@ def ident(name: str) -> str:
 
 
 class SqliteCopy:
-    """Apply follower items to a SQLite file; `commit()` makes them durable with the state."""
+    """Apply follower items to a SQLite file; `commit()` makes them durable with the state.
 
-    def __init__(self, path: str | Path) -> None:
+    An item that cannot be applied rolls the file back to its last commit, so the data and the
+    position stored with it stay together, and raises `ApplyError`; the copy then refuses every
+    further call (open it again: the next follower hands the change out again). `skip` names
+    CDC sequences an operator chose to give up on: such a change that fails is recorded in
+    `_bridge_skipped` instead, and the copy goes on."""
+
+    def __init__(self, path: str | Path, *, skip: Iterable[int] = ()) -> None:
         self.path = Path(path)
         self.db = sqlite3.connect(self.path, isolation_level="DEFERRED")
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -71,12 +79,20 @@ class SqliteCopy:
             "CREATE TABLE IF NOT EXISTS _bridge_oversized"
             " (tbl TEXT NOT NULL, seq INTEGER NOT NULL, marker TEXT NOT NULL)"
         )
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS _bridge_skipped (seq INTEGER NOT NULL, tbl TEXT,"
+            " commit_lsn TEXT, key TEXT, error TEXT NOT NULL, skipped_at TEXT NOT NULL)"
+        )
         self.db.commit()
+        self.skip = frozenset(skip)
+        self.failed: ApplyError | None = None
+        self._run_started = 0  # db.total_changes before the current run of inserts
         self._columns: dict[str, list[str]] = {}
         self._inserts: dict[tuple[str, tuple[str, ...]], str] = {}  # (table, columns) → SQL
         self._floats: dict[str, frozenset[str]] = {}
         self._keys: dict[str, tuple[str, ...]] = {}  # primary keys, from the schemas
         self.applied = 0  # CDC changes applied since opened
+        self._applied_at_commit = 0
 
     # -- state -------------------------------------------------------------------------------
 
@@ -101,9 +117,17 @@ class SqliteCopy:
         return TableSchema.from_document(doc) if doc else None
 
     def commit(self, state: dict[str, Any] | None) -> None:
+        self._refuse_after_failure()
         if state is not None:
             self._put("follower", state)
         self.db.commit()
+        self._applied_at_commit = self.applied
+
+    def _refuse_after_failure(self) -> None:
+        """After a rollback the follower's position is past what the file holds: storing it,
+        or applying what follows, would skip the failed change and everything rolled back."""
+        if self.failed is not None:
+            raise ApplyError(self.failed.item, self.failed.key, self.failed) from self.failed
 
     def close(self) -> None:
         self.db.close()
@@ -113,31 +137,127 @@ class SqliteCopy:
     def apply_all(self, items: Iterable[Item]) -> None:
         """`apply` each, in order, with each run of inserts into one table with the same
         columns in one `executemany` (`TableFollower.batches` hands out such lists)."""
+        self._refuse_after_failure()
+        items = items if isinstance(items, list) else list(items)
+        if self.skip and any(getattr(item, "seq", None) in self.skip for item in items):
+            self._apply_skipping(items)
+            return
+        current: Item | list[Insert] | None = None  # what is being applied, for the error
         table: str | None = None
         columns: tuple[str, ...] = ()
-        run: list[Row] = []
-        for item in items:
-            if type(item) is Insert and not item.replay:
-                if item.table == table and tuple(item.row) == columns:
-                    run.append(item.row)
-                else:
-                    if run and table is not None:
-                        self._insert_run(table, columns, run)
-                    table, columns, run = item.table, tuple(item.row), [item.row]
-                self.applied += 1
-                continue
+        run: list[Insert] = []
+        try:
+            for item in items:
+                if type(item) is Insert and not item.replay:
+                    if item.table == table and tuple(item.row) == columns:
+                        run.append(item)
+                    else:
+                        if run and table is not None:
+                            current = run
+                            self._insert_run(table, columns, run)
+                        table, columns, run = item.table, tuple(item.row), [item]
+                    continue
+                if run and table is not None:
+                    current = run
+                    self._insert_run(table, columns, run)
+                    table, run = None, []
+                current = item
+                self._apply(item)
             if run and table is not None:
+                current = run
                 self._insert_run(table, columns, run)
-                table, run = None, []
-            self.apply(item)
-        if run and table is not None:
-            self._insert_run(table, columns, run)
+        except Exception as exc:
+            self._fail(current, exc)
 
-    def _insert_run(self, table: str, columns: tuple[str, ...], rows: list[Row]) -> None:
-        """Rows whose columns are `columns`, in that order: their values are bound as they
+    def apply(self, item: Item) -> None:
+        self._refuse_after_failure()
+        try:
+            self._apply(item)
+        except Exception as exc:
+            self._fail(item, exc)
+
+    def _fail(self, current: Item | list[Insert] | None, exc: Exception) -> None:
+        """Roll back to the last commit and raise `ApplyError` for the item that failed (in a
+        run of inserts: the row the `executemany` stopped at, counted by SQLite)."""
+        if isinstance(current, list):
+            done = self.db.total_changes - self._run_started
+            current = current[min(max(done, 0), len(current) - 1)]
+        if current is None:
+            raise exc
+        key = self._error_key(current)
+        self.db.rollback()
+        self._forget_shapes()
+        self.applied = self._applied_at_commit
+        self.failed = ApplyError(current, key, exc)
+        log.error(
+            "%s; the copy is rolled back to its last commit and stops: a restart retries the "
+            "change",
+            self.failed,
+        )
+        raise self.failed from exc
+
+    def _error_key(self, item: Item) -> Row | None:
+        if isinstance(item, Update | Delete):
+            return item.match
+        try:
+            if isinstance(item, Insert):
+                return self._key(item.table, item.row)
+            if isinstance(item, Oversized):
+                key = item.marker.get("key")
+                return key if isinstance(key, dict) else None
+        except Exception:  # the key is for the message only
+            return None
+        return None
+
+    def _forget_shapes(self) -> None:
+        """Cached columns and statements may describe tables the rollback undid."""
+        self._columns.clear()
+        self._inserts.clear()
+        self._floats.clear()
+        self._keys.clear()
+
+    def _apply_skipping(self, items: list[Item]) -> None:
+        """Item by item; a change whose sequence is in `skip` under a savepoint, so that if it
+        fails it alone is undone, recorded and passed over."""
+        for item in items:
+            if getattr(item, "seq", None) not in self.skip:
+                self.apply(item)
+                continue
+            if not self.db.in_transaction:  # else RELEASE would commit
+                self.db.execute("BEGIN")
+            self.db.execute("SAVEPOINT skip")
+            try:
+                self._apply(item)
+            except Exception as exc:
+                self.db.execute("ROLLBACK TO skip")
+                self._forget_shapes()
+                self._record_skip(item, exc)
+            self.db.execute("RELEASE skip")
+
+    def _record_skip(self, item: Item, exc: Exception) -> None:
+        error = ApplyError(item, self._error_key(item), exc)
+        log.warning("%s; skipped as asked, recorded in _bridge_skipped", error)
+        self.db.execute(
+            "INSERT INTO _bridge_skipped VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                error.seq,
+                error.table,
+                error.commit_lsn,
+                json.dumps(error.key, default=repr),
+                f"{type(exc).__name__}: {exc}",
+                datetime.now(UTC).isoformat(),
+            ),
+        )
+
+    def skipped(self) -> list[tuple[Any, ...]]:
+        """The changes given up on: (seq, table, commit_lsn, key JSON, error, when)."""
+        return self.db.execute("SELECT * FROM _bridge_skipped ORDER BY seq").fetchall()
+
+    def _insert_run(self, table: str, columns: tuple[str, ...], run: list[Insert]) -> None:
+        """Inserts whose columns are `columns`, in that order: their values are bound as they
         are (a boolean binds as 0/1 by itself), only a float column's NaN needs `stored_value`."""
         sql = self._insert_sql(table, columns)
-        params = [tuple(row.values()) for row in rows]
+        params = [tuple(item.row.values()) for item in run]
         float_names = self._float_columns(table)
         floats = [i for i, name in enumerate(columns) if name in float_names]
         if floats:
@@ -147,7 +267,9 @@ class SqliteCopy:
                     if value != value:  # NaN is unequal to itself
                         params[n] = tuple(map(stored_value, values))
                         break
+        self._run_started = self.db.total_changes
         self.db.executemany(sql, params)
+        self.applied += len(run)
 
     def _float_columns(self, table: str) -> frozenset[str]:
         """Columns whose values may be a float (and so NaN), from the table's schema."""
@@ -160,7 +282,7 @@ class SqliteCopy:
             )
         return found
 
-    def apply(self, item: Item) -> None:
+    def _apply(self, item: Item) -> None:
         if isinstance(item, Rows):
             self._insert_many(item.table, item.rows)
         elif isinstance(item, BackfillRows):
@@ -170,8 +292,7 @@ class SqliteCopy:
         elif isinstance(item, Insert):
             if item.replay:  # the copy may hold it already (docs/wire-format.md)
                 self._delete(item.table, self._key(item.table, item.row))
-            self._insert_run(item.table, tuple(item.row), [item.row])
-            self.applied += 1
+            self._insert_run(item.table, tuple(item.row), [item])
         elif isinstance(item, Update):
             self._update(item)
             self.applied += 1

@@ -121,6 +121,13 @@ class ReplicaArguments(CopyArguments):
     where: list[str] = Field(
         default_factory=list, description=WHERE_HELP, json_schema_extra={"metavar": "CONDITION"}
     )
+    skip_change: list[int] = Field(
+        default_factory=list,
+        description="give up on the change at this CDC sequence if it cannot be applied (the "
+        "sequence a stopped replica named): recorded in the copy's _bridge_skipped table "
+        "instead of stopping the copy (repeatable)",
+        json_schema_extra={"metavar": "SEQ"},
+    )
 
 
 class VerifyArguments(CopyArguments):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pg_nats_bridge import (
+    ApplyError,
     Backfilled,
     Bootstrapped,
     CaughtUp,
@@ -91,8 +92,9 @@ async def run_replica(
     stopping: asyncio.Event,
     snapshot_mode: str | None = None,
     backfill: tuple[str, list[dict[str, Any]]] | None = None,
+    skip: Sequence[int] = (),
 ) -> int:
-    copy = SqliteCopy(path)
+    copy = SqliteCopy(path, skip=skip)
     nc = await connect(settings, "bridge-replica", reconnect=True)
     follower = TableFollower(
         nc,
@@ -147,15 +149,28 @@ async def run_replica(
             if stopping.is_set():  # between two batches: what was applied commits below
                 break
         return 0
-    finally:
-        log.info(
-            "stopped; the copy is committed: %d changes applied, %d foreign messages skipped",
-            progress.applied,
-            follower.skipped,
+    except ApplyError as exc:
+        # The copy rolled back to its last commit: its position is before the change, so the
+        # next start hands it out again. Nothing after it is applied, nothing is committed.
+        log.error(
+            "stopped at a change the copy cannot apply: %s. The copy holds everything up to "
+            "its last commit; fix the cause and start again (the change is retried), or give "
+            "up on it with --skip-change %s (recorded in the copy's _bridge_skipped table)",
+            exc,
+            exc.seq if exc.seq is not None else "SEQ",
         )
-        # Whatever stopped us (SIGTERM, an error), the applied changes and their position
-        # commit together; during a bootstrap the file holds no position and starts over.
-        copy.commit(follower.state if bootstrapped else None)
+        return 3
+    finally:
+        if copy.failed is None:
+            log.info(
+                "stopped; the copy is committed: %d changes applied, %d foreign messages skipped",
+                progress.applied,
+                follower.skipped,
+            )
+            # Whatever else stopped us (SIGTERM, a NATS error), every batch handed out was
+            # applied whole: it and its position commit together; during a bootstrap the file
+            # holds no position and starts over.
+            copy.commit(follower.state if bootstrapped else None)
         copy.close()
         with contextlib.suppress(Exception):
             await nc.close()
@@ -226,6 +241,7 @@ def replica(own: ReplicaArguments) -> int:
                 stopping,
                 own.snapshot_mode,
                 backfill,
+                own.skip_change,
             )
         except asyncio.CancelledError:
             return 0

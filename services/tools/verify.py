@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql
 
 from pg_nats_bridge import (
+    ApplyError,
     CaughtUp,
     Delete,
     FollowError,
@@ -298,6 +299,9 @@ def verify(own: VerifyArguments) -> int:
             return 2
     except FollowError as exc:
         print(f"bridge verify: {exc}")
+        return 2
+    except ApplyError as exc:  # the copy rolled back to its last commit
+        print(f"bridge verify: the copy cannot be moved to the comparison's position: {exc}")
         return 2
     finally:
         copy.close()
