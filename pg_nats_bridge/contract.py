@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
+import msgpack
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -106,6 +107,11 @@ def backfill_meta_subject(schema: str, table: str, prefix: str = INIT) -> str:
     """A partial backfill's meta: never on the meta subject, which bootstrapping consumers
     read as the table's last complete snapshot."""
     return f"{prefix}.backfill.{table_token(schema, table)}"
+
+
+def progress_subject(token: str, prefix: str = INIT) -> str:
+    """A chunked snapshot's progress records (the last one on the subject counts)."""
+    return f"{prefix}.progress.{token}"
 
 
 def snapshot_request_subject(token: str, prefix: str = SNAPSHOT_PREFIX) -> str:
@@ -264,6 +270,43 @@ def read_snapshot_reply(data: bytes) -> SnapshotMeta | SnapshotRefusal:
         return SnapshotMeta.model_validate(body)
     except ValidationError as exc:
         raise ValueError(f"not a snapshot reply ({exc.error_count()} problems)") from None
+
+
+class ProgressRecord(BaseModel):
+    """What a requester reads of a chunked snapshot's progress record (`init.progress.<table>`;
+    the snapshotter's full record is services/snapshotter/resume.py): whether its reader is
+    alive. A `running` record older than its `takeover_seconds` belongs to a dead reader, and
+    a `stopped` one to a reader that gave up: either can be continued by asking again."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    snapshot_id: str
+    state: str
+    owner: str
+    updated: float  # unix time of the record
+    next_chunk: int
+    takeover_seconds: float | None = None  # absent from records of earlier releases
+
+    def continuable(self, now: float) -> str | None:
+        """Why asking again now continues the snapshot, or None while its reader is alive (or
+        the record says nothing about it)."""
+        if self.state == "stopped":
+            return f"its reader {self.owner} stopped it after an error"
+        age, takeover = now - self.updated, self.takeover_seconds
+        if self.state == "running" and takeover is not None and age >= takeover:
+            return (
+                f"its reader {self.owner} has not recorded progress for {age:.0f} s "
+                f"(taken over after {takeover:.0f} s; chunk {self.next_chunk})"
+            )
+        return None
+
+
+def read_progress_record(data: bytes | None) -> ProgressRecord | None:
+    """The record, or None for anything else (anyone allowed on `init.>` may publish there)."""
+    try:
+        return ProgressRecord.model_validate(msgpack.unpackb(data or b"", raw=False))
+    except Exception:
+        return None
 
 
 CONDITION_OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "is null", "is not null")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -59,6 +58,7 @@ from pg_nats_bridge.changes import (
 from pg_nats_bridge.lsn import Lsn
 from pg_nats_bridge.names import kv_key, parse_table_name, table_token
 from pg_nats_bridge.pull import Idle, Puller, PullError
+from pg_nats_bridge.snapshot_request import SnapshotRefused, ask_for_snapshot
 
 log = logging.getLogger("pg_nats_bridge")
 
@@ -98,6 +98,16 @@ class _Batch:
 
     items: list[Item]
     end: int | None
+
+
+def _began(meta: dict[str, Any]) -> float | None:
+    """When a snapshot began (unix time): a chunked meta's `started`, else the time in its id
+    (`snap-<unix time>-<hex>`); None when neither says."""
+    started = meta.get("started")
+    if isinstance(started, int | float) and not isinstance(started, bool):
+        return float(started)
+    parts = str(meta.get("snapshot_id", "")).split("-")
+    return float(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
 
 
 class Undecodable(ValueError):
@@ -418,13 +428,21 @@ class TableFollower:
             if reused_from is None and (meta.get("joined") or meta.get("resumed")):
                 # It began before this copy's position was taken (it was running already):
                 # the changes from its `lsn` on are read from further back.
-                reused_from = await self._covered(meta["lsn"])
+                reused_from, compared = await self._covered(meta["lsn"], _began(meta))
                 if reused_from is None:
                     raise _Rebootstrap(
                         f"snapshot {meta['snapshot_id']} of {table} began before this copy's "
-                        "CDC position, and the CDC stream no longer holds every change after "
-                        "its lsn; asking for another"
+                        "CDC position, and the CDC stream may not hold every change after its "
+                        f"lsn: {compared}; asking for another"
                     )
+                log.info(
+                    "%s: snapshot %s began before this copy's CDC position; its changes are "
+                    "read from CDC sequence %d: %s",
+                    table,
+                    meta["snapshot_id"],
+                    reused_from,
+                    compared,
+                )
             schema = await self._schema(table)
             if reused_from is not None:
                 start = min(start, reused_from)
@@ -495,90 +513,79 @@ class TableFollower:
             contract.SnapshotMeta.model_validate(meta)  # a meta of the bridge's
         except (Undecodable, AttributeError, KeyError, TypeError, ValueError):  # Validation too
             return None  # not the bridge's: nothing proves a snapshot reusable
-        start = await self._covered(meta["lsn"])
-        return None if start is None else (meta, start)
+        start, compared = await self._covered(meta["lsn"], _began(meta))
+        if start is None:
+            log.info("%s: not reusing snapshot %s: %s", table, meta["snapshot_id"], compared)
+            return None
+        return meta, start
 
-    async def _covered(self, lsn: str) -> int | None:
+    async def _covered(self, lsn: str, began: float | None) -> tuple[int | None, str]:
         """The CDC sequence to read from for every change committed at or after `lsn` (the
-        stream's first), when the stream provably holds them all (its oldest event committed
-        below `lsn`); None when it may have lost some."""
+        stream's first) when the stream provably holds them all, else None; and what was
+        compared, for the log. Proof is either of:
+        - its oldest event committed below `lsn`: every later one is after it;
+        - it never lost an event (nothing removed from its head or between: its first
+          sequence is 1) and it was created before the snapshot `began`: every change
+          committed at or after `lsn` was published after that, so into this stream."""
         try:
             info = await self.js.stream_info(self.cdc_stream)
-            if not info.state.messages:
-                return None
-            first = await self.js.get_msg(self.cdc_stream, seq=info.state.first_seq)
+            state = info.state
+            first_seq = state.first_seq
+            if state.messages:
+                first = await self.js.get_msg(self.cdc_stream, seq=first_seq)
+                try:
+                    event = _unpack(first.data)
+                    oldest = event.get("commit_lsn") or event.get("lsn")
+                    if oldest and Lsn.parse(oldest) < Lsn.parse(lsn):
+                        return first_seq, (
+                            f"stream {self.cdc_stream}'s oldest event (sequence {first_seq}) "
+                            f"committed at {oldest}, below the snapshot's lsn {lsn}"
+                        )
+                    compared = (
+                        f"its oldest event (sequence {first_seq}) committed at {oldest}, not "
+                        f"below the snapshot's lsn {lsn}"
+                    )
+                except (Undecodable, AttributeError, TypeError, ValueError):
+                    compared = f"its oldest message (sequence {first_seq}) is not a CDC event"
+            else:
+                compared = f"it is empty (its next sequence is {state.last_seq + 1})"
         except NotFoundError:
-            return None
-        try:
-            event = _unpack(first.data)
-            oldest = event.get("commit_lsn") or event.get("lsn")
-            if not oldest or Lsn.parse(oldest) >= Lsn.parse(lsn):
-                return None  # the stream may have lost events after `lsn`
-        except (Undecodable, AttributeError, TypeError, ValueError):
-            return None  # not the bridge's event: nothing proves it
-        return info.state.first_seq
+            return None, f"stream {self.cdc_stream} or its oldest message is gone"
+        created = info.created.timestamp() if info.created is not None else None
+        if first_seq <= 1 and not state.num_deleted and created is not None and began:
+            if created <= began:
+                return max(first_seq, 1), (
+                    f"stream {self.cdc_stream}: {compared}, but it has lost no event since it "
+                    f"was created ({info.created:%Y-%m-%d %H:%M:%S} UTC), before the snapshot "
+                    "began"
+                )
+            compared += ", and it was created after the snapshot began"
+        elif first_seq > 1 or state.num_deleted:
+            compared += f", and it no longer holds sequences before {first_seq}"
+        return None, f"stream {self.cdc_stream}: {compared}"
 
     async def _request_snapshot(
         self, table: str, request: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        """Ask the snapshotters, and ask again when the one working on it stops publishing
-        chunks for `snapshot_stall_seconds` (it died) or nobody answers yet."""
-        token = self.tokens[table]
+        """Ask the snapshotters until one answers (pg_nats_bridge.snapshot_request: again as
+        soon as a dead reader's chunked snapshot can be continued)."""
         if request is None:
             options = {"chunk_size": self.chunk_size, "mode": self.snapshot_mode}
             request = {k: v for k, v in options.items() if v}
-        body = json.dumps(request).encode()
-        inbox = self.nc.new_inbox()
-        replies: asyncio.Queue[Any] = asyncio.Queue()
-        progress = {"at": time.monotonic()}
-
-        async def on_chunk(msg: Any) -> None:
-            progress["at"] = time.monotonic()
-
-        reply_sub = await self.nc.subscribe(inbox, cb=replies.put)
-        chunk_sub = await self.nc.subscribe(contract.snapshot_chunks_filter(token), cb=on_chunk)
-        waits = failures = 0
         try:
-            while True:
-                await self.nc.publish(
-                    contract.snapshot_request_subject(token, self.snapshot_subject),
-                    body,
-                    reply=inbox,
-                )
-                progress["at"] = time.monotonic()
-                while time.monotonic() - progress["at"] < self.snapshot_stall_seconds:
-                    try:
-                        msg = await asyncio.wait_for(replies.get(), 1.0)
-                    except TimeoutError:
-                        continue
-                    if msg.headers and msg.headers.get("Status") == "503":
-                        break  # no responders: no snapshotter is running (yet)
-                    try:
-                        reply = contract.read_snapshot_reply(msg.data)
-                    except ValueError as exc:
-                        self.skip("snapshot reply", msg.subject, None, str(exc))
-                        continue
-                    if isinstance(reply, contract.SnapshotMeta):
-                        return dict(json.loads(msg.data))
-                    if reply.reason in contract.PERMANENT_REFUSALS:
-                        raise FollowError(f"snapshot of {table} refused: {reply.error}")
-                    failures += 1  # said once a minute at most while it lasts (a pause)
-                    say = log.warning if failures % 12 == 1 else log.debug
-                    say("snapshot of %s failed: %s; asking again", table, reply.error)
-                    break
-                else:
-                    log.warning(
-                        "snapshot of %s: no reply and no chunk for %.0f s; asking again",
-                        table,
-                        self.snapshot_stall_seconds,
-                    )
-                waits += 1
-                if waits % 10 == 1:
-                    log.warning("snapshot of %s: no snapshotter answered yet", table)
-                await asyncio.sleep(min(5.0, 0.2 * waits))
-        finally:
-            await reply_sub.unsubscribe()
-            await chunk_sub.unsubscribe()
+            return await ask_for_snapshot(
+                self.nc,
+                self.js,
+                self.tokens[table],
+                request,
+                table=table,
+                request_prefix=self.snapshot_subject,
+                init_stream=self.init_stream,
+                stall_seconds=self.snapshot_stall_seconds,
+                on_foreign=lambda subject, why: self.skip("snapshot reply", subject, None, why),
+            )
+        except SnapshotRefused as exc:
+            raise FollowError(f"snapshot of {table} refused: {exc}") from None
 
     async def _chunks(self, table: str, meta: dict[str, Any]) -> AsyncIterator[list[Row]]:
         count = int(meta["batch_count"])

@@ -31,10 +31,6 @@ from shared.wire import pack, unpack
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-last-sequence
 
 
-def progress_subject(token: str, prefix: str = contract.INIT) -> str:
-    return f"{prefix}.progress.{token}"
-
-
 @dataclass(frozen=True)
 class ChunkedProgress:
     snapshot_id: str
@@ -49,6 +45,9 @@ class ChunkedProgress:
     # Read by several readers (services/snapshotter/parallel.py): each segment's key read
     # through, instead of `after`.
     segments: tuple[Segment, ...] | None = None
+    # How old a running record must be before another request continues the snapshot: what
+    # a waiting requester needs to ask again as soon as that is possible.
+    takeover_seconds: float | None = None
 
     def payload(self) -> bytes:
         return pack({**asdict(self), "after": list(self.after) if self.after else None})
@@ -78,6 +77,11 @@ class ChunkedProgress:
                 started=int(body["started"]),
                 state=str(body["state"]),
                 segments=tuple(map(Segment.read, segments)) if segments else None,
+                takeover_seconds=(
+                    float(body["takeover_seconds"])
+                    if body.get("takeover_seconds") is not None
+                    else None
+                ),
             )
         except Exception:
             return None
@@ -92,7 +96,7 @@ async def last_progress(
     """The last record of the table and its stream sequence (0: none; a record that is not
     one of ours reads as None with its sequence)."""
     try:
-        msg = await js.get_last_msg(stream, progress_subject(token, prefix))
+        msg = await js.get_last_msg(stream, contract.progress_subject(token, prefix))
     except NotFoundError:
         return None, 0
     return ChunkedProgress.read(msg.data or b""), int(msg.seq or 0)
@@ -104,7 +108,8 @@ class Recorder:
     writer's snapshot, instead of both going on."""
 
     def __init__(self, js: JetStreamContext, token: str, prefix: str, last_seq: int) -> None:
-        self.js, self.subject, self.last_seq = js, progress_subject(token, prefix), last_seq
+        self.js, self.last_seq = js, last_seq
+        self.subject = contract.progress_subject(token, prefix)
 
     async def write(self, record: ChunkedProgress) -> None:
         headers = {

@@ -591,8 +591,10 @@ class _Chunked:
         previous: ChunkedProgress | None,
         owner: str,
         progress: SnapshotProgress,
+        takeover_seconds: float,
     ) -> None:
         self.recorder, self.previous, self.owner = recorder, previous, owner
+        self.takeover_seconds = takeover_seconds
         self.snapshot_id = previous.snapshot_id if previous else new_snapshot_id()
         self.started = previous.started if previous else int(time.time())
         self.progress = progress
@@ -650,7 +652,9 @@ class _Chunked:
                 found.row_count,
                 removed,
             )
-        return cls(Recorder(js, token, prefix, seq), previous, owner, progress)
+        return cls(
+            Recorder(js, token, prefix, seq), previous, owner, progress, options.takeover_seconds
+        )
 
     def _record(self, state: str = "running") -> ChunkedProgress:
         return ChunkedProgress(
@@ -664,6 +668,7 @@ class _Chunked:
             started=self.started,
             state=state,
             segments=self.segments,
+            takeover_seconds=self.takeover_seconds,
         )
 
     async def claim(self, lsn: str) -> None:

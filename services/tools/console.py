@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -16,6 +15,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from pg_nats_bridge import contract
+from pg_nats_bridge.snapshot_request import SnapshotRefused, ask_for_snapshot
 from services.tools.arguments import (
     SnapshotArguments,
     StatusArguments,
@@ -170,7 +170,7 @@ def snapshot(settings: SnapshotArguments) -> int:
         console.print(f"[red]--where:[/] {escape(str(exc))}")
         return 2
     options = {"chunk_size": settings.chunk_size, "mode": settings.snapshot_mode, "where": where}
-    body = json.dumps({k: v for k, v in options.items() if v}).encode()
+    request = {k: v for k, v in options.items() if v}
 
     async def run() -> int:
         nc = await connect(settings, "bridge-snapshot")
@@ -181,27 +181,33 @@ def snapshot(settings: SnapshotArguments) -> int:
             ) as bar:
                 task = bar.add_task(f"snapshot of {table_name}: waiting", total=None)
 
-                async def on_chunk(msg: Any) -> None:
+                def on_chunk(msg: Any) -> None:
                     seen.add(msg.data)
                     shown = f"snapshot of {escape(table_name)}: {seen}"
                     bar.update(task, description=shown)
 
-                sub = await nc.subscribe(contract.snapshot_chunks_filter(token), cb=on_chunk)
-                answer = await nc.request(
-                    contract.snapshot_request_subject(token, settings.snapshot_prefix),
-                    body,
-                    timeout=3600,
-                )
-                await sub.unsubscribe()
-            try:
-                reply = contract.read_snapshot_reply(answer.data)
-            except ValueError as exc:
-                console.print(f"[red]an unreadable reply:[/] {escape(str(exc))}")
-                return 1
-            if isinstance(reply, contract.SnapshotRefusal):
-                console.print(f"[red]snapshot failed ({escape(reply.reason)}):[/] ", end="")
-                console.print(escape(reply.error))
-                return 1
+                # Asked again when nobody answers or the reader dies (a chunked snapshot: as
+                # soon as its progress record says it can be continued).
+                try:
+                    answer = await ask_for_snapshot(
+                        nc,
+                        nc.jetstream(),
+                        token,
+                        request,
+                        table=table_name,
+                        request_prefix=settings.snapshot_prefix,
+                        init_stream=settings.init_stream,
+                        on_chunk=on_chunk,
+                        # An operator is told of a pause, a cancel, an error; a snapshotter
+                        # that is busy or stopping is asked again.
+                        give_up=contract.REFUSALS - {"busy", "shutting_down"},
+                    )
+                except SnapshotRefused as exc:
+                    reason = escape(exc.reply.reason)
+                    console.print(f"[red]snapshot failed ({reason}):[/] ", end="")
+                    console.print(escape(exc.reply.error))
+                    return 1
+            reply = contract.SnapshotMeta.model_validate(answer)
             title = "backfill" if reply.partial else "snapshot"
             table = Table(title=f"{title} of {table_name}")
             for key in ("snapshot_id", "mode", "lsn", "replay_until", "row_count", "batch_count"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import nats
 import psycopg
+import pytest
 
 from pg_nats_bridge import MemoryCopy, SqliteCopy
 from pg_nats_bridge.lsn import Lsn
@@ -126,21 +128,69 @@ def test_a_table_without_a_primary_key_is_refused_a_chunked_snapshot(
 
 
 def chunked_copy(nats_url: str, path: Path) -> FollowedCopy:
-    """A SqliteCopy of items followed through chunked snapshots (asked again after 3 s without
-    a chunk, so that a dead snapshotter's is continued soon)."""
+    """A SqliteCopy of items followed through chunked snapshots. It would ask again after
+    600 s without an answer or a chunk: longer than any test waits, so that what makes it ask
+    again for a dead reader's snapshot is the progress record saying it can be continued."""
     return FollowedCopy(
         nats_url, ["items"], lambda: SqliteCopy(path), snapshot_mode="chunked",
-        snapshot_stall_seconds=3,
+        snapshot_stall_seconds=600,
     )  # fmt: skip
 
 
-def test_a_chunked_snapshot_killed_mid_way_is_continued_by_another_snapshotter(
-    pg: Database, nats_url: str, services: Callable[..., Service], tmp_path: Path
+def loaded_snapshot(path: Path) -> dict[str, Any]:
+    """The meta of the snapshot a SqliteCopy of items loaded."""
+    db = sqlite3.connect(path)
+    try:
+        [(value,)] = db.execute(
+            "SELECT value FROM _bridge_state WHERE name = 'snapshot:public.items'"
+        ).fetchall()
+        return dict(json.loads(value))
+    finally:
+        db.close()
+
+
+def bootstrapped(path: Path) -> bool:
+    try:
+        db = sqlite3.connect(path)
+        try:
+            return bool(
+                db.execute("SELECT 1 FROM _bridge_state WHERE name = 'follower'").fetchall()
+            )
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
+
+
+def assert_loaded_the_continued_snapshot(
+    meta: dict[str, Any], copies: list[Path], logs: list[str]
 ) -> None:
-    """The first snapshotter dies (kill -9, by failpoint) after its 20th chunk; a second one,
-    asked again by the follower, continues from the last recorded range once the first's
-    record is older than the takeover time, under the same snapshot id: each chunk is in INIT
-    once, the second sends only the ones after the record, and the copy verifies equal."""
+    """Each copy loaded the one snapshot, continued. The consumer whose request the dead
+    reader had taken asked again because the progress record said the snapshot could be
+    continued (one whose request was answered `busy` asks again anyway); none asked again for
+    want of an answer, none refused what it got."""
+    for path in copies:
+        loaded = loaded_snapshot(path)
+        assert loaded["snapshot_id"] == meta["snapshot_id"] and loaded["resumed"], loaded
+    said = f"snapshot {meta['snapshot_id']} can be continued: its reader"
+    assert any(said in log for log in logs), "\n".join(log[-3000:] for log in logs)
+    for log in logs:
+        assert "no reply and no chunk" not in log and "re-bootstrapping" not in log, log[-3000:]
+
+
+def test_a_chunked_snapshot_killed_mid_way_is_continued_by_another_snapshotter(
+    pg: Database,
+    nats_url: str,
+    services: Callable[..., Service],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The first snapshotter dies (kill -9, by failpoint) after its 20th chunk while the
+    library and `bridge replica` wait on its snapshot; a second one, asked again by both as
+    soon as the first's progress record is older than the takeover time, continues from the
+    last recorded range under the same snapshot id: each chunk is in INIT once, the second
+    sends only the ones after the record, both copies load that one snapshot and verify
+    equal."""
     grow_items(pg)
     settings = {
         "table": "items",
@@ -152,14 +202,22 @@ def test_a_chunked_snapshot_killed_mid_way_is_continued_by_another_snapshotter(
     doomed = services(
         "snapshotter", pg, nats_url, failpoints="snapshot.after_chunk=exit@20", **settings
     ).wait_healthy()
-    path = tmp_path / "copy.db"
+    path, replica_path = tmp_path / "copy.db", tmp_path / "replica.db"
+    replica = start_replica(
+        doomed.env, replica_path, tmp_path / "replica.log", "items",
+        extra=["--snapshot-mode", "chunked"],
+    )  # fmt: skip
     with chunked_copy(nats_url, path) as copy:
         with Writer(pg.url, seed=10):
             assert doomed.wait(60) != 0  # the failpoint's exit, mid-snapshot
+            died = time.monotonic()
             second = services("snapshotter", pg, nats_url, **settings).wait_healthy()
             wait_for(copy.loaded.is_set, 120, "the copy to load and catch up", second)
+            wait_for(lambda: bootstrapped(replica_path), 60, "the replica to load", replica)
+            print(f"\nloaded {time.monotonic() - died:.1f} s after the reader died")
             time.sleep(1)
         copy.catch_up(pg)
+    assert replica.terminate() == 0
 
     output = second.output()
     line = next(x for x in output.splitlines() if "continuing the chunked snapshot" in x)
@@ -181,10 +239,14 @@ def test_a_chunked_snapshot_killed_mid_way_is_continued_by_another_snapshotter(
         if x.startswith("bridge_snapshot_chunks_published_total")
     )
     assert published == meta["batch_count"] - resumed_at, (published, resumed_at, meta)
+    assert_loaded_the_continued_snapshot(
+        meta, [path, replica_path], [caplog.text, replica.output()]
+    )
 
-    result = bridge("verify", "items", "--sqlite", str(path), env=second.env)
-    print(result.stdout)
-    assert result.returncode == 0, result.stdout + result.stderr
+    for copied in (path, replica_path):
+        result = bridge("verify", "items", "--sqlite", str(copied), env=second.env)
+        print(result.stdout)
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_an_operator_pauses_resumes_and_cancels_a_chunked_snapshot(

@@ -20,7 +20,7 @@ import pytest
 
 from pg_nats_bridge.sqlite import stored_value
 from tests.e2e.conftest import Service, stream_messages, wait_for
-from tests.e2e.test_chunked_snapshot import chunked_copy
+from tests.e2e.test_chunked_snapshot import assert_loaded_the_continued_snapshot, chunked_copy
 from tests.e2e.test_consumers import Writer, bridge, make_tables
 from tests.e2e.test_snapshotter import request
 from tests.harness.postgres import Database
@@ -77,11 +77,16 @@ def test_four_readers_read_the_rows_one_reader_does_in_both_modes(
 
 
 def test_a_parallel_chunked_snapshot_killed_mid_way_is_continued_and_the_copy_is_equal(
-    pg: Database, nats_url: str, services: Callable[..., Service], tmp_path: Path
+    pg: Database,
+    nats_url: str,
+    services: Callable[..., Service],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The first snapshotter (four readers) dies after its 30th chunk, under writes; a second
-    continues every segment from its recorded key; each chunk is in INIT once, the replica
-    loads it and verifies equal."""
+    """The first snapshotter (four readers) dies after its 30th chunk, under writes; the copy
+    asks again once the progress record says so, and a second snapshotter continues every
+    segment from its recorded key; each chunk is in INIT once, the copy loads that snapshot
+    and verifies equal."""
     big_items(pg)
     settings = {
         "table": "items",
@@ -115,6 +120,7 @@ def test_a_parallel_chunked_snapshot_killed_mid_way_is_continued_and_the_copy_is
     rows = snapshot_rows(nats_url, meta)  # numbers 0..n-1, each once
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)) == meta["row_count"], "a row in two chunks"
+    assert_loaded_the_continued_snapshot(meta, [path], [caplog.text])
 
 
 @pytest.mark.parametrize("blocked", ["sampling", "readers"])
