@@ -43,13 +43,23 @@ class TableSchema:
             or not all(isinstance(k, str) for k in document.get("primary_key") or ())
         ):
             raise ValueError("not a schema document (schema, columns and primary_key expected)")
+        columns = tuple(c["name"] for c in document.get("columns", ()))
+        key = tuple(document.get("primary_key") or ())
         return cls(
             table=str(document["schema"]),
-            columns=tuple(c["name"] for c in document.get("columns", ())),
-            primary_key=tuple(document.get("primary_key") or ()),
+            columns=columns,
+            # A key with a column the publication leaves out (a generated column before
+            # PostgreSQL 18, a column list) locates no row in a copy: see `unpublished_key`.
+            primary_key=key if set(key) <= set(columns) else (),
             replica_identity=str(document.get("replica_identity") or "default"),
             document=document,
         )
+
+    @property
+    def unpublished_key(self) -> tuple[str, ...]:
+        """Primary key columns the publication does not publish (then `primary_key` is empty
+        and rows are located by their whole old row, which needs REPLICA IDENTITY FULL)."""
+        return tuple(k for k in self.document.get("primary_key") or () if k not in self.columns)
 
     @property
     def row_filter(self) -> str | None:

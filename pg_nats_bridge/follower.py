@@ -482,6 +482,13 @@ class TableFollower:
                 f"the KV entry of {table} (revision {entry.revision}) is not a schema "
                 "document; waiting for the snapshotter to replace it"
             ) from None
+        if schema.unpublished_key and schema.replica_identity != "full":
+            raise FollowError(
+                f"{table}: its primary key includes {', '.join(schema.unpublished_key)}, which "
+                "is not published (a generated column before PostgreSQL 18, or left out by the "
+                "publication's column list), so a change cannot say which row it is about: set "
+                "REPLICA IDENTITY FULL on the table, or publish every key column"
+            )
         if not schema.primary_key and schema.replica_identity not in ("full", "default"):
             raise FollowError(
                 f"{table} has no primary key and replica identity {schema.replica_identity}: "
@@ -844,7 +851,7 @@ class TableFollower:
         key = self._schemas[table].primary_key
         if key and all(k in row for k in key):
             return {k: row[k] for k in key}
-        if event.get("old"):
+        if event.get("old") is not None:  # {} for a table whose columns were all dropped
             return dict(event["old"])
         raise FollowError(
             f"{table}: a {event['operation']} at {event['commit_lsn']} carries no old row and "

@@ -58,6 +58,19 @@ def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+# SQLite has no table without columns; PostgreSQL has (every column dropped), with rows.
+NO_COLUMNS = "_bridge_no_columns"
+
+
+def conjunction(terms: list[str]) -> str:
+    """`a AND b AND …` as a balanced tree: SQLite parses a flat chain into a tree as deep as
+    it is long, and refuses one deeper than 1,000 (a key-less table of 1,102 columns)."""
+    if len(terms) <= 64:
+        return " AND ".join(terms) or "1"
+    half = len(terms) // 2
+    return f"({conjunction(terms[:half])}) AND ({conjunction(terms[half:])})"
+
+
 class SqliteCopy:
     """Apply follower items to a SQLite file; `commit()` makes them durable with the state.
 
@@ -324,7 +337,7 @@ class SqliteCopy:
         table = ident(item.table)
         self.db.execute(f"DROP TABLE IF EXISTS {table}")
         columns = list(item.schema.columns)
-        self.db.execute(f"CREATE TABLE {table} ({', '.join(map(ident, columns))})")
+        self.db.execute(f"CREATE TABLE {table} ({', '.join(map(ident, columns or [NO_COLUMNS]))})")
         key = item.schema.primary_key
         if key:
             self.db.execute(
@@ -343,7 +356,7 @@ class SqliteCopy:
     def columns(self, table: str) -> list[str]:
         if table not in self._columns:
             info = self.db.execute(f"PRAGMA table_info({ident(table)})").fetchall()
-            self._columns[table] = [row[1] for row in info]
+            self._columns[table] = [row[1] for row in info if row[1] != NO_COLUMNS]
         return self._columns[table]
 
     def _ensure_columns(self, table: str, names: Any) -> None:
@@ -360,6 +373,8 @@ class SqliteCopy:
             sql = self._inserts[(table, names)] = (
                 f"INSERT INTO {ident(table)} ({', '.join(map(ident, names))})"
                 f" VALUES ({', '.join('?' * len(names))})"
+                if names
+                else f"INSERT INTO {ident(table)} DEFAULT VALUES"
             )
         return sql
 
@@ -372,7 +387,7 @@ class SqliteCopy:
 
     def _where(self, match: Row) -> tuple[str, list[Any]]:
         return (
-            " AND ".join(f"{ident(c)} IS ?" for c in match),
+            conjunction([f"{ident(c)} IS ?" for c in match]),
             [stored_value(v) for v in match.values()],
         )
 
@@ -427,7 +442,11 @@ class SqliteCopy:
             )
 
     def _set(self, table_name: str, match: Row, row: Row, names: list[str]) -> int:
-        """Set `names` of the row matching `match` to `row`'s values; rows changed (0 or 1)."""
+        """Set `names` of the row matching `match` to `row`'s values; rows changed (0 or 1).
+        With no names (an update whose every column is an unchanged TOAST value, or of a
+        table without columns) there is nothing to set: whether the row is there."""
+        if not names:
+            return int(self._has(table_name, match))
         where, args = self._where(match)
         table = ident(table_name)
         cur = self.db.execute(
@@ -459,4 +478,6 @@ class SqliteCopy:
         copy lacks reads as the text `<missing column>`)."""
         have = set(self.columns(table))
         select = ", ".join(ident(c) if c in have else "'<missing column>'" for c in columns)
+        if not columns:  # a table without columns: its rows, each empty
+            return (() for _ in self.db.execute(f"SELECT 1 FROM {ident(table)}"))
         return self.db.execute(f"SELECT {select} FROM {ident(table)}")

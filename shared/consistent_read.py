@@ -137,12 +137,35 @@ async def describe_table(
     publication's row filter."""
     part = await published_part(conn, schema, table, publication)
     columns = await published_columns(conn, schema, table, publication, part)
+    regclass = sql.Identifier(schema, table).as_string(conn)
     cur = await conn.execute(
         "SELECT a.attname FROM pg_index i"
         " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
         " WHERE i.indrelid = %s::regclass AND i.indisprimary"
+        # Its key columns, not its INCLUDE columns (which follow them in indkey).
+        " AND array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1)"
+        " < i.indnkeyatts"
         " ORDER BY array_position(i.indkey::int2[], a.attnum)",
-        (sql.Identifier(schema, table).as_string(conn),),
+        (regclass,),
     )
     key = [name for (name,) in await cur.fetchall()]
-    return columns.names, columns.type_oids, key, part.row_filter
+    return columns.names, columns.type_oids, key, await _own_rows(conn, regclass, part.row_filter)
+
+
+async def _own_rows(
+    conn: psycopg.AsyncConnection[Any], regclass: str, row_filter: str | None
+) -> str | None:
+    """The row filter to read the table with: the publication's, and for a table with
+    inheritance children its own rows only. CDC carries a child's changes as the child's
+    (a partition's are its root's, so a partitioned table reads all of them), and a snapshot
+    that held the children's rows would hold rows no change of the table ever touches."""
+    cur = await conn.execute(
+        "SELECT c.oid::text FROM pg_class c WHERE c.oid = %s::regclass AND c.relkind = 'r'"
+        " AND EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid)",
+        (regclass,),
+    )
+    found = await cur.fetchone()
+    if found is None:
+        return row_filter
+    own = f"tableoid = {int(found[0])}::oid"
+    return f"({own}) AND ({row_filter})" if row_filter else own

@@ -122,12 +122,21 @@ def _member_sql(table: TableName, parts: dict[TableName, Parts]) -> sql.Composab
     it parses and checks it (row filters admit only simple expressions over the table's
     columns), and a statement sent this way cannot carry a second one."""
     columns, row_filter = parts.get(table, (None, None))
-    out: list[sql.Composable] = [table.ident()]
+    out: list[sql.Composable] = [_only(table)]
     if columns:
         out.append(sql.SQL("({})").format(sql.SQL(", ").join(map(sql.Identifier, columns))))
     if row_filter:
         out.append(sql.SQL("WHERE ({})").format(sql.SQL(row_filter)))  # type: ignore[arg-type]
     return sql.SQL(" ").join(out)
+
+
+def _only(table: TableName) -> sql.Composable:
+    """`ONLY t`: the table, not its inheritance children. Without ONLY, PostgreSQL publishes
+    every descendant too, and then refuses UPDATE and DELETE on a child without a replica
+    identity, in the application's own statements (`UPDATE parent …` reaches the children).
+    The snapshotter reads a parent's own rows, as CDC then carries them; a partitioned table's
+    partitions are published with it either way."""
+    return sql.SQL("ONLY {}").format(table.ident())
 
 
 def _comment_sql(name: str, parts: dict[TableName, Parts]) -> sql.Composed:
@@ -270,7 +279,7 @@ def _follow_settings(
     wanted = set(tables)
     for table in tables:
         if table not in current.members:
-            conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(ident, table.ident()))
+            conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(ident, _only(table)))
             log.warning(
                 "added %s to publication %s: its changes stream from now on; consumers need a "
                 "snapshot of it for the rows it had (bridge snapshot %s, or the snapshotter's "

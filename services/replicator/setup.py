@@ -56,7 +56,10 @@ def check_tables(
     for table in tables:
         row = conn.execute(
             "SELECT c.relreplident, c.relkind,"
-            " EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)"
+            " EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),"
+            " c.relpersistence,"
+            " (SELECT i.inhparent::regclass::text FROM pg_inherits i"
+            "   WHERE c.relispartition AND i.inhrelid = c.oid)"
             " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = %s AND c.relname = %s",
             (table.schema, table.name),
@@ -64,9 +67,22 @@ def check_tables(
         if row is None:
             missing.append(str(table))
             continue
-        identity, kind, has_pk = row
+        identity, kind, has_pk, persistence, partition_of = row
         if kind not in ("r", "p"):
             raise PermanentError(f"{table} is not a table (relkind {kind!r})")
+        if partition_of is not None:
+            # Published through its root (publish_via_partition_root), its changes would
+            # never reach its own subjects: a copy of it would silently go stale.
+            raise PermanentError(
+                f"{table} is a partition of {partition_of}: its changes are published as "
+                f"{partition_of}'s; name {partition_of} instead (every partition's rows are in "
+                "its snapshot and its CDC)"
+            )
+        if persistence == "u":
+            raise PermanentError(
+                f"{table} is UNLOGGED: PostgreSQL writes no WAL for it, so no change of it can "
+                f"be streamed; make it logged (ALTER TABLE {table} SET LOGGED) or leave it out"
+            )
         if kind == "p":
             partitioned.add(table)
         if identity == "n" or (identity == "d" and not has_pk):

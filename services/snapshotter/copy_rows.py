@@ -63,6 +63,8 @@ class CopyRowPacker:
     def row(self, line: bytes) -> dict[str, Any]:
         """One line, the careful way: NULLs, escapes, and errors naming the column."""
         converters = self.converters
+        if not converters:  # a table whose columns were all dropped: its rows are empty lines
+            return {}
         try:
             # zip(strict=True): a field count that differs raises, like a bad value.
             raw = zip(converters, split_line(line), strict=True)

@@ -40,12 +40,15 @@ WHERE table_schema = %s AND table_name = %s
 ORDER BY ordinal_position
 """
 
-# The primary key's columns in key order, and what `old` carries in update and delete events.
+# The primary key's columns in key order (not its INCLUDE columns, which follow them in
+# indkey), and what `old` carries in update and delete events.
 _IDENTITY = """
 SELECT (SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))
           FROM pg_index i
           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-         WHERE i.indrelid = c.oid AND i.indisprimary),
+         WHERE i.indrelid = c.oid AND i.indisprimary
+           AND array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1)
+               < i.indnkeyatts),
        c.relreplident::text
 FROM pg_class c WHERE c.oid = %s::regclass
 """

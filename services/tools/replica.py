@@ -46,6 +46,7 @@ class Progress:
         self.loaded: dict[str, int] = {}
         self.applied = 0
         self.applied_at_last = 0
+        self.current = False  # the copy has applied everything the stream held
 
     def due(self) -> bool:
         return time.monotonic() - self.last >= self.every
@@ -61,6 +62,16 @@ class Progress:
         )
         self.last = time.monotonic()
 
+    def caught_up(self, follower: TableFollower) -> None:
+        """Said once when the copy becomes current (after its bootstrap, after a backlog)."""
+        if not self.current:
+            self.current = True
+            log.info(
+                "caught up: %d changes applied, CDC sequence %d",
+                self.applied,
+                follower.state["seq"],
+            )
+
     def following(self, follower: TableFollower) -> None:
         now = time.monotonic()
         rate = (self.applied - self.applied_at_last) / max(now - self.last, 1e-9)
@@ -69,13 +80,13 @@ class Progress:
             committed = datetime.fromisoformat(follower.last_commit_time.replace("Z", "+00:00"))
             lag_seconds = max(0.0, (datetime.now(UTC) - committed).total_seconds())
         log.info(
-            "applied %d changes (%.0f/s), CDC sequence %d, lag %d events, %.1f s, "
-            "%d foreign messages skipped",
+            "applied %d changes (%.0f/s), CDC sequence %d, %s, %d foreign messages skipped",
             self.applied,
             rate,
             follower.state["seq"],
-            follower.pending,
-            lag_seconds,
+            "caught up"
+            if self.current
+            else f"behind: lag {follower.pending} events, {lag_seconds:.1f} s",
             follower.skipped,
         )
         self.last, self.applied_at_last = now, self.applied
@@ -139,6 +150,10 @@ async def run_replica(
                     for table in progress.expected:
                         progress.bootstrap(table)
             progress.applied = copy.applied
+            if bootstrapped and any(isinstance(item, CaughtUp) for item in batch):
+                progress.caught_up(follower)
+            elif follower.pending:
+                progress.current = False
             if batch and isinstance(batch[-1], Bootstrapped | CaughtUp | Backfilled):
                 last_commit = time.monotonic()  # the copy committed with the item's state
             elif time.monotonic() - last_commit >= commit_seconds:

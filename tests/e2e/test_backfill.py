@@ -53,7 +53,7 @@ def test_a_backfill_repairs_a_live_copy_under_writes(
         replica = start_replica(env, path, log, "items", extra=backfill)
         wait_for(lambda: "backfill snap-" in replica.output(), 60, "the backfill", replica)
         wait_for(lambda: writer.transactions > before + 300, 60, "writes after the backfill")
-    wait_for(lambda: "lag 0 events" in replica.output().rsplit("backfill", 1)[-1], 30, "catch-up")
+    wait_for(lambda: "caught up" in replica.output().rsplit("backfill", 1)[-1], 30, "catch-up")
     assert replica.terminate() == 0
     result = bridge("verify", "items", "--sqlite", str(path), env=env)
     print(result.stdout)
