@@ -19,6 +19,7 @@ from bench import (
     consumer_backlog,
     live_latency,
     replicator_drain,
+    schema_watch,
     snapshot_modes,
     snapshot_vs_copy,
 )
@@ -45,6 +46,8 @@ def main() -> int:
     big = replicator_drain.measure(1_000_000 // scale, 1_000_000 // scale)
     print("--- consumers: a backlog beside the replicator's drain; pgbench", flush=True)
     consumers = consumer_backlog.measure(400_000 // scale, 20.0 / (4 if args.quick else 1))
+    print("--- the schema watcher's poll: 10 and 1,000 tables", flush=True)
+    watch = schema_watch.measure([10, 1000 // scale])
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -55,6 +58,7 @@ def main() -> int:
         "snapshot_modes": modes,
         "big_transaction": big,
         "consumers": consumers,
+        "schema_watch": watch,
     }
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print("--- summary")
@@ -96,6 +100,12 @@ def main() -> int:
         f"ratio {backlog['library_ratio']:.2f}; under pgbench ({steady['events_per_s']:,} "
         f"events/s) the replica's lag is at most {steady['lag_max']:,} events"
     )
+    for w in watch:
+        print(
+            f"schema watcher, {w['tables']:,} tables: {w['poll_ms']} ms a poll, "
+            f"{100 * w['watcher_core_share']:.1f}% of a core for the watcher and "
+            f"{100 * w['postgres_core_share']:.1f}% for PostgreSQL at one poll every 2 s"
+        )
     print(f"written to {args.out}")
     return 0
 
