@@ -159,8 +159,11 @@ class TableFollower:
             raise FollowError("no table to follow")
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
-        self.tables = [".".join(parse_table_name(t)) for t in tables]
-        self.tokens = {t: table_token(*parse_table_name(t)) for t in self.tables}
+        parsed = [parse_table_name(t) for t in tables]
+        self.tables = [".".join(name) for name in parsed]  # the copy's names: `schema.table`
+        # (schema, table) of each: `sales.Orders` read again as a name would be sales.orders.
+        self._names = dict(zip(self.tables, parsed, strict=True))
+        self.tokens = {t: table_token(*self._names[t]) for t in self.tables}
         self._by_token = {tok: t for t, tok in self.tokens.items()}
         self.durable = durable
         self.cdc_stream, self.init_stream, self.kv_bucket = cdc_stream, init_stream, kv_bucket
@@ -467,7 +470,7 @@ class TableFollower:
     async def _schema(self, table: str) -> TableSchema:
         kv = await self.js.key_value(self.kv_bucket)
         try:
-            entry = await kv.get(kv_key(*parse_table_name(table)))
+            entry = await kv.get(kv_key(*self._names[table]))
         except KeyNotFoundError:
             raise FollowError(
                 f"no schema document for {table} in KV bucket {self.kv_bucket}: is the "
@@ -756,7 +759,7 @@ class TableFollower:
         changed = []
         for table in self.tables:
             try:
-                entry = await kv.get(kv_key(*parse_table_name(table)))
+                entry = await kv.get(kv_key(*self._names[table]))
             except KeyNotFoundError:
                 continue
             if entry.revision == self._revisions.get(table) or entry.value is None:

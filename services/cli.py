@@ -135,7 +135,7 @@ COMMANDS: dict[str, Command] = {
         "keep a live SQLite copy of tables (snapshot, then every change once)",
         f"{TOOLS}:ReplicaArguments",
         "services.tools.replica:replica",
-        "%(prog)s TABLE [TABLE …] --sqlite PATH [options]",
+        "%(prog)s (TABLE [TABLE …] | --all-tables) --sqlite PATH [options]",
     ),
     "verify": Command(
         "compare a copy with PostgreSQL under load; exit 1 on any difference",

@@ -123,7 +123,8 @@ class BridgeSettings(BaseSettings):
         default_factory=list,
         description="Tables of interest, comma-separated; `schema.table`, or `table` for public; "
         "`people(id,name)` publishes only those columns (PostgreSQL 15+, the bridge's own "
-        "publication)",
+        "publication). Left out: every table of the operator's publication (--publication, "
+        "e.g. FOR ALL TABLES), tables added to it later included",
     )
     row_filter: dict[str, str] = Field(
         default_factory=dict,

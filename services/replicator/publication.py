@@ -345,3 +345,52 @@ def _check_operator_publication(
             name,
             ", ".join(map(str, extra)),
         )
+
+
+# The tables a publication publishes, as consumers see them: with publish_via_partition_root
+# a partitioned table rather than its partitions (pg_publication_tables lists them so).
+PUBLICATION_TABLES = (
+    "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = %s"
+    " ORDER BY 1, 2"
+)
+
+
+def check_followed_publication(conn: psycopg.Connection, name: str) -> list[TableName]:
+    """With no --table, the bridge follows an operator's publication (`FOR ALL TABLES`, `FOR
+    TABLES IN SCHEMA`, or a list): whatever it publishes, tables added to it later included,
+    streams as it is. Its tables now; a PermanentError naming what to do when there is no
+    such publication, or it cannot stream as the contract says."""
+    current = read_publication(conn, name)
+    quoted = sql.Identifier(name).as_string(None)
+    if current is None:
+        raise PermanentError(
+            f"no tables configured and no publication {name!r} to follow: set --table "
+            f"(BRIDGE_TABLE), or have an administrator run CREATE PUBLICATION {quoted} FOR ALL "
+            "TABLES (or FOR TABLES IN SCHEMA …) WITH (publish_via_partition_root = true); the "
+            "bridge then follows its tables"
+        )
+    if current.managed:
+        raise PermanentError(
+            f"no tables configured: publication {name!r} is the bridge's own, which follows "
+            "--table; set --table (BRIDGE_TABLE), or name an operator's publication with "
+            "--publication to follow its tables"
+        )
+    if not current.via_root:
+        raise PermanentError(
+            f"publication {name!r} does not publish via the partition root, so a partitioned "
+            f"table would stream as its partitions; run ALTER PUBLICATION {quoted} SET "
+            "(publish_via_partition_root = true)"
+        )
+    tables = [TableName(s, t) for s, t in conn.execute(PUBLICATION_TABLES, (name,)).fetchall()]
+    shown = ", ".join(map(str, tables[:10])) + (
+        f" and {len(tables) - 10} more" if len(tables) > 10 else ""
+    )
+    log.info(
+        "following publication %s (%s): %d tables now (%s); tables added to it later stream "
+        "from then on",
+        name,
+        "every table" if current.all_tables else "its tables and schemas",
+        len(tables),
+        shown or "none yet",
+    )
+    return tables

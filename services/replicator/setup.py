@@ -14,7 +14,11 @@ from psycopg import sql
 from pg_nats_bridge import contract
 from services.replicator import failover, standby
 from services.replicator.errors import PermanentError, TransientError, is_permanent
-from services.replicator.publication import Parts, ensure_publication
+from services.replicator.publication import (
+    Parts,
+    check_followed_publication,
+    ensure_publication,
+)
 from shared import postgres, slot_waits
 from shared.lsn import Lsn
 from shared.pg_cancel import QueryCanceller
@@ -50,8 +54,6 @@ def check_tables(
     """Every table must exist and be able to replicate UPDATE and DELETE. A table with no key
     is refused before it joins a publication: once published, PostgreSQL rejects UPDATE and
     DELETE on it in the application's own transactions. Returns the partitioned ones."""
-    if not tables:
-        raise PermanentError("no tables configured: set --table / BRIDGE_TABLE")
     missing, keyless, partitioned = [], [], set()
     for table in tables:
         row = conn.execute(
@@ -241,8 +243,11 @@ def prepare(
                 if writer is not conn:
                     standby.check_primary(writer)
                 try:
-                    partitioned = check_tables(writer, parsed, replica_identity_full)
-                    ensure_publication(writer, publication, parsed, partitioned, renamed_parts)
+                    if parsed:
+                        partitioned = check_tables(writer, parsed, replica_identity_full)
+                        ensure_publication(writer, publication, parsed, partitioned, renamed_parts)
+                    else:  # the operator's publication decides, PostgreSQL checks its tables
+                        check_followed_publication(writer, publication)
                 except psycopg.errors.ReadOnlySqlTransaction as exc:
                     raise standby.read_only_refusal(exc) from exc
                 if writer is not conn:

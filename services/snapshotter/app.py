@@ -64,7 +64,10 @@ class Snapshotter:
         self.js: JetStreamContext | None = None
         self.running: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
         self.slots = asyncio.Semaphore(settings.max_concurrent_snapshots)
-        self.watcher = SchemaWatcher(self.tables, settings.kv_bucket, settings.publication)
+        # No --table: the tables of the publication, followed as it publishes them.
+        self.watcher = SchemaWatcher(
+            self.tables, settings.kv_bucket, settings.publication, not self.tables
+        )
         self.tasks: list[asyncio.Task[None]] = []
         self.snapshots: set[asyncio.Task[dict[str, Any]]] = set()  # running take_snapshot
         self.stopping = False
@@ -204,6 +207,7 @@ class Snapshotter:
 
     async def _snapshot_missing(self) -> None:
         assert self.js is not None
+        await self.watcher.polled.wait()  # the tables are known (a publication's: found)
         for schema, table in self.tables:
             subject = contract.snapshot_meta_subject(schema, table)
             try:

@@ -11,6 +11,7 @@ always matches the table. Only the columns CDC carries are listed (shared/publis
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -280,6 +281,16 @@ JOIN pg_namespace n ON n.nspname = w.s
 JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.t AND c.relkind IN ('r', 'p')
 """
 
+# With no --table, the tables of the operator's publication (with publish_via_partition_root
+# a partitioned table, not its partitions), read every poll: a table created or added later is
+# followed from then on.
+_PUBLISHED_TABLES = """
+SELECT c.oid::text, n.nspname, c.relname FROM pg_publication_tables t
+JOIN pg_namespace n ON n.nspname = t.schemaname
+JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename
+WHERE t.pubname = %s
+"""
+
 # Tables whose KV entry is compared with their document per poll, in turn: an entry purged or
 # overwritten by someone else comes back within tables / this polls, at a cost per poll that
 # does not grow with the tables.
@@ -294,8 +305,17 @@ class SchemaWatcher:
     A poll is two catalog queries whatever the number of tables (`_VERSIONS`,
     `_PUBLICATION_VERSION`); a table is read again only when they show it changed."""
 
-    def __init__(self, tables: list[tuple[str, str]], kv_bucket: str, publication: str) -> None:
+    def __init__(
+        self,
+        tables: list[tuple[str, str]],
+        kv_bucket: str,
+        publication: str,
+        follow_publication: bool = False,
+    ) -> None:
         self.tables = tables  # shared with the snapshotter, which serves them by name
+        # No --table: the publication's tables, found anew at every poll (`_discover`).
+        self.follow_publication = follow_publication
+        self.polled = asyncio.Event()  # set once the first poll went through
         self.kv_bucket = kv_bucket
         self.publication = publication
         self.published: dict[tuple[str, str], str] = {}
@@ -314,6 +334,8 @@ class SchemaWatcher:
         overwritten entry comes back within a few polls, changed or not. A failure on the NATS
         side is one table's, logged, and the others go on; PostgreSQL's errors are the
         caller's."""
+        if self.follow_publication:
+            await self._discover(conn)
         await self._resolve(conn)
         schemas = _PUBLISHED_SCHEMAS if conn.info.server_version >= 150000 else ""
         query = _PUBLICATION_VERSION.replace("{}", schemas)  # our own text, no name in it
@@ -346,7 +368,20 @@ class SchemaWatcher:
                 self.versions[index] = current[2]
             if await self._publish(js, doc):
                 changed += 1
+        self.polled.set()
         return changed
+
+    async def _discover(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Follow the tables the publication publishes now that are not followed yet."""
+        cur = await conn.execute(_PUBLISHED_TABLES, (self.publication,))
+        known = set(self.oids.values())
+        for oid, schema, table in await cur.fetchall():
+            if int(oid) not in known:
+                self.tables.append((schema, table))
+                self.oids[len(self.tables) - 1] = int(oid)
+                log.info(
+                    "following %s.%s: publication %s publishes it", schema, table, self.publication
+                )
 
     async def _publish(self, js: JetStreamContext, doc: SchemaDocument) -> bool:
         """`doc` into KV (when it is not what KV holds) and announced; whether KV changed."""

@@ -100,6 +100,16 @@ class CopyArguments(BridgeSettings):
 
 
 class ReplicaArguments(CopyArguments):
+    copy_tables: CliPositionalArg[list[str]] = Field(
+        default_factory=list,
+        description="the tables the copy holds (or --all-tables)",
+        json_schema_extra={"metavar": "TABLE"},
+    )
+    all_tables: bool = Field(
+        False,
+        description="every table the snapshotter publishes a schema of (the bucket's keys when "
+        "the copy starts): with no --table, every table of the publication",
+    )
     durable: str | None = Field(
         None,
         description="name of the durable JetStream consumer (one process per name); default: "

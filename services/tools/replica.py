@@ -17,6 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from nats.js.errors import NoKeysError
+from psycopg import sql
+
 from pg_nats_bridge import (
     ApplyError,
     Backfilled,
@@ -28,6 +31,7 @@ from pg_nats_bridge import (
     SqliteCopy,
     TableFollower,
 )
+from pg_nats_bridge.names import parse_table_token
 from services.tools.arguments import ReplicaArguments, parse_condition
 from services.tools.copy_lock import CopyInUse, lock_copy
 from shared.nats_connection import connect
@@ -107,6 +111,8 @@ async def run_replica(
 ) -> int:
     copy = SqliteCopy(path, skip=skip)
     nc = await connect(settings, "bridge-replica", reconnect=True)
+    if not tables:  # --all-tables
+        tables = await every_table(nc, settings.kv_bucket)
     follower = TableFollower(
         nc,
         tables,
@@ -191,6 +197,25 @@ async def run_replica(
             await nc.close()
 
 
+async def every_table(nc: Any, bucket: str) -> list[str]:
+    """Every table the snapshotter publishes a schema document of (its KV bucket's keys), as
+    a quoted `schema.table` each."""
+    try:
+        keys = await (await nc.jetstream().key_value(bucket)).keys()
+    except NoKeysError:
+        keys = []
+    if not keys:
+        raise FollowError(
+            f"--all-tables: KV bucket {bucket} holds no schema document: is the snapshotter "
+            "running (with --table, or following its publication)?"
+        )
+    # A key is the table's subject token with `~` written `=` (pg_nats_bridge.names.kv_key).
+    names = (parse_table_token(key.replace("=", "~")) for key in keys)
+    tables = [sql.Identifier(schema, table).as_string(None) for schema, table in names]
+    log.info("--all-tables: %d tables", len(tables))
+    return sorted(tables)
+
+
 def _backfill_done(table: str, done: asyncio.Future[dict[str, Any]]) -> None:
     if done.cancelled():
         return
@@ -213,6 +238,10 @@ def replica(own: ReplicaArguments) -> int:
         lock = lock_copy(own.sqlite, "replica")
     except CopyInUse as exc:
         print(f"bridge replica: {exc}", flush=True)
+        return 2
+    if bool(own.copy_tables) == own.all_tables:
+        print("bridge replica: name the tables to copy, or give --all-tables (not both)")
+        lock.close()
         return 2
     backfill = None
     if own.backfill is not None or own.where:

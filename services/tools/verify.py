@@ -95,6 +95,7 @@ def read_source(
     schema, name = parse_table_name(table)
     names, oids, key, row_filter = asyncio.run(_describe(dsn, schema, name, publication))
     codec = RowCodec(names, oids, mode)
+    table = f"{schema}.{name}"  # the copy's name of it
     if not set(key) <= set(names):  # a key column not published: rows compare as a multiset
         key = []
     source = SourceTable(table, names, key)
@@ -291,7 +292,8 @@ def verify(own: VerifyArguments) -> int:
         if copy.state() is None:
             print(f"bridge verify: {own.sqlite} holds no finished bootstrap: run `bridge replica`")
             return 2
-        tables = [".".join(parse_table_name(t)) for t in own.copy_tables]
+        # Quoted: `sales.Orders` read again as a name would be sales.orders.
+        tables = [sql.Identifier(*parse_table_name(t)).as_string(None) for t in own.copy_tables]
         for _ in range(5):
             again, differences, sources, lsn = verify_once(settings, copy, tables)
             if again is None:
@@ -317,7 +319,8 @@ def verify(own: VerifyArguments) -> int:
         verdict = (
             "equal" if not found else ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
         )
-        print(f"{table} at {lsn}: {sources[table].count} rows in PostgreSQL: {verdict}")
+        shown_name = sources[table].table  # as the copy names it: `schema.table`
+        print(f"{shown_name} at {lsn}: {sources[table].count} rows in PostgreSQL: {verdict}")
         for d in found[: own.show]:
             key = f" key {d.key!r}" if d.key is not None else ""
             print(f"  {d.kind}{key} {d.detail}".rstrip())

@@ -46,3 +46,10 @@ def test_a_window_still_open_is_in_every_state() -> None:
     follower._seq = 5
     assert follower.state["replay_until"] == {"public.t": "0/100"}
     assert follower.state_before(3)["replay_until"] == {"public.t": "0/100"}
+
+
+def test_a_table_named_with_capitals_or_dots_keeps_its_name() -> None:
+    follower = TableFollower(NoConnection(), ['"Sales"."Big.Orders"', "items"])  # type: ignore[arg-type]
+    assert follower.tables == ["Sales.Big.Orders", "public.items"]
+    assert follower.tokens == {"Sales.Big.Orders": "Sales~~Big~2EOrders", "public.items": "items"}
+    assert follower._names["Sales.Big.Orders"] == ("Sales", "Big.Orders")
