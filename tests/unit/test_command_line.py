@@ -66,7 +66,9 @@ def test_placeholders_say_what_a_value_is(capsys: pytest.CaptureFixture[str]) ->
     ):
         assert shown in text, shown
     replica = help_of(capsys, "replica", "-h")
-    assert replica.startswith("usage: bridge replica (TABLE [TABLE …] | --all-tables) --sqlite PATH")
+    assert replica.startswith(
+        "usage: bridge replica (TABLE [TABLE …] | --all-tables) --sqlite PATH"
+    )
     assert "--sqlite PATH" in replica
 
 
