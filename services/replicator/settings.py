@@ -4,18 +4,40 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from shared.settings import BridgeSettings
+from shared.settings import BridgeSettings, CommaList, _split_commas
+from shared.tables import TableName, TableNameError
 
 
 class ReplicatorSettings(BridgeSettings):
     port: int = Field(9090, ge=0, le=65535, description="HTTP port for /health and /metrics")
-    replica_identity_full: bool = Field(
-        False,
-        description="Set REPLICA IDENTITY FULL on configured tables that have no primary key "
-        "(otherwise they are refused)",
+    replica_identity_full: CommaList = Field(
+        default_factory=list,
+        description="Configured tables without a primary key to set REPLICA IDENTITY FULL on, "
+        "comma-separated (otherwise they are refused); `all` for every such table. Each is "
+        "logged by name",
     )
+
+    _split_identity = field_validator("replica_identity_full", mode="before")(_split_commas)
+
+    @model_validator(mode="after")
+    def _identity_names(self) -> ReplicatorSettings:
+        self.replica_identity_full_for()  # a name that is not one is a settings error
+        return self
+
+    def replica_identity_full_for(self) -> frozenset[TableName] | None:
+        """The tables named, or None for `all` (`true`, as earlier releases took it)."""
+        words = [w.strip() for w in self.replica_identity_full if w.strip()]
+        if [w.lower() for w in words] in (["all"], ["true"]):
+            return None
+        if [w.lower() for w in words] in ([], ["false"]):
+            return frozenset()
+        try:
+            return frozenset(map(TableName.parse, words))
+        except TableNameError as exc:
+            raise ValueError(f"--replica-identity-full: {exc}") from None
+
     oversized_policy: Literal["dead-letter", "stop"] = Field(
         "dead-letter",
         description="A row larger than NATS max_payload: publish a marker on "

@@ -49,11 +49,15 @@ def check_server(conn: psycopg.Connection) -> None:
 
 
 def check_tables(
-    conn: psycopg.Connection, tables: list[TableName], replica_identity_full: bool
+    conn: psycopg.Connection,
+    tables: list[TableName],
+    replica_identity_full: frozenset[TableName] | None,
 ) -> frozenset[TableName]:
     """Every table must exist and be able to replicate UPDATE and DELETE. A table with no key
     is refused before it joins a publication: once published, PostgreSQL rejects UPDATE and
-    DELETE on it in the application's own transactions. Returns the partitioned ones."""
+    DELETE on it in the application's own transactions; the operator may name it in
+    `replica_identity_full` (None: every such table) to have REPLICA IDENTITY FULL set on
+    it. Returns the partitioned ones."""
     missing, keyless, partitioned = [], [], set()
     for table in tables:
         row = conn.execute(
@@ -91,16 +95,25 @@ def check_tables(
             keyless.append(table)
     if missing:
         raise PermanentError(f"configured tables do not exist: {', '.join(missing)}")
-    if keyless and not replica_identity_full:
-        names = ", ".join(str(t) for t in keyless)
+    chosen = replica_identity_full
+    refused = [t for t in keyless if chosen is not None and t not in chosen]
+    if refused:
+        names = ", ".join(str(t) for t in refused)
         raise PermanentError(
             f"{names}: no primary key or replica identity. Publishing it would make UPDATE and "
             "DELETE fail in your application. Add a primary key, set a REPLICA IDENTITY USING "
-            "INDEX, or start with --replica-identity-full to set REPLICA IDENTITY FULL"
+            f"INDEX, or start with --replica-identity-full {','.join(map(str, refused))} to set "
+            "REPLICA IDENTITY FULL on it"
         )
     for table in keyless:
         conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table.ident()))
         log.warning("set REPLICA IDENTITY FULL on %s (it has no primary key)", table)
+    for table in sorted((chosen or frozenset()) - set(keyless), key=str):
+        log.warning(
+            "--replica-identity-full names %s, which is not a configured table without a key "
+            "or replica identity: left as it is",
+            table,
+        )
     return frozenset(partitioned)
 
 
@@ -201,7 +214,7 @@ def prepare(
     tables: list[str],
     publication: str,
     slot: str,
-    replica_identity_full: bool,
+    replica_identity_full: frozenset[TableName] | None,
     create_slot: bool,
     known_oids: dict[TableName, int] | None = None,
     failover_slot: bool = False,

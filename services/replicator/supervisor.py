@@ -192,7 +192,7 @@ class Replicator:
                     s.table,
                     s.publication,
                     s.slot,
-                    s.replica_identity_full,
+                    s.replica_identity_full_for(),
                     create_slot=first,
                     known_oids=self.table_oids,
                     failover_slot=s.failover_slot,

@@ -25,15 +25,18 @@ def test_a_table_without_a_key_is_refused_before_it_is_published(
     refused = services("replicator", pg, nats_url, table="keyless")
     assert refused.wait(60) == 2
     assert "public.keyless: no primary key or replica identity" in refused.output()
-    assert "--replica-identity-full" in refused.output()
+    assert "--replica-identity-full public.keyless to set" in refused.output()
     assert pg.execute("SELECT count(*) FROM pg_publication_tables") == [(0,)]
     # The application's own UPDATE still works: the table was not published.
     pg.execute("INSERT INTO keyless VALUES (1, 'x')")
     pg.execute("UPDATE keyless SET b = 'y'")
 
-    services(
-        "replicator", pg, nats_url, table="keyless", replica_identity_full="true"
+    # Opt-in by name: the table named, and a name that needs nothing is said to be left alone.
+    replicator = services(
+        "replicator", pg, nats_url, table="keyless", replica_identity_full="keyless,other"
     ).wait_healthy()
+    assert "set REPLICA IDENTITY FULL on public.keyless" in replicator.output()
+    assert "names public.other, which is not a configured table" in replicator.output()
     assert pg.execute("SELECT relreplident FROM pg_class WHERE relname = 'keyless'") == [("f",)]
     pg.execute("UPDATE keyless SET b = 'z'")
     wait_for(lambda: stream_count(nats_url) >= 1, 30, "the update")
