@@ -44,11 +44,23 @@ async def shutdown_services(state: AdminState) -> dict[str, str]:
     status_code=202,
     dependencies=[Depends(require_token)],
     summary="Ask the replicator and the snapshotter to shut down gracefully",
-    responses={401: {}, 403: {}, 503: {"description": "NATS unreachable"}},
+    responses={
+        401: {},
+        403: {"description": "every service that answered refused (the control token)"},
+        503: {"description": "NATS unreachable, or no service answered"},
+    },
 )
 async def shutdown(state: State) -> dict[str, str]:
+    """202 when at least one service is shutting down (the body says what each answered); a
+    refusal or silence from all of them is not a success."""
     state.requests.labels("shutdown").inc()
-    return await shutdown_services(state)
+    answers = await shutdown_services(state)
+    if any(a == "shutting down" for a in answers.values()):
+        return answers
+    said = "; ".join(f"{service}: {answer}" for service, answer in answers.items())
+    if any(a.startswith("refused") for a in answers.values()):
+        raise Error(403, f"no service is shutting down ({said}): is BRIDGE_CONTROL_TOKEN the same?")
+    raise Error(503, f"no service is shutting down ({said})")
 
 
 @router.post(

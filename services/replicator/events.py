@@ -70,6 +70,10 @@ class _RelationInfo:
     """Per operation: the packed map header and its schema/table/operation entries."""
 
 
+# Messages of a transaction streamed before it commits (protocol 2+ with `streaming`).
+_STREAMED = (po.StreamStart, po.StreamStop, po.StreamCommit, po.StreamAbort, po.StreamPrepare)
+
+
 class UnknownRelationError(po.DecodeError):
     def __init__(self, oid: int) -> None:
         super().__init__(
@@ -148,6 +152,16 @@ class EventBuilder:
             parse_copy_data(raw)  # raises the framing error
         message = self.decoder.decode(raw[po.XLOG_HEADER :])
         kind = type(message)
+        if self.decoder.in_stream or kind in _STREAMED:
+            # The replicator asks for protocol 1, which never streams a transaction before it
+            # commits; publishing the changes of one could publish a transaction that aborts.
+            raise po.DecodeError(
+                "pgoutput",
+                0,
+                f"{po.MESSAGE_NAMES.get(chr(raw[po.XLOG_HEADER]), kind.__name__)} of a streamed "
+                "(in-progress) transaction: the bridge decodes only committed transactions "
+                "(protocol 1, no streaming)",
+            )
         if kind is po.Insert:
             assert isinstance(message, po.Insert)
             self._change(message.relation_oid, po.KIND_INSERT, message.new, None, None, raw, out)

@@ -207,6 +207,22 @@ def test_shutdown_stops_replicator_and_snapshotter_with_exit_0(
     assert reply.json() == {"replicator": "shutting down", "snapshotter": "shutting down"}
     assert replicator.wait(30) == 0
     assert snapshotter.wait(30) == 0
+    with api(front) as http:  # nobody left to answer: not a success
+        reply = http.post("/shutdown", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert reply.status_code == 503 and "no service is shutting down" in reply.json()["error"]
+
+
+def test_a_shutdown_every_service_refuses_is_not_a_success(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    replicator, snapshotter, front = start_stack(
+        pg, nats_url, services, admin_token=TOKEN, control_token="not-the-services-token"
+    )
+    with api(front) as http:
+        reply = http.post("/shutdown", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert reply.status_code == 403, reply.text
+    assert "replicator: refused: " in reply.json()["error"], reply.text
+    assert replicator.health() == 200 and snapshotter.health() == 200
 
 
 def _png_has_color(path: Path, rgb: tuple[int, int, int], tolerance: int = 40) -> bool:

@@ -20,7 +20,7 @@ import psycopg
 from pg_nats_bridge import CaughtUp, MemoryCopy, Reset, TableFollower
 from pg_nats_bridge.sqlite import stored_value
 from shared.wire import unpack
-from tests.e2e.conftest import BRIDGE, Service, slot_lag, wait_for
+from tests.e2e.conftest import BRIDGE, Service, slot_lag, stream_count, wait_for
 from tests.e2e.test_snapshotter import init_messages
 from tests.harness.postgres import Database
 
@@ -292,30 +292,23 @@ def test_replica_bootstraps_again_when_retention_passed_it(
     services("snapshotter", pg, nats_url, table="items,events").wait_healthy()
     path = tmp_path / "copy.db"
     env = replicator.env
-    first = bridge_run(env, path, seconds=6)
+    first = replica_until_caught_up(env, path, tmp_path / "first.log")
     assert "bootstrapping public.items, public.events: the copy is empty" in first, first
     pg.execute("INSERT INTO items VALUES (9999, 1, 'late', true)")
-    time.sleep(8)
-    second = bridge_run(env, path, seconds=8)
+    wait_for(lambda: slot_lag(pg) == 0, 30, "the replicator to publish it", replicator)
+    wait_for(lambda: stream_count(nats_url) == 0, 30, "retention to remove it")
+    second = replica_until_caught_up(env, path, tmp_path / "second.log")
     assert "retention removed changes the copy has not applied" in second, second
-    wait_for(lambda: slot_lag(pg) == 0, 30, "the replicator to catch up", replicator)
     result = bridge("verify", "items", "events", "--sqlite", str(path), env=env)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def bridge_run(env: dict[str, str], path: Path, seconds: float) -> str:
-    proc = subprocess.Popen(
-        [BRIDGE, "replica", "items", "events", "--sqlite", str(path)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    time.sleep(seconds)
-    proc.terminate()
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out
-    return out
+def replica_until_caught_up(env: dict[str, str], path: Path, log: Path) -> str:
+    """`bridge replica items events` until it says the copy is caught up; its output."""
+    replica = start_replica(env, path, log)
+    wait_for(lambda: "caught up:" in replica.output(), 60, "the copy to catch up", replica)
+    assert replica.terminate() == 0
+    return replica.output()
 
 
 def test_every_wire_type_verifies_equal_through_a_sqlite_copy(
