@@ -212,6 +212,28 @@ REFUSALS = frozenset(
 )
 """The `reason` of a reply that is not a snapshot."""
 
+HEARTBEAT_HEADER = "Bridge-Heartbeat"
+"""On a snapshot request: the seconds (1 to 60) between the interim messages the requester
+wants while its snapshot runs. Without it a request gets its one answer only (`nats request`)."""
+STATUS_HEADER = "Bridge-Status"
+"""On an interim message to a requester that asked for them: `running` (its snapshotter is
+alive and on it); the body is `{"status": "running"}`. The answer itself has no such header."""
+MAX_HEARTBEAT_SECONDS = 60
+
+
+def heartbeat_seconds(headers: dict[str, str] | None) -> float | None:
+    """The interval a request's `Bridge-Heartbeat` header asks for, or None (absent, or not a
+    number from 1 to 60: anyone may send a request)."""
+    value = (headers or {}).get(HEARTBEAT_HEADER)
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    if seconds is None or not 1 <= seconds <= MAX_HEARTBEAT_SECONDS:
+        return None
+    return seconds
+
+
 PERMANENT_REFUSALS = frozenset(
     {"unknown_table", "bad_request", "init_stream_missing", "row_too_large", "no_primary_key"}
 )

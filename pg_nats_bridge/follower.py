@@ -151,6 +151,7 @@ class TableFollower:
         chunk_size: int | None = None,
         reuse_snapshot: bool = True,
         snapshot_stall_seconds: float = 60.0,
+        snapshot_heartbeat_seconds: float = 5.0,
         batch: int = 2000,
         idle_seconds: float = 1.0,
         snapshot_mode: str | None = None,
@@ -171,6 +172,7 @@ class TableFollower:
         self.chunk_size = chunk_size
         self.reuse_snapshot = reuse_snapshot
         self.snapshot_stall_seconds = snapshot_stall_seconds
+        self.snapshot_heartbeat_seconds = snapshot_heartbeat_seconds
         self.snapshot_mode = snapshot_mode  # None: the snapshotter's default ("exported")
         self.batch, self.idle_seconds = batch, idle_seconds
         self._stored = state
@@ -592,6 +594,7 @@ class TableFollower:
                 request_prefix=self.snapshot_subject,
                 init_stream=self.init_stream,
                 stall_seconds=self.snapshot_stall_seconds,
+                heartbeat_seconds=self.snapshot_heartbeat_seconds,
                 on_foreign=lambda subject, why: self.skip("snapshot reply", subject, None, why),
             )
         except SnapshotRefused as exc:

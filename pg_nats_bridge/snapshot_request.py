@@ -4,12 +4,14 @@ follower, `bridge snapshot`) does the same way.
 A request is answered once, when the snapshot is complete, by the snapshotter that read it.
 If that snapshotter dies the answer never comes, so the requester asks again:
 - at once when nobody answers (no snapshotter yet) or the answer is a transient refusal;
+- when the snapshotter working on it stops saying so: the request asks for an interim
+  message every `heartbeat_seconds` (`Bridge-Heartbeat`), and three missed mean it died;
 - for a chunked snapshot, as soon as its progress record (`init.progress.<table>`) says it
   can be continued: its reader's last record is older than the takeover time the record
   carries, or the reader stopped it. The request that follows continues it (same id, `lsn`
   and chunks; only the unrecorded range is read again) rather than starting over;
-- otherwise after `stall_seconds` without an answer or a chunk of the table (an exported
-  snapshot cannot be continued and says nothing about its reader but its chunks).
+- otherwise (a snapshotter of an earlier release sends no heartbeats) after `stall_seconds`
+  without an answer, a heartbeat or a chunk of the table.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ async def ask_for_snapshot(
     on_chunk: Callable[[Any], None] | None = None,
     on_foreign: Callable[[str, str], None] | None = None,
     give_up: frozenset[str] = contract.PERMANENT_REFUSALS,
+    heartbeat_seconds: float = 5.0,
 ) -> dict[str, Any]:
     """The meta (the reply's JSON) of the snapshot `request` asks for; `SnapshotRefused` for a
     refusal whose reason is in `give_up`. `on_chunk` sees each chunk message of the table as
@@ -75,6 +78,8 @@ async def ask_for_snapshot(
         if on_chunk is not None:
             on_chunk(msg)
 
+    headers = {contract.HEARTBEAT_HEADER: f"{heartbeat_seconds:g}"}
+    beat_at: float | None = None  # the last heartbeat; None: none since the last request
     reply_sub = await nc.subscribe(inbox, cb=replies.put)
     chunk_sub = await nc.subscribe(contract.snapshot_chunks_filter(token), cb=chunk_arrived)
     waits = failures = 0
@@ -82,14 +87,25 @@ async def ask_for_snapshot(
     try:
         while True:
             await nc.publish(
-                contract.snapshot_request_subject(token, request_prefix), body, reply=inbox
+                contract.snapshot_request_subject(token, request_prefix),
+                body,
+                reply=inbox,
+                headers=headers,
             )
-            seen["at"] = time.monotonic()
+            seen["at"], beat_at = time.monotonic(), None
             while time.monotonic() - seen["at"] < stall_seconds:
                 try:
                     msg = await asyncio.wait_for(replies.get(), 1.0)
                 except TimeoutError:
                     now = time.monotonic()
+                    if beat_at is not None and now - beat_at > 3 * heartbeat_seconds:
+                        log.warning(
+                            "snapshot of %s: its snapshotter stopped answering (no heartbeat "
+                            "for %.0f s): it died; asking again",
+                            table,
+                            now - beat_at,
+                        )
+                        break
                     if (
                         chunked
                         and now - seen["at"] >= QUIET_SECONDS
@@ -103,6 +119,9 @@ async def ask_for_snapshot(
                     continue
                 if msg.headers and msg.headers.get("Status") == "503":
                     break  # no responders: no snapshotter is running (yet)
+                if msg.headers and msg.headers.get(contract.STATUS_HEADER) == "running":
+                    seen["at"] = beat_at = time.monotonic()  # alive, and on it
+                    continue
                 try:
                     reply = contract.read_snapshot_reply(msg.data)
                 except ValueError as exc:

@@ -20,6 +20,7 @@ import psycopg
 from faststream import FastStream, Path
 from faststream.middlewares import ExceptionMiddleware
 from faststream.nats import NatsBroker, NatsMessage
+from faststream.nats.annotations import NatsMessage as Request  # the message, from context
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -340,6 +341,19 @@ class Snapshotter:
             log.error("snapshot request for %s failed: %s", token, error)
             return to_json({"error": error, "reason": "internal"})
 
+    async def heartbeats(self, reply: str, seconds: float) -> None:
+        """While a request that asked for them waits, an interim message every `seconds` to its
+        inbox: a requester that stops getting them knows this snapshotter died (its answer
+        will never come) and asks again, whatever the snapshot's mode."""
+        body = json.dumps({"status": "running"}).encode()
+        while True:  # the first at once: a reader that dies within `seconds` is noticed too
+            if self.nc is not None and self.nc.is_connected:
+                with contextlib.suppress(Exception):  # the next one may get through
+                    await self.nc.publish(
+                        reply, body, headers={contract.STATUS_HEADER: "running"}
+                    )
+            await asyncio.sleep(seconds)
+
     def refusal(self, token: str, exc: SnapshotError) -> bytes:
         """The reply to a request that cannot be served, counted and logged (requests any
         client can send are logged at most once every 10 s per reason)."""
@@ -483,8 +497,21 @@ def build_app(settings: SnapshotterSettings) -> tuple[FastStream, Snapshotter]:
         max_workers=MAX_WAITING_REQUESTS + 64,
         decoder=decode_body,
     )
-    async def on_snapshot_request(request: SnapshotRequest, table: str = Path()) -> bytes:
-        return await service.handle_request(table, request)
+    async def on_snapshot_request(
+        request: SnapshotRequest, message: Request, table: str = Path()
+    ) -> bytes:
+        raw = message.raw_message
+        beat = contract.heartbeat_seconds(raw.headers)
+        beats = (
+            asyncio.create_task(service.heartbeats(raw.reply, beat))
+            if beat is not None and raw.reply
+            else None
+        )
+        try:
+            return await service.handle_request(table, request)
+        finally:
+            if beats is not None:
+                beats.cancel()
 
     server_holder: dict[str, Any] = {}
     service.on_shutdown_request = app.exit

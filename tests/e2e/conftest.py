@@ -27,13 +27,17 @@ BRIDGE = str(Path(sys.executable).parent / "bridge")
 
 @dataclass
 class Service:
-    """One `bridge <command>` process with its log and HTTP port."""
+    """One `bridge <command>` process with its log and HTTP port. Every one a test made is
+    killed when the test ends (`reap_services`), also when it failed before stopping it."""
 
     command: str
     env: dict[str, str]
     port: int
     log: Path
     process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        _MADE.append(self)
 
     def start(self) -> Service:
         with open(self.log, "ab") as out:
@@ -81,6 +85,16 @@ class Service:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+_MADE: list[Service] = []
+
+
+@pytest.fixture(autouse=True)
+def reap_services() -> Iterator[None]:
+    yield
+    while _MADE:
+        _MADE.pop().stop()
 
 
 def wait_for(

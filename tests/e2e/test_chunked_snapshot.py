@@ -249,6 +249,43 @@ def test_a_chunked_snapshot_killed_mid_way_is_continued_by_another_snapshotter(
         assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_a_copy_waiting_on_a_killed_exported_snapshot_asks_again_when_heartbeats_stop(
+    pg: Database,
+    nats_url: str,
+    services: Callable[..., Service],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An exported snapshot cannot be continued and its reader records nothing: the copy
+    knows its snapshotter died because the interim messages it asked for stop coming (one a
+    second here, so that three missed take 3 s, not the default's 15), asks again, and loads
+    the second snapshotter's snapshot; never for want of an answer (its stall is 600 s)."""
+    grow_items(pg)
+    settings = {"table": "items", "chunk_size": 500}
+    services("replicator", pg, nats_url, table="items").wait_healthy()
+    doomed = services(
+        "snapshotter", pg, nats_url, failpoints="snapshot.after_chunk=exit@10", **settings
+    ).wait_healthy()
+    path = tmp_path / "copy.db"
+    copy = FollowedCopy(
+        nats_url, ["items"], lambda: SqliteCopy(path), snapshot_stall_seconds=600,
+        snapshot_heartbeat_seconds=1,
+    )  # fmt: skip
+    with copy:
+        assert doomed.wait(60) != 0  # the failpoint's exit, mid-snapshot
+        died = time.monotonic()
+        second = services("snapshotter", pg, nats_url, **settings).wait_healthy()
+        wait_for(copy.loaded.is_set, 60, "the copy to load", second)
+        print(f"\nloaded {time.monotonic() - died:.1f} s after the snapshotter died")
+        copy.catch_up(pg)
+    assert "its snapshotter stopped answering (no heartbeat for" in caplog.text, caplog.text
+    assert "no reply and no chunk" not in caplog.text
+    (meta,) = [m for s, _, m in stream_messages(nats_url, "INIT") if s == "init.meta.items"]
+    assert loaded_snapshot(path)["snapshot_id"] == meta["snapshot_id"]
+    result = bridge("verify", "items", "--sqlite", str(path), env=second.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_an_operator_pauses_resumes_and_cancels_a_chunked_snapshot(
     pg: Database, nats_url: str, services: Callable[..., Service]
 ) -> None:
