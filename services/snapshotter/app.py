@@ -349,9 +349,7 @@ class Snapshotter:
         while True:  # the first at once: a reader that dies within `seconds` is noticed too
             if self.nc is not None and self.nc.is_connected:
                 with contextlib.suppress(Exception):  # the next one may get through
-                    await self.nc.publish(
-                        reply, body, headers={contract.STATUS_HEADER: "running"}
-                    )
+                    await self.nc.publish(reply, body, headers={contract.STATUS_HEADER: "running"})
             await asyncio.sleep(seconds)
 
     def refusal(self, token: str, exc: SnapshotError) -> bytes:
