@@ -188,6 +188,16 @@ class Oversized:
 
 
 @dataclass(slots=True)
+class TableFailed:
+    """`table` could not be loaded (`reason`: a snapshot the bridge refuses for good, a table
+    whose rows cannot be located): the copy goes on with the other tables without it, and
+    the follower asks for it again when it is next started."""
+
+    table: str
+    reason: str
+
+
+@dataclass(slots=True)
 class CaughtUp:
     """No change is waiting: the copy is current. Store `state` (its `seq` moves on while other
     tables' events pass), so that a quiet table resumes without a new snapshot."""
@@ -207,5 +217,6 @@ Change = (
     | Truncate
     | SchemaChanged
     | Oversized
+    | TableFailed
 )
 Item = Change | CaughtUp

@@ -51,6 +51,7 @@ from pg_nats_bridge.changes import (
     Row,
     Rows,
     SchemaChanged,
+    TableFailed,
     TableSchema,
     Truncate,
     Update,
@@ -197,6 +198,9 @@ class TableFollower:
         self._routes: dict[bytes, tuple[str, bool]] = {}  # subject → what _route says
         self._backfills: list[_BackfillRequest] = []
         self._last_commit_lsn: str | None = None  # of the last change handed out
+        # Tables that could not be loaded, and why: left out while the others go on, asked
+        # for again at the next start (`_load_failed`).
+        self._failed: dict[str, str] = {}
 
     # -- the position ------------------------------------------------------------------------
 
@@ -212,6 +216,8 @@ class TableFollower:
         windows = self._windows(self._seq)
         if windows:
             state["replay_until"] = windows
+        if self._failed:
+            state["failed"] = dict(self._failed)
         return state
 
     def state_before(self, seq: int) -> dict[str, Any]:
@@ -235,8 +241,9 @@ class TableFollower:
 
     async def _resumable(self, stored: dict[str, Any]) -> str | None:
         """Why `stored` cannot be resumed, or None when it can."""
-        if sorted(stored.get("snapshots", {})) != sorted(self.tables):
-            return f"the copy holds {sorted(stored.get('snapshots', {}))}, not {self.tables}"
+        held = sorted({*stored.get("snapshots", {}), *(stored.get("failed") or {})})
+        if held != sorted(self.tables):
+            return f"the copy holds {held}, not {self.tables}"
         return self._stream_lacks(await self.js.stream_info(self.cdc_stream), int(stored["seq"]))
 
     def _stream_lacks(self, info: StreamInfo, seq: int) -> str | None:
@@ -269,6 +276,8 @@ class TableFollower:
         name = ".".join(parse_table_name(table))
         if name not in self.tables:
             raise FollowError(f"{table} is not one of the followed tables ({self.tables})")
+        if name in self._failed:
+            raise FollowError(f"{table} is not in the copy: {self._failed[name]}")
         try:
             conditions = [contract.Condition.model_validate(c).model_dump() for c in where]
         except ValueError as exc:  # pydantic's ValidationError is one
@@ -386,9 +395,14 @@ class TableFollower:
                     }
                     self._replay_open, self._replay_closed = set(self._replay_until), {}
                     self._past_snapshot = set()
+                    self._failed = dict(stored.get("failed") or {})
                     for table in self.tables:
-                        self._schemas[table] = await self._schema(table)
+                        if table not in self._failed:
+                            self._schemas[table] = await self._schema(table)
                     log.info("resuming %s after CDC sequence %d", ", ".join(self.tables), self._seq)
+                    for table in list(self._failed):
+                        async for item in self._load_failed(table):
+                            yield _Batch([item], None)
                 else:
                     log.info("bootstrapping %s: %s", ", ".join(self.tables), why)
                     async for item in self._bootstrap():
@@ -413,7 +427,7 @@ class TableFollower:
                     delay,
                 )
                 # Resume from what was handed out, unless a bootstrap was cut short.
-                loaded = sorted(self._lsns) == sorted(self.tables)
+                loaded = sorted({*self._lsns, *self._failed}) == sorted(self.tables)
                 self._stored = self.state if loaded else None
                 await asyncio.sleep(delay)
             else:  # pragma: no cover - _follow never ends by itself
@@ -426,10 +440,16 @@ class TableFollower:
         self._replay_until = {}
         self._replay_open, self._replay_closed = set(), {}
         self._past_snapshot = set()
+        self._failed = {}
         info = await self.js.stream_info(self.cdc_stream)
         start = info.state.last_seq + 1
         for table in self.tables:
-            meta, reused_from = await self._snapshot(table)
+            try:
+                meta, reused_from = await self._snapshot(table)
+                schema = await self._schema(table)
+            except FollowError as exc:
+                yield self._left_out(table, exc)
+                continue
             if reused_from is None and (meta.get("joined") or meta.get("resumed")):
                 # It began before this copy's position was taken (it was running already):
                 # the changes from its `lsn` on are read from further back.
@@ -448,7 +468,6 @@ class TableFollower:
                     reused_from,
                     compared,
                 )
-            schema = await self._schema(table)
             if reused_from is not None:
                 start = min(start, reused_from)
             yield Reset(table, schema, meta)
@@ -466,7 +485,60 @@ class TableFollower:
                 meta["lsn"],
                 ", reused" if reused_from is not None else "",
             )
+        if len(self._failed) == len(self.tables):
+            raise FollowError(
+                "no table could be loaded: "
+                + "; ".join(f"{t}: {why}" for t, why in self._failed.items())
+            )
         self._seq = start - 1
+        yield Bootstrapped(self.state)
+
+    def _left_out(self, table: str, exc: FollowError) -> TableFailed:
+        """A table whose load failed for good: said, and left out while the others go on."""
+        self._failed[table] = str(exc)
+        log.error(
+            "%s is left out of the copy: %s; the other tables go on, and it is asked for again "
+            "when the copy is next started",
+            table,
+            exc,
+        )
+        return TableFailed(table, str(exc))
+
+    async def _load_failed(self, table: str) -> AsyncIterator[Item]:
+        """A table left out at an earlier start, asked for again while the others resume: a
+        snapshot taken now (its `lsn` is past every change the copy holds, so its changes
+        below it are skipped as in a bootstrap), then `Bootstrapped` with the state that
+        holds it."""
+        try:
+            for _ in range(3):
+                meta = await self._request_snapshot(table)
+                # One that was running already began before this position: the changes
+                # between its `lsn` and here are behind the position. The next one is new.
+                if not (meta.get("joined") or meta.get("resumed")):
+                    break
+            else:
+                raise FollowError(f"every snapshot of {table} asked for was one running already")
+            schema = await self._schema(table)
+        except FollowError as exc:
+            yield self._left_out(table, exc)
+            return
+        yield Reset(table, schema, meta)
+        async for rows in self._chunks(table, meta):
+            yield Rows(table, rows)
+        self._lsns[table] = Lsn.parse(meta["lsn"])
+        self._past_snapshot.discard(table)
+        if meta.get("mode") == "chunked" and meta.get("replay_until"):
+            self._replay_until[table] = Lsn.parse(meta["replay_until"])
+            self._replay_open.add(table)
+            self._replay_closed.pop(table, None)
+        del self._failed[table]
+        log.info(
+            "%s: snapshot %s loaded (%d rows, lsn %s); the table was left out before",
+            table,
+            meta["snapshot_id"],
+            meta["row_count"],
+            meta["lsn"],
+        )
         yield Bootstrapped(self.state)
 
     async def _schema(self, table: str) -> TableSchema:
@@ -761,6 +833,8 @@ class TableFollower:
         kv = await self.js.key_value(self.kv_bucket)
         changed = []
         for table in self.tables:
+            if table in self._failed:
+                continue  # not in the copy
             try:
                 entry = await kv.get(kv_key(*self._names[table]))
             except KeyNotFoundError:
@@ -846,7 +920,10 @@ class TableFollower:
         return False
 
     def _before_snapshot(self, table: str, commit_lsn: str) -> bool:
-        if Lsn.parse(commit_lsn) < self._lsns[table]:
+        """Whether the snapshot holds the change already (every change, for a table left out:
+        the copy has nothing of it to change)."""
+        loaded_at = self._lsns.get(table)
+        if loaded_at is None or Lsn.parse(commit_lsn) < loaded_at:
             return True
         self._past_snapshot.add(table)
         return False

@@ -16,6 +16,7 @@ from pg_nats_bridge.changes import (
     Row,
     Rows,
     SchemaChanged,
+    TableFailed,
     TableSchema,
     Truncate,
     Update,
@@ -33,6 +34,7 @@ class MemoryCopy:
     def __init__(self) -> None:
         self._rows: dict[str, dict[Any, Row]] = {}
         self.schemas: dict[str, TableSchema] = {}
+        self.left_out: dict[str, str] = {}  # tables left out of the copy, and why
 
     @property
     def tables(self) -> dict[str, list[Row]]:
@@ -90,6 +92,9 @@ class MemoryCopy:
         if isinstance(item, Reset):
             self._rows[item.table] = {}
             self.schemas[item.table] = item.schema
+            self.left_out.pop(item.table, None)
+        elif isinstance(item, TableFailed):
+            self.left_out[item.table] = item.reason
         elif isinstance(item, Rows | BackfillRows):  # a backfill's replace theirs by key
             keyed = {self._key(item.table, row): row for row in item.rows}  # hashed here
             self._rows[item.table].update(keyed)

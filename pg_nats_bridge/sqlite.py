@@ -32,6 +32,7 @@ from pg_nats_bridge.changes import (
     Row,
     Rows,
     SchemaChanged,
+    TableFailed,
     TableSchema,
     Truncate,
     Update,
@@ -262,6 +263,13 @@ class SqliteCopy:
             ),
         )
 
+    def left_out(self) -> dict[str, str]:
+        """Tables left out of the copy (a load that failed for good), and why."""
+        rows = self.db.execute(
+            "SELECT name, value FROM _bridge_state WHERE name LIKE 'failed:%'"
+        ).fetchall()
+        return {name.removeprefix("failed:"): json.loads(value) for name, value in rows}
+
     def skipped(self) -> list[tuple[Any, ...]]:
         """The changes given up on: (seq, table, commit_lsn, key JSON, error, when)."""
         return self.db.execute("SELECT * FROM _bridge_skipped ORDER BY seq").fetchall()
@@ -327,6 +335,8 @@ class SqliteCopy:
                 "INSERT INTO _bridge_oversized VALUES (?, ?, ?)",
                 (item.table, item.seq, json.dumps(item.marker, default=repr)),
             )
+        elif isinstance(item, TableFailed):
+            self._put(f"failed:{item.table}", item.reason)
         elif isinstance(item, Backfilled):
             self._put(f"backfill:{item.table}", item.snapshot)
             self.commit(item.state)
@@ -352,6 +362,7 @@ class SqliteCopy:
         self.db.execute("DELETE FROM _bridge_state WHERE name = 'follower'")
         self._put(f"schema:{item.table}", item.schema.document)
         self._put(f"snapshot:{item.table}", item.snapshot)
+        self.db.execute("DELETE FROM _bridge_state WHERE name = ?", (f"failed:{item.table}",))
 
     def columns(self, table: str) -> list[str]:
         if table not in self._columns:

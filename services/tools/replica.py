@@ -29,6 +29,7 @@ from pg_nats_bridge import (
     Reset,
     Rows,
     SqliteCopy,
+    TableFailed,
     TableFollower,
 )
 from pg_nats_bridge.names import parse_table_token
@@ -51,6 +52,7 @@ class Progress:
         self.applied = 0
         self.applied_at_last = 0
         self.current = False  # the copy has applied everything the stream held
+        self.failed: dict[str, str] = {}  # tables left out of the copy, and why
 
     def due(self) -> bool:
         return time.monotonic() - self.last >= self.every
@@ -93,6 +95,12 @@ class Progress:
             else f"behind: lag {follower.pending} events, {lag_seconds:.1f} s",
             follower.skipped,
         )
+        if self.failed:
+            log.warning(
+                "%d table(s) left out of the copy: %s",
+                len(self.failed),
+                "; ".join(f"{t}: {why}" for t, why in sorted(self.failed.items())),
+            )
         self.last, self.applied_at_last = now, self.applied
 
 
@@ -156,6 +164,11 @@ async def run_replica(
                     for table in progress.expected:
                         progress.bootstrap(table)
             progress.applied = copy.applied
+            for item in batch if len(batch) == 1 else ():
+                if isinstance(item, TableFailed):
+                    progress.failed[item.table] = item.reason
+                elif isinstance(item, Reset):
+                    progress.failed.pop(item.table, None)
             if bootstrapped and any(isinstance(item, CaughtUp) for item in batch):
                 progress.caught_up(follower)
             elif follower.pending:

@@ -107,3 +107,48 @@ def test_a_partition_or_an_unlogged_table_is_refused_by_name(
         assert replicator.wait(60) == 2
         assert said in replicator.output(), replicator.output()[-2000:]
         assert "Traceback" not in replicator.output()
+
+
+def test_a_table_that_cannot_be_loaded_is_left_out_and_the_others_go_on(
+    pg: Database, nats_url: str, services: Callable[..., Service], tmp_path: Path
+) -> None:
+    """A chunked snapshot of a key-less table is refused for good: the copy says so by name,
+    goes on with the other table, and asks for the left-out one again at its next start
+    (here without --snapshot-mode chunked, so it loads); then both verify equal."""
+    pg.execute(
+        "CREATE TABLE keyed (id int PRIMARY KEY, v text);"
+        "CREATE TABLE keyless (id int, v text); ALTER TABLE keyless REPLICA IDENTITY FULL;"
+        "INSERT INTO keyed VALUES (1, 'a'); INSERT INTO keyless VALUES (1, 'a')"
+    )
+    replicator = services("replicator", pg, nats_url, table="keyed,keyless").wait_healthy()
+    services("snapshotter", pg, nats_url, table="keyed,keyless").wait_healthy()
+    path, env = tmp_path / "copy.db", replicator.env
+    replica = start_replica(
+        env, path, tmp_path / "first.log", "keyed", "keyless", extra=["--snapshot-mode", "chunked"]
+    )
+    wait_for(lambda: "caught up:" in replica.output(), 60, "the copy to load", replica)
+    pg.execute("INSERT INTO keyed VALUES (2, 'b'); INSERT INTO keyless VALUES (2, 'b')")
+    wait_for(lambda: "left out of the copy: public.keyless" in replica.output(), 30, "the report")
+    wait_for(lambda: rows(path, "public.keyed") == [(1, "a"), (2, "b")], 30, "the other table")
+    assert replica.terminate() == 0
+    first = replica.output()
+    assert "public.keyless is left out of the copy: snapshot of public.keyless refused" in first
+    assert "no primary key" in first and "Traceback" not in first, first[-3000:]
+
+    replica = start_replica(env, path, tmp_path / "second.log", "keyed", "keyless")
+    wait_for(lambda: "caught up:" in replica.output(), 60, "the copy to catch up", replica)
+    assert replica.terminate() == 0
+    assert "public.keyless: snapshot" in replica.output() and "left out before" in (
+        replica.output()
+    )
+    assert rows(path, "public.keyless") == [(1, "a"), (2, "b")]
+    result = bridge("verify", "keyed", "keyless", "--sqlite", str(path), env=env)
+    assert result.returncode == 0 and result.stdout.count(": equal") == 2, result.stdout
+
+
+def rows(path: Path, table: str) -> list[tuple[object, ...]]:
+    try:
+        with sqlite3.connect(path) as db:
+            return sorted(db.execute(f'SELECT id, v FROM "{table}"').fetchall())
+    except sqlite3.Error:
+        return []

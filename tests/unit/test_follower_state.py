@@ -53,3 +53,12 @@ def test_a_table_named_with_capitals_or_dots_keeps_its_name() -> None:
     assert follower.tables == ["Sales.Big.Orders", "public.items"]
     assert follower.tokens == {"Sales.Big.Orders": "Sales~~Big~2EOrders", "public.items": "items"}
     assert follower._names["Sales.Big.Orders"] == ("Sales", "Big.Orders")
+
+
+def test_a_table_left_out_is_in_the_state_and_its_changes_are_passed_over() -> None:
+    follower = follower_in_a_replay_window()
+    del follower._lsns["public.u"]
+    follower._failed = {"public.u": "snapshot of public.u refused: no primary key"}
+    assert follower.state["failed"] == {"public.u": "snapshot of public.u refused: no primary key"}
+    assert follower._before_snapshot("public.u", "0/FFFF")  # nothing of it to change
+    assert not follower._before_snapshot("public.t", "0/FFFF")
