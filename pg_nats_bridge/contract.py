@@ -208,6 +208,7 @@ REFUSALS = frozenset(
         "publish_failed",
         "shutting_down",
         "internal",
+        "not_published",
     }
 )
 """The `reason` of a reply that is not a snapshot."""
@@ -235,7 +236,14 @@ def heartbeat_seconds(headers: dict[str, str] | None) -> float | None:
 
 
 PERMANENT_REFUSALS = frozenset(
-    {"unknown_table", "bad_request", "init_stream_missing", "row_too_large", "no_primary_key"}
+    {
+        "unknown_table",
+        "bad_request",
+        "init_stream_missing",
+        "row_too_large",
+        "no_primary_key",
+        "not_published",
+    }
 )
 """Refusals a later request would get again; the others are worth asking again."""
 

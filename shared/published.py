@@ -111,3 +111,25 @@ async def published_columns(
         cur = await conn.execute(BASE_TYPES_QUERY, (lookup,))
         resolved = await cur.fetchall()
     return Columns([name for name, _ in rows], with_base_types(oids, resolved))
+
+
+# Whether the publication exists, and whether it publishes the table (pg_publication_tables
+# lists a partitioned table itself when the publication publishes via the partition root).
+_IS_PUBLISHED = (
+    "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = %(publication)s),"
+    " EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = %(publication)s"
+    " AND schemaname = %(schema)s AND tablename = %(table)s)"
+)
+
+
+async def unpublished(
+    conn: psycopg.AsyncConnection[Any], schema: str, table: str, publication: str
+) -> bool:
+    """Whether the publication exists and leaves the table out (the replicator refused it, or
+    an operator's publication does not name it): a snapshot of it would be followed by no
+    change, a copy of it silently stale. (No publication yet: nothing to say.)"""
+    cur = await conn.execute(
+        _IS_PUBLISHED, {"publication": publication, "schema": schema, "table": table}
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0] and not row[1])

@@ -26,6 +26,11 @@ last_confirmed_at = Gauge(
 )
 last_confirmed_at.set_to_current_time()
 connected = Gauge("bridge_connected", "1 while the pipeline streams", registry=REGISTRY)
+tables_refused = Gauge(
+    "bridge_tables_refused",
+    "configured tables the replicator left out of the publication (/health says which and why)",
+    registry=REGISTRY,
+)
 reconnects = Counter(
     "bridge_reconnects", "Pipeline restarts after a transient failure", registry=REGISTRY
 )

@@ -32,6 +32,7 @@ class SlotState:
     confirmed_flush: Lsn | None
     created: bool
     on_standby: bool = False
+    refused: tuple[tuple[str, str], ...] = ()  # configured tables left out, and why
 
 
 def check_server(conn: psycopg.Connection) -> None:
@@ -48,17 +49,35 @@ def check_server(conn: psycopg.Connection) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class CheckedTables:
+    """What `check_tables` found: the tables to publish, the partitioned ones among them, and
+    the ones refused, each with why and what to do."""
+
+    published: list[TableName]
+    partitioned: frozenset[TableName]
+    refused: dict[TableName, str]
+
+
 def check_tables(
     conn: psycopg.Connection,
     tables: list[TableName],
     replica_identity_full: frozenset[TableName] | None,
-) -> frozenset[TableName]:
-    """Every table must exist and be able to replicate UPDATE and DELETE. A table with no key
-    is refused before it joins a publication: once published, PostgreSQL rejects UPDATE and
-    DELETE on it in the application's own transactions; the operator may name it in
-    `replica_identity_full` (None: every such table) to have REPLICA IDENTITY FULL set on
-    it. Returns the partitioned ones."""
-    missing, keyless, partitioned = [], [], set()
+) -> CheckedTables:
+    """Every table must exist (else the setting is wrong: stop) and be able to stream as the
+    contract says. One that cannot is refused by name and left out of the publication, and
+    the others go on (all refused: stop):
+    - a table with no key is refused before it joins a publication: once published,
+      PostgreSQL rejects UPDATE and DELETE on it in the application's own transactions; the
+      operator may name it in `replica_identity_full` (None: every such table) to have
+      REPLICA IDENTITY FULL set on it;
+    - a partition streams as its root (publish_via_partition_root): a copy of it would
+      silently go stale;
+    - an unlogged table writes no WAL: nothing of it can be streamed."""
+    missing: list[str] = []
+    keyless: list[TableName] = []
+    partitioned: set[TableName] = set()
+    refused: dict[TableName, str] = {}
     for table in tables:
         row = conn.execute(
             "SELECT c.relreplident, c.relkind,"
@@ -75,46 +94,47 @@ def check_tables(
             continue
         identity, kind, has_pk, persistence, partition_of = row
         if kind not in ("r", "p"):
-            raise PermanentError(f"{table} is not a table (relkind {kind!r})")
-        if partition_of is not None:
-            # Published through its root (publish_via_partition_root), its changes would
-            # never reach its own subjects: a copy of it would silently go stale.
-            raise PermanentError(
+            refused[table] = f"{table} is not a table (relkind {kind!r})"
+        elif partition_of is not None:
+            refused[table] = (
                 f"{table} is a partition of {partition_of}: its changes are published as "
                 f"{partition_of}'s; name {partition_of} instead (every partition's rows are in "
                 "its snapshot and its CDC)"
             )
-        if persistence == "u":
-            raise PermanentError(
+        elif persistence == "u":
+            refused[table] = (
                 f"{table} is UNLOGGED: PostgreSQL writes no WAL for it, so no change of it can "
                 f"be streamed; make it logged (ALTER TABLE {table} SET LOGGED) or leave it out"
             )
-        if kind == "p":
+        elif identity == "n" or (identity == "d" and not has_pk):
+            if replica_identity_full is not None and table not in replica_identity_full:
+                refused[table] = (
+                    f"{table}: no primary key or replica identity. Publishing it would make "
+                    "UPDATE and DELETE fail in your application. Add a primary key, set a "
+                    f"REPLICA IDENTITY USING INDEX, or start with --replica-identity-full "
+                    f"{table} to set REPLICA IDENTITY FULL on it"
+                )
+            else:
+                keyless.append(table)
+        if kind == "p" and table not in refused:
             partitioned.add(table)
-        if identity == "n" or (identity == "d" and not has_pk):
-            keyless.append(table)
     if missing:
         raise PermanentError(f"configured tables do not exist: {', '.join(missing)}")
-    chosen = replica_identity_full
-    refused = [t for t in keyless if chosen is not None and t not in chosen]
-    if refused:
-        names = ", ".join(str(t) for t in refused)
-        raise PermanentError(
-            f"{names}: no primary key or replica identity. Publishing it would make UPDATE and "
-            "DELETE fail in your application. Add a primary key, set a REPLICA IDENTITY USING "
-            f"INDEX, or start with --replica-identity-full {','.join(map(str, refused))} to set "
-            "REPLICA IDENTITY FULL on it"
-        )
+    if refused and len(refused) == len(tables):
+        raise PermanentError("; ".join(refused.values()))
+    for why in refused.values():
+        log.error("refused, left out of the publication (the other tables stream): %s", why)
     for table in keyless:
         conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table.ident()))
         log.warning("set REPLICA IDENTITY FULL on %s (it has no primary key)", table)
-    for table in sorted((chosen or frozenset()) - set(keyless), key=str):
-        log.warning(
-            "--replica-identity-full names %s, which is not a configured table without a key "
-            "or replica identity: left as it is",
-            table,
-        )
-    return frozenset(partitioned)
+    for table in sorted((replica_identity_full or frozenset()) - set(keyless), key=str):
+        if table not in refused:
+            log.warning(
+                "--replica-identity-full names %s, which is not a configured table without a "
+                "key or replica identity: left as it is",
+                table,
+            )
+    return CheckedTables([t for t in tables if t not in refused], frozenset(partitioned), refused)
 
 
 def ensure_slot(
@@ -241,6 +261,7 @@ def prepare(
             on_standby = standby.is_standby(conn)
             if on_standby:
                 standby.check_standby(conn)
+            refused: dict[TableName, str] = {}
             configured = parsed
             parsed = follow_renames(conn, parsed, {} if known_oids is None else known_oids)
             renamed_parts = {
@@ -257,8 +278,15 @@ def prepare(
                     standby.check_primary(writer)
                 try:
                     if parsed:
-                        partitioned = check_tables(writer, parsed, replica_identity_full)
-                        ensure_publication(writer, publication, parsed, partitioned, renamed_parts)
+                        checked = check_tables(writer, parsed, replica_identity_full)
+                        refused = checked.refused
+                        ensure_publication(
+                            writer,
+                            publication,
+                            checked.published,
+                            checked.partitioned,
+                            {t: p for t, p in renamed_parts.items() if t not in refused},
+                        )
                     else:  # the operator's publication decides, PostgreSQL checks its tables
                         check_followed_publication(writer, publication)
                 except psycopg.errors.ReadOnlySqlTransaction as exc:
@@ -272,6 +300,9 @@ def prepare(
                 failover_slot and not on_standby,
                 database_url,
                 primary_url if on_standby else None,
+            )
+            state = dataclasses.replace(
+                state, refused=tuple((str(t), why) for t, why in refused.items())
             )
             if on_standby:
                 state = dataclasses.replace(state, on_standby=True)

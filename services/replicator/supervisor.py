@@ -75,6 +75,7 @@ class Replicator:
         self.secrets = settings.secrets()
         self.restarts = 0
         self.last_error: dict[str, str] | None = None  # {"at": ISO time, "error": why}
+        self.refused: dict[str, str] = {}  # configured tables left out at the last setup
 
     # -- health and telemetry -------------------------------------------------------------
 
@@ -87,6 +88,7 @@ class Replicator:
             "slot": self.settings.slot,
             "restarts": self.restarts,
             "last_error": self.last_error,
+            "tables_refused": self.refused,
         }
 
     def _shown(self, text: str) -> str:
@@ -201,6 +203,8 @@ class Replicator:
                     primary_url=s.primary_dsn(),
                 )
                 self.on_standby = state.on_standby
+                self.refused = dict(state.refused)
+                metrics.tables_refused.set(len(self.refused))
                 first = False
                 pipeline = self.pipeline = Pipeline(s)
                 pipeline.start()

@@ -90,6 +90,7 @@ from shared.consistent_read import (
 from shared.lsn import Lsn
 from shared.pg_cancel import QueryCanceller, run_cancellable
 from shared.postgres import ReplicationConnection
+from shared.published import unpublished
 from shared.wire import pack
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,13 @@ async def take_snapshot(
     extra: dict[str, Any] = {}
     try:
         async with await postgres.connect_async(database_url, autocommit=True) as catalog:
+            if await unpublished(catalog, schema, table, publication):
+                raise SnapshotError(
+                    "not_published",
+                    f"publication {publication} does not publish {schema}.{table}, so no change "
+                    "of it would follow the snapshot (the replicator refused it: its log and "
+                    "/health say why)",
+                )
             if options.where:
                 await _check_conditions(catalog, schema, table, publication, options.where)
             else:  # a backfill's rows are a part, of unknown size

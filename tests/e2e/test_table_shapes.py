@@ -18,6 +18,8 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+
 from tests.e2e.conftest import Service, slot_lag, wait_for
 from tests.e2e.test_chunked_snapshot import bootstrapped
 from tests.e2e.test_consumers import bridge, start_replica
@@ -150,5 +152,39 @@ def rows(path: Path, table: str) -> list[tuple[object, ...]]:
     try:
         with sqlite3.connect(path) as db:
             return sorted(db.execute(f'SELECT id, v FROM "{table}"').fetchall())
+    except sqlite3.Error:
+        return []
+
+
+def test_a_table_the_replicator_refuses_is_left_out_and_the_others_stream(
+    pg: Database, nats_url: str, services: Callable[..., Service], tmp_path: Path
+) -> None:
+    """A key-less table in --table (not named in --replica-identity-full) is refused by name,
+    left out of the publication (the application's UPDATE on it still works), shown in
+    /health and counted; the other table streams, the snapshotter refuses the left-out one
+    (`not_published`) and a copy of both follows the other one."""
+    pg.execute("CREATE TABLE ok (id int PRIMARY KEY); CREATE TABLE keyless (a int)")
+    replicator = services("replicator", pg, nats_url, table="ok,keyless").wait_healthy()
+    health = httpx.get(f"http://127.0.0.1:{replicator.port}/health", timeout=5).json()
+    assert "no primary key or replica identity" in health["tables_refused"]["public.keyless"]
+    assert "bridge_tables_refused 1.0" in replicator.metrics()
+    pg.execute("INSERT INTO keyless VALUES (1); UPDATE keyless SET a = 2")
+    services("snapshotter", pg, nats_url, table="ok,keyless").wait_healthy()
+    path = tmp_path / "copy.db"
+    replica = start_replica(replicator.env, path, tmp_path / "replica.log", "ok", "keyless")
+    wait_for(lambda: "caught up:" in replica.output(), 60, "the copy to load", replica)
+    pg.execute("INSERT INTO ok VALUES (1), (2)")
+    wait_for(lambda: ids(path, "public.ok") == [1, 2], 30, "the other table's changes", replica)
+    assert replica.terminate() == 0
+    assert (
+        "public.keyless is left out of the copy: snapshot of public.keyless refused: "
+        "publication bridge_pub does not publish public.keyless"
+    ) in replica.output()
+
+
+def ids(path: Path, table: str) -> list[object]:
+    try:
+        with sqlite3.connect(path) as db:
+            return sorted(r[0] for r in db.execute(f'SELECT id FROM "{table}"'))
     except sqlite3.Error:
         return []
