@@ -364,6 +364,12 @@ class SqliteCopy:
         self._put(f"snapshot:{item.table}", item.snapshot)
         self.db.execute("DELETE FROM _bridge_state WHERE name = ?", (f"failed:{item.table}",))
 
+    def has_table(self, table: str) -> bool:
+        found = self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        ).fetchone()
+        return found is not None
+
     def columns(self, table: str) -> list[str]:
         if table not in self._columns:
             info = self.db.execute(f"PRAGMA table_info({ident(table)})").fetchall()

@@ -82,6 +82,7 @@ class SourceTable:
     by_key: dict[tuple[Any, ...], bytes] = field(default_factory=dict)
     rows: Counter[bytes] = field(default_factory=Counter)
     samples: dict[bytes, tuple[Any, ...]] = field(default_factory=dict)
+    error: str | None = None  # why PostgreSQL's side could not be read
 
     @property
     def count(self) -> int:
@@ -115,6 +116,20 @@ def read_source(
     return source
 
 
+def read_or_say_why(
+    conn: psycopg.Connection[Any], dsn: str, table: str, settings: VerifyArguments
+) -> SourceTable:
+    """The table as `read_source` reads it, or, when it cannot be read, a SourceTable saying
+    why (under a savepoint: the other tables are read and compared all the same)."""
+    try:
+        with conn.transaction():
+            return read_source(conn, dsn, table, settings.publication, settings.value_mode)
+    except (psycopg.Error, ValueError) as exc:  # a codec's errors are ValueErrors
+        schema, name = parse_table_name(table)
+        why = f"{type(exc).__name__}: {str(exc).strip()}"
+        return SourceTable(f"{schema}.{name}", [], [], error=why)
+
+
 async def _describe(
     dsn: str, schema: str, name: str, publication: str
 ) -> tuple[list[str], list[int], list[str], str | None]:
@@ -132,6 +147,11 @@ class Difference:
 
 
 def compare(source: SourceTable, copy: SqliteCopy) -> list[Difference]:
+    if source.error is not None:
+        return [Difference("unreadable", None, f"PostgreSQL's rows: {source.error}")]
+    if not copy.has_table(source.table):
+        why = copy.left_out().get(source.table, "it was never loaded")
+        return [Difference("absent", None, f"the copy does not hold the table: {why}")]
     differences: list[Difference] = []
     positions = [source.columns.index(k) for k in source.key]
     if source.key:
@@ -261,10 +281,7 @@ def verify_once(
             rewritten = [t for t in tables if after[t] != before[t]]
             if rewritten:
                 return f"{', '.join(rewritten)} truncated or rewritten meanwhile", {}, {}, lsn
-            sources = {
-                t: read_source(conn, dsn, t, settings.publication, settings.value_mode)
-                for t in tables
-            }
+            sources = {t: read_or_say_why(conn, dsn, t, settings) for t in tables}
     log.info(
         "PostgreSQL read at %s: %s",
         lsn,
