@@ -63,6 +63,8 @@ from pg_nats_bridge.snapshot_request import SnapshotRefused, ask_for_snapshot
 
 log = logging.getLogger("pg_nats_bridge")
 
+UNPACK = contract.UNPACK_OPTIONS
+
 
 class FollowError(RuntimeError):
     """Something the caller must fix: an unknown table, a snapshot the bridge refuses, a table
@@ -119,7 +121,7 @@ def _unpack(data: bytes | None) -> Any:
     """MessagePack, or `Undecodable`: anyone on the NATS account can publish on the bridge's
     subjects, and one foreign message must not stop a copy."""
     try:
-        return msgpack.unpackb(data or b"", raw=False, strict_map_key=False)
+        return msgpack.unpackb(data or b"", **contract.UNPACK_OPTIONS)
     except (
         ValueError,
         TypeError,
@@ -866,7 +868,7 @@ class TableFollower:
             route = self._route(subject)
         table, oversized = route
         try:
-            event = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            event = msgpack.unpackb(data, **UNPACK)
         except (ValueError, TypeError) as exc:  # msgpack's own errors are ValueErrors
             raise Undecodable(f"not MessagePack ({type(exc).__name__})") from None
         lsn = event["commit_lsn"]

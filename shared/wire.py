@@ -5,16 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import msgpack
+from pg_nats_bridge.contract.encoding import pack, unpack
 
-
-def pack(payload: Any) -> bytes:
-    """MessagePack with the bin type for `bytes`, so bytea stays binary and text stays str."""
-    return msgpack.packb(payload, use_bin_type=True)
-
-
-def unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+__all__ = ["from_json", "pack", "to_json", "unpack"]
 
 
 def to_json(payload: Any) -> bytes:

@@ -24,7 +24,6 @@ from services.replicator.protocol import (
 from shared.codec import RowCodec, ValueMode
 from shared.codec.domains import oids_to_resolve, with_base_types
 from shared.lsn import Lsn, lsn_from_u64, lsn_text
-from shared.wire import pack
 
 TypeResolver = Callable[[list[int]], list[tuple[int, int]]]
 """Given type OIDs that may be domains, returns (oid, base type oid) pairs (a catalog query)."""
@@ -113,7 +112,7 @@ class EventBuilder:
         self._commit_time_text = ""
         self._tx_middle = b""  # packed commit_lsn and xid entries
         self._tx_time = b""  # packed commit_time entry
-        self._packer = msgpack.Packer(use_bin_type=True)
+        self._packer = contract.packer()
         self._second = -1  # the second `_second_text` formats (commit times repeat it)
         self._second_text = ""
         self._ordinal = 0
@@ -334,7 +333,7 @@ class EventBuilder:
                 cascade=message.cascade,
                 restart_identity=message.restart_identity,
             )
-            payload = pack(event)
+            payload = contract.ChangeEvent.model_validate(event).encode()
             msg_id = self._commit_lsn_bytes + b"%d" % ordinal
             if len(payload) + _HEADER_ALLOWANCE > self.max_payload:
                 self._dead_letter(info, event, len(payload), None, msg_id, out)
@@ -342,25 +341,24 @@ class EventBuilder:
                 out.append(Outgoing(self._subject(info, "truncate"), payload, msg_id))
 
     def _logical_message(self, message: po.LogicalMessage, out: list[Outgoing]) -> None:
-        event: dict[str, Any] = {
-            "prefix": message.prefix,
-            "content": message.content,
-            "transactional": message.transactional,
-            "lsn": str(message.lsn),
-        }
-        if message.transactional and self._xid is not None:
-            ordinal = self._next_ordinal()
-            event.update(
-                commit_lsn=self._commit_lsn_text,
-                xid=self._xid,
-                ordinal=ordinal,
-                commit_time=self._commit_time_text,
-            )
+        transactional = message.transactional and self._xid is not None
+        ordinal = self._next_ordinal() if transactional else None
+        event = contract.LogicalMessage(
+            prefix=message.prefix,
+            content=message.content,
+            transactional=message.transactional,
+            lsn=str(message.lsn),
+            commit_lsn=self._commit_lsn_text if transactional else None,
+            xid=self._xid if transactional else None,
+            ordinal=ordinal,
+            commit_time=self._commit_time_text if transactional else None,
+        )
+        if ordinal is not None:
             msg_id = contract.change_msg_id(lsn_from_u64(self._final_lsn), ordinal)
         else:
             msg_id = contract.message_msg_id(message.lsn)
         subject = contract.message_subject(contract.escape_name(message.prefix or "_"), self.prefix)
-        out.append(Outgoing(subject.encode(), pack(event), msg_id.encode()))
+        out.append(Outgoing(subject.encode(), event.encode(), msg_id.encode()))
 
     def _dead_letter(
         self,
@@ -391,24 +389,25 @@ class EventBuilder:
                 "--oversized-policy dead-letter"
             )
         self.oversized_count += 1
-        marker = {
-            k: event[k]
-            for k in (
-                "schema",
-                "table",
-                "operation",
-                "lsn",
-                "commit_lsn",
-                "xid",
-                "ordinal",
-                "commit_time",
-            )
-        }
-        marker["key"] = {k: v for k, v in (key or {}).items() if k in info.key_columns} or None
-        marker["size"] = size
-        marker["max_payload"] = self.max_payload
-        packed = pack(marker)
+        marker = contract.OversizedMarker(
+            **{
+                k: event[k]
+                for k in (
+                    "schema",
+                    "table",
+                    "operation",
+                    "lsn",
+                    "commit_lsn",
+                    "xid",
+                    "ordinal",
+                    "commit_time",
+                )
+            },
+            key={k: v for k, v in (key or {}).items() if k in info.key_columns} or None,
+            size=size,
+            max_payload=self.max_payload,
+        )
+        packed = marker.encode()
         if len(packed) * 4 > self.max_payload:  # a huge key (REPLICA IDENTITY FULL) stays out
-            marker["key"] = None
-            packed = pack(marker)
+            packed = marker.model_copy(update={"key": None}).encode()
         return packed

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgpack
 
+from pg_nats_bridge.contract import packer
 from services.snapshotter.errors import SnapshotError
 from shared.wire import unpack
 
@@ -46,7 +47,7 @@ class ChunkBuilder:
         self.chunks = 0
         self.row_count = 0
         self.estimated_rows: int | None = None  # said in each chunk when known
-        self.packer = msgpack.Packer(use_bin_type=True)
+        self.packer = packer()
 
     def refuse(self, packed_row: bytes, row: dict[str, Any], key: list[str]) -> SnapshotError:
         return SnapshotError(

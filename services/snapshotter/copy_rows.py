@@ -17,8 +17,7 @@ from collections.abc import Callable
 from itertools import repeat
 from typing import Any
 
-import msgpack
-
+from pg_nats_bridge.contract import packer
 from shared.codec import RowCodec
 from shared.codec.copy_text import split_line
 
@@ -30,11 +29,11 @@ class CopyRowPacker:
         self.codec = codec
         self.names = codec.names
         self.converters = codec.converters
-        packer = msgpack.Packer(use_bin_type=True)
-        self.pack: Callable[[Any], bytes] = packer.pack
+        rows_packer = packer()
+        self.pack: Callable[[Any], bytes] = rows_packer.pack
         width = len(self.names)
-        self.map_header = packer.pack_map_header(width)
-        self.array_header_size = len(packer.pack_array_header(2 * width))
+        self.map_header = rows_packer.pack_map_header(width)
+        self.array_header_size = len(rows_packer.pack_array_header(2 * width))
 
     def pack_block(self, lines: list[bytes]) -> list[bytes]:
         """One packed row per line (each line ends with its newline)."""

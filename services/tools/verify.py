@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import psycopg
 from psycopg import sql
 
@@ -39,6 +38,7 @@ from pg_nats_bridge import (
     Truncate,
     Update,
 )
+from pg_nats_bridge.contract import pack as contract_pack
 from pg_nats_bridge.names import parse_table_name
 from pg_nats_bridge.sqlite import stored_value
 from services.tools.arguments import VerifyArguments
@@ -69,7 +69,7 @@ def shown(values: Sequence[Any]) -> str:
 
 
 def row_hash(values: Sequence[Any]) -> bytes:
-    return hashlib.blake2b(msgpack.packb(list(values), use_bin_type=True), digest_size=16).digest()
+    return hashlib.blake2b(contract_pack(list(values)), digest_size=16).digest()
 
 
 @dataclass

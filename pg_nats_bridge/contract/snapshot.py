@@ -1,16 +1,11 @@
-"""The wire contract in one place (docs/wire-format.md): stream and bucket names, every
-subject, every Msg-Id, and the snapshot request and reply. The services, the tools and the
-library all spell the contract through this module, so a change to it is a change here.
-
-Table tokens (how a table's name becomes one subject token) are in `names.py`.
-"""
+"""The snapshot request and its replies, the interim messages, the progress record and the
+backfill conditions (docs/wire-format.md, "INIT stream" and "Control plane")."""
 
 from __future__ import annotations
 
 import json
 from typing import Literal
 
-import msgpack
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -20,171 +15,8 @@ from pydantic import (
     model_validator,
 )
 
+from pg_nats_bridge.contract.encoding import unpack
 from pg_nats_bridge.lsn import Lsn
-from pg_nats_bridge.names import (
-    OPERATIONS,
-    SCHEMA_SEPARATOR,
-    SubjectError,
-    escape_name,
-    parse_table_token,
-    table_token,
-    unescape_name,
-)
-
-__all__ = [
-    "OPERATIONS",
-    "SCHEMA_SEPARATOR",
-    "SubjectError",
-    "escape_name",
-    "parse_table_token",
-    "table_token",
-    "unescape_name",
-]
-
-# -- names (each also a setting; these are the defaults) ---------------------------------------
-
-CDC_STREAM = "CDC"
-INIT_STREAM = "INIT"
-KV_BUCKET = "schemas"
-SNAPSHOT_PREFIX = "bridge.snapshot"
-CONTROL_PREFIX = "bridge.control"
-
-CDC = "cdc"
-INIT = "init"
-MESSAGE_TOKEN = "~message"
-"""`cdc.~message.<prefix>`: a logical decoding message."""
-OVERSIZED_TOKEN = "~oversized"
-"""`cdc.~oversized.<table>`: the dead-letter marker of a row larger than max_payload."""
-
-# -- subjects ------------------------------------------------------------------------------------
-
-
-def cdc_subject(schema: str, table: str, operation: str, prefix: str = CDC) -> str:
-    return f"{prefix}.{table_token(schema, table)}.{operation}"
-
-
-def token_cdc_subject(token: str, operation: str, prefix: str = CDC) -> str:
-    return f"{prefix}.{token}.{operation}"
-
-
-def cdc_filter(token: str | None = None) -> str:
-    """Every change of one table (by token), or of every table."""
-    return f"{CDC}.{token}.*" if token else f"{CDC}.>"
-
-
-def oversized_subject(token: str, prefix: str = CDC) -> str:
-    return f"{prefix}.{OVERSIZED_TOKEN}.{token}"
-
-
-def message_subject(escaped_prefix: str, prefix: str = CDC) -> str:
-    return f"{prefix}.{MESSAGE_TOKEN}.{escaped_prefix}"
-
-
-def schema_subject(schema: str, table: str, prefix: str = INIT) -> str:
-    return f"{prefix}.schema.{table_token(schema, table)}"
-
-
-def snapshot_chunk_subject(
-    schema: str, table: str, snapshot_id: str, chunk: int, prefix: str = INIT
-) -> str:
-    return f"{prefix}.snap.{table_token(schema, table)}.{snapshot_id}.{chunk}"
-
-
-def snapshot_chunks_filter(token: str, snapshot_id: str = "*") -> str:
-    """The chunks of one snapshot of a table, or of all its snapshots."""
-    return f"{INIT}.snap.{token}.{snapshot_id}.*"
-
-
-def snapshot_meta_subject(schema: str, table: str, prefix: str = INIT) -> str:
-    return f"{prefix}.meta.{table_token(schema, table)}"
-
-
-def meta_subject_of_token(token: str) -> str:
-    return f"{INIT}.meta.{token}"
-
-
-def backfill_meta_subject(schema: str, table: str, prefix: str = INIT) -> str:
-    """A partial backfill's meta: never on the meta subject, which bootstrapping consumers
-    read as the table's last complete snapshot."""
-    return f"{prefix}.backfill.{table_token(schema, table)}"
-
-
-def progress_subject(token: str, prefix: str = INIT) -> str:
-    """A chunked snapshot's progress records (the last one on the subject counts)."""
-    return f"{prefix}.progress.{token}"
-
-
-def snapshot_request_subject(token: str, prefix: str = SNAPSHOT_PREFIX) -> str:
-    return f"{prefix}.{token}"
-
-
-def control_subject(service: str, action: str = "shutdown", prefix: str = CONTROL_PREFIX) -> str:
-    return f"{prefix}.{service}.{action}"
-
-
-def reserved_subjects(
-    snapshot_prefix: str = SNAPSHOT_PREFIX,
-    control_prefix: str = CONTROL_PREFIX,
-    kv_bucket: str = KV_BUCKET,
-) -> list[str]:
-    """Subjects the bridge publishes or serves: no other stream may take them."""
-    return [f"{CDC}.>", f"{INIT}.>", f"{snapshot_prefix}.>", f"{control_prefix}.>",
-            f"$KV.{kv_bucket}.>"]  # fmt: skip
-
-
-def subjects_overlap(a: str, b: str) -> bool:
-    """Whether some subject matches both patterns (NATS wildcards: `*` one token, `>` one or
-    more at the end)."""
-    ta, tb = a.split("."), b.split(".")
-    for x, y in zip(ta, tb, strict=False):
-        if x == ">" or y == ">":
-            return True
-        if x != y and "*" not in (x, y):
-            return False
-    return len(ta) == len(tb)
-
-
-# -- Msg-Ids -------------------------------------------------------------------------------------
-
-
-def change_msg_id(commit_lsn: Lsn, ordinal: int) -> str:
-    """`Nats-Msg-Id` of one row change: `<commit LSN>:<ordinal>`.
-
-    The commit LSN names the transaction (no two transactions commit at the same WAL position)
-    and the ordinal, the change's 0-based position among the transaction's changes as decoding
-    delivers them, names the change within it. Replaying the slot delivers a transaction's
-    changes again in the same order, so a replayed change gets the same Msg-Id and JetStream's
-    duplicate window drops it. The change's own LSN is not enough: every row of a COPY or
-    multi-insert WAL record carries the same one.
-    """
-    return f"{commit_lsn}:{ordinal}"
-
-
-def change_msg_id_prefix(commit_lsn_text: str) -> bytes:
-    """`change_msg_id` of a whole transaction at once, as bytes: `<commit LSN>:`, to which each
-    change's ordinal is appended (`prefix + b"%d" % ordinal`: the replicator's hot path builds
-    one per change)."""
-    return commit_lsn_text.encode() + b":"
-
-
-def message_msg_id(lsn: Lsn) -> str:
-    """A non-transactional logical decoding message's Msg-Id (it has no commit)."""
-    return f"message:{lsn}"
-
-
-def snapshot_msg_id(snapshot_id: str, schema: str, table: str, chunk: int) -> str:
-    return f"{snapshot_id}:{table_token(schema, table)}:{chunk}"
-
-
-def meta_msg_id(snapshot_id: str) -> str:
-    return f"{snapshot_id}:meta"
-
-
-def schema_msg_id(token: str, revision: int) -> str:
-    return f"schema:{token}:{revision}"
-
-
-# -- the snapshot request and reply --------------------------------------------------------------
 
 MAX_CHUNK_SIZE = 10_000
 MAX_REQUEST_BYTES = 4096
@@ -334,7 +166,7 @@ class ProgressRecord(BaseModel):
 def read_progress_record(data: bytes | None) -> ProgressRecord | None:
     """The record, or None for anything else (anyone allowed on `init.>` may publish there)."""
     try:
-        return ProgressRecord.model_validate(msgpack.unpackb(data or b"", raw=False))
+        return ProgressRecord.model_validate(unpack(data or b""))
     except Exception:
         return None
 

@@ -1,0 +1,92 @@
+"""What the CDC stream carries (docs/wire-format.md, "CDC event payload"): a row change, the
+marker of a row too large for NATS, a logical decoding message. The replicator's hot path
+writes a change by hand (services/replicator/events.py); a property test holds its bytes to
+`ChangeEvent`'s encoding, field for field and in this order."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pg_nats_bridge.contract.encoding import pack, unpack
+
+Operation = Literal["insert", "update", "delete", "truncate"]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def encode(self) -> bytes:
+        """The MessagePack the bridge publishes: the fields in their documented order, an
+        optional one only when it is set."""
+        return pack(self.model_dump(by_alias=True, exclude_none=False, exclude=self._unset()))
+
+    def _unset(self) -> set[str]:
+        return set()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Any:
+        """The event `data` holds; ValueError (pydantic's ValidationError is one) otherwise."""
+        try:
+            body = unpack(data)
+        except (ValueError, TypeError) as exc:  # msgpack's own errors are ValueErrors
+            raise ValueError(f"not MessagePack ({type(exc).__name__})") from None
+        return cls.model_validate(body)
+
+
+class ChangeEvent(_Event):
+    """One row change on `cdc.<table>.<operation>`; a TRUNCATE adds `cascade` and
+    `restart_identity`."""
+
+    schema_: str = Field(alias="schema")
+    table: str
+    operation: Operation
+    lsn: str
+    commit_lsn: str
+    xid: int
+    ordinal: int
+    commit_time: str
+    data: dict[str, Any] | None
+    old: dict[str, Any] | None
+    unchanged: list[str]
+    cascade: bool | None = None
+    restart_identity: bool | None = None
+
+    def _unset(self) -> set[str]:
+        return {"cascade", "restart_identity"} if self.operation != "truncate" else set()
+
+
+class OversizedMarker(_Event):
+    """In place of a row too large for NATS, on `cdc.~oversized.<table>`, with the Msg-Id the
+    row would have had: `key` holds its replica identity columns (None when even they are
+    too large)."""
+
+    schema_: str = Field(alias="schema")
+    table: str
+    operation: Operation
+    lsn: str
+    commit_lsn: str
+    xid: int
+    ordinal: int
+    commit_time: str
+    key: dict[str, Any] | None
+    size: int
+    max_payload: int
+
+
+class LogicalMessage(_Event):
+    """A `pg_logical_emit_message` on `cdc.~message.<prefix>`; a transactional one carries
+    its transaction's fields (and the Msg-Id `<commit_lsn>:<ordinal>`), another has none."""
+
+    prefix: str
+    content: bytes
+    transactional: bool
+    lsn: str
+    commit_lsn: str | None = None
+    xid: int | None = None
+    ordinal: int | None = None
+    commit_time: str | None = None
+
+    def _unset(self) -> set[str]:
+        return set() if self.transactional else {"commit_lsn", "xid", "ordinal", "commit_time"}
