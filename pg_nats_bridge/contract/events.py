@@ -35,9 +35,9 @@ class _Event(BaseModel):
         return cls.model_validate(body)
 
 
-class ChangeEvent(_Event):
-    """One row change on `cdc.<table>.<operation>`; a TRUNCATE adds `cascade` and
-    `restart_identity`."""
+class _Located(_Event):
+    """Where a change is: its table, operation, WAL position and transaction (the fields a
+    change and the marker that replaces it share, first, in this order)."""
 
     schema_: str = Field(alias="schema")
     table: str
@@ -47,6 +47,12 @@ class ChangeEvent(_Event):
     xid: int
     ordinal: int
     commit_time: str
+
+
+class ChangeEvent(_Located):
+    """One row change on `cdc.<table>.<operation>`; a TRUNCATE adds `cascade` and
+    `restart_identity`."""
+
     data: dict[str, Any] | None
     old: dict[str, Any] | None
     unchanged: list[str]
@@ -57,19 +63,11 @@ class ChangeEvent(_Event):
         return {"cascade", "restart_identity"} if self.operation != "truncate" else set()
 
 
-class OversizedMarker(_Event):
+class OversizedMarker(_Located):
     """In place of a row too large for NATS, on `cdc.~oversized.<table>`, with the Msg-Id the
     row would have had: `key` holds its replica identity columns (None when even they are
     too large)."""
 
-    schema_: str = Field(alias="schema")
-    table: str
-    operation: Operation
-    lsn: str
-    commit_lsn: str
-    xid: int
-    ordinal: int
-    commit_time: str
     key: dict[str, Any] | None
     size: int
     max_payload: int
