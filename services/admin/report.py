@@ -73,7 +73,11 @@ async def status(state: AdminState, streams: dict[str, Any]) -> dict[str, Any]:
         "slot_active": r(replicator.slot_active) == 1,
         "wal_lag_bytes": lag,
         "wal_lag_mb": round(lag / 1048576, 3),
-        "replicator": {"up": rep_page is not None},
+        # Configured tables the replicator left out (its /health names them and why).
+        "replicator": {
+            "up": rep_page is not None,
+            "tables_refused": int(r(replicator.tables_refused)),
+        },
         "snapshotter": {
             "up": snap_page is not None,
             "snapshots_in_progress": int(s(snapshotter.in_progress)),
