@@ -4,7 +4,7 @@ backfill conditions (docs/wire-format.md, "INIT stream" and "Control plane")."""
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from pg_nats_bridge.contract.encoding import unpack
+from pg_nats_bridge.contract.encoding import pack, unpack
 from pg_nats_bridge.lsn import Lsn
 
 MAX_CHUNK_SIZE = 10_000
@@ -99,6 +99,7 @@ class SnapshotMeta(BaseModel):
     partial: bool = False  # a backfill of the rows matching `where`, not the whole table
     resumed: bool = False  # chunked: continued after its first reader stopped
     started: int | None = None  # chunked: unix time the snapshot began
+    where: list[Condition] | None = None  # a backfill's conditions (with `partial`)
 
     @field_validator("lsn", "replay_until")
     @classmethod
@@ -106,6 +107,32 @@ class SnapshotMeta(BaseModel):
         if value is not None:
             Lsn.parse(value)
         return value
+
+
+class SnapshotChunk(BaseModel):
+    """One chunk of a snapshot's rows on `init.snap.<table>.<snapshot_id>.<chunk>`: its number,
+    PostgreSQL's row estimate when it has one (for progress displays), the rows. The
+    snapshotter packs chunks by hand (services/snapshotter/chunks.py); a test holds its bytes
+    to this model's encoding."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    chunk: int = Field(ge=0)
+    estimated_rows: int | None = None
+    data: list[dict[str, Any]]
+
+    def encode(self) -> bytes:
+        exclude = {"estimated_rows"} if self.estimated_rows is None else set()
+        return pack(self.model_dump(exclude=exclude))
+
+    @classmethod
+    def decode(cls, data: bytes) -> SnapshotChunk:
+        """The chunk `data` holds; ValueError otherwise (anyone on `init.>` may publish)."""
+        try:
+            body = unpack(data)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"not MessagePack ({type(exc).__name__})") from None
+        return cls.model_validate(body)
 
 
 class SnapshotRefusal(BaseModel):

@@ -237,6 +237,7 @@ async def take_snapshot(
     if options.where:
         meta["partial"] = True
         meta["where"] = [c.model_dump() for c in options.where]
+    contract.SnapshotMeta.model_validate(meta)  # what is published is what the contract says
     meta_subject = (
         contract.backfill_meta_subject if options.where else contract.snapshot_meta_subject
     )
