@@ -17,7 +17,7 @@ everything it uses unambiguously whatever the session's settings.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
@@ -113,13 +113,31 @@ async def published_columns(
     return Columns([name for name, _ in rows], with_base_types(oids, resolved))
 
 
-# Whether the publication exists, and whether it publishes the table (pg_publication_tables
-# lists a partitioned table itself when the publication publishes via the partition root).
-_IS_PUBLISHED = (
-    "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = %(publication)s),"
-    " EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = %(publication)s"
-    " AND schemaname = %(schema)s AND tablename = %(table)s)"
-)
+def published_tables_query(server_version: int, one_table: bool = False) -> LiteralString:
+    """The tables a publication publishes as consumers see them (a partitioned table itself,
+    not its partitions, as publish_via_partition_root does; FOR ALL TABLES, FOR TABLES IN
+    SCHEMA and listed tables): `oid, schema, name` for `%(publication)s`, or, with
+    `one_table`, only `%(table)s` (a regclass text).
+
+    From the catalog only: `pg_publication_tables` opens each table and so waits behind an
+    ALTER TABLE queued behind another transaction, with no lock timeout of ours."""
+    schemas = (
+        " OR (NOT c.relispartition AND EXISTS (SELECT 1 FROM pg_publication_namespace s"
+        " WHERE s.pnpubid = p.oid AND s.pnnspid = c.relnamespace))"
+        if server_version >= 150000
+        else ""
+    )
+    only = " AND c.oid = %(table)s::regclass" if one_table else ""
+    return (
+        "SELECT c.oid::text, n.nspname, c.relname FROM pg_publication p"
+        " JOIN pg_class c ON c.relkind IN ('r', 'p') AND c.relpersistence = 'p'"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE p.pubname = %(publication)s"
+        " AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%%'"
+        " AND ((p.puballtables AND NOT c.relispartition)"
+        " OR EXISTS (SELECT 1 FROM pg_publication_rel r"
+        " WHERE r.prpubid = p.oid AND r.prrelid = c.oid)" + schemas + ")" + only
+    )
 
 
 async def unpublished(
@@ -128,8 +146,10 @@ async def unpublished(
     """Whether the publication exists and leaves the table out (the replicator refused it, or
     an operator's publication does not name it): a snapshot of it would be followed by no
     change, a copy of it silently stale. (No publication yet: nothing to say.)"""
-    cur = await conn.execute(
-        _IS_PUBLISHED, {"publication": publication, "schema": schema, "table": table}
-    )
-    row = await cur.fetchone()
-    return bool(row and row[0] and not row[1])
+    cur = await conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,))
+    if await cur.fetchone() is None:
+        return False
+    query = published_tables_query(conn.info.server_version, one_table=True)
+    regclass = sql.Identifier(schema, table).as_string(conn)
+    cur = await conn.execute(query, {"publication": publication, "table": regclass})
+    return await cur.fetchone() is None

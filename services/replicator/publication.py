@@ -32,6 +32,7 @@ import psycopg
 from psycopg import sql
 
 from services.replicator.errors import PermanentError
+from shared.published import published_tables_query
 from shared.tables import TableName
 
 log = logging.getLogger(__name__)
@@ -347,14 +348,6 @@ def _check_operator_publication(
         )
 
 
-# The tables a publication publishes, as consumers see them: with publish_via_partition_root
-# a partitioned table rather than its partitions (pg_publication_tables lists them so).
-PUBLICATION_TABLES = (
-    "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = %s"
-    " ORDER BY 1, 2"
-)
-
-
 def check_followed_publication(conn: psycopg.Connection, name: str) -> list[TableName]:
     """With no --table, the bridge follows an operator's publication (`FOR ALL TABLES`, `FOR
     TABLES IN SCHEMA`, or a list): whatever it publishes, tables added to it later included,
@@ -381,7 +374,9 @@ def check_followed_publication(conn: psycopg.Connection, name: str) -> list[Tabl
             f"table would stream as its partitions; run ALTER PUBLICATION {quoted} SET "
             "(publish_via_partition_root = true)"
         )
-    tables = [TableName(s, t) for s, t in conn.execute(PUBLICATION_TABLES, (name,)).fetchall()]
+    query = published_tables_query(conn.info.server_version)
+    rows = conn.execute(query, {"publication": name}).fetchall()
+    tables = sorted((TableName(s, t) for _, s, t in rows), key=str)
     shown = ", ".join(map(str, tables[:10])) + (
         f" and {len(tables) - 10} more" if len(tables) > 10 else ""
     )

@@ -28,7 +28,7 @@ from psycopg import sql
 from pg_nats_bridge import contract
 from pg_nats_bridge.names import kv_key
 from services.snapshotter import metrics
-from shared.published import published_columns, published_part
+from shared.published import published_columns, published_part, published_tables_query
 from shared.wire import pack, unpack
 
 log = logging.getLogger(__name__)
@@ -281,16 +281,6 @@ JOIN pg_namespace n ON n.nspname = w.s
 JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.t AND c.relkind IN ('r', 'p')
 """
 
-# With no --table, the tables of the operator's publication (with publish_via_partition_root
-# a partitioned table, not its partitions), read every poll: a table created or added later is
-# followed from then on.
-_PUBLISHED_TABLES = """
-SELECT c.oid::text, n.nspname, c.relname FROM pg_publication_tables t
-JOIN pg_namespace n ON n.nspname = t.schemaname
-JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename
-WHERE t.pubname = %s
-"""
-
 # Tables whose KV entry is compared with their document per poll, in turn: an entry purged or
 # overwritten by someone else comes back within tables / this polls, at a cost per poll that
 # does not grow with the tables.
@@ -373,7 +363,9 @@ class SchemaWatcher:
 
     async def _discover(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Follow the tables the publication publishes now that are not followed yet."""
-        cur = await conn.execute(_PUBLISHED_TABLES, (self.publication,))
+        # Read every poll: a table created or added later is followed from then on.
+        query = published_tables_query(conn.info.server_version)
+        cur = await conn.execute(query, {"publication": self.publication})
         known = set(self.oids.values())
         for oid, schema, table in await cur.fetchall():
             if int(oid) not in known:
