@@ -1,4 +1,4 @@
-"""The chaos soak (`make chaos`; 60 s of it in `make test`): a random workload on three tables
+"""The chaos soak (`make chaos`; 45 s of it in `make test`): a random workload on three tables
 while a fault lands every few seconds, a `bridge replica` copy kept throughout; at the end
 `bridge verify` must find the copy equal to PostgreSQL (writes still going), and the CDC stream
 must hold no Msg-Id twice and every table's changes in commit order.

@@ -1,4 +1,4 @@
-"""60 seconds of the chaos soak (tests/chaos/soak.py; `make chaos` runs it longer)."""
+"""45 seconds of the chaos soak (tests/chaos/soak.py; `make chaos` runs it longer)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.chaos.soak import run_soak
 def test_chaos_soak_loses_nothing_and_duplicates_nothing(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="chaos")
     seed = int(os.environ["BRIDGE_CHAOS_SEED"]) if "BRIDGE_CHAOS_SEED" in os.environ else None
-    report = run_soak(float(os.environ.get("BRIDGE_CHAOS_SECONDS", "60")), seed)
+    report = run_soak(float(os.environ.get("BRIDGE_CHAOS_SECONDS", "45")), seed)
     print(report.summary())
     replay = (
         f"replay: BRIDGE_CHAOS_SEED={report.seed} (or python -m tests.chaos --seed {report.seed})"
