@@ -171,6 +171,7 @@ class TableFollower:
         self._by_token = {tok: t for t, tok in self.tokens.items()}
         self.durable = durable
         self.cdc_stream, self.init_stream, self.kv_bucket = cdc_stream, init_stream, kv_bucket
+        self._cdc_prefix = contract.CDC  # the subjects' first token (docs/wire-format.md)
         self.snapshot_subject = snapshot_subject
         self.chunk_size = chunk_size
         self.reuse_snapshot = reuse_snapshot
@@ -903,9 +904,14 @@ class TableFollower:
     def _route(self, subject: bytes) -> tuple[str, bool]:
         """The table a subject is about, and whether it is an oversized-row marker's
         (KeyError for another table's)."""
-        _, token, rest = subject.decode().split(".", 2)
-        oversized = token == contract.OVERSIZED_TOKEN
-        route = (self._by_token[rest if oversized else token], oversized)
+        try:
+            parsed = contract.parse_cdc_subject(subject.decode(), self._cdc_prefix)
+        except contract.SubjectError:
+            raise KeyError(subject) from None  # not one of ours: skipped as foreign
+        if parsed.message:
+            raise KeyError(subject)
+        oversized = parsed.operation is None
+        route = (self._by_token[parsed.token], oversized)
         if len(self._routes) < 1024:  # a few per table; foreign ones may be any
             self._routes[subject] = route
         return route

@@ -112,3 +112,28 @@ def test_the_msg_id_prefix_and_an_ordinal_make_the_change_msg_id(lsn: int, ordin
     text = str(Lsn(lsn))
     built = subjects.change_msg_id_prefix(text) + b"%d" % ordinal
     assert built == subjects.change_msg_id(Lsn(lsn), ordinal).encode()
+
+
+def test_cdc_and_init_subjects_parse_back_to_what_built_them() -> None:
+    contract = subjects
+    token = contract.table_token("sales", "a.b")
+    for op in ("insert", "update", "delete", "truncate"):
+        parsed = contract.parse_cdc_subject(contract.token_cdc_subject(token, op))
+        assert (parsed.token, parsed.operation, parsed.message) == (token, op, False)
+    marker = contract.parse_cdc_subject(contract.oversized_subject(token))
+    assert (marker.token, marker.operation, marker.message) == (token, None, False)
+    message = contract.parse_cdc_subject(contract.message_subject("audit"))
+    assert (message.token, message.message) == ("audit", True)
+    for foreign in ("cdc.t", "cdc.t.bogus", "init.meta.t", "cdc..insert", "cdc.t.insert.x"):
+        with pytest.raises(contract.SubjectError):
+            contract.parse_cdc_subject(foreign)
+    assert contract.parse_init_subject(contract.snapshot_meta_subject("sales", "a.b")) == (
+        "meta",
+        token,
+    )
+    assert contract.parse_init_subject(contract.snapshot_chunk_subject("public", "t", "s", 3)) == (
+        "snap",
+        "t",
+    )
+    with pytest.raises(contract.SubjectError):
+        contract.parse_init_subject("init.elsewhere.t")
