@@ -58,6 +58,7 @@ from pg_nats_bridge.changes import (
 )
 from pg_nats_bridge.lsn import Lsn
 from pg_nats_bridge.names import kv_key, parse_table_name, table_token
+from pg_nats_bridge.position import StreamFacts, covered, stream_lacks
 from pg_nats_bridge.pull import Idle, Puller, PullError
 from pg_nats_bridge.snapshot_request import SnapshotRefused, ask_for_snapshot
 
@@ -250,20 +251,19 @@ class TableFollower:
         return self._stream_lacks(await self.js.stream_info(self.cdc_stream), int(stored["seq"]))
 
     def _stream_lacks(self, info: StreamInfo, seq: int) -> str | None:
-        """Why the stream cannot give the copy every message after `seq`, or None: it is not
-        the same stream (a recreated one starts its sequences again), or retention removed
-        some (a consumer starting after them would skip them silently)."""
-        if info.state.last_seq < seq:
-            return (
-                f"stream {self.cdc_stream} ends at sequence {info.state.last_seq}, before the "
-                f"copy's {seq}: the stream was recreated"
-            )
-        if info.state.first_seq > seq + 1:
-            return (
-                f"stream {self.cdc_stream} no longer holds sequence {seq + 1} (its oldest is "
-                f"{info.state.first_seq}): retention removed changes the copy has not applied"
-            )
-        return None
+        """Why the stream cannot give the copy every message after `seq` (position.py)."""
+        return stream_lacks(self._facts(info), seq)
+
+    def _facts(self, info: StreamInfo, oldest_lsn: str | None = None) -> StreamFacts:
+        state = info.state
+        return StreamFacts(
+            self.cdc_stream,
+            state.first_seq,
+            state.last_seq,
+            state.num_deleted or 0,
+            info.created,
+            oldest_lsn,
+        )
 
     def backfill(
         self, table: str, where: Sequence[dict[str, Any]], *, mode: str | None = None
@@ -607,49 +607,23 @@ class TableFollower:
         return meta, start
 
     async def _covered(self, lsn: str, began: float | None) -> tuple[int | None, str]:
-        """The CDC sequence to read from for every change committed at or after `lsn` (the
-        stream's first) when the stream provably holds them all, else None; and what was
-        compared, for the log. Proof is either of:
-        - its oldest event committed below `lsn`: every later one is after it;
-        - it never lost an event (nothing removed from its head or between: its first
-          sequence is 1) and it was created before the snapshot `began`: every change
-          committed at or after `lsn` was published after that, so into this stream."""
+        """Whether the stream holds every change after a snapshot's `lsn` (position.covered):
+        the sequence to read from, or None; and what was compared."""
         try:
             info = await self.js.stream_info(self.cdc_stream)
-            state = info.state
-            first_seq = state.first_seq
-            if state.messages:
-                first = await self.js.get_msg(self.cdc_stream, seq=first_seq)
+            oldest: str | None = None
+            if info.state.messages:
+                first = await self.js.get_msg(self.cdc_stream, seq=info.state.first_seq)
                 try:
                     event = _unpack(first.data)
-                    oldest = event.get("commit_lsn") or event.get("lsn")
-                    if oldest and Lsn.parse(oldest) < Lsn.parse(lsn):
-                        return first_seq, (
-                            f"stream {self.cdc_stream}'s oldest event (sequence {first_seq}) "
-                            f"committed at {oldest}, below the snapshot's lsn {lsn}"
-                        )
-                    compared = (
-                        f"its oldest event (sequence {first_seq}) committed at {oldest}, not "
-                        f"below the snapshot's lsn {lsn}"
-                    )
+                    oldest = str(event.get("commit_lsn") or event.get("lsn") or "")
+                    if oldest:
+                        Lsn.parse(oldest)
                 except (Undecodable, AttributeError, TypeError, ValueError):
-                    compared = f"its oldest message (sequence {first_seq}) is not a CDC event"
-            else:
-                compared = f"it is empty (its next sequence is {state.last_seq + 1})"
+                    oldest = ""  # not the bridge's event: it proves nothing
         except NotFoundError:
             return None, f"stream {self.cdc_stream} or its oldest message is gone"
-        created = info.created.timestamp() if info.created is not None else None
-        if first_seq <= 1 and not state.num_deleted and created is not None and began:
-            if created <= began:
-                return max(first_seq, 1), (
-                    f"stream {self.cdc_stream}: {compared}, but it has lost no event since it "
-                    f"was created ({info.created:%Y-%m-%d %H:%M:%S} UTC), before the snapshot "
-                    "began"
-                )
-            compared += ", and it was created after the snapshot began"
-        elif first_seq > 1 or state.num_deleted:
-            compared += f", and it no longer holds sequences before {first_seq}"
-        return None, f"stream {self.cdc_stream}: {compared}"
+        return covered(self._facts(info, oldest), lsn, began)
 
     async def _request_snapshot(
         self, table: str, request: dict[str, Any] | None = None

@@ -1,8 +1,10 @@
-"""`TableFollower._covered`: whether the CDC stream holds every change after a snapshot's `lsn`
-(a snapshot the copy joined, a continued one, one reused from INIT). It must refuse only when
-the stream may really lack one: a stream that lost nothing since before the snapshot began
-covers it even when its oldest event is newer than the `lsn` (the false refusal that made a
-copy throw away a continued snapshot and read the table again)."""
+"""pg_nats_bridge.position, through `TableFollower._covered` and directly: whether the CDC
+stream holds every change after a snapshot's `lsn` (a snapshot the copy joined, a continued
+one, one reused from INIT). It must refuse only when the stream may really lack one: a stream
+that lost nothing since before the snapshot began covers it even when its oldest event is
+newer than the `lsn` (the false refusal that made a copy throw away a continued snapshot and
+read the table again); and a copy resumes only where the stream still holds its next
+sequence."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pytest
 from nats.js.api import StreamState
 
 from pg_nats_bridge import TableFollower
+from pg_nats_bridge.position import StreamFacts, covered, stream_lacks
 
 BEGAN = 1_800_000_000  # the snapshot began (unix time)
 
@@ -52,25 +55,25 @@ class NoConnection:
         return self.js
 
 
-def covered(stream: Stream, lsn: str = "0/5000") -> tuple[int | None, str]:
+def covered_via_follower(stream: Stream, lsn: str = "0/5000") -> tuple[int | None, str]:
     follower = TableFollower(NoConnection(stream), ["big"])  # type: ignore[arg-type]
     return asyncio.run(follower._covered(lsn, BEGAN))
 
 
 def test_a_stream_that_lost_nothing_since_before_the_snapshot_covers_it() -> None:
     # Writes began after the snapshot's consistent point: every event is newer than its lsn.
-    start, why = covered(Stream(1, 900, "0/6000", created=BEGAN - 3600))
+    start, why = covered_via_follower(Stream(1, 900, "0/6000", created=BEGAN - 3600))
     assert start == 1, why
     assert "lost no event since it was created" in why
 
 
 def test_an_empty_stream_that_lost_nothing_covers_it() -> None:
-    start, why = covered(Stream(0, 0, None, created=BEGAN - 60))
+    start, why = covered_via_follower(Stream(0, 0, None, created=BEGAN - 60))
     assert start == 1, why
 
 
 def test_an_oldest_event_below_the_lsn_covers_it() -> None:
-    start, why = covered(Stream(700, 900, "0/4000", created=BEGAN + 60))
+    start, why = covered_via_follower(Stream(700, 900, "0/4000", created=BEGAN + 60))
     assert start == 700 and "sequence 700" in why and "0/4000" in why, why
 
 
@@ -87,6 +90,30 @@ def test_an_oldest_event_below_the_lsn_covers_it() -> None:
     ],
 )
 def test_a_stream_that_may_lack_a_change_after_the_lsn_does_not(stream: Stream, said: str) -> None:
-    start, why = covered(stream)
+    start, why = covered_via_follower(stream)
     assert start is None, why
     assert said in why, why
+
+
+def test_a_copy_resumes_only_where_the_stream_still_holds_the_next_sequence() -> None:
+    stream = StreamFacts("CDC", first_seq=100, last_seq=500)
+    assert stream_lacks(stream, 99) is None  # the next, 100, is the oldest held
+    assert stream_lacks(stream, 500) is None  # caught up
+    lost = stream_lacks(stream, 98)
+    assert lost is not None and "no longer holds sequence 99 (its oldest is 100)" in lost
+    recreated = stream_lacks(stream, 501)
+    assert recreated is not None and "the stream was recreated" in recreated
+
+
+def test_coverage_by_the_pure_rule_says_what_it_compared() -> None:
+    created = datetime.fromtimestamp(BEGAN - 10, UTC)
+    below = StreamFacts("CDC", 5, 9, created=created, oldest_lsn="0/10")
+    assert covered(below, "0/20", BEGAN) == (
+        5,
+        "stream CDC's oldest event (sequence 5) committed at 0/10, below the snapshot's lsn 0/20",
+    )
+    foreign = StreamFacts("CDC", 1, 9, created=created, oldest_lsn="")
+    start, why = covered(foreign, "0/20", BEGAN)
+    assert start == 1 and "is not a CDC event, but it has lost no event" in why
+    start, why = covered(foreign, "0/20", None)  # when the snapshot began is unknown
+    assert start is None and "is not a CDC event" in why
