@@ -195,16 +195,17 @@ def test_leader_and_replica_losses_under_load_lose_and_duplicate_nothing(
     assert sorted(cluster.replicas_of("CDC")) == ["n1", "n2", "n3"]  # R3, as configured
 
     with HealthLog(replicator.port) as health, LeaderWatch(cluster) as watch, Load(pg.url) as load:
-        time.sleep(3)
+        # Load runs throughout; each pause lets it meet the cluster in its new state.
+        time.sleep(2)
         leader = cluster.leader_of("CDC")
         cluster.kill(leader)  # kill -9 the CDC stream's leader
-        time.sleep(5)
+        time.sleep(4)
         cluster.start_node(leader)
         cluster.wait_ready()
-        time.sleep(3)
+        time.sleep(2)
         follower = next(n for n in cluster.replicas_of("CDC") if n != cluster.leader_of("CDC"))
         cluster.kill(follower)  # a non-leader
-        time.sleep(3)
+        time.sleep(2)
         cluster.start_node(follower)
         cluster.wait_ready()
 
