@@ -37,8 +37,10 @@ install-browser:
 test: install install-browser docs rules
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The documentation site (docs/, mkdocs.yml) into site/; any broken link or missing page fails.
+# The documentation site (docs/, mkdocs.yml) into site/, with the NATS interface's AsyncAPI
+# document generated from the contract (docs/asyncapi.json); any broken link or missing page fails.
 docs: install
+	$(BIN)/python -m pg_nats_bridge.contract.asyncapi docs/asyncapi.json
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 docs-serve: install

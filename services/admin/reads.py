@@ -1,5 +1,5 @@
 """The read-only endpoints, open to whoever reaches the port: the status page, `/health`,
-`/status`, `/metrics` (their answers: report.py)."""
+`/status`, `/metrics` (their answers: report.py), `/asyncapi.json` (the NATS interface)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
+from pg_nats_bridge.contract.asyncapi import document as asyncapi_document
 from services.admin import report
 from services.admin.state import State
 from services.admin.streams import streams_probe
+from services.cli import version as package_version
 
 STATUS_PAGE = Path(__file__).with_name("status.html")
+
 
 router = APIRouter()
 
@@ -52,3 +55,12 @@ async def metrics(state: State) -> PlainTextResponse:
     state.requests.labels("metrics").inc()
     text = await report.metrics(state, await streams_probe(state).get())
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+@router.get(
+    "/asyncapi.json",
+    summary="The bridge's NATS interface as an AsyncAPI 3.0 document (from the contract's models)",
+)
+async def asyncapi(state: State) -> dict[str, Any]:
+    state.requests.labels("asyncapi").inc()
+    return asyncapi_document(package_version())

@@ -90,6 +90,8 @@ def test_read_endpoints(pg: Database, nats_url: str, services: Callable[..., Ser
         bad = http.get("/streams/info", params={"stream": "bad name."})
         assert bad.status_code == 400 and "stream" in bad.json()["error"]
         assert http.get("/openapi.json").json()["info"]["title"] == "pg-nats-bridge admin"
+        asyncapi = http.get("/asyncapi.json").json()
+        assert asyncapi["asyncapi"] == "3.0.0" and "change" in asyncapi["channels"]
         everything = health.text + http.get("/status").text
         assert PASSWORD not in everything and TOKEN not in everything
 
