@@ -243,10 +243,11 @@ def test_a_chunked_snapshot_killed_mid_way_is_continued_by_another_snapshotter(
         meta, [path, replica_path], [caplog.text, replica.output()]
     )
 
-    for copied in (path, replica_path):
-        result = bridge("verify", "items", "--sqlite", str(copied), env=second.env)
-        print(result.stdout)
-        assert result.returncode == 0, result.stdout + result.stderr
+    # The replica's copy (the library's loaded the same snapshot; the other kill tests verify
+    # a library copy).
+    result = bridge("verify", "items", "--sqlite", str(replica_path), env=second.env)
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_a_copy_waiting_on_a_killed_exported_snapshot_asks_again_when_heartbeats_stop(

@@ -228,7 +228,7 @@ class Bridge(RuleBasedStateMachine):
 
 
 TestProgress = Bridge.TestCase
-TestProgress.settings = settings(max_examples=600, stateful_step_count=50, deadline=None)
+TestProgress.settings = settings(max_examples=400, stateful_step_count=50, deadline=None)
 
 
 def test_an_idle_pipeline_confirms_the_servers_position() -> None:
