@@ -14,12 +14,14 @@ from tests.chaos.soak import run_soak
 def test_chaos_soak_loses_nothing_and_duplicates_nothing(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="chaos")
     seed = int(os.environ["BRIDGE_CHAOS_SEED"]) if "BRIDGE_CHAOS_SEED" in os.environ else None
-    report = run_soak(float(os.environ.get("BRIDGE_CHAOS_SECONDS", "45")), seed)
+    seconds = float(os.environ.get("BRIDGE_CHAOS_SECONDS", "45"))
+    report = run_soak(seconds, seed)
     print(report.summary())
     replay = (
         f"replay: BRIDGE_CHAOS_SEED={report.seed} (or python -m tests.chaos --seed {report.seed})"
     )
-    assert sum(report.faults.values()) >= 6, report.summary()
+    # A fault every 3-8 s, each waited out: fewer than one per 9 s means the loop stalled.
+    assert sum(report.faults.values()) >= int(seconds / 9), report.summary()
     assert report.transactions > 1000, report.summary()
     assert report.verify_exit == 0, f"{report.verify_output}\n{replay}"
     assert report.events > 10000, report.summary()
