@@ -327,9 +327,7 @@ class TableFollower:
                 log.warning("backfill of %s: %s", table, exc)
                 continue
             until = Lsn.parse(meta.get("replay_until") or meta["lsn"])
-            self._replay_until[table] = max(until, self._replay_until.get(table, until))
-            self._replay_open.add(table)
-            self._replay_closed.pop(table, None)
+            self._open_window(table, max(until, self._replay_until.get(table, until)))
             # Cut short, the next one's rows replace these, and the replay from this position
             # covers both windows.
             async for rows in self._chunks(table, meta):
@@ -473,13 +471,8 @@ class TableFollower:
                 )
             if reused_from is not None:
                 start = min(start, reused_from)
-            yield Reset(table, schema, meta)
-            async for rows in self._chunks(table, meta):
-                yield Rows(table, rows)
-            self._lsns[table] = Lsn.parse(meta["lsn"])
-            if meta.get("mode") == "chunked" and meta.get("replay_until"):
-                self._replay_until[table] = Lsn.parse(meta["replay_until"])
-                self._replay_open.add(table)
+            async for item in self._load(table, schema, meta):
+                yield item
             log.info(
                 "%s: snapshot %s loaded (%d rows, lsn %s%s)",
                 table,
@@ -495,6 +488,25 @@ class TableFollower:
             )
         self._seq = start - 1
         yield Bootstrapped(self.state)
+
+    async def _load(
+        self, table: str, schema: TableSchema, meta: dict[str, Any]
+    ) -> AsyncIterator[Item]:
+        """The snapshot `meta` into the copy (`Reset`, its `Rows`), then the table follows
+        from its `lsn` on, replaying a chunked one's window."""
+        yield Reset(table, schema, meta)
+        async for rows in self._chunks(table, meta):
+            yield Rows(table, rows)
+        self._lsns[table] = Lsn.parse(meta["lsn"])
+        self._past_snapshot.discard(table)
+        if meta.get("mode") == "chunked" and meta.get("replay_until"):
+            self._open_window(table, Lsn.parse(meta["replay_until"]))
+
+    def _open_window(self, table: str, until: Lsn) -> None:
+        """Changes of `table` committed below `until` are handed out with `replay`."""
+        self._replay_until[table] = until
+        self._replay_open.add(table)
+        self._replay_closed.pop(table, None)
 
     def _left_out(self, table: str, exc: FollowError) -> TableFailed:
         """A table whose load failed for good: said, and left out while the others go on."""
@@ -525,15 +537,8 @@ class TableFollower:
         except FollowError as exc:
             yield self._left_out(table, exc)
             return
-        yield Reset(table, schema, meta)
-        async for rows in self._chunks(table, meta):
-            yield Rows(table, rows)
-        self._lsns[table] = Lsn.parse(meta["lsn"])
-        self._past_snapshot.discard(table)
-        if meta.get("mode") == "chunked" and meta.get("replay_until"):
-            self._replay_until[table] = Lsn.parse(meta["replay_until"])
-            self._replay_open.add(table)
-            self._replay_closed.pop(table, None)
+        async for item in self._load(table, schema, meta):
+            yield item
         del self._failed[table]
         log.info(
             "%s: snapshot %s loaded (%d rows, lsn %s); the table was left out before",
