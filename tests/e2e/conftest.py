@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -85,6 +86,19 @@ class Service:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+def copy_rows(path: Path, query: str) -> list[tuple[Any, ...]]:
+    """What `query` reads from a SQLite copy, or nothing while the file or its table is not
+    there yet (the replica writing it meanwhile)."""
+    try:
+        db = sqlite3.connect(path)
+        try:
+            return db.execute(query).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return []
 
 
 _MADE: list[Service] = []

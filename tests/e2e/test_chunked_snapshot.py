@@ -28,7 +28,7 @@ from pg_nats_bridge import MemoryCopy, SqliteCopy
 from pg_nats_bridge.lsn import Lsn
 from pg_nats_bridge.sqlite import stored_value
 from services.snapshotter.snapshot import _until_visible
-from tests.e2e.conftest import BRIDGE, Service, ask_all, stream_messages, wait_for
+from tests.e2e.conftest import BRIDGE, Service, ask_all, copy_rows, stream_messages, wait_for
 from tests.e2e.test_consumers import (
     FollowedCopy,
     Writer,
@@ -150,16 +150,7 @@ def loaded_snapshot(path: Path) -> dict[str, Any]:
 
 
 def bootstrapped(path: Path) -> bool:
-    try:
-        db = sqlite3.connect(path)
-        try:
-            return bool(
-                db.execute("SELECT 1 FROM _bridge_state WHERE name = 'follower'").fetchall()
-            )
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return False
+    return bool(copy_rows(path, "SELECT 1 FROM _bridge_state WHERE name = 'follower'"))
 
 
 def assert_loaded_the_continued_snapshot(

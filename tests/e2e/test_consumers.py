@@ -228,9 +228,11 @@ def bridge(
 def start_replica(
     env: dict[str, str], path: Path, log: Path, *tables: str, extra: Sequence[str] = ()
 ) -> Service:
-    """`bridge replica TABLES` (items and events by default) with progress every second."""
+    """`bridge replica TABLES` (items and events by default, none with `--all-tables` in
+    `extra`) with progress every second."""
     service = Service("replica", env, 0, log)
-    argv = [BRIDGE, "replica", *(tables or ("items", "events")), "--sqlite", str(path), *extra]
+    default = () if "--all-tables" in extra else ("items", "events")
+    argv = [BRIDGE, "replica", *(tables or default), "--sqlite", str(path), *extra]
     with open(log, "ab") as out:
         service.process = subprocess.Popen(
             [*argv, "--progress-seconds", "1"], env=env, stdout=out, stderr=subprocess.STDOUT

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import socket
-import sqlite3
 import subprocess
 import threading
 import time
@@ -26,7 +25,7 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
-from tests.e2e.conftest import BRIDGE, Service, wait_for
+from tests.e2e.conftest import BRIDGE, Service, copy_rows, wait_for
 from tests.harness.postgres import Database
 
 ADMIN_TOKEN = "adm1n-t0ken"
@@ -369,11 +368,7 @@ def test_foreign_messages_on_cdc_never_stop_a_consumer_or_a_tool(
         )
 
     def copied() -> set[int]:
-        try:
-            with sqlite3.connect(path) as db:
-                return {r[0] for r in db.execute('SELECT id FROM "public.t"')}
-        except sqlite3.Error:
-            return set()
+        return {r[0] for r in copy_rows(path, 'SELECT id FROM "public.t"')}
 
     try:
         pg.execute("INSERT INTO t VALUES (1001, 'before')")

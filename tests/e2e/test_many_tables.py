@@ -11,12 +11,11 @@ dropped, 300 columns, partitioned, an inheritance parent with its child. The col
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.e2e.conftest import BRIDGE, Service, slot_lag, wait_for
-from tests.e2e.test_consumers import bridge
+from tests.e2e.conftest import Service, slot_lag, wait_for
+from tests.e2e.test_consumers import bridge, start_replica
 from tests.harness.postgres import Database
 
 TABLES = 200
@@ -144,14 +143,7 @@ def test_hundreds_of_tables_of_every_shape_verify_equal(
         snapshotter,
     )
     path = tmp_path / "copy.db"
-    replica = Service("replica", replicator.env, 0, tmp_path / "replica.log")
-    with open(replica.log, "ab") as out:
-        replica.process = subprocess.Popen(
-            [BRIDGE, "replica", "--all-tables", "--sqlite", str(path), "--progress-seconds", "5"],
-            env=replicator.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    replica = start_replica(replicator.env, path, tmp_path / "replica.log", extra=["--all-tables"])
     wait_for(lambda: "caught up" in replica.output(), 240, "the copy to load", replica)
     change_everything(pg)
     wait_for(lambda: slot_lag(pg) == 0, 60, "the replicator to publish", replicator)

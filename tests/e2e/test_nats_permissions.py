@@ -5,7 +5,6 @@ owns."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import nats
 import pytest
 
-from tests.e2e.conftest import BRIDGE, Service, stream_count, wait_for
+from tests.e2e.conftest import BRIDGE, Service, copy_rows, stream_count, wait_for
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import Database
 
@@ -61,11 +60,8 @@ def test_the_documented_permissions_let_the_bridge_and_a_copy_work_and_nothing_m
         )
 
     def copied() -> int:
-        try:
-            with sqlite3.connect(path) as db:
-                return int(db.execute('SELECT count(*) FROM "public.t"').fetchone()[0])
-        except sqlite3.Error:
-            return 0
+        found = copy_rows(path, 'SELECT count(*) FROM "public.t"')
+        return int(found[0][0]) if found else 0
 
     try:
         wait_for(lambda: copied() == 100, 60, "the app's copy to bootstrap", replica)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.e2e.conftest import BRIDGE, Service, slot_lag, stream_messages, wait_for
-from tests.e2e.test_consumers import bridge
+from tests.e2e.conftest import Service, copy_rows, slot_lag, stream_messages, wait_for
+from tests.e2e.test_consumers import bridge, start_replica
 from tests.harness.postgres import Database
 
 
@@ -79,14 +77,7 @@ def test_without_tables_the_bridge_follows_an_operators_publication_and_its_new_
         snapshotter,
     )
     path = tmp_path / "copy.db"
-    replica = Service("replica", replicator.env, 0, tmp_path / "replica.log")
-    with open(replica.log, "ab") as out:
-        replica.process = subprocess.Popen(
-            [BRIDGE, "replica", "--all-tables", "--sqlite", str(path), "--progress-seconds", "1"],
-            env=replicator.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    replica = start_replica(replicator.env, path, tmp_path / "replica.log", extra=["--all-tables"])
     wait_for(lambda: "caught up" in replica.output(), 60, "the copy to load", replica)
     assert "--all-tables: 3 tables" in replica.output()
     pg.execute("CREATE TABLE later (id int PRIMARY KEY); INSERT INTO later VALUES (7)")
@@ -98,13 +89,8 @@ def test_without_tables_the_bridge_follows_an_operators_publication_and_its_new_
     assert any(subject == "cdc.later.insert" for subject, _, _ in stream_messages(nats_url))
 
     def applied() -> bool:
-        try:
-            with sqlite3.connect(path) as db:
-                (v,) = db.execute('SELECT v FROM "public.a"').fetchone()
-                (n,) = db.execute('SELECT count(*) FROM "public.m"').fetchone()
-                return bool(v == "y" and n == 2)
-        except sqlite3.Error:
-            return False
+        a = copy_rows(path, 'SELECT v FROM "public.a"')
+        return a == [("y",)] and copy_rows(path, 'SELECT count(*) FROM "public.m"') == [(2,)]
 
     wait_for(applied, 30, "the copy to apply the changes", replica)
     assert replica.terminate() == 0

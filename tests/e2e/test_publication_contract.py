@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ import msgpack
 import nats
 
 from pg_nats_bridge.changes import TableSchema
-from tests.e2e.conftest import BRIDGE, Service, stream_messages, wait_for
+from tests.e2e.conftest import BRIDGE, Service, copy_rows, stream_messages, wait_for
 from tests.e2e.test_permanent_errors import stopped_with
 from tests.e2e.test_snapshotter import init_messages, kv_get, request
 from tests.harness.postgres import Database
@@ -101,11 +100,7 @@ def check_contract(
         )
 
     def copy(query: str) -> list[Any]:
-        try:
-            with sqlite3.connect(path) as db:
-                return db.execute(query).fetchall()
-        except sqlite3.Error:
-            return []
+        return copy_rows(path, query)
 
     try:
         wait_for(

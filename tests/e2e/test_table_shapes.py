@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from services.dev.servers import ServerError, find_pg_bindir
-from tests.e2e.conftest import Service, slot_lag, wait_for
+from tests.e2e.conftest import Service, copy_rows, slot_lag, wait_for
 from tests.e2e.test_chunked_snapshot import bootstrapped
 from tests.e2e.test_consumers import bridge, start_replica
 from tests.harness.postgres import Database, PostgresServer
@@ -152,11 +152,7 @@ def test_a_table_that_cannot_be_loaded_is_left_out_and_the_others_go_on(
 
 
 def rows(path: Path, table: str) -> list[tuple[object, ...]]:
-    try:
-        with sqlite3.connect(path) as db:
-            return sorted(db.execute(f'SELECT id, v FROM "{table}"').fetchall())
-    except sqlite3.Error:
-        return []
+    return sorted(copy_rows(path, f'SELECT id, v FROM "{table}"'))
 
 
 def test_a_table_the_replicator_refuses_is_left_out_and_the_others_stream(
@@ -186,11 +182,7 @@ def test_a_table_the_replicator_refuses_is_left_out_and_the_others_stream(
 
 
 def ids(path: Path, table: str) -> list[object]:
-    try:
-        with sqlite3.connect(path) as db:
-            return sorted(r[0] for r in db.execute(f'SELECT id FROM "{table}"'))
-    except sqlite3.Error:
-        return []
+    return sorted(r[0] for r in copy_rows(path, f'SELECT id FROM "{table}"'))
 
 
 def postgresql_15() -> Path:
@@ -235,11 +227,7 @@ def test_on_postgresql_15_a_key_with_a_generated_column_is_followed_or_left_out_
         )
 
         def copied() -> list[object]:
-            try:
-                with sqlite3.connect(path) as copy:
-                    return sorted(copy.execute('SELECT a, v FROM "public.g_full"').fetchall())
-            except sqlite3.Error:
-                return []
+            return sorted(copy_rows(path, 'SELECT a, v FROM "public.g_full"'))
 
         wait_for(lambda: copied() == [(1, "y"), (2, "z")], 30, "the changes", replica)
         assert replica.terminate() == 0
