@@ -110,3 +110,8 @@ def kv_key(schema: str, table: str) -> str:
     """The table's key in the `schemas` KV bucket: its subject token with `~` written `=` (KV
     keys allow neither `~` nor `*`/`>`, and `=` never appears in a token)."""
     return table_token(schema, table).replace("~", "=")
+
+
+def parse_kv_key(key: str) -> tuple[str, str]:
+    """The inverse of `kv_key`: `(schema, table)`."""
+    return parse_table_token(key.replace("=", "~"))

@@ -29,10 +29,9 @@ from pg_nats_bridge import (
     Reset,
     Rows,
     SqliteCopy,
-    TableFailed,
     TableFollower,
 )
-from pg_nats_bridge.names import parse_table_token
+from pg_nats_bridge.names import parse_kv_key
 from services.tools.arguments import ReplicaArguments, parse_condition
 from services.tools.copy_lock import CopyInUse, lock_copy
 from shared.nats_connection import connect
@@ -52,7 +51,6 @@ class Progress:
         self.applied = 0
         self.applied_at_last = 0
         self.current = False  # the copy has applied everything the stream held
-        self.failed: dict[str, str] = {}  # tables left out of the copy, and why
 
     def due(self) -> bool:
         return time.monotonic() - self.last >= self.every
@@ -78,7 +76,7 @@ class Progress:
                 follower.state["seq"],
             )
 
-    def following(self, follower: TableFollower) -> None:
+    def following(self, follower: TableFollower, left_out: dict[str, str]) -> None:
         now = time.monotonic()
         rate = (self.applied - self.applied_at_last) / max(now - self.last, 1e-9)
         lag_seconds = 0.0
@@ -95,11 +93,11 @@ class Progress:
             else f"behind: lag {follower.pending} events, {lag_seconds:.1f} s",
             follower.skipped,
         )
-        if self.failed:
+        if left_out:
             log.warning(
                 "%d table(s) left out of the copy: %s",
-                len(self.failed),
-                "; ".join(f"{t}: {why}" for t, why in sorted(self.failed.items())),
+                len(left_out),
+                "; ".join(f"{t}: {why}" for t, why in sorted(left_out.items())),
             )
         self.last, self.applied_at_last = now, self.applied
 
@@ -164,11 +162,6 @@ async def run_replica(
                     for table in progress.expected:
                         progress.bootstrap(table)
             progress.applied = copy.applied
-            for item in batch if len(batch) == 1 else ():
-                if isinstance(item, TableFailed):
-                    progress.failed[item.table] = item.reason
-                elif isinstance(item, Reset):
-                    progress.failed.pop(item.table, None)
             if bootstrapped and any(isinstance(item, CaughtUp) for item in batch):
                 progress.caught_up(follower)
             elif follower.pending:
@@ -179,7 +172,7 @@ async def run_replica(
                 copy.commit(follower.state if bootstrapped else None)
                 last_commit = time.monotonic()
             if bootstrapped and progress.due():
-                progress.following(follower)
+                progress.following(follower, copy.left_out())
             if stopping.is_set():  # between two batches: what was applied commits below
                 break
         return 0
@@ -222,8 +215,7 @@ async def every_table(nc: Any, bucket: str) -> list[str]:
             f"--all-tables: KV bucket {bucket} holds no schema document: is the snapshotter "
             "running (with --table, or following its publication)?"
         )
-    # A key is the table's subject token with `~` written `=` (pg_nats_bridge.names.kv_key).
-    names = (parse_table_token(key.replace("=", "~")) for key in keys)
+    names = map(parse_kv_key, keys)
     tables = [sql.Identifier(schema, table).as_string(None) for schema, table in names]
     log.info("--all-tables: %d tables", len(tables))
     return sorted(tables)
