@@ -10,12 +10,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from pg_nats_bridge.changes import Item, Row
+from pg_nats_bridge.changes import Delete, Insert, Item, Oversized, Row, Update
 
 
 def _short(value: Any, limit: int = 200) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def key_of(item: Item, primary_key: tuple[str, ...]) -> Row | None:
+    """The key an error names for `item`: what an update or delete matches on, an insert's
+    primary key columns (its whole row without a key), an oversized marker's key."""
+    if isinstance(item, Update | Delete):
+        return item.match
+    if isinstance(item, Insert):
+        return {k: item.row.get(k) for k in primary_key} if primary_key else dict(item.row)
+    if isinstance(item, Oversized):
+        key = item.marker.get("key")
+        return key if isinstance(key, dict) else None
+    return None
 
 
 class ApplyError(RuntimeError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pg_nats_bridge.apply_error import ApplyError
+from pg_nats_bridge.apply_error import ApplyError, key_of
 from pg_nats_bridge.changes import (
     BackfillRows,
     Delete,
@@ -78,13 +78,8 @@ class MemoryCopy:
             raise self._error(item, exc) from exc
 
     def _error(self, item: Item, exc: Exception) -> ApplyError:
-        key: Row | None = None
-        if isinstance(item, Update | Delete):
-            key = item.match
-        elif isinstance(item, Insert):
-            names = self.schemas[item.table].primary_key if item.table in self.schemas else ()
-            key = {k: item.row.get(k) for k in names} if names else item.row
-        return ApplyError(item, key, exc)
+        schema = self.schemas.get(getattr(item, "table", ""))
+        return ApplyError(item, key_of(item, schema.primary_key if schema else ()), exc)
 
     def _apply(self, item: Item) -> None:
         """Everything that can fail (a key, a lookup) comes before the first change to the

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pg_nats_bridge.apply_error import ApplyError
+from pg_nats_bridge.apply_error import ApplyError, key_of
 from pg_nats_bridge.changes import (
     Backfilled,
     BackfillRows,
@@ -211,17 +211,11 @@ class SqliteCopy:
         raise self.failed from exc
 
     def _error_key(self, item: Item) -> Row | None:
-        if isinstance(item, Update | Delete):
-            return item.match
         try:
-            if isinstance(item, Insert):
-                return self._key(item.table, item.row)
-            if isinstance(item, Oversized):
-                key = item.marker.get("key")
-                return key if isinstance(key, dict) else None
-        except Exception:  # the key is for the message only
-            return None
-        return None
+            schema = self.schema(getattr(item, "table", ""))
+        except Exception:  # the key is for the message only: a file too broken to say
+            schema = None
+        return key_of(item, schema.primary_key if schema is not None else ())
 
     def _forget_shapes(self) -> None:
         """Cached columns and statements may describe tables the rollback undid."""
