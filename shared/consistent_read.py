@@ -28,6 +28,7 @@ from shared.lsn import Lsn
 from shared.pg_cancel import QueryCanceller
 from shared.postgres import ReplicationConnection, quote_ident
 from shared.published import PINNED_SEARCH_PATH, published_columns, published_part
+from shared.tables import PRIMARY_KEY_QUERY
 
 STORAGE_QUERY = (
     "SELECT r::regclass::text, pg_relation_filenode(r)"
@@ -138,17 +139,9 @@ async def describe_table(
     part = await published_part(conn, schema, table, publication)
     columns = await published_columns(conn, schema, table, publication, part)
     regclass = sql.Identifier(schema, table).as_string(conn)
-    cur = await conn.execute(
-        "SELECT a.attname FROM pg_index i"
-        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
-        " WHERE i.indrelid = %s::regclass AND i.indisprimary"
-        # Its key columns, not its INCLUDE columns (which follow them in indkey).
-        " AND array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1)"
-        " < i.indnkeyatts"
-        " ORDER BY array_position(i.indkey::int2[], a.attnum)",
-        (regclass,),
-    )
-    key = [name for (name,) in await cur.fetchall()]
+    cur = await conn.execute(PRIMARY_KEY_QUERY, (regclass,))
+    row = await cur.fetchone()
+    key = list(row[0]) if row else []
     return columns.names, columns.type_oids, key, await _own_rows(conn, regclass, part.row_filter)
 
 

@@ -22,6 +22,19 @@ TABLE_NAME_QUERY = (
 )
 
 
+# A table's primary key columns in key order, `%s` its regclass text: its key columns only,
+# not its INCLUDE columns, which follow them in indkey (and may have no ordering, as `box`).
+PRIMARY_KEY_QUERY = (
+    "SELECT coalesce(array_agg(a.attname::text"
+    " ORDER BY array_position(i.indkey::int2[], a.attnum)), '{}')"
+    " FROM pg_index i"
+    " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+    " WHERE i.indrelid = %s::regclass AND i.indisprimary"
+    " AND array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1)"
+    " < i.indnkeyatts"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class TableName:
     schema: str

@@ -29,6 +29,7 @@ from pg_nats_bridge import contract
 from pg_nats_bridge.names import kv_key
 from services.snapshotter import metrics
 from shared.published import published_columns, published_part, published_tables_query
+from shared.tables import PRIMARY_KEY_QUERY
 from shared.wire import pack, unpack
 
 log = logging.getLogger(__name__)
@@ -40,18 +41,8 @@ WHERE table_schema = %s AND table_name = %s
 ORDER BY ordinal_position
 """
 
-# The primary key's columns in key order (not its INCLUDE columns, which follow them in
-# indkey), and what `old` carries in update and delete events.
-_IDENTITY = """
-SELECT (SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))
-          FROM pg_index i
-          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-         WHERE i.indrelid = c.oid AND i.indisprimary
-           AND array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1)
-               < i.indnkeyatts),
-       c.relreplident::text
-FROM pg_class c WHERE c.oid = %s::regclass
-"""
+# What `old` carries in update and delete events.
+_IDENTITY = "SELECT c.relreplident::text FROM pg_class c WHERE c.oid = %s::regclass"
 _IDENTITIES = {"d": "default", "f": "full", "i": "index", "n": "nothing"}
 
 
@@ -108,9 +99,13 @@ async def read_schema(
         for name, data_type, nullable, default, position in await cur.fetchall()
         if name in published
     )
-    cur = await conn.execute(_IDENTITY, (sql.Identifier(schema, table).as_string(conn),))
+    regclass = sql.Identifier(schema, table).as_string(conn)
+    cur = await conn.execute(PRIMARY_KEY_QUERY, (regclass,))
+    found = await cur.fetchone()
+    key = list(found[0]) if found else []
+    cur = await conn.execute(_IDENTITY, (regclass,))
     row = await cur.fetchone()
-    key, identity = (list(row[0] or []), _IDENTITIES.get(row[1], "default")) if row else ([], "")
+    identity = _IDENTITIES.get(row[0], "default") if row else ""
     return SchemaDocument(schema, table, columns, tuple(key), identity, part.row_filter)
 
 
