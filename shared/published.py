@@ -146,10 +146,12 @@ async def unpublished(
     """Whether the publication exists and leaves the table out (the replicator refused it, or
     an operator's publication does not name it): a snapshot of it would be followed by no
     change, a copy of it silently stale. (No publication yet: nothing to say.)"""
-    cur = await conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,))
-    if await cur.fetchone() is None:
-        return False
-    query = published_tables_query(conn.info.server_version, one_table=True)
+    published = published_tables_query(conn.info.server_version, one_table=True)
+    query = (
+        "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = %(publication)s)"
+        " AND NOT EXISTS (" + published + ")"
+    )
     regclass = sql.Identifier(schema, table).as_string(conn)
     cur = await conn.execute(query, {"publication": publication, "table": regclass})
-    return await cur.fetchone() is None
+    row = await cur.fetchone()
+    return bool(row and row[0])
