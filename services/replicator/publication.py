@@ -325,12 +325,7 @@ def _check_operator_publication(
     name: str, tables: list[TableName], partitioned: frozenset[TableName], current: Publication
 ) -> None:
     if partitioned and not current.via_root:
-        names = ", ".join(sorted(map(str, partitioned)))
-        raise PermanentError(
-            f"publication {name!r} does not publish via the partition root, so partitioned "
-            f"{names} would stream as its partitions; run ALTER PUBLICATION "
-            f"{sql.Identifier(name).as_string(None)} SET (publish_via_partition_root = true)"
-        )
+        raise _not_via_root(name, f"partitioned {', '.join(sorted(map(str, partitioned)))}")
     missing = [] if current.all_tables else [t for t in tables if t not in current.members]
     if missing:
         listed = ", ".join(t.ident().as_string(None) for t in missing)
@@ -346,6 +341,14 @@ def _check_operator_publication(
             name,
             ", ".join(map(str, extra)),
         )
+
+
+def _not_via_root(name: str, tables: str) -> PermanentError:
+    return PermanentError(
+        f"publication {name!r} does not publish via the partition root, so {tables} would "
+        f"stream as its partitions; run ALTER PUBLICATION {sql.Identifier(name).as_string(None)} "
+        "SET (publish_via_partition_root = true)"
+    )
 
 
 def check_followed_publication(conn: psycopg.Connection, name: str) -> list[TableName]:
@@ -369,11 +372,7 @@ def check_followed_publication(conn: psycopg.Connection, name: str) -> list[Tabl
             "--publication to follow its tables"
         )
     if not current.via_root:
-        raise PermanentError(
-            f"publication {name!r} does not publish via the partition root, so a partitioned "
-            f"table would stream as its partitions; run ALTER PUBLICATION {quoted} SET "
-            "(publish_via_partition_root = true)"
-        )
+        raise _not_via_root(name, "a partitioned table")
     query = published_tables_query(conn.info.server_version)
     rows = conn.execute(query, {"publication": name}).fetchall()
     tables = sorted((TableName(s, t) for _, s, t in rows), key=str)
