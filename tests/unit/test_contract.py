@@ -49,3 +49,16 @@ def test_a_refusal() -> None:
 def test_anything_else_is_a_clear_value_error(data: bytes) -> None:
     with pytest.raises(ValueError, match="not"):
         contract.read_snapshot_reply(data)
+
+
+def test_a_heartbeat_header_is_a_number_of_seconds_from_1_to_60_or_nothing() -> None:
+    """Anyone may send a snapshot request: a header that is not a sane interval asks for no
+    interim messages rather than a flood or an error."""
+    from pg_nats_bridge.contract import HEARTBEAT_HEADER, heartbeat_seconds
+
+    assert heartbeat_seconds({HEARTBEAT_HEADER: "5"}) == 5.0
+    assert heartbeat_seconds({HEARTBEAT_HEADER: "1"}) == 1.0
+    assert heartbeat_seconds({HEARTBEAT_HEADER: "60"}) == 60.0
+    for bad in ("0", "0.01", "61", "1e9", "-5", "nan", "inf", "abc", ""):
+        assert heartbeat_seconds({HEARTBEAT_HEADER: bad}) is None, bad
+    assert heartbeat_seconds(None) is None and heartbeat_seconds({}) is None
