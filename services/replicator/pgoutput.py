@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from services.replicator.protocol import XLOG_HEADER
 from services.replicator.wire_reader import DecodeError, Reader
 from shared.codec import UNCHANGED_TOAST, BinaryValue
 from shared.lsn import Lsn, lsn_from_u64
@@ -265,6 +266,10 @@ MESSAGE_NAMES: Final = {
 }
 
 _I32 = struct.Struct("!i")
+# The one layout of each of these two (the decoder, `read_fast` and `transaction_boundary` read
+# them through it).
+BEGIN_FIELDS = struct.Struct("!QqI")  # final LSN, commit time, xid
+COMMIT_FIELDS = struct.Struct("!bQQq")  # flags, commit LSN, end LSN, commit time
 _NULL, _UNCHANGED, _TEXT, _BINARY = 0x6E, 0x75, 0x74, 0x62  # n u t b
 
 
@@ -310,10 +315,8 @@ def read_tuple(r: Reader) -> RawTuple:
 
 # -- the fast path: the messages of nearly every frame, read in place --------------------------
 
-XLOG_HEADER = 25  # in an XLogData CopyData message: 'w', data start, WAL end, send time
-_BEGIN_FIELDS = struct.Struct("!QqI")  # final LSN, commit time, xid
-_BEGIN_FRAME = XLOG_HEADER + 1 + _BEGIN_FIELDS.size
-_COMMIT_FRAME = XLOG_HEADER + 1 + struct.calcsize("!bQQq")  # flags, commit LSN, end LSN, time
+_BEGIN_FRAME = XLOG_HEADER + 1 + BEGIN_FIELDS.size
+_COMMIT_FRAME = XLOG_HEADER + 1 + COMMIT_FIELDS.size
 _FAST_U32 = struct.Struct("!I")
 _K_BEGIN, _K_COMMIT = 0x42, 0x43  # B C
 KIND_INSERT, KIND_UPDATE, KIND_DELETE = 0x49, 0x55, 0x44  # I U D
@@ -339,7 +342,7 @@ def read_fast(raw: bytes) -> FastMessage | None:
     if kind == _K_BEGIN:
         if size != _BEGIN_FRAME:
             return None
-        return _BEGIN_FIELDS.unpack_from(raw, XLOG_HEADER + 1)
+        return BEGIN_FIELDS.unpack_from(raw, XLOG_HEADER + 1)
     if kind == _K_COMMIT:
         return () if size == _COMMIT_FRAME else None
     name = _CHANGE_NAMES.get(kind)
@@ -371,6 +374,27 @@ def read_fast(raw: bytes) -> FastMessage | None:
     return (kind, oid, new, old_kind, old)
 
 
+def transaction_boundary(frames: list[bytes]) -> tuple[bool | None, Lsn | None]:
+    """Where XLogData `frames` (in WAL order) leave the transaction stream: whether a
+    transaction is open after them (None: no Begin or Commit among them) and the end LSN of
+    the last transaction they complete (None: none). Read from the frames' bytes, without
+    decoding them (usually the last frame says)."""
+    in_transaction: bool | None = None
+    for i in range(len(frames) - 1, -1, -1):
+        raw = frames[i]
+        kind = raw[XLOG_HEADER] if len(raw) > XLOG_HEADER else 0
+        if kind == _K_COMMIT:
+            if in_transaction is None:
+                in_transaction = False
+            if len(raw) < _COMMIT_FRAME:
+                raise DecodeError("Commit", 0, f"{len(raw)} bytes, too short for a Commit")
+            _, _, end_lsn, _ = COMMIT_FIELDS.unpack_from(raw, XLOG_HEADER + 1)
+            return in_transaction, lsn_from_u64(end_lsn)
+        if kind == _K_BEGIN and in_transaction is None:
+            in_transaction = True
+    return in_transaction, None
+
+
 class PgOutputDecoder:
     """Decodes the pgoutput messages of one replication stream, in order (the one reading of
     pgoutput: `read_fast` is its shortcut for the common messages)."""
@@ -398,10 +422,12 @@ class PgOutputDecoder:
         return r.u32() if self.in_stream else None
 
     def _begin(self, r: Reader) -> Begin:
-        return Begin(lsn_from_u64(r.u64()), r.i64(), r.u32())
+        final_lsn, commit_time, xid = BEGIN_FIELDS.unpack(r.take(BEGIN_FIELDS.size))
+        return Begin(lsn_from_u64(final_lsn), commit_time, xid)
 
     def _commit(self, r: Reader) -> Commit:
-        return Commit(r.i8(), lsn_from_u64(r.u64()), lsn_from_u64(r.u64()), r.i64())
+        flags, commit_lsn, end_lsn, commit_time = COMMIT_FIELDS.unpack(r.take(COMMIT_FIELDS.size))
+        return Commit(flags, lsn_from_u64(commit_lsn), lsn_from_u64(end_lsn), commit_time)
 
     def _origin(self, r: Reader) -> Origin:
         return Origin(Lsn(r.u64()), r.cstring())

@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from services.replicator.flow import InFlightBudget
-from services.replicator.protocol import transaction_boundary
+from services.replicator.pgoutput import transaction_boundary
 from shared.lsn import Lsn
 
 # What a frame holds besides its bytes until JetStream acknowledged it: its bytes object, and

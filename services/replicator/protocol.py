@@ -4,9 +4,9 @@ Inside the COPY BOTH stream the server sends XLogData (`w`) carrying one pgoutpu
 primary keepalives (`k`); the client sends standby status updates (`r`) telling the server how
 far it may prune WAL. Timestamps are microseconds since 2000-01-01 00:00 UTC.
 
-What the rest of the replicator needs to know of raw frames without decoding them — where a
-batch leaves the transaction stream, what a read's keepalives say — is read here too
-(`transaction_boundary`, `keepalives`), so that no other module looks at bytes.
+The XLogData framing is written here once (`XLOG_HEADER`: where the pgoutput message starts in
+a frame); pgoutput.py, which lays out the messages, reads frames in place through it. What a
+read's keepalives say is read here too (`keepalives`).
 """
 
 from __future__ import annotations
@@ -22,15 +22,12 @@ from shared.lsn import Lsn, lsn_from_u64, lsn_text
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _PG_EPOCH_UNIX_US = 946_684_800_000_000
 _STATUS_UPDATE = struct.Struct("!cQQQqB")
-_XLOG_HEADER = struct.Struct("!QQq")
+_XLOG_HEADER = struct.Struct("!QQq")  # data start, WAL end, send time
 _U64 = struct.Struct("!Q")
 
 XLOG_DATA, KEEPALIVE = 0x77, 0x6B  # w k
-# In an XLogData message: the pgoutput message starts after 'w' and the 24-byte header.
-_PAYLOAD = 1 + _XLOG_HEADER.size
-_BEGIN, _COMMIT = 0x42, 0x43  # B C
-# A Commit: 'C', flags (1), commit LSN (8), end LSN (8), commit time (8).
-_COMMIT_END = slice(_PAYLOAD + 10, _PAYLOAD + 18)
+XLOG_HEADER = 1 + _XLOG_HEADER.size
+"""In an XLogData message, the pgoutput message starts after 'w' and the 24-byte header."""
 _KEEPALIVE_SIZE = 18  # 'k', WAL end (8), send time (8), reply requested (1)
 
 
@@ -112,30 +109,6 @@ def xlog_data_start(raw: bytes) -> Lsn:
 def xlog_data_start_text(raw: bytes) -> str:
     """`xlog_data_start` as PostgreSQL prints it (once per change: no Lsn object)."""
     return lsn_text(_U64.unpack_from(raw, 1)[0])
-
-
-def transaction_boundary(frames: list[bytes]) -> tuple[bool | None, Lsn | None]:
-    """Where XLogData `frames` (in WAL order) leave the transaction stream: whether a
-    transaction is open after them (None: no Begin or Commit among them) and the end LSN of
-    the last transaction they complete (None: none). Read from the frames' bytes, without
-    decoding them (usually the last frame says)."""
-    in_transaction: bool | None = None
-    for i in range(len(frames) - 1, -1, -1):
-        raw = frames[i]
-        kind = raw[_PAYLOAD] if len(raw) > _PAYLOAD else 0
-        if kind == _COMMIT:
-            if in_transaction is None:
-                in_transaction = False
-            return in_transaction, _commit_end(raw)
-        if kind == _BEGIN and in_transaction is None:
-            in_transaction = True
-    return in_transaction, None
-
-
-def _commit_end(raw: bytes) -> Lsn:
-    if len(raw) < _COMMIT_END.stop:
-        raise DecodeError("Commit", 0, f"{len(raw)} bytes, too short for a Commit")
-    return lsn_from_u64(int.from_bytes(raw[_COMMIT_END], "big"))
 
 
 def keepalives(raws: list[bytes]) -> tuple[Lsn, bool]:

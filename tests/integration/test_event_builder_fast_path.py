@@ -17,7 +17,7 @@ import pytest
 
 from services.replicator import pgoutput as po
 from services.replicator.events import EventBuilder, Outgoing
-from services.replicator.protocol import transaction_boundary
+from services.replicator.pgoutput import transaction_boundary
 from shared.codec import ValueMode
 from tests.integration.capture import Captured
 
