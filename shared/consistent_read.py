@@ -17,7 +17,7 @@ with.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
@@ -79,14 +79,16 @@ def copy_query(
     key: list[str],
     row_filter: str | None,
     condition: sql.Composable | None = None,
+    limit: int | None = None,
 ) -> sql.Composed:
-    """`COPY (SELECT <published columns> FROM t WHERE (<row filter>) ORDER BY <key>)`.
+    """`COPY (SELECT <published columns> FROM t WHERE (<row filter>) ORDER BY <key> LIMIT n)`:
+    the one COPY the snapshots and `bridge verify` read with.
 
     The row filter is the publication's own expression as PostgreSQL deparsed it from its
     catalog (shared/published.py), not text from any request or setting, and it must be evaluated
     under the search path it was deparsed with (`published.PINNED_SEARCH_PATH`, which
-    `snapshot_transaction` sets). `condition`: a partial backfill's, built from identifiers
-    and bound values (services/snapshotter/conditions.py)."""
+    `snapshot_transaction` sets). `condition`: a partial backfill's (built from identifiers
+    and bound values, services/snapshotter/conditions.py) and a key range's."""
     order = sql.SQL(", ").join(map(sql.Identifier, key))
     parts: list[sql.Composable] = []
     if row_filter:
@@ -94,17 +96,44 @@ def copy_query(
     if condition is not None:
         parts.append(condition)
     where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(parts) if parts else sql.SQL("")
-    return sql.SQL("COPY (SELECT {} FROM {}{}{}) TO STDOUT").format(
+    return sql.SQL("COPY (SELECT {} FROM {}{}{}{}) TO STDOUT").format(
         sql.SQL(", ").join(map(sql.Identifier, names)),
         table,
         where,
         sql.SQL(" ORDER BY {}").format(order) if key else sql.SQL(""),
+        sql.SQL(" LIMIT {}").format(sql.Literal(limit)) if limit is not None else sql.SQL(""),
     )
+
+
+def _adopting(
+    snapshot_name: str, tables: list[sql.Identifier], lock_seconds: float | None
+) -> list[sql.Composed | sql.SQL]:
+    """The statements that adopt the exported snapshot and lock `tables` (waiting at most
+    `lock_seconds` for each, when given: several readers of one snapshot each lock the table,
+    and an ALTER TABLE queued behind one's lock would queue the next one's behind it for good)
+    inside a REPEATABLE READ transaction, then pin the search path."""
+    statements: list[sql.Composed | sql.SQL] = [
+        sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
+    ]
+    if lock_seconds is not None and tables:
+        statements.append(
+            sql.SQL("SET LOCAL lock_timeout = {}").format(
+                sql.Literal(f"{int(lock_seconds * 1000)}ms")
+            )
+        )
+    statements += [sql.SQL("SELECT FROM {} LIMIT 0").format(table) for table in tables]
+    if lock_seconds is not None and tables:
+        statements.append(sql.SQL("SET LOCAL lock_timeout = 0"))
+    statements.append(sql.SQL(PINNED_SEARCH_PATH))
+    return statements
 
 
 @contextlib.contextmanager
 def snapshot_transaction(
-    conn: psycopg.Connection[Any], snapshot_name: str, tables: list[sql.Identifier]
+    conn: psycopg.Connection[Any],
+    snapshot_name: str,
+    tables: list[sql.Identifier],
+    lock_seconds: float | None = None,
 ) -> Iterator[None]:
     """A read-only REPEATABLE READ transaction on `conn` (autocommit) that adopted the exported
     snapshot and holds ACCESS SHARE on `tables` (their partitions too) until it ends: a
@@ -115,10 +144,22 @@ def snapshot_transaction(
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True
     with conn.transaction():
-        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
-        for table in tables:
-            conn.execute(sql.SQL("SELECT FROM {} LIMIT 0").format(table))
-        conn.execute(PINNED_SEARCH_PATH)
+        for statement in _adopting(snapshot_name, tables, lock_seconds):
+            conn.execute(statement)
+        yield
+
+
+@contextlib.asynccontextmanager
+async def snapshot_transaction_async(
+    conn: psycopg.AsyncConnection[Any], snapshot_name: str, tables: list[sql.Identifier]
+) -> AsyncIterator[None]:
+    """`snapshot_transaction` on an event loop's connection: what the snapshotter describes
+    the table and reads the snapshot's xids with."""
+    await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+    await conn.set_read_only(True)
+    async with conn.transaction():
+        for statement in _adopting(snapshot_name, tables, None):
+            await conn.execute(statement)
         yield
 
 

@@ -112,7 +112,7 @@ class SnapshotMeta(BaseModel):
 class SnapshotChunk(BaseModel):
     """One chunk of a snapshot's rows on `init.snap.<table>.<snapshot_id>.<chunk>`: its number,
     PostgreSQL's row estimate when it has one (for progress displays), the rows. The
-    snapshotter packs chunks by hand (services/snapshotter/chunks.py); a test holds its bytes
+    snapshotter packs chunks by hand (services/snapshotter/chunk_packing.py); a test holds its bytes
     to this model's encoding."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -161,27 +161,73 @@ def read_snapshot_reply(data: bytes) -> SnapshotMeta | SnapshotRefusal:
         raise ValueError(f"not a snapshot reply ({exc.error_count()} problems)") from None
 
 
+class KeySegment(BaseModel):
+    """A part of a table's primary key that one reader process of a parallel snapshot reads:
+    from `start` (inclusive; None: from the first key) to `end` (exclusive; None: to the last),
+    read through `after` so far (chunked mode), `done` once read to its end. Keys are the text
+    PostgreSQL gave for each key column."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    start: list[str] | None = None
+    end: list[str] | None = None
+    after: list[str] | None = None
+    done: bool = False
+
+    @field_validator("start", "end", "after", mode="before")
+    @classmethod
+    def _texts(cls, value: Any) -> Any:
+        return None if value is None else [str(v) for v in value]
+
+
 class ProgressRecord(BaseModel):
-    """What a requester reads of a chunked snapshot's progress record (`init.progress.<table>`;
-    the snapshotter's full record is services/snapshotter/resume.py): whether its reader is
-    alive. A `running` record older than its `takeover_seconds` belongs to a dead reader, and
-    a `stopped` one to a reader that gave up: either can be continued by asking again."""
+    """A chunked snapshot's progress record on `init.progress.<table>` (the subject's last
+    message counts): the snapshotter that reads it writes one after every range whose chunks
+    JetStream stored (services/snapshotter/resume.py); another one continues it from here when
+    its reader died, and a requester reads it to tell whether the reader is alive."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     snapshot_id: str
-    state: str
-    owner: str
-    updated: float  # unix time of the record
-    next_chunk: int
-    takeover_seconds: float | None = None  # absent from records of earlier releases
+    lsn: str  # the consistent point
+    after: list[str] | None = None  # the key read through (as text); None: nothing read yet
+    next_chunk: int = Field(ge=0)
+    row_count: int = Field(ge=0)
+    owner: str  # the snapshotter process reading it
+    updated: float  # unix time of this record
+    started: int  # unix time the snapshot began
+    state: Literal["running", "stopped", "paused", "cancelled", "done"] = "running"
+    # Read by several readers: each segment's key read through, instead of `after`.
+    segments: list[KeySegment] | None = None
+    # How old a running record must be before another request continues the snapshot: what
+    # a waiting requester needs to ask again as soon as that is possible (absent from records
+    # of earlier releases).
+    takeover_seconds: float | None = None
+
+    @field_validator("after", mode="before")
+    @classmethod
+    def _key_texts(cls, value: Any) -> Any:
+        return [str(v) for v in value] if value else None
+
+    def encode(self) -> bytes:
+        return pack(self.model_dump())
+
+    def msg_id(self) -> str:
+        """Unique per record (a duplicate's PubAck would carry the first one's sequence)."""
+        return (
+            f"{self.snapshot_id}:progress:{self.next_chunk}:{self.owner}:{self.state}:"
+            f"{self.updated:.6f}"
+        )
+
+    def age(self, now: float) -> float:
+        return now - self.updated
 
     def continuable(self, now: float) -> str | None:
         """Why asking again now continues the snapshot, or None while its reader is alive (or
         the record says nothing about it)."""
         if self.state == "stopped":
             return f"its reader {self.owner} stopped it after an error"
-        age, takeover = now - self.updated, self.takeover_seconds
+        age, takeover = self.age(now), self.takeover_seconds
         if self.state == "running" and takeover is not None and age >= takeover:
             return (
                 f"its reader {self.owner} has not recorded progress for {age:.0f} s "

@@ -29,15 +29,15 @@ from pydantic import ValidationError
 from pg_nats_bridge import contract
 from pg_nats_bridge.contract import Condition
 from services.snapshotter import metrics
-from services.snapshotter.chunked import Operator
 from services.snapshotter.errors import SnapshotError, init_stream_missing
+from services.snapshotter.key_ranges import Operator
 from services.snapshotter.progress import SnapshotProgress
 from services.snapshotter.publishing import PipelinedPublisher
 from services.snapshotter.requests import BadRequest, SnapshotRequest, decode_body, describe
 from services.snapshotter.resume import change_state
 from services.snapshotter.schema import MissingTableError, SchemaWatcher
 from services.snapshotter.settings import SnapshotterSettings
-from services.snapshotter.snapshot import SnapshotOptions, take_snapshot
+from services.snapshotter.snapshot import SnapshotContext, SnapshotOptions, take_snapshot
 from shared import pg_errors, postgres
 from shared.control import ControlEndpoint
 from shared.http_endpoint import serve
@@ -402,23 +402,19 @@ class Snapshotter:
             ):
                 if self.stopping:  # asked, or let through a full `slots`, during the stop
                     raise _shutting_down()
+                context = SnapshotContext(
+                    self.database_url,
+                    self.settings.publication,
+                    self.settings.value_mode,
+                    self.nc.max_payload,
+                    primary_url=self.settings.primary_dsn(),
+                    init_stream=self.settings.init_stream,
+                    js=self.js,
+                    owner=self.owner,
+                )
                 work = asyncio.ensure_future(
                     take_snapshot(
-                        self.database_url,
-                        schema,
-                        table,
-                        options,
-                        publisher,
-                        self.nc.max_payload,
-                        self.settings.value_mode,
-                        self.settings.publication,
-                        on_rows=on_chunk,
-                        primary_url=self.settings.primary_dsn(),
-                        progress=progress,
-                        js=self.js,
-                        init_stream=self.settings.init_stream,
-                        owner=self.owner,
-                        operator=operator,
+                        context, schema, table, options, publisher, progress, operator, on_chunk
                     )
                 )
                 self.snapshots.add(work)

@@ -28,21 +28,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import dataclasses
 import logging
-import struct
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from services.snapshotter.chunks import Chunk, ChunkBuilder
+from pg_nats_bridge.contract import KeySegment
+from services.snapshotter.chunk_packing import Chunk, ChunkBuilder
 from services.snapshotter.errors import SnapshotError
-from services.snapshotter.reader import HEADER
-from services.snapshotter.table_read import Columns
+from services.snapshotter.reader_protocol import (
+    GO,
+    HEADER,
+    STOP,
+    Frame,
+    ReaderJob,
+    chunk_parts,
+    failure_parts,
+    plan_line,
+    range_parts,
+    read_header,
+)
+from services.snapshotter.table_plan import TablePlan
 from shared import failpoints
 
 log = logging.getLogger(__name__)
@@ -53,25 +64,7 @@ SAMPLE_ROWS = 20_000
 LOCK_SECONDS = 5.0
 
 
-@dataclass
-class Segment:
-    """A part of the key: from `start` (inclusive; None: from the first) to `end` (exclusive;
-    None: to the last), read through `after` so far (chunked)."""
-
-    start: list[str] | None
-    end: list[str] | None
-    after: list[str] | None = None
-    done: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"start": self.start, "end": self.end, "after": self.after, "done": self.done}
-
-    @classmethod
-    def read(cls, body: dict[str, Any]) -> Segment:
-        def key(value: Any) -> list[str] | None:
-            return None if value is None else [str(v) for v in value]
-
-        return cls(key(body["start"]), key(body["end"]), key(body["after"]), bool(body["done"]))
+Segment = KeySegment
 
 
 class LockBusy(Exception):
@@ -133,7 +126,7 @@ async def plan_segments(
     if not bounds:
         return []
     edges: list[list[str] | None] = [None, *bounds, None]
-    return [Segment(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
+    return [Segment(start=edges[i], end=edges[i + 1]) for i in range(len(edges) - 1)]
 
 
 class _Reader:
@@ -145,7 +138,7 @@ class _Reader:
         self.finished = False
 
     @classmethod
-    async def start(cls, index: int, job: dict[str, Any]) -> _Reader:
+    async def start(cls, index: int, job: ReaderJob) -> _Reader:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -155,7 +148,7 @@ class _Reader:
             limit=1 << 20,
         )
         reader = cls(index, process)
-        await reader.send(json.dumps(job).encode())
+        await reader.send(job.encode())
         return reader
 
     async def send(self, line: bytes) -> None:
@@ -163,16 +156,22 @@ class _Reader:
         self.process.stdin.write(line + b"\n")
         await self.process.stdin.drain()
 
-    async def frame(self) -> tuple[bytes, bytes]:
+    async def frame(self) -> tuple[Frame, bytes]:
         assert self.process.stdout is not None
         try:
-            kind, size = HEADER.unpack(await self.process.stdout.readexactly(HEADER.size))
-            return kind, await self.process.stdout.readexactly(size)
+            header = await self.process.stdout.readexactly(HEADER.size)
         except asyncio.IncompleteReadError:
             code = await self.process.wait()
             raise SnapshotError(
                 "internal", f"snapshot reader {self.index} ended without a word (exit {code})"
             ) from None
+        try:
+            kind, size = read_header(header)
+        except ValueError:
+            raise SnapshotError(
+                "internal", f"snapshot reader {self.index} sent a {header[:1]!r} frame"
+            ) from None
+        return kind, await self.process.stdout.readexactly(size)
 
     async def stop(self) -> None:
         if self.process.returncode is None:
@@ -182,10 +181,10 @@ class _Reader:
 
 
 def _failure(payload: bytes) -> Exception:
-    body = json.loads(payload)
-    if body.get("reason") == "lock_timeout":
-        return LockBusy(body.get("error", ""))
-    return SnapshotError(str(body.get("reason", "internal")), str(body.get("error", "")))
+    reason, error = failure_parts(payload)
+    if reason == "lock_timeout":
+        return LockBusy(error)
+    return SnapshotError(reason, error)
 
 
 class Ledger:
@@ -238,7 +237,7 @@ class Ledger:
                 else:
                     whole = False
             done = self.finished[reader] and whole
-            segments.append(Segment(segment.start, segment.end, after, done))
+            segments.append(Segment(start=segment.start, end=segment.end, after=after, done=done))
         return segments, cut, rows
 
 
@@ -251,66 +250,26 @@ class SegmentsDone:
     row_count: int
 
 
-@dataclass
-class ParallelJob:
-    """What every reader is told: the table, the columns (chunked: known before), how."""
-
-    dsn: str
-    table: tuple[str, str]
-    mode: str
-    chunk_size: int
-    max_payload: int
-    estimated_rows: int | None
-    readers: int = 1
-    rows_per_reader: int = 500_000
-    conditions: list[dict[str, Any]] = field(default_factory=list)
-    transaction_seconds: float = 1.0
-    statement_seconds: float = 20.0
-
-    def for_segment(self, segment: Segment, **more: Any) -> dict[str, Any]:
-        return {
-            "dsn": self.dsn,
-            "table": list(self.table),
-            "mode": self.mode,
-            "chunk_size": self.chunk_size,
-            "max_payload": self.max_payload,
-            "estimated_rows": self.estimated_rows,
-            "conditions": self.conditions,
-            "transaction_seconds": self.transaction_seconds,
-            "statement_seconds": self.statement_seconds,
-            "lock_seconds": LOCK_SECONDS,
-            "start": segment.start,
-            "end": segment.end,
-            "after": segment.after,
-            **more,
-        }
-
-
-def columns_body(columns: Columns) -> dict[str, Any]:
-    return {
-        "names": columns.names,
-        "oids": columns.oids,
-        "key": columns.key,
-        "row_filter": columns.row_filter,
-    }
+def reader_job(template: ReaderJob, segment: KeySegment) -> ReaderJob:
+    return dataclasses.replace(template, segment=segment)
 
 
 async def _merge(
     readers: list[_Reader],
     builder: ChunkBuilder,
     publish: Callable[[Chunk | SegmentsDone], Awaitable[None]],
-    on_range: Callable[[_Reader, dict[str, Any]], Awaitable[None]] | None = None,
+    on_range: Callable[[_Reader, list[str], int], Awaitable[None]] | None = None,
     ledger: Ledger | None = None,
 ) -> None:
     """Publish the readers' chunks as they come (numbered in that order) until every reader
     is done; a reader's failure fails the read."""
-    queue: asyncio.Queue[tuple[_Reader, bytes, bytes]] = asyncio.Queue(2 * len(readers))
+    queue: asyncio.Queue[tuple[_Reader, Frame, bytes]] = asyncio.Queue(2 * len(readers))
 
     async def pump(reader: _Reader) -> None:
         while True:
             kind, payload = await reader.frame()
             await queue.put((reader, kind, payload))
-            if kind in (b"D", b"S", b"E"):
+            if kind in (Frame.DONE, Frame.STOPPED, Frame.FAILED):
                 return
 
     pumps = [asyncio.ensure_future(pump(r)) for r in readers if not r.finished]
@@ -328,24 +287,22 @@ async def _merge(
                 getting.cancel()
                 continue
             reader, kind, payload = getting.result()
-            if kind == b"C":
-                rows, entries = struct.unpack_from(">IB", payload)
-                chunk = builder.adopt(entries, payload[5:], rows)
+            if kind is Frame.CHUNK:
+                chunk = builder.adopt(*chunk_parts(payload))
                 if ledger is not None:
                     ledger.chunk(reader.index, chunk.index)
                 await publish(chunk)
-            elif kind == b"R":
-                assert on_range is not None
-                await on_range(reader, json.loads(payload))
-            elif kind in (b"D", b"S"):  # done; stopped before the segment's end
+            elif kind is Frame.RANGE_DONE and on_range is not None:
+                await on_range(reader, *range_parts(payload))
+            elif kind in (Frame.DONE, Frame.STOPPED):  # stopped: before the segment's end
                 reader.finished = True
-                if ledger is not None and kind == b"D":
+                if ledger is not None and kind is Frame.DONE:
                     ledger.finished[reader.index] = True
                 left -= 1
-            elif kind == b"E":
+            elif kind is Frame.FAILED:
                 raise _failure(payload)
             else:
-                raise SnapshotError("internal", f"snapshot reader sent a {kind!r} frame")
+                raise SnapshotError("internal", f"snapshot reader sent a {kind.name} frame")
     finally:
         for pump_task in pumps:
             pump_task.cancel()
@@ -355,64 +312,58 @@ async def _merge(
 
 
 async def read_exported_parallel(
-    job: ParallelJob,
-    snapshot_name: str,
+    template: ReaderJob,
     segments: list[Segment],
-    locked: Callable[[], Awaitable[Columns]],
+    locked: Callable[[], Awaitable[TablePlan]],
     builder: ChunkBuilder,
     publish: Callable[[Chunk | SegmentsDone], Awaitable[None]],
 ) -> None:
-    """Every segment under the exported snapshot, once all readers hold the table's lock and
-    `locked` (the storage check, the columns) passed. `LockBusy` or `Rewritten`: nothing was
-    published, export again."""
+    """Every segment under the exported snapshot (`template.snapshot`), once all readers hold
+    the table's lock and `locked` (the storage check, the plan as the snapshot sees the table)
+    passed. `LockBusy` or `Rewritten`: nothing was published, export again."""
     failpoints.hit("snapshot.before_readers")
-    readers = [
-        await _Reader.start(i, job.for_segment(s, snapshot=snapshot_name))
-        for i, s in enumerate(segments)
-    ]
+    readers = [await _Reader.start(i, reader_job(template, s)) for i, s in enumerate(segments)]
     try:
         for reader in readers:
             kind, payload = await reader.frame()
-            if kind == b"E":
+            if kind is Frame.FAILED:
                 raise _failure(payload)
-            if kind != b"L":
-                raise SnapshotError("internal", f"snapshot reader sent {kind!r} before locking")
-        columns = json.dumps({"columns": columns_body(await locked())}).encode()
+            if kind is not Frame.LOCKED:
+                raise SnapshotError("internal", f"snapshot reader sent {kind.name} before locking")
+        go = plan_line(await locked())
         for reader in readers:
-            await reader.send(columns)
+            await reader.send(go)
         await _merge(readers, builder, publish)
     finally:
         for reader in readers:
             await reader.stop()
 
 
-async def read_chunked_parallel(
-    job: ParallelJob,
-    columns: Columns,
-    segments: list[Segment],
+async def read_ranges_parallel(
+    template: ReaderJob,
     ledger: Ledger,
     builder: ChunkBuilder,
     publish: Callable[[Chunk | SegmentsDone], Awaitable[None]],
     stop_requested: Callable[[], str | None],
 ) -> str | None:
-    """Every unfinished segment in short transactions; after each range, its chunks stored and
-    the progress recorded (`SegmentsDone` through `publish`), the reader goes on unless an
-    operator asked to stop: then the action, once every reader stopped."""
-    body = columns_body(columns)
+    """Every unfinished segment of the ledger in short transactions (`template.plan`); after
+    each range, its chunks stored and the progress recorded (`SegmentsDone` through
+    `publish`), the reader goes on unless an operator asked to stop: then the action, once
+    every reader stopped."""
     readers = [
-        await _Reader.start(i, job.for_segment(s, columns=body))
-        for i, s in enumerate(segments)
+        await _Reader.start(i, reader_job(template, s))
+        for i, s in enumerate(ledger.segments)
         if not s.done
     ]
     stopping: str | None = None
 
-    async def on_range(reader: _Reader, done: dict[str, Any]) -> None:
+    async def on_range(reader: _Reader, after: list[str], rows: int) -> None:
         nonlocal stopping
-        ledger.range_done(reader.index, [str(v) for v in done["after"]], int(done["rows"]))
-        segments_now, cut, rows = ledger.record(builder.chunks)
-        await publish(SegmentsDone(segments_now, cut, rows))
+        ledger.range_done(reader.index, after, rows)
+        segments_now, cut, rows_below = ledger.record(builder.chunks)
+        await publish(SegmentsDone(segments_now, cut, rows_below))
         stopping = stopping or stop_requested()
-        await reader.send(b"stop" if stopping else b"go")
+        await reader.send(STOP if stopping else GO)
 
     try:
         await _merge(readers, builder, publish, on_range, ledger)

@@ -16,90 +16,41 @@ refused and stops, instead of writing over the other's.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import secrets
 import time
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
 from pg_nats_bridge import contract
+from pg_nats_bridge.contract import ProgressRecord, read_progress_record
+from services.snapshotter.chunk_packing import ChunkBuilder, RangeDone
 from services.snapshotter.errors import SnapshotError
-from services.snapshotter.parallel import Segment
-from shared.wire import pack, unpack
+from services.snapshotter.parallel import SegmentsDone
+
+log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-last-sequence
 
 
-@dataclass(frozen=True)
-class ChunkedProgress:
-    snapshot_id: str
-    lsn: str  # the consistent point
-    after: tuple[str, ...] | None  # the key read through (as text); None: nothing read yet
-    next_chunk: int
-    row_count: int
-    owner: str  # the snapshotter process reading it
-    updated: float  # unix time of this record
-    started: int  # unix time the snapshot began
-    state: str = "running"  # or stopped (after an error), paused, cancelled, done
-    # Read by several readers (services/snapshotter/parallel.py): each segment's key read
-    # through, instead of `after`.
-    segments: tuple[Segment, ...] | None = None
-    # How old a running record must be before another request continues the snapshot: what
-    # a waiting requester needs to ask again as soon as that is possible.
-    takeover_seconds: float | None = None
-
-    def payload(self) -> bytes:
-        return pack({**asdict(self), "after": list(self.after) if self.after else None})
-
-    def msg_id(self) -> str:
-        """Unique per record (a duplicate's PubAck would carry the first one's sequence)."""
-        return (
-            f"{self.snapshot_id}:progress:{self.next_chunk}:{self.owner}:{self.state}:"
-            f"{self.updated:.6f}"
-        )
-
-    @classmethod
-    def read(cls, data: bytes) -> ChunkedProgress | None:
-        """The record, or None for anything else (anyone on the account may publish here)."""
-        try:
-            body: Any = unpack(data)
-            after = body["after"]
-            segments = body.get("segments")
-            return cls(
-                snapshot_id=str(body["snapshot_id"]),
-                lsn=str(body["lsn"]),
-                after=tuple(str(v) for v in after) if after else None,
-                next_chunk=int(body["next_chunk"]),
-                row_count=int(body["row_count"]),
-                owner=str(body["owner"]),
-                updated=float(body["updated"]),
-                started=int(body["started"]),
-                state=str(body["state"]),
-                segments=tuple(map(Segment.read, segments)) if segments else None,
-                takeover_seconds=(
-                    float(body["takeover_seconds"])
-                    if body.get("takeover_seconds") is not None
-                    else None
-                ),
-            )
-        except Exception:
-            return None
-
-    def age(self) -> float:
-        return time.time() - self.updated
+def new_snapshot_id() -> str:
+    """`snap-<unix time>-<random>`: ordered by time, unique within a second."""
+    return f"snap-{int(time.time())}-{secrets.token_hex(3)}"
 
 
 async def last_progress(
     js: JetStreamContext, stream: str, token: str, prefix: str = contract.INIT
-) -> tuple[ChunkedProgress | None, int]:
+) -> tuple[ProgressRecord | None, int]:
     """The last record of the table and its stream sequence (0: none; a record that is not
     one of ours reads as None with its sequence)."""
     try:
         msg = await js.get_last_msg(stream, contract.progress_subject(token, prefix))
     except NotFoundError:
         return None, 0
-    return ChunkedProgress.read(msg.data or b""), int(msg.seq or 0)
+    return read_progress_record(msg.data), int(msg.seq or 0)
 
 
 class Recorder:
@@ -111,13 +62,13 @@ class Recorder:
         self.js, self.last_seq = js, last_seq
         self.subject = contract.progress_subject(token, prefix)
 
-    async def write(self, record: ChunkedProgress) -> None:
+    async def write(self, record: ProgressRecord) -> None:
         headers = {
             "Nats-Msg-Id": record.msg_id(),
             "Nats-Expected-Last-Subject-Sequence": str(self.last_seq),
         }
         try:
-            ack = await self.js.publish(self.subject, record.payload(), headers=headers)
+            ack = await self.js.publish(self.subject, record.encode(), headers=headers)
         except APIError as exc:
             if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise
@@ -134,7 +85,7 @@ async def remove_unrecorded_chunks(
     stream: str,
     schema: str,
     table: str,
-    progress: ChunkedProgress,
+    progress: ProgressRecord,
     prefix: str = contract.INIT,
 ) -> int:
     """Purge the chunks a dead reader published after its last record (they are contiguous
@@ -159,16 +110,152 @@ async def change_state(
     wanted: tuple[str, ...],
     state: str,
     prefix: str = contract.INIT,
-) -> ChunkedProgress | None:
+) -> ProgressRecord | None:
     """Mark the table's last record `state` when it is in one of the `wanted` states (an
     operator's resume or cancel of a snapshot nobody reads); the record, or None when there
     was none to change (or another snapshotter changed it first)."""
     found, seq = await last_progress(js, stream, token, prefix)
     if found is None or found.state not in wanted:
         return None
-    changed = replace(found, state=state, updated=time.time())
+    changed = found.model_copy(update={"state": state, "updated": time.time()})
     try:
         await Recorder(js, token, prefix, seq).write(changed)
     except SnapshotError:
         return None
     return changed
+
+
+@dataclass(frozen=True)
+class ProgressStore:
+    """Where a snapshotter's chunked snapshots keep their records, and who it is there."""
+
+    js: JetStreamContext
+    stream: str
+    prefix: str
+    owner: str  # the snapshotter process: `host:pid:random`
+
+
+class ChunkedRecords:
+    """A chunked snapshot's records: a new one, or the unfinished one of a dead reader,
+    continued (`previous`)."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        previous: ProgressRecord | None,
+        owner: str,
+        takeover_seconds: float,
+    ) -> None:
+        self.recorder, self.previous, self.owner = recorder, previous, owner
+        self.takeover_seconds = takeover_seconds
+        self.snapshot_id = previous.snapshot_id if previous else new_snapshot_id()
+        self.started = previous.started if previous else int(time.time())
+        self.lsn = previous.lsn if previous else ""
+        # Read through (the key, the next chunk's number, the rows): a record's fields.
+        self.after = previous.after if previous else None
+        self.next_chunk = previous.next_chunk if previous else 0
+        self.row_count = previous.row_count if previous else 0
+        self.segments = previous.segments if previous else None
+        self.attempt = f"r{secrets.token_hex(3)}"  # this continuation's, in its chunks' Msg-Ids
+
+    @classmethod
+    async def begin(
+        cls,
+        store: ProgressStore,
+        schema: str,
+        table: str,
+        fresh: bool,
+        takeover_seconds: float,
+        builder: ChunkBuilder,
+    ) -> ChunkedRecords:
+        """The records of a new snapshot of the table, or of the unfinished one this request
+        continues (its unrecorded chunks removed, `builder` set to go on from its record);
+        refused while another snapshotter reads it or an operator paused it."""
+        token = contract.table_token(schema, table)
+        found, seq = await last_progress(store.js, store.stream, token, store.prefix)
+        previous = None
+        if found is not None and found.state == "paused" and not fresh:
+            raise SnapshotError(
+                "paused",
+                f"the chunked snapshot {found.snapshot_id} of {schema}.{table} is paused by an "
+                f"operator ({found.row_count} rows read): resume it, or ask with "
+                '{"fresh": true} for a new one',
+            )
+        if found is not None and found.state in ("running", "stopped") and not fresh:
+            age = found.age(time.time())
+            if found.state == "running" and age < takeover_seconds:
+                raise SnapshotError(
+                    "busy",
+                    f"a chunked snapshot of {schema}.{table} ({found.snapshot_id}) is being "
+                    f"read by another snapshotter (its last record is {age:.0f} s old); ask "
+                    "again",
+                )
+            previous = found
+            removed = await remove_unrecorded_chunks(
+                store.js, store.stream, schema, table, found, store.prefix
+            )
+            builder.chunks, builder.row_count = found.next_chunk, found.row_count
+            log.info(
+                "continuing the chunked snapshot %s of %s.%s after its reader stopped %.0f s "
+                "ago: from chunk %d (%d rows recorded; %d unrecorded chunks removed)",
+                found.snapshot_id,
+                schema,
+                table,
+                age,
+                found.next_chunk,
+                found.row_count,
+                removed,
+            )
+        recorder = Recorder(store.js, token, store.prefix, seq)
+        return cls(recorder, previous, store.owner, takeover_seconds)
+
+    def _record(self, state: str = "running") -> ProgressRecord:
+        return ProgressRecord(
+            snapshot_id=self.snapshot_id,
+            lsn=self.lsn,
+            after=self.after,
+            next_chunk=self.next_chunk,
+            row_count=self.row_count,
+            owner=self.owner,
+            updated=time.time(),
+            started=self.started,
+            state=state,  # type: ignore[arg-type]
+            segments=self.segments,
+            takeover_seconds=self.takeover_seconds,
+        )
+
+    async def claim(self, lsn: str) -> None:
+        """This reader's first record: a second claimant's fails."""
+        self.lsn = lsn
+        await self.recorder.write(self._record())
+
+    async def record(self, done: RangeDone | SegmentsDone) -> None:
+        if isinstance(done, SegmentsDone):
+            self.segments = list(done.segments)
+        else:
+            self.after = list(done.after)
+        self.next_chunk, self.row_count = done.next_chunk, done.row_count
+        await self.recorder.write(self._record())
+
+    async def finish(self) -> None:
+        """The meta is published: the record says done (if this fails, a later request finds
+        nothing more to read and publishes the meta again, which changes nothing)."""
+        try:
+            await self.recorder.write(self._record("done"))
+        except Exception as exc:
+            log.warning("snapshot %s: its last progress record: %s", self.snapshot_id, exc)
+
+    async def mark(self, state: str) -> None:
+        await self.recorder.write(self._record(state))
+
+    async def stop(self) -> None:
+        """The read failed here: any request may continue it at once (best effort: a reader
+        that cannot write this is taken over once its last record is old)."""
+        if self.lsn:
+            with contextlib.suppress(Exception):
+                await self.recorder.write(self._record("stopped"))
+
+    def msg_id_suffix(self) -> str:
+        """JetStream remembers the Msg-Ids of a dead reader's unrecorded chunks (removed, but
+        within the duplicate window): the same number read again needs another."""
+        return f":{self.attempt}" if self.previous is not None else ""

@@ -1,5 +1,5 @@
-"""Reading one table under an exported snapshot in a thread, and handing its chunks to the
-event loop for publishing as they fill, a few chunks of memory at most."""
+"""Reading a table (or a reader's key segment of it) under an exported snapshot, and handing
+its chunks to the event loop for publishing as they fill, a few chunks of memory at most."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from psycopg import sql
+import psycopg
 
-from pg_nats_bridge.contract import Condition
-from services.snapshotter.chunks import Chunk, ChunkBuilder, RangeDone
-from services.snapshotter.conditions import bound, condition_sql
+from pg_nats_bridge.contract import KeySegment
+from services.snapshotter.chunk_packing import Chunk, ChunkBuilder, RangeDone
+from services.snapshotter.conditions import bound
 from services.snapshotter.copy_rows import CopyRowPacker
+from services.snapshotter.table_plan import TablePlan
 from shared import postgres
-from shared.codec import RowCodec, ValueMode
-from shared.consistent_read import copy_query, snapshot_transaction
+from shared.consistent_read import snapshot_transaction
 from shared.pg_cancel import QueryCanceller, finish_thread
 
 
@@ -30,53 +30,54 @@ class Rewritten(Exception):
     empty."""
 
 
-@dataclass(frozen=True, slots=True)
-class Columns:
-    names: list[str]
-    oids: list[int]
-    key: list[str]
-    row_filter: str | None = None  # the publication's, as PostgreSQL deparses it
+# Lines decoded together (copy_rows.py); a block is a few hundred kB at most.
+_BLOCK_LINES = 256
+
+
+def copy_segment(
+    conn: psycopg.Connection[Any],
+    plan: TablePlan,
+    segment: KeySegment,
+    builder: ChunkBuilder,
+    emit: Callable[[Chunk], None],
+) -> None:
+    """In `conn`'s snapshot transaction: COPY the segment, its lines decoded by the very
+    converters CDC events use a block at a time, each row packed, each full chunk handed to
+    `emit`, the last one too."""
+    rows = CopyRowPacker(plan.codec())
+    query = plan.copy_query(segment.start, segment.end)
+    with bound(conn, plan.conditions):
+        for lines in postgres.copy_out_blocks(conn, query, _BLOCK_LINES):
+            for chunk in builder.add_many(rows.pack_block(lines), plan.key):
+                emit(chunk)
+    last = builder.finish()
+    if last is not None:
+        emit(last)
 
 
 @dataclass(frozen=True)
 class TableRead:
+    """The whole table under an exported snapshot, by a thread of the snapshotter."""
+
     database_url: str
     snapshot_name: str
-    table: sql.Identifier
-    mode: ValueMode
-    # Asked once the reading transaction holds the table's lock: the columns to read, or
-    # `Rewritten` when the storage is no longer what it was before the export.
-    locked: Callable[[], Columns]
+    plan: TablePlan
+    # Asked once the reading transaction holds the table's lock: the plan as the snapshot
+    # sees the table, or `Rewritten` when its storage is no longer what it was at the export.
+    locked: Callable[[], TablePlan]
     canceller: QueryCanceller  # ends the read's wait for the lock, or its COPY, on a stop
-    conditions: tuple[Condition, ...] = ()  # a partial backfill's (conditions.py)
-
-
-# Lines decoded together (copy_rows.py); a block is a few hundred kB at most.
-_BLOCK_LINES = 256
 
 
 def read_table(
     read: TableRead, builder: ChunkBuilder, emit: Callable[[Chunk | RangeDone], None]
 ) -> None:
-    """In a thread: COPY the table under the exported snapshot, its lines decoded by the very
-    converters CDC events use a block at a time, each row packed, each full chunk handed to
-    `emit`."""
+    """In a thread: adopt the snapshot, lock the table, COPY it (`copy_segment`)."""
     with (
         postgres.connect(read.database_url, autocommit=True) as conn,
         read.canceller.cancelling(lambda: conn.cancel_safe(timeout=5)),
-        bound(conn, read.conditions),
-        snapshot_transaction(conn, read.snapshot_name, [read.table]),
+        snapshot_transaction(conn, read.snapshot_name, [read.plan.identifier]),
     ):
-        columns = read.locked()
-        rows = CopyRowPacker(RowCodec(columns.names, columns.oids, read.mode))
-        condition = condition_sql(read.table, read.conditions) if read.conditions else None
-        query = copy_query(read.table, columns.names, columns.key, columns.row_filter, condition)
-        for lines in postgres.copy_out_blocks(conn, query, _BLOCK_LINES):
-            for chunk in builder.add_many(rows.pack_block(lines), columns.key):
-                emit(chunk)
-    last = builder.finish()
-    if last is not None:
-        emit(last)
+        copy_segment(conn, read.locked(), KeySegment(), builder, emit)
 
 
 T = TypeVar("T")

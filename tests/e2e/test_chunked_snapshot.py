@@ -27,7 +27,7 @@ import pytest
 from pg_nats_bridge import MemoryCopy, SqliteCopy
 from pg_nats_bridge.lsn import Lsn
 from pg_nats_bridge.sqlite import stored_value
-from services.snapshotter.snapshot import _until_visible
+from services.snapshotter.ranged_read import _until_visible
 from tests.e2e.conftest import BRIDGE, Service, ask_all, copy_rows, stream_messages, wait_for
 from tests.e2e.test_consumers import (
     FollowedCopy,

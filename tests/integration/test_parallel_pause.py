@@ -13,8 +13,8 @@ import pytest
 from nats.js.api import StreamConfig
 
 from services.snapshotter import snapshot
-from services.snapshotter.chunked import Operator
 from services.snapshotter.errors import SnapshotError
+from services.snapshotter.key_ranges import Operator
 from services.snapshotter.publishing import PipelinedPublisher
 from services.snapshotter.resume import change_state
 from shared.codec import ValueMode
@@ -45,10 +45,12 @@ def test_a_paused_parallel_chunked_snapshot_continues_with_every_row_once(
 
             async def take() -> dict[str, Any]:
                 async with PipelinedPublisher(nc, "INIT") as publisher:
+                    context = snapshot.SnapshotContext(
+                        pg.url, "p", ValueMode.TYPED, nc.max_payload, js=js, owner="test"
+                    )
                     return await snapshot.take_snapshot(
-                        pg.url, "public", "t", options, publisher, nc.max_payload,
-                        ValueMode.TYPED, "p", js=js, owner="test", operator=operator,
-                    )  # fmt: skip
+                        context, "public", "t", options, publisher, operator=operator
+                    )
 
             # Asked before the first range ends: every reader stops after its first range (of
             # 1,000 rows; each segment holds 10,000).

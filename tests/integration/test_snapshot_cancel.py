@@ -13,7 +13,7 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
-from services.snapshotter import snapshot
+from services.snapshotter import exported_read, snapshot
 from services.snapshotter.publishing import PipelinedPublisher
 from shared.codec import ValueMode
 from tests.harness.postgres import Database
@@ -28,7 +28,7 @@ def test_a_snapshot_cancelled_while_its_read_waits_for_a_lock_ends(
     ALTER TABLE queues behind it: the snapshot's read queues behind the ALTER. Cancelled, the
     snapshot ends within seconds, its backend waits no more, and the slot is gone; the ALTER
     is left to the session it waits for."""
-    export = snapshot.export_snapshot
+    export = exported_read.export_snapshot
     reading = table.connect(autocommit=False)
     altering: list[BaseException | None] = []
 
@@ -50,17 +50,17 @@ def test_a_snapshot_cancelled_while_its_read_waits_for_a_lock_ends(
             time.sleep(0.01)
         return exported
 
-    monkeypatch.setattr(snapshot, "export_snapshot", export_then_queue_an_alter)
+    monkeypatch.setattr(exported_read, "export_snapshot", export_then_queue_an_alter)
 
     async def run() -> float:
         nc = await nats.connect(nats_url)
         try:
             await nc.jetstream().add_stream(StreamConfig(name="INIT", subjects=["init.>"]))
             async with PipelinedPublisher(nc, "INIT") as publisher:
+                context = snapshot.SnapshotContext(table.url, "p", ValueMode.TYPED, nc.max_payload)
                 taking = snapshot.take_snapshot(
-                    table.url, "public", "t", snapshot.SnapshotOptions(100), publisher,
-                    nc.max_payload, ValueMode.TYPED, "p",
-                )  # fmt: skip
+                    context, "public", "t", snapshot.SnapshotOptions(100), publisher
+                )
                 task = asyncio.ensure_future(taking)
                 while table.execute(_WAITING) != [(2,)]:  # the ALTER, and the snapshot's read
                     assert not task.done(), task

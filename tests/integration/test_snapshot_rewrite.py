@@ -15,7 +15,7 @@ import pytest
 from nats.js.api import StreamConfig
 from psycopg.conninfo import make_conninfo
 
-from services.snapshotter import snapshot
+from services.snapshotter import exported_read, snapshot
 from services.snapshotter.publishing import PipelinedPublisher
 from shared.codec import ValueMode
 from shared.lsn import Lsn
@@ -31,7 +31,7 @@ def take(
 ) -> dict[str, Any]:
     """A snapshot of `t`; each export is followed by the next statement of `after_export`
     (the WAL position after each goes to `ran_by`)."""
-    export = snapshot.export_snapshot
+    export = exported_read.export_snapshot
 
     def export_then_run(*args: Any, **kwargs: Any) -> Any:
         exported = export(*args, **kwargs)
@@ -46,19 +46,21 @@ def take(
         try:
             await nc.jetstream().add_stream(StreamConfig(name="INIT", subjects=["init.>"]))
             async with PipelinedPublisher(nc, "INIT") as publisher:
+                context = snapshot.SnapshotContext(
+                    database_url or pg.url, "p", ValueMode.TYPED, nc.max_payload
+                )
                 return await snapshot.take_snapshot(
-                    database_url or pg.url, "public", "t", snapshot.SnapshotOptions(100), publisher,
-                    nc.max_payload, ValueMode.TYPED, "p",
-                )  # fmt: skip
+                    context, "public", "t", snapshot.SnapshotOptions(100), publisher
+                )
         finally:
             await nc.close()
 
-    original = snapshot.export_snapshot
-    snapshot.export_snapshot = export_then_run  # type: ignore[assignment]
+    original = exported_read.export_snapshot
+    exported_read.export_snapshot = export_then_run  # type: ignore[assignment]
     try:
         return asyncio.run(run())
     finally:
-        snapshot.export_snapshot = original  # type: ignore[assignment]
+        exported_read.export_snapshot = original  # type: ignore[assignment]
 
 
 def current_lsn(pg: Database) -> Lsn:

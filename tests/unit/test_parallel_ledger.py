@@ -30,7 +30,7 @@ def test_a_continuation_from_any_record_reads_every_row_once(
         for number, count in enumerate(counts):
             events += [("chunk", reader, number)] * count + [("end", reader, number)]
         streams.append(events)
-    ledger = Ledger([Segment(None, None) for _ in range(readers)], 0, 0)
+    ledger = Ledger([Segment() for _ in range(readers)], 0, 0)
     owner: list[tuple[int, int]] = []  # chunk number → (reader, range)
     positions = [0] * readers
     total = sum(len(s) for s in streams)

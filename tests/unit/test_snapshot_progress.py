@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from services.snapshotter import metrics
-from services.snapshotter.chunks import ChunkBuilder
+from services.snapshotter.chunk_packing import ChunkBuilder
 from services.snapshotter.progress import SnapshotProgress
 from services.tools.console import ChunkCount, describe_progress
 from shared.wire import unpack

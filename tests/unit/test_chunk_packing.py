@@ -1,7 +1,8 @@
-"""The snapshotter packs chunks by hand, rows already packed (services/snapshotter/chunks.py):
-its bytes are exactly `contract.SnapshotChunk`'s encoding of the same chunk, with and without
-a row estimate, whatever the rows; and a reader process's chunk, split and joined again under
-the snapshot's number, is the chunk the snapshot would have packed."""
+"""The snapshotter packs chunks by hand, rows already packed
+(services/snapshotter/chunk_packing.py): its bytes are exactly `contract.SnapshotChunk`'s
+encoding of the same chunk, with and without a row estimate, whatever the rows; and a reader
+process's chunk, split and joined again under the snapshot's number, is the chunk the snapshot
+would have packed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pg_nats_bridge import contract
-from services.snapshotter.chunks import ChunkBuilder, join_chunk, split_chunk
+from services.snapshotter.chunk_packing import ChunkBuilder, join_chunk, split_chunk
 
 values = st.one_of(
     st.none(),

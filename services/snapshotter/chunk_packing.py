@@ -26,7 +26,7 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True)
 class RangeDone:
-    """A chunked read finished a range (services/snapshotter/chunked.py): the chunks before
+    """A chunked read finished a range (services/snapshotter/key_ranges.py): the chunks before
     `next_chunk` hold every row up to the key `after` (as text), `row_count` of them. Handed to
     the publisher in line with the chunks, so that it records the progress once they are
     stored."""

@@ -27,13 +27,11 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from pg_nats_bridge.contract import Condition
-from services.snapshotter.chunks import Chunk, ChunkBuilder, RangeDone
-from services.snapshotter.conditions import bound, condition_sql
+from services.snapshotter.chunk_packing import Chunk, ChunkBuilder, RangeDone
+from services.snapshotter.conditions import bound
 from services.snapshotter.copy_rows import CopyRowPacker
-from services.snapshotter.table_read import Columns
+from services.snapshotter.table_plan import TablePlan
 from shared import postgres
-from shared.codec import RowCodec, ValueMode
 from shared.codec.copy_text import split_line
 from shared.consistent_read import PINNED_SEARCH_PATH
 from shared.lsn import Lsn
@@ -69,88 +67,38 @@ class Operator:
 
 
 @dataclass
-class ChunkedRead:
+class KeyRangeRead:
+    """One reader's ranges: of the whole table, or of a parallel reader's key segment
+    (services/snapshotter/parallel.py) from `start` (inclusive) to `end` (exclusive)."""
+
     database_url: str
-    table: sql.Identifier
-    columns: Columns
-    mode: ValueMode
+    plan: TablePlan
     transaction_seconds: float
     canceller: QueryCanceller
-    after: tuple[str, ...] | None = None  # where to start: after this key (a resumed read)
+    after: Sequence[str] | None = None  # where to start: after this key (a resumed read)
     statement_seconds: float = 20.0  # a range's lock wait and read end with an error past it
     operator: Operator = field(default_factory=Operator)
-    conditions: tuple[Condition, ...] = ()  # a partial backfill's (conditions.py)
-    # A parallel reader's key segment (services/snapshotter/parallel.py): from `start`
-    # (inclusive) to `end` (exclusive); None, unbounded.
-    start: tuple[str, ...] | None = None
-    end: tuple[str, ...] | None = None
+    start: Sequence[str] | None = None
+    end: Sequence[str] | None = None
     transactions: int = 0
     longest_transaction: float = 0.0
-    key_positions: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.key_positions = [self.columns.names.index(k) for k in self.columns.key]
 
 
-def key_bounds(
-    key: list[str],
-    start: Sequence[str] | None,
-    end: Sequence[str] | None,
-    after: Sequence[str] | None = None,
-) -> list[sql.Composable]:
-    """`(key) > (after)` (or `>= (start)` before anything was read) and `(key) < (end)`, as
-    literals PostgreSQL reads as the key columns' types: keys this snapshot read or sampled
-    from the table, never a request's."""
-    columns = sql.SQL(", ").join(map(sql.Identifier, key))
-
-    def row(values: Sequence[str]) -> sql.Composable:
-        return sql.SQL(", ").join(map(sql.Literal, values))
-
-    bounds: list[sql.Composable] = []
-    if after is not None:
-        bounds.append(sql.SQL("({}) > ({})").format(columns, row(after)))
-    elif start is not None:
-        bounds.append(sql.SQL("({}) >= ({})").format(columns, row(start)))
-    if end is not None:
-        bounds.append(sql.SQL("({}) < ({})").format(columns, row(end)))
-    return bounds
-
-
-def range_query(read: ChunkedRead, after: tuple[str, ...] | None, limit: int) -> sql.Composed:
-    """`COPY (SELECT … WHERE (<row filter>) AND (<key>) > (<after>) ORDER BY <key> LIMIT n)`.
-    The row filter is the publication's, as shared/consistent_read.copy_query explains; a
-    backfill's conditions and a parallel reader's segment join it."""
-    columns = read.columns
-    key = sql.SQL(", ").join(map(sql.Identifier, columns.key))
-    conditions: list[sql.Composable] = []
-    if columns.row_filter:
-        conditions.append(sql.SQL("({})").format(sql.SQL(columns.row_filter)))  # type: ignore[arg-type]
-    if read.conditions:
-        conditions.append(condition_sql(read.table, read.conditions))
-    conditions += key_bounds(columns.key, read.start, read.end, after)
-    where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
-    return sql.SQL("COPY (SELECT {} FROM {}{} ORDER BY {} LIMIT {}) TO STDOUT").format(
-        sql.SQL(", ").join(map(sql.Identifier, columns.names)),
-        read.table,
-        where,
-        key,
-        sql.Literal(limit),
-    )
-
-
-def read_chunked(
-    read: ChunkedRead, builder: ChunkBuilder, emit: Callable[[Chunk | RangeDone], None]
+def read_key_ranges(
+    read: KeyRangeRead, builder: ChunkBuilder, emit: Callable[[Chunk | RangeDone], None]
 ) -> Lsn:
     """In a thread: every range of the table from `read.after` on, each in its own
     transaction, packed into chunks handed to `emit`, each range's last chunk followed by a
     `RangeDone` (a range ends its chunk, so that a resumed read starts a chunk of its own);
     returns `replay_until`, the WAL position once the last range was read (every change a
     range can hold committed before it)."""
-    packer = CopyRowPacker(RowCodec(read.columns.names, read.columns.oids, read.mode))
+    plan = read.plan
+    packer = CopyRowPacker(plan.codec())
+    key_positions = plan.key_positions()
     with (
         postgres.connect(read.database_url, autocommit=True) as conn,
         read.canceller.cancelling(lambda: conn.cancel_safe(timeout=5)),
-        bound(conn, read.conditions),
+        bound(conn, plan.conditions),
     ):
         conn.execute("SET client_encoding TO 'UTF8'")
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -167,11 +115,11 @@ def read_chunked(
                 limit_ms = sql.Literal(f"{int(read.statement_seconds * 1000)}ms")
                 conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(limit_ms))
                 conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(limit_ms))
-                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(read.table))
+                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(plan.identifier))
                 conn.execute(PINNED_SEARCH_PATH)
-                query = range_query(read, after, limit)
+                query = plan.copy_query(read.start, read.end, after, limit)
                 for lines in postgres.copy_out_blocks(conn, query, _BLOCK_LINES):
-                    for chunk in builder.add_many(packer.pack_block(lines), read.columns.key):
+                    for chunk in builder.add_many(packer.pack_block(lines), plan.key):
                         emit(chunk)
                     count += len(lines)
                     last = lines[-1]
@@ -184,7 +132,7 @@ def read_chunked(
             if rest is not None:
                 emit(rest)
             fields = split_line(last)
-            after = tuple(_text(fields[i]) for i in read.key_positions)
+            after = tuple(_text(fields[i]) for i in key_positions)
             emit(RangeDone(after, builder.chunks, builder.row_count))
             if count < limit:
                 break
