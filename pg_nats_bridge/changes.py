@@ -16,61 +16,50 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pg_nats_bridge.contract.schema import SchemaDocument
+
 Row = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class TableSchema:
-    """A table's schema document (`init.schema.<table>`, KV bucket `schemas`)."""
+    """A table's schema document (`init.schema.<table>`, KV bucket `schemas`) as a copy uses
+    it: the published columns' names and the key that locates a row."""
 
     table: str  # `schema.table`
     columns: tuple[str, ...]
     primary_key: tuple[str, ...]
     replica_identity: str
-    document: dict[str, Any] = field(compare=False, repr=False)
+    document: SchemaDocument = field(compare=False, repr=False)
 
     @classmethod
     def from_document(cls, document: Any) -> TableSchema:
-        """The schema a KV document describes; ValueError when it is not a schema document
-        (anyone on the NATS account can write the bucket)."""
-        columns = document.get("columns", ()) if isinstance(document, dict) else None
-        if (
-            not isinstance(document, dict)
-            or not isinstance(document.get("schema"), str)
-            or not isinstance(columns, list | tuple)
-            or not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in columns)
-            or not isinstance(document.get("primary_key") or [], list | tuple)
-            or not all(isinstance(k, str) for k in document.get("primary_key") or ())
-        ):
-            raise ValueError("not a schema document (schema, columns and primary_key expected)")
-        columns = tuple(c["name"] for c in document.get("columns", ()))
-        key = tuple(document.get("primary_key") or ())
+        """The schema a decoded document describes; ValueError when it is not a schema
+        document (anyone on the NATS account can write the bucket)."""
+        doc = document if isinstance(document, SchemaDocument) else SchemaDocument.read(document)
+        columns = tuple(c.name for c in doc.columns)
+        key = tuple(doc.primary_key)
         return cls(
-            table=str(document["schema"]),
+            table=doc.schema_,
             columns=columns,
             # A key with a column the publication leaves out (a generated column before
             # PostgreSQL 18, a column list) locates no row in a copy: see `unpublished_key`.
             primary_key=key if set(key) <= set(columns) else (),
-            replica_identity=str(document.get("replica_identity") or "default"),
-            document=document,
+            replica_identity=doc.replica_identity or "default",
+            document=doc,
         )
 
     @property
     def unpublished_key(self) -> tuple[str, ...]:
         """Primary key columns the publication does not publish (then `primary_key` is empty
         and rows are located by their whole old row, which needs REPLICA IDENTITY FULL)."""
-        return tuple(k for k in self.document.get("primary_key") or () if k not in self.columns)
+        return tuple(k for k in self.document.primary_key if k not in self.columns)
 
     @property
     def row_filter(self) -> str | None:
         """The publication's row filter: the table's copy holds only the rows it admits (an
         UPDATE that moves a row out arrives as a Delete, one that moves it in as an Insert)."""
-        value = self.document.get("row_filter")
-        return value if isinstance(value, str) else None
-
-    def types(self) -> dict[str, str]:
-        """Column name → PostgreSQL data type, as information_schema names it."""
-        return {c["name"]: c["data_type"] for c in self.document.get("columns", ())}
+        return self.document.row_filter
 
 
 @dataclass(slots=True)

@@ -291,9 +291,9 @@ class SqliteCopy:
         found = self._floats.get(table)
         if found is None:
             schema = self.schema(table)
-            columns = schema.document.get("columns", ()) if schema is not None else ()
+            columns = schema.document.columns if schema is not None else []
             found = self._floats[table] = frozenset(
-                c["name"] for c in columns if c.get("data_type", "real") in FLOAT_TYPES
+                c.name for c in columns if (c.data_type or "real") in FLOAT_TYPES
             )
         return found
 
@@ -320,7 +320,7 @@ class SqliteCopy:
         elif isinstance(item, Reset):
             self._reset(item)
         elif isinstance(item, SchemaChanged):
-            self._put(f"schema:{item.table}", item.schema.document)
+            self._put(f"schema:{item.table}", item.schema.document.as_dict())
             self._floats.pop(item.table, None)
             self._keys.pop(item.table, None)
             self._ensure_columns(item.table, item.schema.columns)
@@ -354,7 +354,7 @@ class SqliteCopy:
         self._keys.pop(item.table, None)
         # Until Bootstrapped, the file holds no position: a copy interrupted mid-load starts over.
         self.db.execute("DELETE FROM _bridge_state WHERE name = 'follower'")
-        self._put(f"schema:{item.table}", item.schema.document)
+        self._put(f"schema:{item.table}", item.schema.document.as_dict())
         self._put(f"snapshot:{item.table}", item.snapshot)
         self.db.execute("DELETE FROM _bridge_state WHERE name = ?", (f"failed:{item.table}",))
 

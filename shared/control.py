@@ -17,10 +17,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from pg_nats_bridge.contract.control import AUTHORIZATION, ControlReply
 from shared.log_throttle import ThrottledLog
 from shared.wire import to_json
-
-AUTHORIZATION = "Authorization"
 
 
 def request_headers(token: SecretStr | None) -> dict[str, str] | None:
@@ -80,5 +79,5 @@ class ControlEndpoint:
             return
         self.log.info("shutdown requested on %s", msg.subject)
         if msg.reply:
-            await msg.respond(to_json({"status": "shutting down"}))
+            await msg.respond(ControlReply(status="shutting down").encode())
         self.on_shutdown()

@@ -23,18 +23,11 @@ from typing import Any
 
 import psycopg
 
-from shared import postgres
+from shared import postgres, slots
 
 log = logging.getLogger(__name__)
 
-# While it is being created a slot is listed already, its creator as `active_pid`.
-BLOCKERS_QUERY = (
-    "SELECT a.pid, a.usename, a.application_name, a.state, a.xact_start"
-    " FROM pg_replication_slots s"
-    " CROSS JOIN LATERAL unnest(pg_blocking_pids(s.active_pid)) AS b(pid)"
-    " JOIN pg_stat_activity a ON a.pid = b.pid"
-    " WHERE s.slot_name = %s ORDER BY a.xact_start NULLS LAST, a.pid"
-)
+BLOCKERS_QUERY = slots.CREATION_BLOCKERS
 
 FIRST_REPORT_SECONDS = 5.0
 REPORT_EVERY_SECONDS = 60.0

@@ -1,13 +1,15 @@
 """The wire contract in one place (docs/wire-format.md): stream and bucket names, every
 subject (built and parsed), every Msg-Id, the MessagePack options, and every object on the
-wire as a model: the CDC change, the oversized marker, the logical message, the snapshot
-request, its replies and interim messages, the progress record, the backfill conditions. The
+wire as a model: the CDC change, the oversized marker, the logical message, the schema
+document, the snapshot request, its replies and interim messages, the progress record, the
+backfill conditions, the control requests and replies. The
 services, the tools and the library all spell the contract through this package, so a change
 to it is a change here.
 """
 
 from __future__ import annotations
 
+from pg_nats_bridge.contract.control import ControlReply, SnapshotControl, SnapshotRunning
 from pg_nats_bridge.contract.encoding import PACK_OPTIONS, UNPACK_OPTIONS, pack, packer, unpack
 from pg_nats_bridge.contract.events import ChangeEvent, LogicalMessage, OversizedMarker
 from pg_nats_bridge.contract.msg_ids import (
@@ -18,6 +20,7 @@ from pg_nats_bridge.contract.msg_ids import (
     schema_msg_id,
     snapshot_msg_id,
 )
+from pg_nats_bridge.contract.schema import SchemaColumn, SchemaDocument
 from pg_nats_bridge.contract.snapshot import (
     CONDITION_OPERATORS,
     HEARTBEAT_HEADER,
@@ -109,14 +112,19 @@ __all__ = [
     "CdcSubject",
     "ChangeEvent",
     "Condition",
+    "ControlReply",
     "KeySegment",
     "LogicalMessage",
     "OversizedMarker",
     "ProgressRecord",
+    "SchemaColumn",
+    "SchemaDocument",
     "SnapshotChunk",
+    "SnapshotControl",
     "SnapshotMeta",
     "SnapshotRefusal",
     "SnapshotRequest",
+    "SnapshotRunning",
     "SubjectError",
     "backfill_meta_subject",
     "cdc_filter",

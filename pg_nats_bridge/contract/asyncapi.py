@@ -14,7 +14,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from pg_nats_bridge.contract.control import (
+    AUTHORIZATION,
+    ControlReply,
+    SnapshotControl,
+    SnapshotRunning,
+)
 from pg_nats_bridge.contract.events import ChangeEvent, LogicalMessage, OversizedMarker
+from pg_nats_bridge.contract.schema import SchemaDocument
 from pg_nats_bridge.contract.snapshot import (
     HEARTBEAT_HEADER,
     STATUS_HEADER,
@@ -64,6 +71,16 @@ def _msg_id(description: str) -> dict[str, Any]:
     }
 
 
+def _authorization() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": [AUTHORIZATION],
+        "properties": {
+            AUTHORIZATION: {"type": "string", "description": "`Bearer <control token>`"}
+        },
+    }
+
+
 def _channel(address: str, description: str, messages: list[str], **params: Any) -> dict[str, Any]:
     channel: dict[str, Any] = {
         "address": address,
@@ -86,32 +103,16 @@ def document(version: str = "unknown") -> dict[str, Any]:
         ProgressRecord,
         SnapshotRequest,
         SnapshotRefusal,
+        SnapshotRunning,
+        SchemaDocument,
+        SnapshotControl,
+        ControlReply,
     ]
     schemas: dict[str, Any] = {}
     for model in models:
         found = _schema(model)
         schemas.update(found.pop("$defs", {}))
         schemas[model.__name__] = found
-    schemas["SchemaDocument"] = {
-        "type": "object",
-        "description": "a table's published columns, primary key, replica identity and row filter",
-        "required": ["schema", "table", "columns", "primary_key", "replica_identity"],
-        "properties": {
-            "schema": {"type": "string", "description": "`schema.table`"},
-            "table": {"type": "string"},
-            "columns": {"type": "array", "items": {"type": "object"}},
-            "primary_key": {"type": "array", "items": {"type": "string"}},
-            "replica_identity": {"type": "string"},
-            "row_filter": {"type": "string"},
-            "timestamp": {"type": "integer"},
-        },
-    }
-    schemas["Running"] = {
-        "type": "object",
-        "properties": {"status": {"const": "running"}},
-        "description": "an interim message while a snapshot runs (asked for with "
-        f"{HEARTBEAT_HEADER})",
-    }
     change = "change"
     messages = {
         change: _message(
@@ -127,8 +128,8 @@ def document(version: str = "unknown") -> dict[str, Any]:
             headers=_msg_id("`<commit_lsn>:<ordinal>`, or `message:<lsn>`"),
         ),
         "schemaDocument": _message(
-            "schemaDocument", None, MSGPACK, "a table's schema (also KV bucket `schemas`)",
-            payload={"$ref": "#/components/schemas/SchemaDocument"},
+            "schemaDocument", SchemaDocument, MSGPACK,
+            "a table's schema (also KV bucket `schemas`)",
         ),
         "chunk": _message(
             "chunk", SnapshotChunk, MSGPACK, "rows of a snapshot",
@@ -153,9 +154,20 @@ def document(version: str = "unknown") -> dict[str, Any]:
             "snapshotRefusal", SnapshotRefusal, JSON, "why there is no snapshot"
         ),
         "snapshotRunning": _message(
-            "snapshotRunning", None, JSON, "the snapshotter is alive and on it",
-            payload={"$ref": "#/components/schemas/Running"},
+            "snapshotRunning", SnapshotRunning, JSON, "the snapshotter is alive and on it",
             headers={"type": "object", "properties": {STATUS_HEADER: {"const": "running"}}},
+        ),
+        "shutdownRequest": _message(
+            "shutdownRequest", None, JSON, "stop the service (empty body)",
+            headers=_authorization(),
+        ),
+        "snapshotControl": _message(
+            "snapshotControl", SnapshotControl, JSON,
+            "pause, resume or cancel a table's chunked snapshot", headers=_authorization(),
+        ),
+        "controlReply": _message("controlReply", ControlReply, JSON, "a control request obeyed"),
+        "controlRefusal": _message(
+            "controlRefusal", SnapshotRefusal, JSON, "a control request refused (`unauthorized`)"
         ),
     }  # fmt: skip
     channels = {
@@ -203,13 +215,24 @@ def document(version: str = "unknown") -> dict[str, Any]:
                 for m in ("snapshotReply", "snapshotRefusal", "snapshotRunning")
             },
         },
-        "control": _channel(
-            f"{CONTROL_PREFIX}.{{service}}.{{action}}",
-            "operator control (shutdown; a snapshotter's pause, resume, cancel), with the "
-            "header `Authorization: Bearer <token>`",
-            [], service={"enum": ["replicator", "snapshotter"]},
-            action={"enum": ["shutdown", "snapshot"]},
+        "shutdown": _channel(
+            f"{CONTROL_PREFIX}.{{service}}.shutdown", "stop a service (request/reply)",
+            ["shutdownRequest"], service={"enum": ["replicator", "snapshotter"]},
         ),
+        "snapshotControl": _channel(
+            f"{CONTROL_PREFIX}.snapshotter.snapshot",
+            "a chunked snapshot's pause, resume, cancel (request/reply; every snapshotter "
+            "hears it, the one that acts answers)",
+            ["snapshotControl"],
+        ),
+        "controlReply": {
+            "address": None,
+            "description": "the operator's reply subject",
+            "messages": {
+                m: {"$ref": f"#/components/messages/{m}"}
+                for m in ("controlReply", "controlRefusal")
+            },
+        },
     }  # fmt: skip
     operations: dict[str, Any] = {
         name: {"action": "send", "channel": {"$ref": f"#/channels/{name}"}} for name in SENT
@@ -219,6 +242,12 @@ def document(version: str = "unknown") -> dict[str, Any]:
         "channel": {"$ref": "#/channels/snapshotRequest"},
         "reply": {"channel": {"$ref": "#/channels/snapshotReply"}},
     }
+    for control in ("shutdown", "snapshotControl"):
+        operations[control] = {
+            "action": "receive",
+            "channel": {"$ref": f"#/channels/{control}"},
+            "reply": {"channel": {"$ref": "#/channels/controlReply"}},
+        }
     return {
         "asyncapi": "3.0.0",
         "info": {

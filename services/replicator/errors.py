@@ -8,6 +8,9 @@ a non-zero exit code: retrying them would only be a crash loop.
 
 from __future__ import annotations
 
+import enum
+
+import nats.errors
 import psycopg
 
 from services.replicator.wire_reader import DecodeError
@@ -29,6 +32,15 @@ class SlotBusyError(TransientError):
     """Another process streams from the slot (a standby replicator waits here)."""
 
 
+class StreamUnansweredError(TransientError):
+    """JetStream left a request unanswered: no responders (a stream electing a leader, a
+    server just back and not yet current)."""
+
+
+# PostgreSQL's SQLSTATE for "replication slot … is active for PID …" (object_in_use).
+OBJECT_IN_USE = "55006"
+
+
 class OversizedRowError(PermanentError):
     """A row larger than NATS max_payload under `--oversized-policy stop`."""
 
@@ -45,8 +57,43 @@ INVALIDATION_CAUSES = {
 }
 
 
+class Failure(enum.Enum):
+    """What a failed pipeline calls for (services/replicator/restart_policy.py acts on it)."""
+
+    PERMANENT = "permanent"  # stop: an operator must act
+    SLOT_BUSY = "slot_busy"  # another replicator streams from the slot: wait for it
+    UNANSWERED = "unanswered"  # JetStream did not answer: again once it does
+    TRANSIENT = "transient"  # again after a backoff
+
+
+def classify(exc: BaseException) -> Failure:
+    """The single rule for what a failure is: by its type and PostgreSQL's SQLSTATE, never
+    by its message's words."""
+    if is_permanent(exc):
+        return Failure.PERMANENT
+    if isinstance(exc, SlotBusyError) or _sqlstate(exc) == OBJECT_IN_USE:
+        return Failure.SLOT_BUSY
+    if isinstance(
+        exc,
+        StreamUnansweredError
+        | TimeoutError
+        | nats.errors.TimeoutError
+        | nats.errors.NoRespondersError,
+    ):
+        return Failure.UNANSWERED
+    return Failure.TRANSIENT
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    if isinstance(exc, ReplicationConnectionError):
+        return exc.sqlstate
+    if isinstance(exc, psycopg.Error):
+        return exc.sqlstate
+    return None
+
+
 def is_permanent(exc: BaseException) -> bool:
-    """The single rule for transient vs permanent."""
+    """Transient vs permanent (`classify` says which transient)."""
     if isinstance(exc, PermanentError | DecodeError | CodecError | NatsRefused):
         return True
     if isinstance(exc, TransientError):

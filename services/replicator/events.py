@@ -70,6 +70,7 @@ class _RelationInfo:
 
 
 # Messages of a transaction streamed before it commits (protocol 2+ with `streaming`).
+_K_RELATION = 0x52  # R
 _STREAMED = (po.StreamStart, po.StreamStop, po.StreamCommit, po.StreamAbort, po.StreamPrepare)
 
 
@@ -204,12 +205,39 @@ class EventBuilder:
         self._tx_middle = _K_COMMIT_LSN + pack(text) + _K_XID + pack(xid)
         self._tx_time = _K_COMMIT_TIME + pack(self._commit_time_text)
 
+    def types_to_resolve(self, frames: list[bytes]) -> list[int]:
+        """The types of `frames`' Relation messages that may be domains and were never looked
+        up: the decoder has them resolved (`learn_types`) off the event loop before it feeds
+        the frames. A Relation comes before a table's first change and after its DDL, so
+        nearly every batch has none: one byte per frame is looked at."""
+        if self.resolve_types is None:
+            return []
+        try:
+            relations = [raw for raw in frames if raw[po.XLOG_HEADER] == _K_RELATION]
+        except IndexError:  # a frame too short to hold a message: `feed` names it
+            relations = [raw for raw in frames if raw[po.XLOG_HEADER : po.XLOG_HEADER + 1] == b"R"]
+        unknown: set[int] = set()
+        for raw in relations:
+            try:
+                rel = po.PgOutputDecoder().decode(raw[po.XLOG_HEADER :])
+            except po.DecodeError:
+                continue  # `feed` names it
+            if isinstance(rel, po.Relation):
+                unknown.update(c.type_oid for c in rel.columns)
+        return [oid for oid in oids_to_resolve(unknown) if oid not in self._base_types]
+
+    def learn_types(self, oids: list[int], resolved: list[tuple[int, int]]) -> None:
+        """What `resolve_types` said of `oids` (one not said of is no domain: itself)."""
+        self._base_types.update((oid, oid) for oid in oids)
+        self._base_types.update(resolved)
+
     def _relation(self, rel: po.Relation) -> None:
         names = [c.name for c in rel.columns]
         oids = [c.type_oid for c in rel.columns]
         unknown = [oid for oid in oids_to_resolve(oids) if oid not in self._base_types]
         if unknown and self.resolve_types is not None:
-            self._base_types.update(self.resolve_types(unknown))
+            # Fed without the decoder's `types_to_resolve` first (a test, a tool): ask now.
+            self.learn_types(unknown, self.resolve_types(unknown))
         self.relations[rel.oid] = _RelationInfo(
             relation=rel,
             codec=RowCodec(names, with_base_types(oids, self._base_types.items()), self.mode),

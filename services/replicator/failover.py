@@ -25,7 +25,7 @@ import logging
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from shared import postgres
+from shared import postgres, slots
 from shared.postgres import ReplicationConnection, quote_ident
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,7 @@ def ensure_failover(conn: psycopg.Connection, database_url: str, slot: str) -> N
     """A slot created before (or without) failover gets it, where the server supports it."""
     if not supported(conn):
         return
-    row = conn.execute(
-        "SELECT failover, active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-    ).fetchone()
+    row = conn.execute(slots.FAILOVER_AND_ACTIVE, (slot,)).fetchone()
     if row is None or row[0]:
         return
     if row[1]:
@@ -89,9 +87,7 @@ def readiness(conn: psycopg.Connection, database_url: str, slot: str) -> list[st
         )
         return []
     problems = []
-    row = conn.execute(
-        "SELECT failover FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-    ).fetchone()
+    row = conn.execute(slots.FAILOVER_AND_ACTIVE, (slot,)).fetchone()
     if row is not None and not row[0]:
         problems.append(f"slot {slot} has failover off (--no-failover-slot, or it is in use)")
     (standby_slots,) = conn.execute("SHOW synchronized_standby_slots").fetchone() or ("",)
@@ -100,10 +96,8 @@ def readiness(conn: psycopg.Connection, database_url: str, slot: str) -> list[st
             "synchronized_standby_slots is empty on the primary: set it to the standby's "
             "physical slot, or the bridge may publish changes a promoted standby never received"
         )
-    physical = conn.execute(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'physical'"
-    ).fetchone()
-    if not physical or not physical[0]:
+    physical = conn.execute(slots.PHYSICAL_SLOTS).fetchall()
+    if not physical:
         problems.append(
             "no physical replication slot on the primary: the standby needs one "
             "(its primary_slot_name) to synchronize slots"
@@ -123,12 +117,7 @@ def missing_standby_slots(conn: psycopg.Connection) -> list[str]:
     names = [name.strip() for name in str(value).split(",") if name.strip()]
     if not names or names == ["*"]:
         return []
-    have = {
-        row[0]
-        for row in conn.execute(
-            "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical'"
-        ).fetchall()
-    }
+    have = {row[0] for row in conn.execute(slots.PHYSICAL_SLOTS).fetchall()}
     return [
         f"synchronized_standby_slots names {name!r}, which this server does not have: "
         "PostgreSQL holds the bridge's changes back until it exists (after a failover, point "
@@ -143,11 +132,7 @@ def _has_standby(conn: psycopg.Connection, database_url: str) -> bool:
     hosts = str(conninfo_to_dict(database_url).get("host") or "")
     if "," in hosts:
         return True
-    row = conn.execute(
-        "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'physical')"
-        " + (SELECT count(*) FROM pg_stat_replication r WHERE NOT EXISTS (SELECT 1"
-        "    FROM pg_replication_slots s WHERE s.active_pid = r.pid AND s.slot_type = 'logical'))"
-    ).fetchone()
+    row = conn.execute(slots.HAS_STANDBY).fetchone()
     return bool(row and row[0])
 
 

@@ -46,7 +46,7 @@ from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
 from services.replicator import metrics
-from services.replicator.errors import PermanentError, TransientError
+from services.replicator.errors import PermanentError, StreamUnansweredError, TransientError
 from services.replicator.events import Outgoing
 from services.replicator.failure import FailureSignal, reports_expected_failures
 from services.replicator.io_loop import IoLoop
@@ -398,7 +398,7 @@ class Publisher(LoopActor):
             return None
         if problem.no_responders:
             metrics.publish_refusals.labels("no_responders").inc()
-            return TransientError(
+            return StreamUnansweredError(
                 f"JetStream did not answer on {self.stream}: no responders (stream missing or "
                 "JetStream unavailable)"
             )

@@ -19,7 +19,7 @@ from services.replicator.publication import (
     check_followed_publication,
     ensure_publication,
 )
-from shared import postgres, slot_waits
+from shared import postgres, slot_waits, slots
 from shared.lsn import Lsn
 from shared.pg_cancel import QueryCanceller
 from shared.tables import TABLE_NAME_QUERY, TABLE_OID_QUERY, TableName, TableNameError
@@ -148,8 +148,7 @@ def ensure_slot(
     """The slot's state; created when missing and `create` (with `database_url`, the log
     says whom a slow creation waits for; on a standby, `primary_url` is asked to hurry)."""
     row = conn.execute(
-        "SELECT plugin, database, confirmed_flush_lsn::text, wal_status"
-        " FROM pg_replication_slots WHERE slot_name = %s",
+        slots.SLOT_SETUP,
         (slot,),
     ).fetchone()
     if row is None:

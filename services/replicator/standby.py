@@ -18,6 +18,7 @@ import time
 import psycopg
 
 from services.replicator.errors import INVALIDATION_CAUSES, PermanentError, TransientError
+from shared import slots
 from shared.lsn import Lsn
 
 # How long the standby may take to replay what the setup changed on the primary.
@@ -107,14 +108,10 @@ def invalidated(conn: psycopg.Connection, slot: str) -> str | None:
     """Why `slot` was invalidated on this server and what to do, or None when it was not."""
     version = conn.info.server_version
     if version >= 170000:
-        row = conn.execute(
-            "SELECT invalidation_reason FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-        ).fetchone()
+        row = conn.execute(slots.INVALIDATION_REASON, (slot,)).fetchone()
         reason = row[0] if row else None
     elif version >= 160000:
-        row = conn.execute(
-            "SELECT conflicting FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-        ).fetchone()
+        row = conn.execute(slots.CONFLICTING, (slot,)).fetchone()
         reason = "rows_removed or wal_level_insufficient" if row and row[0] else None
     else:
         return None

@@ -13,17 +13,17 @@ import threading
 import time
 from typing import Any
 
-import nats.errors
 import psycopg
 
 from pg_nats_bridge.contract import control_subject
 from services.replicator import metrics
-from services.replicator.errors import PermanentError, TransientError, explain, is_permanent
+from services.replicator.errors import Failure, PermanentError, TransientError, explain
 from services.replicator.pipeline import Pipeline
 from services.replicator.publisher import START_API_TIMEOUT
+from services.replicator.restart_policy import RestartPolicy
 from services.replicator.settings import ReplicatorSettings
 from services.replicator.setup import prepare
-from shared import postgres
+from shared import postgres, slots
 from shared.control import ControlEndpoint
 from shared.http_endpoint import serve
 from shared.lsn import Lsn
@@ -34,31 +34,6 @@ from shared.redact import redact
 from shared.tables import TableName
 
 log = logging.getLogger("bridge.replicator")
-
-HEALTHY_RESET_SECONDS = 30.0
-SLOT_BUSY_RETRY_SECONDS = 1.0
-# While PostgreSQL does not accept writes or the CDC stream does not answer, one attempt this
-# often tells when they do again (a failover manager may take any time to promote a standby;
-# a stream elects a leader in seconds); the backoff bounds only retries against servers that
-# answer. A probe's JetStream request waits at most PROBE_TIMEOUT.
-PROBE_SECONDS = 0.5
-PROBE_TIMEOUT = 1.0
-# After JetStream left a pipeline's start unanswered: the most time spent probing before
-# trying again anyway.
-ANSWER_WAIT_SECONDS = 30.0
-
-
-class Backoff:
-    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
-        self.first, self.cap, self.current = first, cap, first
-
-    def next(self) -> float:
-        delay = self.current
-        self.current = min(self.cap, self.current * 2)
-        return delay
-
-    def reset(self) -> None:
-        self.current = self.first
 
 
 class Replicator:
@@ -76,6 +51,7 @@ class Replicator:
         self.restarts = 0
         self.last_error: dict[str, str] | None = None  # {"at": ISO time, "error": why}
         self.refused: dict[str, str] = {}  # configured tables left out at the last setup
+        self.policy = RestartPolicy(settings, self.stop_requested, lambda: self.on_standby)
 
     # -- health and telemetry -------------------------------------------------------------
 
@@ -99,12 +75,7 @@ class Replicator:
         url = self.settings.database_dsn()
         try:
             with postgres.connect(url, autocommit=True, connect_timeout=5) as conn:
-                row = conn.execute(
-                    "SELECT active, pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery()"
-                    " THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END,"
-                    " confirmed_flush_lsn) FROM pg_replication_slots WHERE slot_name = %s",
-                    (self.settings.slot,),
-                ).fetchone()
+                row = conn.execute(slots.SLOT_ACTIVITY, (self.settings.slot,)).fetchone()
         except psycopg.Error as exc:
             metrics.slot_active.set(0)  # unknown counts as inactive: nothing reads it from here
             log.warning("slot check failed: %s", self._shown(str(exc).strip()))
@@ -180,7 +151,6 @@ class Replicator:
 
     def _supervise(self) -> int:
         s = self.settings
-        backoff = Backoff()
         first = True
         while not self.stop_requested.is_set():
             pipeline: Pipeline | None = None
@@ -210,8 +180,7 @@ class Replicator:
                 pipeline.start()
                 self.running = True
                 while not self.stop_requested.is_set() and not pipeline.failure.wait(0.5):
-                    if time.monotonic() - pipeline.started_at > HEALTHY_RESET_SECONDS:
-                        backoff.reset()
+                    self.policy.healthy_for(time.monotonic() - pipeline.started_at)
                 if self.stop_requested.is_set():
                     drained = pipeline.drain(s.shutdown_drain_seconds)
                     log.info(
@@ -231,108 +200,27 @@ class Replicator:
                     "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "error": self._shown(explain(exc)),
                 }
-                if is_permanent(exc):
+                made_progress = pipeline is not None and _published() > published_before
+                restart = self.policy.after(exc, made_progress)
+                if restart.stop:
                     log.error("stopping: %s", self._shown(explain(exc)))
                     return 2
-                if pipeline is not None and _published() > published_before:
-                    # It was working: this failure is a new incident, not the same one again
-                    # (faults close together otherwise stretch each stall with the backoff).
-                    backoff.reset()
-                if _slot_busy(exc):
-                    # Another replicator streams: both servers answer, so no probes (a
-                    # standby replicator asks this every second for as long as it waits).
+                if restart.failure is Failure.SLOT_BUSY:
                     log.info("slot %s is in use by another replicator; waiting", s.slot)
-                    self.stop_requested.wait(SLOT_BUSY_RETRY_SECONDS)
-                    continue
-                if _stream_unanswered(exc) and _published() == published_before:
-                    # JetStream did not answer: a stream electing a leader, or a server just
-                    # back and not yet current. Again as soon as the probes get an answer
-                    # (a new connection, perhaps to another server), without backoff.
-                    delay = 0.0
                 else:
-                    delay = backoff.next()
-                metrics.reconnects.inc()
-                self.restarts += 1
-                log.warning(
-                    "pipeline failed: %s; restarting %s",
-                    self._shown(explain(exc)),
-                    f"in {delay:.1f} s" if delay else "once the CDC stream answers",
-                )
-                self._wait_before_retry(delay)
+                    metrics.reconnects.inc()
+                    self.restarts += 1
+                    log.warning(
+                        "pipeline failed: %s; restarting %s",
+                        self._shown(explain(exc)),
+                        restart.described(),
+                    )
+                self.policy.wait(restart)
             finally:
                 self.running = False
                 if pipeline is not None:
                     pipeline.stop()
         return 0
-
-    def _wait_before_retry(self, delay: float) -> None:
-        """Wait `delay`, or less when what the pipeline needs was missing and is back (a
-        `delay` of 0: until it is back).
-
-        The backoff is for failures against servers that answer: whatever failed may fail
-        again at once. While PostgreSQL does not accept writes (down, or a standby not yet
-        promoted) or the CDC stream does not answer (NATS down, a stream electing a leader),
-        the servers are asked every PROBE_SECONDS instead (one connection attempt each,
-        refused at once by a server that is down) and the pipeline restarts as soon as both
-        answer, however long a promotion or an election took."""
-        deadline = time.monotonic() + (delay or ANSWER_WAIT_SECONDS)
-        if self._postgres_writable() and self._stream_answers():
-            self.stop_requested.wait(delay if delay else PROBE_SECONDS)
-            return
-        while not self.stop_requested.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self.stop_requested.wait(min(PROBE_SECONDS, left))
-            if self._postgres_writable() and self._stream_answers():
-                log.info("PostgreSQL accepts writes and the CDC stream answers: restarting now")
-                return
-
-    def _stream_answers(self) -> bool:
-        """The CDC stream answers an info request (it has a leader), within a second."""
-
-        async def ask() -> bool:
-            try:
-                nc = await connect(self.settings, "bridge-replicator-probe")
-            except (NatsUnavailable, NatsRefused):
-                return False
-            try:
-                await nc.jetstream(timeout=PROBE_TIMEOUT).stream_info(self.settings.cdc_stream)
-                return True
-            except Exception:
-                return False
-            finally:
-                await nc.close()
-
-        return asyncio.run(ask())
-
-    def _postgres_writable(self) -> bool:
-        """A server of the database URL (libpq picks it, `target_session_attrs` included)
-        accepts connections and is not in recovery (or is, when the bridge decodes on a
-        standby)."""
-        try:
-            with postgres.connect(
-                self.settings.database_dsn(),
-                autocommit=True,
-                connect_timeout=2,
-                application_name="bridge-replicator-probe",
-            ) as conn:
-                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
-        except psycopg.Error:
-            return False
-        return row is not None and (row[0] is False or self.on_standby)
-
-
-def _stream_unanswered(exc: BaseException) -> bool:
-    """JetStream left a request unanswered (a timeout, or no responders)."""
-    if isinstance(exc, TimeoutError | nats.errors.TimeoutError | nats.errors.NoRespondersError):
-        return True
-    text = str(exc)
-    return "no responders" in text or "nats: timeout" in text
-
-
-def _slot_busy(exc: BaseException) -> bool:
-    return "is active for pid" in str(exc).lower()
 
 
 async def _provision(settings: ReplicatorSettings, everything: bool) -> None:

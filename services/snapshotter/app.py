@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import json
 import logging
 import os
 import secrets
@@ -28,13 +26,13 @@ from pydantic import ValidationError
 
 from pg_nats_bridge import contract
 from pg_nats_bridge.contract import Condition
+from pg_nats_bridge.contract.control import SnapshotRunning
 from services.snapshotter import metrics
 from services.snapshotter.errors import SnapshotError, init_stream_missing
-from services.snapshotter.key_ranges import Operator
-from services.snapshotter.progress import SnapshotProgress
+from services.snapshotter.operator_control import SnapshotOperator
 from services.snapshotter.publishing import PipelinedPublisher
 from services.snapshotter.requests import BadRequest, SnapshotRequest, decode_body, describe
-from services.snapshotter.resume import change_state
+from services.snapshotter.running import RunningSnapshots
 from services.snapshotter.schema import MissingTableError, SchemaWatcher
 from services.snapshotter.settings import SnapshotterSettings
 from services.snapshotter.snapshot import SnapshotContext, SnapshotOptions, take_snapshot
@@ -63,7 +61,7 @@ class Snapshotter:
         self.tables = [(t.schema, t.name) for t in map(TableName.parse, settings.table)]
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
-        self.running: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
+        self.running = RunningSnapshots()
         self.slots = asyncio.Semaphore(settings.max_concurrent_snapshots)
         # No --table: the tables of the publication, followed as it publishes them.
         self.watcher = SchemaWatcher(
@@ -78,15 +76,15 @@ class Snapshotter:
         self.exit_code = 0
         self.secrets = settings.secrets()
         self.refusals = ThrottledLog(log)
-        self.progress: dict[tuple[str, str], SnapshotProgress] = {}  # by running snapshot
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self.operators: dict[tuple[str, str], Operator] = {}  # by running snapshot
-        self.backfills = itertools.count()  # numbers telling running backfills apart
         self.control = ControlEndpoint(
             settings.control_token,
             lambda: self.on_shutdown_request(),  # set by the runner after this
             log,
             on_refused=metrics.control_refused.inc,
+        )
+        self.operator = SnapshotOperator(
+            self.control, self.running, lambda: self.tables, self.resume, settings.init_stream
         )
 
     def options(
@@ -123,7 +121,7 @@ class Snapshotter:
             "nats": nats_ok,
             "postgres": self.db_ok,
             "snapshots_in_progress": len(self.running),
-            "snapshots": [p.as_dict() for p in list(self.progress.values())],  # another thread
+            "snapshots": self.running.progress(),
         }
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -136,18 +134,8 @@ class Snapshotter:
             ThreadPoolExecutor(self.settings.max_concurrent_snapshots + 4, "snapshot")
         )
         self.nc = await connect(self.settings, "bridge-snapshotter", reconnect=True)
-        self.js = self.nc.jetstream()
+        self.js = self.operator.js = self.nc.jetstream()
         await provision(self.js, self.settings)
-        await self.nc.subscribe(
-            contract.control_subject("snapshotter", prefix=self.settings.control_prefix),
-            cb=self.control.handle,
-        )
-        await self.nc.subscribe(
-            contract.control_subject(
-                "snapshotter", "snapshot", prefix=self.settings.control_prefix
-            ),
-            cb=self.on_operator_request,
-        )
         self.tasks.append(asyncio.create_task(self._watch_schemas()))
         if self.settings.snapshot_on_start:
             self.tasks.append(asyncio.create_task(self._snapshot_missing()))
@@ -225,69 +213,10 @@ class Snapshotter:
                     return
                 log.error("start-up snapshot of %s.%s failed: %s", schema, table, exc)
 
-    # -- an operator's pause, resume and cancel of a chunked snapshot -------------------------
-
-    async def on_operator_request(self, msg: Any) -> None:
-        """`<control_prefix>.snapshotter.snapshot` with `{"action": "pause"|"resume"|"cancel",
-        "table": …}` and the control token. Every snapshotter hears it; the one that acts
-        answers (the one reading the snapshot pauses or cancels it after its current range;
-        any one marks a paused snapshot resumable and continues it, or cancels one nobody
-        reads), the others stay silent."""
-        if not await self.control.authorized(msg):
-            return
-        try:
-            body = json.loads(msg.data[: contract.MAX_REQUEST_BYTES + 1] or b"{}")
-            action, name = body["action"], str(body["table"])
-            if action not in ("pause", "resume", "cancel"):
-                raise ValueError(action)
-            schema, table = next(
-                (s, t)
-                for s, t in self.tables
-                if name in (f"{s}.{t}", t, contract.table_token(s, t))
-            )
-        except (ValueError, KeyError, TypeError, StopIteration, RecursionError):
-            if msg.reply:
-                await msg.respond(
-                    to_json(
-                        {
-                            "error": 'expected {"action": "pause"|"resume"|"cancel", "table": '
-                            "<a configured table>}",
-                            "reason": "bad_request",
-                        }
-                    )
-                )
-            return
-        answer = await self.operate(action, schema, table)
-        if answer is not None and msg.reply:
-            await msg.respond(to_json(answer))
-
-    async def operate(self, action: str, schema: str, table: str) -> dict[str, Any] | None:
-        assert self.js is not None
-        operator = self.operators.get((schema, table))
-        if operator is not None and action in ("pause", "cancel"):
-            operator.action = action
-            log.warning("%s of the chunked snapshot of %s.%s requested", action, schema, table)
-            return {"status": f"{action} requested: the reader stops after its current range"}
-        token = contract.table_token(schema, table)
-        if action == "resume":
-            record = await change_state(
-                self.js, self.settings.init_stream, token, ("paused",), "stopped"
-            )
-            if record is None:
-                return None
-            log.warning(
-                "the chunked snapshot %s of %s.%s resumed", record.snapshot_id, schema, table
-            )
-            options = self.options(mode="chunked")
-            self.tasks.append(asyncio.create_task(self._continue(schema, table, options)))
-            return {"status": "resumed", "snapshot_id": record.snapshot_id}
-        if action == "cancel":
-            record = await change_state(
-                self.js, self.settings.init_stream, token, ("paused", "stopped"), "cancelled"
-            )
-            if record is not None:
-                return {"status": "cancelled", "snapshot_id": record.snapshot_id}
-        return None
+    def resume(self, schema: str, table: str) -> None:
+        """Continue a snapshot an operator resumed, in the background."""
+        options = self.options(mode="chunked")
+        self.tasks.append(asyncio.create_task(self._continue(schema, table, options)))
 
     async def _continue(self, schema: str, table: str, options: SnapshotOptions) -> None:
         try:
@@ -327,9 +256,6 @@ class Snapshotter:
             )
             self.waiting += 1
             try:
-                running = self.running.get((schema, table))
-                if running is not None and not options.where:
-                    return to_json({**await asyncio.shield(running), "joined": True})
                 return to_json(await self.snapshot(schema, table, options))
             finally:
                 self.waiting -= 1
@@ -345,7 +271,7 @@ class Snapshotter:
         """While a request that asked for them waits, an interim message every `seconds` to its
         inbox: a requester that stops getting them knows this snapshotter died (its answer
         will never come) and asks again, whatever the snapshot's mode."""
-        body = json.dumps({"status": "running"}).encode()
+        body = SnapshotRunning().encode()
         while True:  # the first at once: a reader that dies within `seconds` is noticed too
             if self.nc is not None and self.nc.is_connected:
                 with contextlib.suppress(Exception):  # the next one may get through
@@ -368,22 +294,17 @@ class Snapshotter:
         taken after the request (docs/wire-format.md, "Partial backfills")."""
         assert self.js is not None and self.nc is not None
         js = self.js
-        key = (schema, table)
-        name = f"{schema}.{table}"
         if options.where:
-            if sum(1 for _, t in self.running if "\0" in t) >= MAX_BACKFILLS:
+            if self.running.backfills() >= MAX_BACKFILLS:
                 raise SnapshotError(
                     "busy",
                     f"{MAX_BACKFILLS} backfills are running on this snapshotter; ask again later",
                 )
-            # NUL is in no PostgreSQL name: no table's key is a backfill's.
-            key, name = (schema, f"{table}\0{next(self.backfills)}"), f"{name} (backfill)"
-        elif key in self.running:
-            return {**await asyncio.shield(self.running[key]), "joined": True}
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.running[key] = future
-        progress = self.progress[key] = SnapshotProgress(name)
-        operator = self.operators[key] = Operator()
+        else:
+            running = self.running.full(schema, table)
+            if running is not None:
+                return {**await asyncio.shield(running.result), "joined": True}
+        entry = self.running.add(schema, table, backfill=bool(options.where))
         metrics.in_progress.inc()
         started = time.monotonic()
 
@@ -414,7 +335,14 @@ class Snapshotter:
                 )
                 work = asyncio.ensure_future(
                     take_snapshot(
-                        context, schema, table, options, publisher, progress, operator, on_chunk
+                        context,
+                        schema,
+                        table,
+                        options,
+                        publisher,
+                        entry.progress,
+                        entry.operator,
+                        on_chunk,
                     )
                 )
                 self.snapshots.add(work)
@@ -427,18 +355,15 @@ class Snapshotter:
                 finally:
                     self.snapshots.discard(work)
             metrics.duration.observe(time.monotonic() - started)
-            future.set_result(meta)
+            entry.result.set_result(meta)
             return meta
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # joined requests see it; nobody else must
+            entry.result.set_exception(exc)
+            entry.result.exception()  # joined requests see it; nobody else must
             raise
         finally:
             metrics.in_progress.dec()
-            del self.running[key]
-            del self.progress[key]
-            del self.operators[key]
-            progress.finish()
+            self.running.remove(entry)
 
 
 def _shutting_down() -> SnapshotError:
@@ -506,6 +431,28 @@ def build_app(settings: SnapshotterSettings) -> tuple[FastStream, Snapshotter]:
         finally:
             if beats is not None:
                 beats.cancel()
+
+    # Operator control (shutdown; a chunked snapshot's pause, resume, cancel): heard by every
+    # snapshotter (no queue group), answered by the one that acts, so FastStream sends no
+    # reply of its own; the token is checked before the body is read.
+    prefix = settings.control_prefix
+
+    async def body_unread(msg: NatsMessage) -> None:
+        """The handlers read the raw message themselves, once the token is checked."""
+
+    @broker.subscriber(
+        contract.control_subject("snapshotter", prefix=prefix), no_reply=True, decoder=body_unread
+    )
+    async def on_shutdown_request(message: Request) -> None:
+        await service.control.handle(message.raw_message)
+
+    @broker.subscriber(
+        contract.control_subject("snapshotter", "snapshot", prefix=prefix),
+        no_reply=True,
+        decoder=body_unread,
+    )
+    async def on_operator_request(message: Request) -> None:
+        await service.operator.handle(message.raw_message)
 
     server_holder: dict[str, Any] = {}
     service.on_shutdown_request = app.exit

@@ -12,11 +12,8 @@ always matches the table. Only the columns CDC carries are listed (shared/publis
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -26,11 +23,11 @@ from nats.js.kv import KeyValue
 from psycopg import sql
 
 from pg_nats_bridge import contract
+from pg_nats_bridge.contract.schema import SchemaColumn, SchemaDocument
 from pg_nats_bridge.names import kv_key
 from services.snapshotter import metrics
 from shared.published import published_columns, published_part, published_tables_query
 from shared.tables import PRIMARY_KEY_QUERY
-from shared.wire import pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -46,59 +43,23 @@ _IDENTITY = "SELECT c.relreplident::text FROM pg_class c WHERE c.oid = %s::regcl
 _IDENTITIES = {"d": "default", "f": "full", "i": "index", "n": "nothing"}
 
 
-@dataclass(frozen=True)
-class SchemaDocument:
-    schema: str
-    table: str
-    columns: tuple[dict[str, Any], ...]
-    primary_key: tuple[str, ...] = ()
-    replica_identity: str = "default"
-    row_filter: str | None = None  # the publication's, as PostgreSQL deparses it
-
-    @property
-    def fingerprint(self) -> str:
-        return _fingerprint(self._identity())
-
-    def _identity(self) -> dict[str, Any]:
-        """What a consumer rebuilds the table from: a change to any of it is announced."""
-        identity: dict[str, Any] = {
-            "columns": list(self.columns),
-            "primary_key": list(self.primary_key),
-            "replica_identity": self.replica_identity,
-        }
-        if self.row_filter is not None:
-            identity["row_filter"] = self.row_filter
-        return identity
-
-    def encode(self) -> bytes:
-        """The document as MessagePack, like every INIT message and KV value."""
-        return pack(
-            {
-                **self._identity(),
-                "schema": f"{self.schema}.{self.table}",
-                "table": self.table,
-                "timestamp": int(time.time()),
-            }
-        )
-
-
 async def read_schema(
     conn: psycopg.AsyncConnection[Any], schema: str, table: str, publication: str
 ) -> SchemaDocument:
     part = await published_part(conn, schema, table, publication)
     published = set((await published_columns(conn, schema, table, publication, part)).names)
     cur = await conn.execute(_COLUMNS, (schema, table))
-    columns = tuple(
-        {
-            "column_default": default,
-            "data_type": data_type,
-            "is_nullable": nullable,
-            "name": name,
-            "position": position,
-        }
+    columns = [
+        SchemaColumn(
+            name=name,
+            data_type=data_type,
+            is_nullable=nullable,
+            column_default=default,
+            position=position,
+        )
         for name, data_type, nullable, default, position in await cur.fetchall()
         if name in published
-    )
+    ]
     regclass = sql.Identifier(schema, table).as_string(conn)
     cur = await conn.execute(PRIMARY_KEY_QUERY, (regclass,))
     found = await cur.fetchone()
@@ -106,12 +67,14 @@ async def read_schema(
     cur = await conn.execute(_IDENTITY, (regclass,))
     row = await cur.fetchone()
     identity = _IDENTITIES.get(row[0], "default") if row else ""
-    return SchemaDocument(schema, table, columns, tuple(key), identity, part.row_filter)
-
-
-def _fingerprint(columns: Any) -> str:
-    text = json.dumps(columns, sort_keys=True, allow_nan=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return SchemaDocument(
+        schema=f"{schema}.{table}",
+        table=table,
+        columns=columns,
+        primary_key=key,
+        replica_identity=identity,
+        row_filter=part.row_filter,
+    )
 
 
 def stored_fingerprint(value: bytes | None) -> str | None:
@@ -120,23 +83,7 @@ def stored_fingerprint(value: bytes | None) -> str | None:
     wrote): then it is replaced. Nothing in it is trusted: a crafted value stopped the
     publishing of every table's schema."""
     try:
-        stored = unpack(value) if value else None
-    except (ValueError, TypeError):  # msgpack's errors are ValueErrors
-        return None
-    if not isinstance(stored, dict):
-        return None
-    identity = {k: stored.get(k) for k in ("columns", "primary_key", "replica_identity")}
-    if "row_filter" in stored:
-        identity["row_filter"] = stored["row_filter"]
-    if not (
-        isinstance(identity["columns"], list)
-        and all(isinstance(c, dict) for c in identity["columns"])
-        and isinstance(identity["primary_key"], list)
-        and isinstance(identity["replica_identity"], str)
-    ):
-        return None
-    try:
-        return _fingerprint(identity)
+        return SchemaDocument.decode(value).fingerprint if value else None
     except (TypeError, ValueError):  # bytes, NaN or the like inside: not a document of ours
         return None
 
@@ -151,8 +98,8 @@ async def publish_schema(
     """Store `doc` in KV unless it is already there, and announce the new revision on INIT.
     With `announce_current`, the stored revision is announced even when unchanged (at start: a
     snapshotter may have died between the two writes). True when KV changed."""
-    key = kv_key(doc.schema, doc.table)
-    payload = doc.encode()
+    key = kv_key(doc.namespace, doc.table)
+    payload = doc.model_copy(update={"timestamp": int(time.time())}).encode()
     while True:
         try:
             entry: Any = await kv.get(key)
@@ -181,9 +128,9 @@ async def publish_schema(
             break
         except KeyWrongLastSequenceError:
             continue  # another snapshotter wrote first: compare with what it wrote
-    token = contract.table_token(doc.schema, doc.table)
+    token = contract.table_token(doc.namespace, doc.table)
     await js.publish(
-        contract.schema_subject(doc.schema, doc.table, prefix),
+        contract.schema_subject(doc.namespace, doc.table, prefix),
         payload,
         headers={"Nats-Msg-Id": contract.schema_msg_id(token, revision)},
     )
@@ -191,7 +138,7 @@ async def publish_schema(
         metrics.schemas.inc()
         log.info(
             "published schema of %s.%s (%d columns, %s, revision %d)",
-            doc.schema,
+            doc.namespace,
             doc.table,
             len(doc.columns),
             doc.fingerprint,
@@ -203,19 +150,19 @@ async def publish_schema(
 def _log_publication_change(old: SchemaDocument, new: SchemaDocument) -> None:
     """What the publication (or the table) now makes consumers see, and what they must do:
     a copy keeps what it loaded until it takes a new snapshot."""
-    was = [c["name"] for c in old.columns]
-    now = [c["name"] for c in new.columns]
+    was = [c.name for c in old.columns]
+    now = [c.name for c in new.columns]
     gone, added = [c for c in was if c not in now], [c for c in now if c not in was]
     if gone or added:
         log.warning(
             "%s.%s: published columns now %s (%s%s); copies hold the old columns until they "
             "take a new snapshot (bridge snapshot %s.%s)",
-            new.schema,
+            new.namespace,
             new.table,
             ", ".join(now),
             f"removed {', '.join(gone)}" if gone else "",
             (", " if gone and added else "") + (f"added {', '.join(added)}" if added else ""),
-            new.schema,
+            new.namespace,
             new.table,
         )
     if old.row_filter != new.row_filter:
@@ -223,11 +170,11 @@ def _log_publication_change(old: SchemaDocument, new: SchemaDocument) -> None:
             "%s.%s: the publication's row filter is now %s (was %s); CDC follows it from now "
             "on, and copies hold the rows the old one admitted until they take a new snapshot "
             "(bridge snapshot %s.%s)",
-            new.schema,
+            new.namespace,
             new.table,
             new.row_filter or "none (every row)",
             old.row_filter or "none (every row)",
-            new.schema,
+            new.namespace,
             new.table,
         )
 
@@ -372,7 +319,7 @@ class SchemaWatcher:
 
     async def _publish(self, js: JetStreamContext, doc: SchemaDocument) -> bool:
         """`doc` into KV (when it is not what KV holds) and announced; whether KV changed."""
-        key = (doc.schema, doc.table)
+        key = (doc.namespace, doc.table)
         known = self.published.get(key)
         previous = self.documents.get(key)
         if previous is not None and previous.fingerprint != doc.fingerprint:
@@ -390,7 +337,7 @@ class SchemaWatcher:
             self.published.pop(key, None)  # compared again at the next poll
             log.warning(
                 "schema of %s.%s not published: %s: %s; retrying at the next poll",
-                doc.schema,
+                doc.namespace,
                 doc.table,
                 type(exc).__name__,
                 str(exc)[:200],

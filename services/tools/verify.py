@@ -43,7 +43,7 @@ from pg_nats_bridge.names import parse_table_name
 from pg_nats_bridge.sqlite import stored_value
 from services.tools.arguments import VerifyArguments
 from services.tools.copy_lock import CopyInUse, lock_copy
-from shared import postgres
+from shared import postgres, slots
 from shared.codec import RowCodec
 from shared.codec.copy_text import split_line
 from shared.consistent_read import (
@@ -190,7 +190,7 @@ def wait_confirmed(conn: psycopg.Connection[Any], slot: str, lsn: Lsn, timeout: 
     deadline = time.monotonic() + timeout
     while True:
         row = conn.execute(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+            slots.CONFIRMED_FLUSH,
             (slot,),
         ).fetchone()
         if row is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
+from pydantic import BaseModel
 
 from pg_nats_bridge import contract
 from pg_nats_bridge.contract.asyncapi import document
@@ -51,6 +52,7 @@ def test_every_subject_the_contract_builds_is_a_channel() -> None:
         contract.progress_subject(token),
         contract.snapshot_request_subject(token),
         contract.control_subject("replicator"),
+        contract.control_subject("snapshotter"),
         contract.control_subject("snapshotter", "snapshot"),
     ]
     unnamed = [s for s in built if not any(p.match(s) for p in patterns)]
@@ -68,3 +70,15 @@ def test_every_subject_the_contract_builds_is_a_channel() -> None:
         "meta_subject_of_token", "backfill_meta_subject", "progress_subject",
         "snapshot_request_subject", "control_subject",
     }  # fmt: skip
+
+
+def test_every_model_of_the_contract_is_in_the_document() -> None:
+    """A model added to the contract fails here until the document describes it."""
+    schemas = document()["components"]["schemas"]
+    models = {
+        name
+        for name in contract.__all__
+        if isinstance(getattr(contract, name), type)
+        and issubclass(getattr(contract, name), BaseModel)
+    }
+    assert models and models - set(schemas) == set()
