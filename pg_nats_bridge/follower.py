@@ -38,24 +38,21 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamInfo
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from pg_nats_bridge import contract
+from pg_nats_bridge.change_reader import ChangeReader
 from pg_nats_bridge.changes import (
     Backfilled,
     BackfillRows,
     Bootstrapped,
     CaughtUp,
-    Delete,
-    Insert,
     Item,
-    Oversized,
     Reset,
     Row,
     Rows,
     SchemaChanged,
     TableFailed,
     TableSchema,
-    Truncate,
-    Update,
 )
+from pg_nats_bridge.follow_errors import FollowError, Undecodable
 from pg_nats_bridge.lsn import Lsn
 from pg_nats_bridge.names import kv_key, parse_table_name, table_token
 from pg_nats_bridge.position import StreamFacts, covered, stream_lacks
@@ -64,12 +61,6 @@ from pg_nats_bridge.snapshot_request import SnapshotRefused, ask_for_snapshot
 
 log = logging.getLogger("pg_nats_bridge")
 
-UNPACK = contract.UNPACK_OPTIONS
-
-
-class FollowError(RuntimeError):
-    """Something the caller must fix: an unknown table, a snapshot the bridge refuses, a table
-    whose rows cannot be located."""
 
 
 class _Rebootstrap(Exception):
@@ -112,10 +103,6 @@ def _began(meta: dict[str, Any]) -> float | None:
         return float(started)
     parts = str(meta.get("snapshot_id", "")).split("-")
     return float(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
-
-
-class Undecodable(ValueError):
-    """A message that is not what the bridge publishes on its subject."""
 
 
 def _unpack(data: bytes | None) -> Any:
@@ -172,7 +159,6 @@ class TableFollower:
         self._by_token = {tok: t for t, tok in self.tokens.items()}
         self.durable = durable
         self.cdc_stream, self.init_stream, self.kv_bucket = cdc_stream, init_stream, kv_bucket
-        self._cdc_prefix = contract.CDC  # the subjects' first token (docs/wire-format.md)
         self.snapshot_subject = snapshot_subject
         self.chunk_size = chunk_size
         self.reuse_snapshot = reuse_snapshot
@@ -182,24 +168,13 @@ class TableFollower:
         self.batch, self.idle_seconds = batch, idle_seconds
         self._stored = state
         self._seq = 0
-        self._lsns: dict[str, Lsn] = {}
-        # Tables loaded from a chunked snapshot whose replay window is still open: changes
-        # committed below this LSN are handed out with `replay` (docs/wire-format.md).
-        self._replay_until: dict[str, Lsn] = {}
-        # A window stays in the state until the position passes the change that closed it, so
-        # that `state_before` a change in front of that one still replays (`_windows`).
-        self._replay_open: set[str] = set()
-        self._replay_closed: dict[str, int] = {}  # table → CDC sequence that closed its window
-        self._schemas: dict[str, TableSchema] = {}
+        # What each CDC event asks of the copy: the tables' snapshot points, replay windows
+        # and schemas, and the rules reading an event by them (change_reader.py).
+        self.changes = ChangeReader(self._by_token)
         self._revisions: dict[str, int] = {}
         self.pending = 0  # events the consumer holds beyond the last one delivered
         self.skipped = 0  # messages on the bridge's subjects that were not its messages
-        self.last_commit_time: str | None = None
         self._consumer_name = ""
-        # Tables an event committed at or after the snapshot was seen for: commit LSNs only
-        # grow along the stream, so later events of these tables need no comparison.
-        self._past_snapshot: set[str] = set()
-        self._routes: dict[bytes, tuple[str, bool]] = {}  # subject → what _route says
         self._backfills: list[_BackfillRequest] = []
         self._last_commit_lsn: str | None = None  # of the last change handed out
         # Tables that could not be loaded, and why: left out while the others go on, asked
@@ -214,7 +189,7 @@ class TableFollower:
         table's snapshot LSN."""
         state: dict[str, Any] = {
             "seq": self._seq,
-            "snapshots": {t: str(lsn) for t, lsn in self._lsns.items()},
+            "snapshots": {t: str(lsn) for t, lsn in self.changes.snapshots.items()},
             "stream": self.cdc_stream,
         }
         windows = self._windows(self._seq)
@@ -236,12 +211,12 @@ class TableFollower:
         return state
 
     def _windows(self, seq: int) -> dict[str, str]:
-        """The replay windows a copy at CDC sequence `seq` is still in."""
-        return {
-            t: str(lsn)
-            for t, lsn in self._replay_until.items()
-            if self._replay_closed.get(t, seq + 1) > seq
-        }
+        return self.changes.windows(seq)
+
+    @property
+    def last_commit_time(self) -> str | None:
+        """The commit time of the last change read (`bridge replica` shows how far behind)."""
+        return self.changes.last_commit_time
 
     async def _resumable(self, stored: dict[str, Any]) -> str | None:
         """Why `stored` cannot be resumed, or None when it can."""
@@ -307,7 +282,7 @@ class TableFollower:
                 continue
             table = request.table
             try:
-                if not self._schemas[table].primary_key:
+                if not self.changes.schemas[table].primary_key:
                     raise FollowError(
                         f"{table} has no primary key: a backfill's rows cannot replace the "
                         "copy's; re-bootstrap the copy instead"
@@ -327,7 +302,7 @@ class TableFollower:
                 log.warning("backfill of %s: %s", table, exc)
                 continue
             until = Lsn.parse(meta.get("replay_until") or meta["lsn"])
-            self._open_window(table, max(until, self._replay_until.get(table, until)))
+            self.changes.open_window(table, max(until, self.changes.replay_until.get(table, until)))
             # Cut short, the next one's rows replace these, and the replay from this position
             # covers both windows.
             async for rows in self._chunks(table, meta):
@@ -390,16 +365,14 @@ class TableFollower:
                 if why is None:
                     assert stored is not None
                     self._seq = int(stored["seq"])
-                    self._lsns = {t: Lsn.parse(v) for t, v in stored["snapshots"].items()}
-                    self._replay_until = {
-                        t: Lsn.parse(v) for t, v in (stored.get("replay_until") or {}).items()
-                    }
-                    self._replay_open, self._replay_closed = set(self._replay_until), {}
-                    self._past_snapshot = set()
+                    self.changes.reset(
+                        {t: Lsn.parse(v) for t, v in stored["snapshots"].items()},
+                        {t: Lsn.parse(v) for t, v in (stored.get("replay_until") or {}).items()},
+                    )
                     self._failed = dict(stored.get("failed") or {})
                     for table in self.tables:
                         if table not in self._failed:
-                            self._schemas[table] = await self._schema(table)
+                            self.changes.schemas[table] = await self._schema(table)
                     log.info("resuming %s after CDC sequence %d", ", ".join(self.tables), self._seq)
                     for table in list(self._failed):
                         async for item in self._load_failed(table):
@@ -428,7 +401,7 @@ class TableFollower:
                     delay,
                 )
                 # Resume from what was handed out, unless a bootstrap was cut short.
-                loaded = sorted({*self._lsns, *self._failed}) == sorted(self.tables)
+                loaded = sorted({*self.changes.snapshots, *self._failed}) == sorted(self.tables)
                 self._stored = self.state if loaded else None
                 await asyncio.sleep(delay)
             else:  # pragma: no cover - _follow never ends by itself
@@ -437,10 +410,7 @@ class TableFollower:
     # -- bootstrap ---------------------------------------------------------------------------
 
     async def _bootstrap(self) -> AsyncIterator[Item]:
-        self._lsns = {}
-        self._replay_until = {}
-        self._replay_open, self._replay_closed = set(), {}
-        self._past_snapshot = set()
+        self.changes.reset({}, {})
         self._failed = {}
         info = await self.js.stream_info(self.cdc_stream)
         start = info.state.last_seq + 1
@@ -497,16 +467,9 @@ class TableFollower:
         yield Reset(table, schema, meta)
         async for rows in self._chunks(table, meta):
             yield Rows(table, rows)
-        self._lsns[table] = Lsn.parse(meta["lsn"])
-        self._past_snapshot.discard(table)
+        self.changes.loaded(table, Lsn.parse(meta["lsn"]))
         if meta.get("mode") == "chunked" and meta.get("replay_until"):
-            self._open_window(table, Lsn.parse(meta["replay_until"]))
-
-    def _open_window(self, table: str, until: Lsn) -> None:
-        """Changes of `table` committed below `until` are handed out with `replay`."""
-        self._replay_until[table] = until
-        self._replay_open.add(table)
-        self._replay_closed.pop(table, None)
+            self.changes.open_window(table, Lsn.parse(meta["replay_until"]))
 
     def _left_out(self, table: str, exc: FollowError) -> TableFailed:
         """A table whose load failed for good: said, and left out while the others go on."""
@@ -579,7 +542,7 @@ class TableFollower:
                 f"{table} has no primary key and replica identity {schema.replica_identity}: "
                 "its rows cannot be located; give it a primary key or REPLICA IDENTITY FULL"
             )
-        self._schemas[table] = schema
+        self.changes.schemas[table] = schema
         self._revisions[table] = entry.revision
         return schema
 
@@ -675,21 +638,19 @@ class TableFollower:
                         f"{count} is not in stream {self.init_stream}"
                     ) from None
                 try:
-                    chunk = _unpack(msg.data)
-                    if not isinstance(chunk, dict) or not isinstance(chunk.get("data"), list):
-                        raise Undecodable("not a snapshot chunk")
-                except Undecodable as exc:
+                    number, rows = contract.chunk_rows(msg.data)
+                except ValueError as exc:
                     seq = msg.metadata.sequence.stream
                     raise _ChunksMissing(
                         f"snapshot {meta['snapshot_id']} of {table}: stream {self.init_stream} "
                         f"sequence {seq} ({msg.subject}) is {exc}"
                     ) from None
-                if chunk.get("chunk") != expected:
+                if number != expected:
                     raise _ChunksMissing(
-                        f"snapshot {meta['snapshot_id']} of {table}: chunk {chunk.get('chunk')} "
+                        f"snapshot {meta['snapshot_id']} of {table}: chunk {number} "
                         f"where {expected} was expected"
                     )
-                yield chunk["data"]
+                yield rows
         finally:
             await sub.unsubscribe()
 
@@ -784,7 +745,7 @@ class TableFollower:
                         )
                     delivered, received, self.pending = consumer_seq, stream_seq, pending
                     try:
-                        item = self._change(subject, stream_seq, data)
+                        item = self.changes.read(subject, stream_seq, data)
                     except (Undecodable, KeyError, TypeError, ValueError, AttributeError) as exc:
                         why = str(exc) if isinstance(exc, Undecodable) else "not a CDC event"
                         self.skip(
@@ -830,8 +791,8 @@ class TableFollower:
             except ValueError as exc:
                 self.skip(f"KV {self.kv_bucket}", entry.key, entry.revision, str(exc))
                 continue
-            if schema != self._schemas.get(table):
-                self._schemas[table] = schema
+            if schema != self.changes.schemas.get(table):
+                self.changes.schemas[table] = schema
                 changed.append(SchemaChanged(table, schema))
         return changed
 
@@ -839,91 +800,3 @@ class TableFollower:
         """One message the bridge did not publish: logged with where it is, counted."""
         self.skipped += 1
         log.warning("skipped %s sequence %s (%s): %s", where, seq, subject, why)
-
-    def _change(self, subject: bytes, seq: int, data: bytes) -> Item | None:
-        """The change one CDC event asks for, or None when the snapshot already holds it.
-        (Every event passes here: the common path is kept to a few operations.)"""
-        route = self._routes.get(subject)
-        if route is None:
-            route = self._route(subject)
-        table, oversized = route
-        try:
-            event = msgpack.unpackb(data, **UNPACK)
-        except (ValueError, TypeError) as exc:  # msgpack's own errors are ValueErrors
-            raise Undecodable(f"not MessagePack ({type(exc).__name__})") from None
-        lsn = event["commit_lsn"]
-        if table not in self._past_snapshot and self._before_snapshot(table, lsn):
-            return None  # committed before the snapshot: already in it
-        if oversized:
-            log.error(
-                "%s: a %s of %d bytes did not fit NATS and is missing from the copy (key %s)",
-                table,
-                event.get("operation"),
-                event.get("size", 0),
-                event.get("key"),
-            )
-            return Oversized(table, event, seq)
-        when = self.last_commit_time = event["commit_time"]
-        op = event["operation"]
-        replay = bool(self._replay_open) and self._replaying(table, lsn, seq)
-        if op == "insert":
-            return Insert(table, event["data"], seq, lsn, when, replay)
-        if op == "update":
-            new = event["data"]
-            match = self._match(table, event["old"] or new, event)
-            keep = tuple(event.get("unchanged") or ())
-            return Update(table, match, new, keep, seq, lsn, when, replay)
-        if op == "delete":
-            match = self._match(table, event["old"] or {}, event)
-            return Delete(table, match, seq, lsn, when, replay)
-        if op == "truncate":
-            return Truncate(table, seq, lsn, when)
-        raise FollowError(f"{table}: unknown operation {op!r} at CDC sequence {seq}")
-
-    def _route(self, subject: bytes) -> tuple[str, bool]:
-        """The table a subject is about, and whether it is an oversized-row marker's
-        (KeyError for another table's)."""
-        try:
-            parsed = contract.parse_cdc_subject(subject.decode(), self._cdc_prefix)
-        except contract.SubjectError:
-            raise KeyError(subject) from None  # not one of ours: skipped as foreign
-        if parsed.message:
-            raise KeyError(subject)
-        oversized = parsed.operation is None
-        route = (self._by_token[parsed.token], oversized)
-        if len(self._routes) < 1024:  # a few per table; foreign ones may be any
-            self._routes[subject] = route
-        return route
-
-    def _replaying(self, table: str, commit_lsn: str, seq: int) -> bool:
-        """Whether a change of `table` falls in its chunked snapshot's replay window (which
-        closes for good at the first change past it, at `seq`: commit LSNs only grow)."""
-        if table not in self._replay_open:
-            return False
-        if Lsn.parse(commit_lsn) < self._replay_until[table]:
-            return True
-        self._replay_open.discard(table)
-        self._replay_closed[table] = seq
-        return False
-
-    def _before_snapshot(self, table: str, commit_lsn: str) -> bool:
-        """Whether the snapshot holds the change already (every change, for a table left out:
-        the copy has nothing of it to change)."""
-        loaded_at = self._lsns.get(table)
-        if loaded_at is None or Lsn.parse(commit_lsn) < loaded_at:
-            return True
-        self._past_snapshot.add(table)
-        return False
-
-    def _match(self, table: str, row: Row, event: dict[str, Any]) -> Row:
-        """The columns locating the row an update or delete is about: the primary key when
-        `row` (the old key or row, else the new row) has it, otherwise the whole old row."""
-        key = self._schemas[table].primary_key
-        if key and all(k in row for k in key):
-            return {k: row[k] for k in key}
-        if event.get("old") is not None:  # {} for a table whose columns were all dropped
-            return dict(event["old"])
-        raise FollowError(
-            f"{table}: a {event['operation']} at {event['commit_lsn']} carries no old row and "
-            "the table has no primary key: give it one or set REPLICA IDENTITY FULL"
-        )

@@ -4,8 +4,10 @@ backfill conditions (docs/wire-format.md, "INIT stream" and "Control plane")."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
+import msgpack
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -15,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from pg_nats_bridge.contract.encoding import pack, unpack
+from pg_nats_bridge.contract.encoding import UNPACK_OPTIONS, pack, unpack
 from pg_nats_bridge.lsn import Lsn
 
 MAX_CHUNK_SIZE = 10_000
@@ -133,6 +135,64 @@ class SnapshotChunk(BaseModel):
         except (ValueError, TypeError) as exc:
             raise ValueError(f"not MessagePack ({type(exc).__name__})") from None
         return cls.model_validate(body)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkHeader:
+    """What a progress display reads of a chunk: its number, the row estimate, its rows."""
+
+    chunk: int
+    estimated_rows: int | None
+    rows: int
+
+
+def chunk_header(data: bytes) -> ChunkHeader:
+    """A chunk's header and row count, its rows not decoded (a chunk is up to a megabyte, and
+    a display decoding each whole falls behind several readers); ValueError for anything that
+    is not a chunk (anyone on `init.>` may publish)."""
+    try:
+        fields = msgpack.Unpacker(**UNPACK_OPTIONS, max_buffer_size=len(data) + 1)
+        fields.feed(data)
+        number: Any = None
+        estimated: Any = None
+        for _ in range(fields.read_map_header()):
+            key = fields.unpack()
+            if key == "data":
+                rows = fields.read_array_header()
+                break
+            value = fields.unpack()
+            if key == "chunk":
+                number = value
+            elif key == "estimated_rows":
+                estimated = value
+        else:
+            raise ValueError("no rows")
+    except Exception as exc:
+        raise ValueError(f"not a snapshot chunk ({type(exc).__name__})") from None
+    if not _an_int(number) or (estimated is not None and not _an_int(estimated)):
+        raise ValueError("not a snapshot chunk (its number or estimate is not an integer)")
+    return ChunkHeader(number, estimated, rows)
+
+
+def chunk_rows(data: bytes) -> tuple[int, list[dict[str, Any]]]:
+    """A chunk's number and rows, as a consumer loads them: decoded once, its shape checked,
+    the rows not validated one by one (`SnapshotChunk.decode` does, at a cost per row);
+    ValueError for anything that is not a chunk."""
+    try:
+        body = unpack(data)
+    except Exception as exc:
+        raise ValueError(f"not MessagePack ({type(exc).__name__})") from None
+    if (
+        not isinstance(body, dict)
+        or not _an_int(body.get("chunk"))
+        or not isinstance(body.get("data"), list)
+    ):
+        raise ValueError("not a snapshot chunk (chunk and data expected)")
+    return body["chunk"], body["data"]
+
+
+def _an_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class SnapshotRefusal(BaseModel):

@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import httpx
-import msgpack
 from nats.js.api import DeliverPolicy
 from rich.console import Console
 from rich.markup import escape
@@ -123,28 +122,13 @@ class ChunkCount:
         self.estimated: int | None = None
 
     def add(self, payload: bytes) -> None:
-        """Reads the chunk's header and its rows' count, not the rows: decoding each chunk
-        whole (up to a megabyte) could not keep up with several readers, and NATS cuts a
-        client that falls behind, the request's reply with it."""
         try:
-            fields = msgpack.Unpacker(raw=False, max_buffer_size=len(payload) + 1)
-            fields.feed(payload)
-            rows, estimated = None, None
-            for _ in range(fields.read_map_header()):
-                key = fields.unpack()
-                if key == "data":
-                    rows = fields.read_array_header()
-                    break
-                value = fields.unpack()
-                if key == "estimated_rows":
-                    estimated = value
-            if rows is None:
-                return
-        except Exception:  # anyone on the account may publish on the subject
+            header = contract.chunk_header(payload)
+        except ValueError:  # anyone on the account may publish on the subject
             return
-        self.rows += rows
-        if isinstance(estimated, int) and not isinstance(estimated, bool):
-            self.estimated = estimated
+        self.rows += header.rows
+        if header.estimated_rows is not None:
+            self.estimated = header.estimated_rows
 
     def __str__(self) -> str:
         rate = self.rows / max(time.monotonic() - self.started, 1e-3)

@@ -43,3 +43,25 @@ def test_a_hand_packed_chunk_is_the_contract_models_encoding(
         assert model.encode() == chunk.payload
         entries, body = split_chunk(chunk.payload)
         assert join_chunk(model.chunk, entries, body) == chunk.payload
+        # The readers that skip the model's per-row validation read the same.
+        assert contract.chunk_rows(chunk.payload) == (model.chunk, model.data)
+        header = contract.chunk_header(chunk.payload)
+        assert (header.chunk, header.estimated_rows, header.rows) == (
+            model.chunk,
+            estimate,
+            len(model.data),
+        )
+
+
+@given(data=st.binary(max_size=64))
+def test_bytes_that_are_no_chunk_are_refused_by_both_readers(data: bytes) -> None:
+    try:
+        model = contract.SnapshotChunk.decode(data)
+    except ValueError:
+        model = None
+    for read in (contract.chunk_rows, contract.chunk_header):
+        try:
+            read(data)
+        except ValueError:
+            continue
+        assert model is not None, (read.__name__, data)

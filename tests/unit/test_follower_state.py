@@ -18,17 +18,18 @@ class NoConnection:
 
 def follower_in_a_replay_window() -> TableFollower:
     follower = TableFollower(NoConnection(), ["t", "u"])  # type: ignore[arg-type]
-    follower._lsns = {"public.t": Lsn.parse("0/10"), "public.u": Lsn.parse("0/10")}
-    follower._replay_until = {"public.t": Lsn.parse("0/100")}
-    follower._replay_open = {"public.t"}
+    follower.changes.reset(
+        {"public.t": Lsn.parse("0/10"), "public.u": Lsn.parse("0/10")},
+        {"public.t": Lsn.parse("0/100")},
+    )
     return follower
 
 
 def test_the_state_before_the_change_that_closed_a_replay_window_still_replays() -> None:
     follower = follower_in_a_replay_window()
-    assert follower._replaying("public.t", "0/50", 5)
-    assert not follower._replaying("public.u", "0/60", 6)  # no window of its own
-    assert not follower._replaying("public.t", "0/200", 7)  # the window closes here
+    assert follower.changes.replaying("public.t", "0/50", 5)
+    assert not follower.changes.replaying("public.u", "0/60", 6)  # no window of its own
+    assert not follower.changes.replaying("public.t", "0/200", 7)  # the window closes here
     follower._seq = 9
     assert "replay_until" not in follower.state
     assert follower.state_before(7) == {
@@ -42,7 +43,7 @@ def test_the_state_before_the_change_that_closed_a_replay_window_still_replays()
 
 def test_a_window_still_open_is_in_every_state() -> None:
     follower = follower_in_a_replay_window()
-    assert follower._replaying("public.t", "0/50", 5)
+    assert follower.changes.replaying("public.t", "0/50", 5)
     follower._seq = 5
     assert follower.state["replay_until"] == {"public.t": "0/100"}
     assert follower.state_before(3)["replay_until"] == {"public.t": "0/100"}
@@ -57,8 +58,8 @@ def test_a_table_named_with_capitals_or_dots_keeps_its_name() -> None:
 
 def test_a_table_left_out_is_in_the_state_and_its_changes_are_passed_over() -> None:
     follower = follower_in_a_replay_window()
-    del follower._lsns["public.u"]
+    del follower.changes.snapshots["public.u"]
     follower._failed = {"public.u": "snapshot of public.u refused: no primary key"}
     assert follower.state["failed"] == {"public.u": "snapshot of public.u refused: no primary key"}
-    assert follower._before_snapshot("public.u", "0/FFFF")  # nothing of it to change
-    assert not follower._before_snapshot("public.t", "0/FFFF")
+    assert follower.changes.before_snapshot("public.u", "0/FFFF")  # nothing of it to change
+    assert not follower.changes.before_snapshot("public.t", "0/FFFF")

@@ -1,0 +1,165 @@
+"""What one CDC event asks of a copy, by the rules of docs/wire-format.md: the table its
+subject names, whether the table's snapshot already holds it, whether it falls in a chunked
+snapshot's replay window, which row it locates. No I/O: the follower feeds it every event it
+pulls, and sets the tables' snapshot points, windows and schemas as it loads them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgpack
+
+from pg_nats_bridge import contract
+from pg_nats_bridge.changes import (
+    Delete,
+    Insert,
+    Item,
+    Oversized,
+    Row,
+    TableSchema,
+    Truncate,
+    Update,
+)
+from pg_nats_bridge.follow_errors import FollowError, Undecodable
+from pg_nats_bridge.lsn import Lsn
+
+log = logging.getLogger("pg_nats_bridge.follower")
+
+UNPACK = contract.UNPACK_OPTIONS
+
+
+class ChangeReader:
+    def __init__(self, by_token: dict[str, str], cdc_prefix: str = contract.CDC) -> None:
+        self.by_token = by_token  # subject token → the copy's table name
+        self.cdc_prefix = cdc_prefix  # the subjects' first token (docs/wire-format.md)
+        self.schemas: dict[str, TableSchema] = {}
+        self.snapshots: dict[str, Lsn] = {}  # each loaded table's snapshot LSN
+        # Tables loaded from a chunked snapshot whose replay window is still open: changes
+        # committed below this LSN are handed out with `replay` (docs/wire-format.md).
+        self.replay_until: dict[str, Lsn] = {}
+        # A window stays in the state until the position passes the change that closed it, so
+        # that the state before a change in front of that one still replays (`windows`).
+        self.replay_open: set[str] = set()
+        self.replay_closed: dict[str, int] = {}  # table → CDC sequence that closed its window
+        # Tables an event committed at or after the snapshot was seen for: commit LSNs only
+        # grow along the stream, so later events of these tables need no comparison.
+        self.past_snapshot: set[str] = set()
+        self.routes: dict[bytes, tuple[str, bool]] = {}  # subject → what `route` says
+        self.last_commit_time: str | None = None
+
+    def reset(self, snapshots: dict[str, Lsn], replay_until: dict[str, Lsn]) -> None:
+        """The tables' snapshot points and open windows, as a stored state or a bootstrap
+        has them."""
+        self.snapshots = dict(snapshots)
+        self.replay_until = dict(replay_until)
+        self.replay_open, self.replay_closed = set(self.replay_until), {}
+        self.past_snapshot = set()
+
+    def loaded(self, table: str, lsn: Lsn) -> None:
+        """The table was (re)loaded from a snapshot at `lsn`."""
+        self.snapshots[table] = lsn
+        self.past_snapshot.discard(table)
+
+    def open_window(self, table: str, until: Lsn) -> None:
+        """Changes of the table committed below `until` replay (a chunked snapshot's or a
+        backfill's window)."""
+        self.replay_until[table] = until
+        self.replay_open.add(table)
+        self.replay_closed.pop(table, None)
+
+    def windows(self, seq: int) -> dict[str, str]:
+        """The replay windows a copy at CDC sequence `seq` is still in."""
+        return {
+            t: str(lsn)
+            for t, lsn in self.replay_until.items()
+            if self.replay_closed.get(t, seq + 1) > seq
+        }
+
+    def read(self, subject: bytes, seq: int, data: bytes) -> Item | None:
+        """The change one CDC event asks for, or None when the snapshot already holds it.
+        (Every event passes here: the common path is kept to a few operations.)"""
+        route = self.routes.get(subject)
+        if route is None:
+            route = self.route(subject)
+        table, oversized = route
+        try:
+            event = msgpack.unpackb(data, **UNPACK)
+        except (ValueError, TypeError) as exc:  # msgpack's own errors are ValueErrors
+            raise Undecodable(f"not MessagePack ({type(exc).__name__})") from None
+        lsn = event["commit_lsn"]
+        if table not in self.past_snapshot and self.before_snapshot(table, lsn):
+            return None  # committed before the snapshot: already in it
+        if oversized:
+            log.error(
+                "%s: a %s of %d bytes did not fit NATS and is missing from the copy (key %s)",
+                table,
+                event.get("operation"),
+                event.get("size", 0),
+                event.get("key"),
+            )
+            return Oversized(table, event, seq)
+        when = self.last_commit_time = event["commit_time"]
+        op = event["operation"]
+        replay = bool(self.replay_open) and self.replaying(table, lsn, seq)
+        if op == "insert":
+            return Insert(table, event["data"], seq, lsn, when, replay)
+        if op == "update":
+            new = event["data"]
+            match = self.match(table, event["old"] or new, event)
+            keep = tuple(event.get("unchanged") or ())
+            return Update(table, match, new, keep, seq, lsn, when, replay)
+        if op == "delete":
+            match = self.match(table, event["old"] or {}, event)
+            return Delete(table, match, seq, lsn, when, replay)
+        if op == "truncate":
+            return Truncate(table, seq, lsn, when)
+        raise FollowError(f"{table}: unknown operation {op!r} at CDC sequence {seq}")
+
+    def route(self, subject: bytes) -> tuple[str, bool]:
+        """The table a subject is about, and whether it is an oversized-row marker's
+        (KeyError for another table's)."""
+        try:
+            parsed = contract.parse_cdc_subject(subject.decode(), self.cdc_prefix)
+        except contract.SubjectError:
+            raise KeyError(subject) from None  # not one of ours: skipped as foreign
+        if parsed.message:
+            raise KeyError(subject)
+        oversized = parsed.operation is None
+        route = (self.by_token[parsed.token], oversized)
+        if len(self.routes) < 1024:  # a few per table; foreign ones may be any
+            self.routes[subject] = route
+        return route
+
+    def replaying(self, table: str, commit_lsn: str, seq: int) -> bool:
+        """Whether a change of `table` falls in its chunked snapshot's replay window (which
+        closes for good at the first change past it, at `seq`: commit LSNs only grow)."""
+        if table not in self.replay_open:
+            return False
+        if Lsn.parse(commit_lsn) < self.replay_until[table]:
+            return True
+        self.replay_open.discard(table)
+        self.replay_closed[table] = seq
+        return False
+
+    def before_snapshot(self, table: str, commit_lsn: str) -> bool:
+        """Whether the snapshot holds the change already (every change, for a table left out:
+        the copy has nothing of it to change)."""
+        loaded_at = self.snapshots.get(table)
+        if loaded_at is None or Lsn.parse(commit_lsn) < loaded_at:
+            return True
+        self.past_snapshot.add(table)
+        return False
+
+    def match(self, table: str, row: Row, event: dict[str, Any]) -> Row:
+        """The columns locating the row an update or delete is about: the primary key when
+        `row` (the old key or row, else the new row) has it, otherwise the whole old row."""
+        key = self.schemas[table].primary_key
+        if key and all(k in row for k in key):
+            return {k: row[k] for k in key}
+        if event.get("old") is not None:  # {} for a table whose columns were all dropped
+            return dict(event["old"])
+        raise FollowError(
+            f"{table}: a {event['operation']} at {event['commit_lsn']} carries no old row and "
+            "the table has no primary key: give it one or set REPLICA IDENTITY FULL"
+        )
