@@ -62,7 +62,6 @@ from pg_nats_bridge.snapshot_request import SnapshotRefused, ask_for_snapshot
 log = logging.getLogger("pg_nats_bridge")
 
 
-
 class _Rebootstrap(Exception):
     """The stream no longer holds what the copy needs next; the message says why."""
 

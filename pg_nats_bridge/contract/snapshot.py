@@ -139,7 +139,8 @@ class SnapshotChunk(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class ChunkHeader:
-    """What a progress display reads of a chunk: its number, the row estimate, its rows."""
+    """What a progress display reads of a chunk: its number, the row estimate (None when it
+    is not a number), its rows."""
 
     chunk: int
     estimated_rows: int | None
@@ -169,9 +170,9 @@ def chunk_header(data: bytes) -> ChunkHeader:
             raise ValueError("no rows")
     except Exception as exc:
         raise ValueError(f"not a snapshot chunk ({type(exc).__name__})") from None
-    if not _an_int(number) or (estimated is not None and not _an_int(estimated)):
-        raise ValueError("not a snapshot chunk (its number or estimate is not an integer)")
-    return ChunkHeader(number, estimated, rows)
+    if not _an_int(number):
+        raise ValueError("not a snapshot chunk (its number is not an integer)")
+    return ChunkHeader(number, estimated if _an_int(estimated) else None, rows)
 
 
 def chunk_rows(data: bytes) -> tuple[int, list[dict[str, Any]]]:

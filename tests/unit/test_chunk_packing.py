@@ -6,6 +6,7 @@ would have packed."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from hypothesis import given
@@ -54,14 +55,18 @@ def test_a_hand_packed_chunk_is_the_contract_models_encoding(
 
 
 @given(data=st.binary(max_size=64))
-def test_bytes_that_are_no_chunk_are_refused_by_both_readers(data: bytes) -> None:
+def test_bytes_that_are_no_chunk_are_refused(data: bytes) -> None:
+    """What the copy loads is a chunk by the model; the display's header reader (which skips
+    an estimate that is no number) fails only with ValueError."""
     try:
         model = contract.SnapshotChunk.decode(data)
     except ValueError:
         model = None
-    for read in (contract.chunk_rows, contract.chunk_header):
-        try:
-            read(data)
-        except ValueError:
-            continue
-        assert model is not None, (read.__name__, data)
+    try:
+        contract.chunk_rows(data)
+    except ValueError:
+        pass
+    else:
+        assert model is not None, data
+    with contextlib.suppress(ValueError):
+        contract.chunk_header(data)
