@@ -34,10 +34,10 @@ from nats.js.api import DeliverPolicy
 from pg_nats_bridge.lsn import Lsn
 from services.dev.servers import free_port, make_temp_dir
 from services.dev.servers import stop as stop_process
-from tests.e2e.conftest import BRIDGE, Service
 from tests.harness import processes
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import Database, PostgresServer
+from tests.harness.services import BRIDGE, Service
 
 log = logging.getLogger("chaos")
 

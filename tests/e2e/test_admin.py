@@ -9,45 +9,13 @@ import subprocess
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from tests.e2e.conftest import Service, stream_count, wait_for
 from tests.harness.postgres import Database
-
-TOKEN = "s3cret-admin-token"
-CONTROL_TOKEN = "s3cret-control-token"  # the services obey control requests carrying it
-PASSWORD = "hunter2-never-shown"  # trust auth ignores it; it must never be echoed
-
-
-def with_password(url: str) -> str:
-    return url.replace("postgresql://postgres@", f"postgresql://postgres:{PASSWORD}@")
-
-
-def start_stack(
-    pg: Database, nats_url: str, services: Callable[..., Service], **admin: Any
-) -> tuple[Service, Service, Service]:
-    pg.execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY, v text)")
-    control = {"control_token": CONTROL_TOKEN}
-    replicator = services("replicator", pg, nats_url, table="t", **control).wait_healthy()
-    snapshotter = services("snapshotter", pg, nats_url, table="t", **control).wait_healthy()
-    front = services(
-        "admin",
-        pg,
-        nats_url,
-        replicator_url=f"http://127.0.0.1:{replicator.port}",
-        snapshotter_url=f"http://127.0.0.1:{snapshotter.port}",
-        database_url=with_password(pg.url),
-        **{**control, **admin},
-    )
-    wait_for(lambda: front.health() == 200, 30, "admin healthy", front)
-    return replicator, snapshotter, front
-
-
-def api(front: Service) -> httpx.Client:
-    return httpx.Client(base_url=f"http://127.0.0.1:{front.port}", timeout=30)
+from tests.harness.services import Service, stream_count, wait_for
+from tests.harness.stacks import PASSWORD, TOKEN, api
+from tests.harness.stacks import start_admin_stack as start_stack
 
 
 def test_read_endpoints(pg: Database, nats_url: str, services: Callable[..., Service]) -> None:

@@ -19,9 +19,9 @@ import nats
 
 from pg_nats_bridge import ApplyError, CaughtUp, MemoryCopy, TableFollower
 from pg_nats_bridge.sqlite import stored_value
-from tests.e2e.conftest import Service, slot_lag, stream_messages, wait_for
-from tests.e2e.test_consumers import bridge, make_tables, start_replica, start_stack, table_rows
+from tests.harness.copies import bridge, make_tables, start_replica, start_stack, table_rows
 from tests.harness.postgres import Database
+from tests.harness.services import Service, slot_lag, stream_messages, wait_for
 
 # One transaction over both tables, seven changes in this order.
 TRANSACTION = (

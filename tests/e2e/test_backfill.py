@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import Service, ask_all, stream_messages, wait_for
-from tests.e2e.test_consumers import Writer, bridge, make_tables, start_replica
-from tests.e2e.test_snapshotter import request
+from tests.harness.copies import Writer, bridge, make_tables, start_replica
 from tests.harness.postgres import Database
+from tests.harness.services import Service, ask_all, stream_messages, wait_for
+from tests.harness.streams import request
 
 
 def test_a_backfill_repairs_a_live_copy_under_writes(

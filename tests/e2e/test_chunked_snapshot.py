@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import subprocess
 import threading
 import time
@@ -28,24 +27,21 @@ from pg_nats_bridge import MemoryCopy, SqliteCopy
 from pg_nats_bridge.lsn import Lsn
 from pg_nats_bridge.sqlite import stored_value
 from services.snapshotter.ranged_read import _until_visible
-from tests.e2e.conftest import BRIDGE, Service, ask_all, copy_rows, stream_messages, wait_for
-from tests.e2e.test_consumers import (
+from tests.harness.copies import (
     FollowedCopy,
     Writer,
+    assert_loaded_the_continued_snapshot,
+    bootstrapped,
     bridge,
+    chunked_copy,
+    grow_items,
+    loaded_snapshot,
     make_tables,
     start_replica,
     table_rows,
 )
 from tests.harness.postgres import Database, PostgresServer
-
-
-def grow_items(pg: Database) -> None:
-    make_tables(pg)
-    pg.execute(
-        "INSERT INTO items SELECT g, g / 3.0, repeat('c', 20 + g % 2 * 4000), g % 3 = 0"
-        " FROM generate_series(3002, 60000) g"
-    )
+from tests.harness.services import BRIDGE, Service, ask_all, stream_messages, wait_for
 
 
 def test_a_chunked_snapshot_under_writes_gives_a_copy_equal_to_the_table(
@@ -125,48 +121,6 @@ def test_a_table_without_a_primary_key_is_refused_a_chunked_snapshot(
     assert "no_primary_key" in text and "give the table a primary key" in text, text
     taken = bridge("snapshot", "events", env=snapshotter.env)  # the default mode takes it
     assert taken.returncode == 0, taken.stdout
-
-
-def chunked_copy(nats_url: str, path: Path) -> FollowedCopy:
-    """A SqliteCopy of items followed through chunked snapshots. It would ask again after
-    600 s without an answer or a chunk: longer than any test waits, so that what makes it ask
-    again for a dead reader's snapshot is the progress record saying it can be continued."""
-    return FollowedCopy(
-        nats_url, ["items"], lambda: SqliteCopy(path), snapshot_mode="chunked",
-        snapshot_stall_seconds=600,
-    )  # fmt: skip
-
-
-def loaded_snapshot(path: Path) -> dict[str, Any]:
-    """The meta of the snapshot a SqliteCopy of items loaded."""
-    db = sqlite3.connect(path)
-    try:
-        [(value,)] = db.execute(
-            "SELECT value FROM _bridge_state WHERE name = 'snapshot:public.items'"
-        ).fetchall()
-        return dict(json.loads(value))
-    finally:
-        db.close()
-
-
-def bootstrapped(path: Path) -> bool:
-    return bool(copy_rows(path, "SELECT 1 FROM _bridge_state WHERE name = 'follower'"))
-
-
-def assert_loaded_the_continued_snapshot(
-    meta: dict[str, Any], copies: list[Path], logs: list[str]
-) -> None:
-    """Each copy loaded the one snapshot, continued. The consumer whose request the dead
-    reader had taken asked again because the progress record said the snapshot could be
-    continued (one whose request was answered `busy` asks again anyway); none asked again for
-    want of an answer, none refused what it got."""
-    for path in copies:
-        loaded = loaded_snapshot(path)
-        assert loaded["snapshot_id"] == meta["snapshot_id"] and loaded["resumed"], loaded
-    said = f"snapshot {meta['snapshot_id']} can be continued: its reader"
-    assert any(said in log for log in logs), "\n".join(log[-3000:] for log in logs)
-    for log in logs:
-        assert "no reply and no chunk" not in log and "re-bootstrapping" not in log, log[-3000:]
 
 
 def test_a_chunked_snapshot_killed_mid_way_is_continued_by_another_snapshotter(

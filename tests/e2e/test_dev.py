@@ -18,8 +18,8 @@ import httpx
 import psycopg
 
 from services.dev.servers import SHARED_ROOT
-from tests.e2e.conftest import BRIDGE
 from tests.harness.processes import free_port
+from tests.harness.services import BRIDGE
 
 
 def wait(condition, timeout: float, what: str, log: Path, process=None) -> None:  # type: ignore[no-untyped-def]

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.conftest import Service, stream_messages, wait_for
 from tests.harness.postgres import Database
+from tests.harness.services import Service, stream_messages, wait_for
 
 
 @pytest.mark.parametrize("failpoint", ["reader.after_acked=exit@3", "publisher.after_write=exit@2"])

@@ -25,8 +25,8 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
-from tests.e2e.conftest import BRIDGE, Service, copy_rows, wait_for
 from tests.harness.postgres import Database
+from tests.harness.services import BRIDGE, Service, copy_rows, wait_for
 
 ADMIN_TOKEN = "adm1n-t0ken"
 CONTROL_TOKEN = "c0ntrol-t0ken"

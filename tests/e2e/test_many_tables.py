@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.e2e.conftest import Service, slot_lag, wait_for
-from tests.e2e.test_consumers import bridge, start_replica
+from tests.harness.copies import bridge, start_replica
 from tests.harness.postgres import Database
+from tests.harness.services import Service, slot_lag, wait_for
 
 TABLES = 200
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import Service, wait_for
-from tests.e2e.test_admin import api, start_stack
 from tests.harness.postgres import Database
+from tests.harness.services import Service, wait_for
+from tests.harness.stacks import api
+from tests.harness.stacks import start_admin_stack as start_stack
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SELECTOR = re.compile(r"\b(bridge_[a-z_]+)(\{[^}]*\})?")

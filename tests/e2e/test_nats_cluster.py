@@ -22,9 +22,9 @@ import psycopg
 import pytest
 
 from shared.wire import unpack
-from tests.e2e.conftest import Service, wait_for
 from tests.harness.nats_cluster import NatsCluster
 from tests.harness.postgres import Database
+from tests.harness.services import Service, wait_for
 
 BIG_ROWS = 400_000
 

@@ -13,9 +13,9 @@ from typing import Any
 import nats
 import pytest
 
-from tests.e2e.conftest import BRIDGE, Service, copy_rows, stream_count, wait_for
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import Database
+from tests.harness.services import BRIDGE, Service, copy_rows, stream_count, wait_for
 
 CONFIG = Path(__file__).parents[2] / "deploy" / "nats-permissions.conf"
 BRIDGE_PASSWORD = "bridge-pw-1"

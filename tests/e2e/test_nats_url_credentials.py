@@ -11,9 +11,9 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.e2e.conftest import BRIDGE, Service, wait_for
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import Database
+from tests.harness.services import BRIDGE, Service, wait_for
 
 USER = "br:d@ge"
 PASSWORD = "p%@:/#?&w0rd"

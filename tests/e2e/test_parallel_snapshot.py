@@ -19,11 +19,16 @@ import psycopg
 import pytest
 
 from pg_nats_bridge.sqlite import stored_value
-from tests.e2e.conftest import Service, stream_messages, wait_for
-from tests.e2e.test_chunked_snapshot import assert_loaded_the_continued_snapshot, chunked_copy
-from tests.e2e.test_consumers import Writer, bridge, make_tables
-from tests.e2e.test_snapshotter import request
+from tests.harness.copies import (
+    Writer,
+    assert_loaded_the_continued_snapshot,
+    bridge,
+    chunked_copy,
+    make_tables,
+)
 from tests.harness.postgres import Database
+from tests.harness.services import Service, stream_messages, wait_for
+from tests.harness.streams import request
 
 ROWS = 60_000
 

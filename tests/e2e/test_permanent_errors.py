@@ -13,24 +13,15 @@ import httpx
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tests.e2e.conftest import Service, wait_for
-from tests.e2e.test_snapshotter import request
 from tests.harness.postgres import Database, PostgresServer
 from tests.harness.processes import free_port
+from tests.harness.services import Service, wait_for
+from tests.harness.stacks import stopped_with
+from tests.harness.streams import request
 
 # A password with a literal '%' (and other URL-special characters), as managed databases
 # generate them.
 PASSWORD = "s3cr%et/Pa:ss@word"
-
-
-def stopped_with(service: Service, *needles: str) -> str:
-    """The service exited 2 with the needles in one ERROR line; that line."""
-    assert service.wait(60) == 2, service.output()[-3000:]
-    output = service.output()
-    assert "Traceback" not in output, output[-3000:]
-    lines = [line for line in output.splitlines() if all(n in line for n in needles)]
-    assert lines, f"no line with {needles}:\n{output[-3000:]}"
-    return lines[0]
 
 
 def test_a_role_that_cannot_create_the_publication_is_told_who_can(

@@ -22,9 +22,9 @@ import psycopg
 import pytest
 
 from shared.wire import unpack
-from tests.e2e.conftest import Service, stream_messages, wait_for
 from tests.harness.pg_standby import PrimaryAndStandby
 from tests.harness.postgres import Database, PostgresServer, find_bindir
+from tests.harness.services import Service, stream_messages, wait_for
 
 
 @pytest.fixture

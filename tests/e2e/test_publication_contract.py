@@ -15,10 +15,10 @@ import msgpack
 import nats
 
 from pg_nats_bridge.changes import TableSchema
-from tests.e2e.conftest import BRIDGE, Service, copy_rows, stream_messages, wait_for
-from tests.e2e.test_permanent_errors import stopped_with
-from tests.e2e.test_snapshotter import init_messages, kv_get, request
 from tests.harness.postgres import Database
+from tests.harness.services import BRIDGE, Service, copy_rows, stream_messages, wait_for
+from tests.harness.stacks import stopped_with
+from tests.harness.streams import init_messages, kv_get, request
 
 SECRET = "NID-"  # prefix of every national_id value: it must never leave the database
 

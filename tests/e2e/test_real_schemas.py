@@ -8,9 +8,9 @@ from typing import Any
 
 import msgpack
 
-from tests.e2e.conftest import Service, stream_messages, wait_for
-from tests.e2e.test_snapshotter import init_messages, kv_get, request
 from tests.harness.postgres import Database
+from tests.harness.services import Service, stream_messages, wait_for
+from tests.harness.streams import init_messages, kv_get, request
 
 
 def snapshot_rows(nats_url: str, table: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from shared.lsn import Lsn
-from tests.e2e.conftest import Service, stream_count, stream_messages, wait_for
 from tests.harness.postgres import Database
+from tests.harness.services import Service, stream_count, stream_messages, wait_for
 
 
 def test_every_operation_with_its_payload(

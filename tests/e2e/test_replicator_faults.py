@@ -7,8 +7,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from tests.e2e.conftest import Service, stream_count, stream_messages, wait_for
 from tests.harness.postgres import Database
+from tests.harness.services import Service, stream_count, stream_messages, wait_for
 
 ROWS = 20_000
 

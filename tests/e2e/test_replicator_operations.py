@@ -13,9 +13,9 @@ import nats
 import pytest
 
 from shared.wire import unpack
-from tests.e2e.conftest import Service, slot_lag, stream_count, stream_messages, wait_for
 from tests.harness.postgres import Database, PostgresServer
 from tests.harness.processes import peak_rss_mb
+from tests.harness.services import Service, slot_lag, stream_count, stream_messages, wait_for
 
 
 def test_a_table_without_a_key_is_refused_before_it_is_published(

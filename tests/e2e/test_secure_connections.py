@@ -25,12 +25,12 @@ import nkeys
 import pytest
 
 from services.dev.servers import chown_to
-from tests.e2e.conftest import BRIDGE, Service, stream_messages, wait_for
-from tests.e2e.test_permanent_errors import stopped_with
 from tests.harness.nats import NatsServer
 from tests.harness.nats_jwt import Operator, make_operator
 from tests.harness.pki import Pki, make_pki
 from tests.harness.postgres import Database, PostgresServer, find_bindir
+from tests.harness.services import BRIDGE, Service, stream_messages, wait_for
+from tests.harness.stacks import stopped_with
 
 PG_PASSWORD = "pg-S3cret/with:odd@chars"
 NATS_PASSWORD = "nats-Pa55word-never-shown"

@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.conftest import BRIDGE, Service, wait_for
 from tests.harness.postgres import Database
+from tests.harness.services import BRIDGE, Service, wait_for
 
 ROWS, CHUNK = 50_000, 5_000
 

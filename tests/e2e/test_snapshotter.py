@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import threading
 import time
@@ -16,66 +15,10 @@ import nats
 import psycopg
 
 from examples.consumer import follow
-from tests.e2e.conftest import Service, slot_lag, stream_count, wait_for
 from tests.harness.postgres import Database
 from tests.harness.processes import free_port, peak_rss_mb
-
-
-def request(
-    url: str, table: str, body: bytes = b"", timeout: float = 120, prefix: str = "bridge.snapshot"
-) -> dict[str, Any]:
-    async def ask() -> dict[str, Any]:
-        nc = await nats.connect(url)
-        try:
-            for _ in range(100):
-                try:
-                    reply = await nc.request(f"{prefix}.{table}", body, timeout=timeout)
-                    return dict(json.loads(reply.data))
-                except nats.errors.NoRespondersError:
-                    await asyncio.sleep(0.1)
-            raise AssertionError("no snapshotter answered")
-        finally:
-            await nc.close()
-
-    return asyncio.run(ask())
-
-
-def init_messages(url: str, subject: str) -> list[tuple[str, dict[str, str], bytes]]:
-    async def fetch() -> list[tuple[str, dict[str, str], bytes]]:
-        nc = await nats.connect(url)
-        try:
-            js = nc.jetstream()
-            info = await js.stream_info("INIT", subjects_filter=subject)
-            total = sum((info.state.subjects or {}).values())
-            out: list[tuple[str, dict[str, str], bytes]] = []
-            if not total:
-                return out
-            sub = await js.subscribe(subject, stream="INIT", ordered_consumer=True)
-            while len(out) < total:
-                msg = await sub.next_msg(timeout=10)
-                out.append((msg.subject, dict(msg.headers or {}), msg.data))
-            await sub.unsubscribe()
-            return out
-        finally:
-            await nc.close()
-
-    return asyncio.run(fetch())
-
-
-def kv_get(url: str, key: str) -> dict[str, Any] | None:
-    async def get() -> dict[str, Any] | None:
-        nc = await nats.connect(url)
-        try:
-            kv = await nc.jetstream().key_value("schemas")
-            try:
-                value = (await kv.get(key)).value
-                return dict(msgpack.unpackb(value)) if value else None
-            except nats.js.errors.KeyNotFoundError:
-                return None
-        finally:
-            await nc.close()
-
-    return asyncio.run(get())
+from tests.harness.services import Service, slot_lag, stream_count, wait_for
+from tests.harness.streams import init_messages, kv_get, request
 
 
 def test_snapshot_chunks_meta_and_reply(

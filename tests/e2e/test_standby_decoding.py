@@ -19,10 +19,10 @@ import psycopg
 import pytest
 
 from pg_nats_bridge.lsn import Lsn
-from tests.e2e.conftest import Service, stream_messages, wait_for
-from tests.e2e.test_consumers import Writer, bridge, make_tables, start_replica
+from tests.harness.copies import Writer, bridge, make_tables, start_replica
 from tests.harness.pg_standby import PrimaryAndStandby
 from tests.harness.postgres import Database
+from tests.harness.services import Service, stream_messages, wait_for
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterator
 import msgpack
 import pytest
 
-from tests.e2e.conftest import Service, stream_messages, wait_for
-from tests.e2e.test_snapshotter import init_messages, request
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import Database
+from tests.harness.services import Service, stream_messages, wait_for
+from tests.harness.streams import init_messages, request
 
 
 @pytest.fixture

@@ -23,10 +23,9 @@ import httpx
 import pytest
 
 from services.dev.servers import ServerError, find_pg_bindir
-from tests.e2e.conftest import Service, copy_rows, slot_lag, wait_for
-from tests.e2e.test_chunked_snapshot import bootstrapped
-from tests.e2e.test_consumers import bridge, start_replica
+from tests.harness.copies import bootstrapped, bridge, start_replica
 from tests.harness.postgres import Database, PostgresServer
+from tests.harness.services import Service, copy_rows, slot_lag, wait_for
 
 WIDE = 1102
 TABLES = "dropped,toasted,wide,included,parent"
