@@ -24,7 +24,7 @@ from typing import Any
 import nats
 import psycopg
 
-from services.snapshotter.schema import SchemaWatcher
+from services.snapshotter.schema_watch import SchemaWatcher
 from shared import provisioning
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import psycopg
 from faststream import FastStream, Path
 from faststream.middlewares import ExceptionMiddleware
 from faststream.nats import NatsBroker, NatsMessage
@@ -33,10 +32,9 @@ from services.snapshotter.operator_control import SnapshotOperator
 from services.snapshotter.publishing import PipelinedPublisher
 from services.snapshotter.requests import BadRequest, SnapshotRequest, decode_body, describe
 from services.snapshotter.running import RunningSnapshots
-from services.snapshotter.schema import MissingTableError, SchemaWatcher
+from services.snapshotter.schema_watch import SchemaWatcher
 from services.snapshotter.settings import SnapshotterSettings
 from services.snapshotter.snapshot import SnapshotContext, SnapshotOptions, take_snapshot
-from shared import pg_errors, postgres
 from shared.control import ControlEndpoint
 from shared.http_endpoint import serve
 from shared.log_throttle import ThrottledLog
@@ -159,30 +157,19 @@ class Snapshotter:
             await self.nc.close()
 
     async def _watch_schemas(self) -> None:
-        """Publish schema documents as the catalog changes. Only PostgreSQL's failures make
-        the snapshotter report PostgreSQL down; what NATS refuses or holds (a crafted KV
-        value, a missing bucket) is the watcher's to log and retry per table."""
         assert self.js is not None
-        while True:
-            try:
-                async with await postgres.connect_async(
-                    self.database_url, autocommit=True, connect_timeout=5
-                ) as conn:
-                    self.db_ok = True
-                    while True:
-                        await self.watcher.check(conn, self.js)
-                        await asyncio.sleep(self.settings.schema_poll_seconds)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.db_ok = not isinstance(exc, psycopg.Error)
-                if isinstance(exc, MissingTableError) or (
-                    isinstance(exc, psycopg.Error) and pg_errors.is_permanent(exc)
-                ):
-                    self.stop_for(str(exc).strip())
-                    return
-                log.warning("schema watch: %s; retrying", self.shown(str(exc).strip()))
-                await asyncio.sleep(2)
+
+        def db_ok(ok: bool) -> None:
+            self.db_ok = ok
+
+        await self.watcher.run(
+            self.database_url,
+            self.js,
+            self.settings.schema_poll_seconds,
+            db_ok,
+            self.stop_for,
+            self.shown,
+        )
 
     def stop_for(self, reason: str) -> None:
         """A permanent error: say what to fix, and end the service with exit code 2."""

@@ -33,7 +33,8 @@ from typing import Any
 import psycopg
 
 from services.snapshotter.errors import SnapshotError
-from services.snapshotter.parallel import LockBusy, Segment, plan_segments, read_exported_parallel
+from services.snapshotter.parallel import read_exported_parallel
+from services.snapshotter.segments import LockBusy, Segment, plan_segments
 from services.snapshotter.snapshot_context import TableSnapshot
 from services.snapshotter.table_plan import TablePlan, redescribe
 from services.snapshotter.table_read import Rewritten, TableRead, publish_chunks, read_table

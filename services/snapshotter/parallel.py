@@ -32,15 +32,11 @@ import dataclasses
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
-
-import psycopg
-from psycopg import sql
 
 from pg_nats_bridge.contract import KeySegment
 from services.snapshotter.chunk_packing import Chunk, ChunkBuilder
 from services.snapshotter.errors import SnapshotError
+from services.snapshotter.ledger import Ledger, SegmentsDone
 from services.snapshotter.reader_protocol import (
     GO,
     HEADER,
@@ -53,80 +49,11 @@ from services.snapshotter.reader_protocol import (
     range_parts,
     read_header,
 )
+from services.snapshotter.segments import LockBusy, Segment
 from services.snapshotter.table_plan import TablePlan
 from shared import failpoints
 
 log = logging.getLogger(__name__)
-
-# Rows sampled to cut the key into segments.
-SAMPLE_ROWS = 20_000
-# How long a reader waits for the table's lock before the attempt is given up (exported).
-LOCK_SECONDS = 5.0
-
-
-Segment = KeySegment
-
-
-class LockBusy(Exception):
-    """A reader could not lock the table in time (exported mode): export again."""
-
-
-async def plan_segments(
-    conn: psycopg.AsyncConnection[Any],
-    table: sql.Identifier,
-    key: list[str],
-    readers: int,
-    estimated_rows: int | None,
-    rows_per_reader: int = 500_000,
-) -> list[Segment]:
-    """`readers` segments of about equal rows, fewer for a small table; [] for one reader.
-    Without the planner's estimate (a table never analyzed) 1% of its pages are sampled, and
-    the sample says the size. `LockBusy` when the table could not be locked in time."""
-    if readers <= 1 or not key:
-        return []
-    if estimated_rows is not None:
-        readers = min(readers, max(1, estimated_rows // rows_per_reader))
-        if readers <= 1:
-            return []
-        percent = min(100.0, max(0.001, 100.0 * SAMPLE_ROWS / max(estimated_rows, 1)))
-    else:
-        percent = 1.0
-    columns = sql.SQL(", ").join(map(sql.Identifier, key))
-    # Each as text under a name of its own: `ORDER BY id` would otherwise sort by the output
-    # column `id::text`, lexically (a bare name in ORDER BY means an output column first).
-    query = sql.SQL("SELECT {} FROM {} TABLESAMPLE SYSTEM ({}) ORDER BY {}").format(
-        sql.SQL(", ").join(
-            sql.SQL("{}::text AS {}").format(sql.Identifier(k), sql.Identifier(f"bound {i}"))
-            for i, k in enumerate(key)
-        ),
-        table,
-        sql.Literal(percent),
-        columns,
-    )
-    try:
-        async with conn.transaction():
-            # Bounded as the readers' own locks are: an ALTER TABLE queued behind another
-            # transaction would hold this up for as long.
-            await conn.execute(
-                sql.SQL("SET LOCAL lock_timeout = {}").format(
-                    sql.Literal(f"{int(LOCK_SECONDS * 1000)}ms")
-                )
-            )
-            cur = await conn.execute(query)
-            sample = [list(row) for row in await cur.fetchall()]
-    except psycopg.errors.LockNotAvailable as exc:
-        raise LockBusy(str(exc)) from None
-    if estimated_rows is None:
-        readers = min(readers, max(1, len(sample) * 100 // rows_per_reader))
-    bounds: list[list[str]] = []
-    for i in range(1, readers):
-        bound = sample[len(sample) * i // readers] if sample else None
-        if bound is not None and bound not in bounds:
-            bounds.append(bound)
-    if not bounds:
-        return []
-    edges: list[list[str] | None] = [None, *bounds, None]
-    return [Segment(start=edges[i], end=edges[i + 1]) for i in range(len(edges) - 1)]
 
 
 class _Reader:
@@ -185,69 +112,6 @@ def _failure(payload: bytes) -> Exception:
     if reason == "lock_timeout":
         return LockBusy(error)
     return SnapshotError(reason, error)
-
-
-class Ledger:
-    """Which chunks belong to which reader's ranges, for records a continuation can trust."""
-
-    def __init__(self, segments: list[Segment], next_chunk: int, row_count: int) -> None:
-        self.segments = segments
-        self.base_rows = row_count
-        self.ranges: list[list[tuple[int, int, list[str], int]]] = [[] for _ in segments]
-        self.open: list[tuple[int, int] | None] = [None for _ in segments]
-        self.finished = [s.done for s in segments]
-
-    def chunk(self, reader: int, index: int) -> None:
-        first = self.open[reader]
-        self.open[reader] = (index if first is None else first[0], index)
-
-    def range_done(self, reader: int, after: list[str], rows: int) -> None:
-        span = self.open[reader]
-        assert span is not None, "a range without a chunk"
-        self.ranges[reader].append((span[0], span[1], after, rows))
-        self.open[reader] = None
-
-    def cut(self, published: int) -> int:
-        """The highest number below which every chunk is in a finished range that lies
-        entirely below it."""
-        cut = published
-        while True:
-            low = cut
-            for reader, ranges in enumerate(self.ranges):
-                span = self.open[reader]
-                if span is not None:
-                    low = min(low, span[0])
-                for first, last, _, _ in ranges:
-                    if last >= cut:
-                        low = min(low, first)
-            if low == cut:
-                return cut
-            cut = low
-
-    def record(self, published: int) -> tuple[list[Segment], int, int]:
-        """The segments as read through the cut, the cut, and the rows below it."""
-        cut = self.cut(published)
-        rows = self.base_rows
-        segments = []
-        for reader, segment in enumerate(self.segments):
-            after, whole = segment.after, self.open[reader] is None
-            for _, last, through, count in self.ranges[reader]:
-                if last < cut:
-                    after, rows = through, rows + count
-                else:
-                    whole = False
-            done = self.finished[reader] and whole
-            segments.append(Segment(start=segment.start, end=segment.end, after=after, done=done))
-        return segments, cut, rows
-
-
-@dataclass(frozen=True)
-class SegmentsDone:
-    """Handed to the publisher in line with the chunks: record this (chunked mode)."""
-
-    segments: list[Segment]
-    next_chunk: int
-    row_count: int
 
 
 def reader_job(template: ReaderJob, segment: KeySegment) -> ReaderJob:

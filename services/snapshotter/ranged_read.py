@@ -27,14 +27,10 @@ from pg_nats_bridge.contract import ProgressRecord
 from services.snapshotter.errors import SnapshotError
 from services.snapshotter.exported_read import export
 from services.snapshotter.key_ranges import END_QUERY, Interrupted, KeyRangeRead, read_key_ranges
-from services.snapshotter.parallel import (
-    Ledger,
-    LockBusy,
-    Segment,
-    plan_segments,
-    read_ranges_parallel,
-)
+from services.snapshotter.ledger import Ledger
+from services.snapshotter.parallel import read_ranges_parallel
 from services.snapshotter.resume import ChunkedRecords
+from services.snapshotter.segments import LockBusy, Segment, plan_segments
 from services.snapshotter.snapshot_context import TableSnapshot
 from services.snapshotter.table_read import publish_chunks
 from shared import postgres

@@ -29,7 +29,7 @@ from pg_nats_bridge import contract
 from pg_nats_bridge.contract import ProgressRecord, read_progress_record
 from services.snapshotter.chunk_packing import ChunkBuilder, RangeDone
 from services.snapshotter.errors import SnapshotError
-from services.snapshotter.parallel import SegmentsDone
+from services.snapshotter.ledger import SegmentsDone
 
 log = logging.getLogger(__name__)
 

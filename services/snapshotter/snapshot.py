@@ -28,7 +28,7 @@ from services.snapshotter.conditions import checked, validate
 from services.snapshotter.errors import SnapshotError
 from services.snapshotter.exported_read import read_exported_snapshot
 from services.snapshotter.key_ranges import Interrupted, Operator
-from services.snapshotter.parallel import SegmentsDone
+from services.snapshotter.ledger import SegmentsDone
 from services.snapshotter.progress import SnapshotProgress, estimate_rows
 from services.snapshotter.publishing import PipelinedPublisher, PublishFailed
 from services.snapshotter.ranged_read import read_ranged_snapshot

@@ -14,8 +14,9 @@ from pg_nats_bridge import contract
 from pg_nats_bridge.contract import Condition, KeySegment
 from services.snapshotter.chunk_packing import Chunk, ChunkBuilder, RangeDone
 from services.snapshotter.key_ranges import Operator
-from services.snapshotter.parallel import LOCK_SECONDS, SegmentsDone
+from services.snapshotter.ledger import SegmentsDone
 from services.snapshotter.reader_protocol import ReaderJob
+from services.snapshotter.segments import LOCK_SECONDS
 from services.snapshotter.table_plan import TablePlan
 from shared.codec import ValueMode
 

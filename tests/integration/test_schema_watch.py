@@ -13,8 +13,8 @@ import msgpack
 import nats
 import psycopg
 
-from services.snapshotter import schema as schema_module
-from services.snapshotter.schema import SchemaWatcher
+from services.snapshotter import schema_watch as schema_module
+from services.snapshotter.schema_watch import SchemaWatcher
 from shared import provisioning
 from tests.harness.postgres import Database
 

@@ -1,182 +1,29 @@
-"""Table schema documents (docs/wire-format.md, "INIT stream"): read from the catalog,
-published to the KV bucket and to `init.schema.<table>`, again whenever the catalog shows a
-change.
-
-The KV entry is the current truth and the INIT message announces each new revision of it. The
-KV write is a compare-and-set on the entry's revision, and the INIT Msg-Id carries that
-revision: several snapshotters seeing one change announce it once, and a table that returns to
-an earlier shape (ADD then DROP COLUMN) is announced again, so the last `init.schema.<table>`
-always matches the table. Only the columns CDC carries are listed (shared/published.py).
+"""Watching the catalog for the tables' schemas (schema_documents.py publishes each new one):
+which tables a publication publishes (followed as it changes, without `--table`), their
+renames and drops, and a cheap poll (two catalog queries) that finds what changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
-from psycopg import sql
 
-from pg_nats_bridge import contract
-from pg_nats_bridge.contract.schema import SchemaColumn, SchemaDocument
-from pg_nats_bridge.names import kv_key
-from services.snapshotter import metrics
-from shared.published import published_columns, published_part, published_tables_query
-from shared.tables import PRIMARY_KEY_QUERY
+from pg_nats_bridge.contract.schema import SchemaDocument
+from services.snapshotter.schema_documents import (
+    log_publication_change,
+    publish_schema,
+    read_schema,
+)
+from shared import pg_errors, postgres
+from shared.published import published_tables_query
 
 log = logging.getLogger(__name__)
-
-_COLUMNS = """
-SELECT column_name, data_type, is_nullable, column_default, ordinal_position
-FROM information_schema.columns
-WHERE table_schema = %s AND table_name = %s
-ORDER BY ordinal_position
-"""
-
-# What `old` carries in update and delete events.
-_IDENTITY = "SELECT c.relreplident::text FROM pg_class c WHERE c.oid = %s::regclass"
-_IDENTITIES = {"d": "default", "f": "full", "i": "index", "n": "nothing"}
-
-
-async def read_schema(
-    conn: psycopg.AsyncConnection[Any], schema: str, table: str, publication: str
-) -> SchemaDocument:
-    part = await published_part(conn, schema, table, publication)
-    published = set((await published_columns(conn, schema, table, publication, part)).names)
-    cur = await conn.execute(_COLUMNS, (schema, table))
-    columns = [
-        SchemaColumn(
-            name=name,
-            data_type=data_type,
-            is_nullable=nullable,
-            column_default=default,
-            position=position,
-        )
-        for name, data_type, nullable, default, position in await cur.fetchall()
-        if name in published
-    ]
-    regclass = sql.Identifier(schema, table).as_string(conn)
-    cur = await conn.execute(PRIMARY_KEY_QUERY, (regclass,))
-    found = await cur.fetchone()
-    key = list(found[0]) if found else []
-    cur = await conn.execute(_IDENTITY, (regclass,))
-    row = await cur.fetchone()
-    identity = _IDENTITIES.get(row[0], "default") if row else ""
-    return SchemaDocument(
-        schema=f"{schema}.{table}",
-        table=table,
-        columns=columns,
-        primary_key=key,
-        replica_identity=identity,
-        row_filter=part.row_filter,
-    )
-
-
-def stored_fingerprint(value: bytes | None) -> str | None:
-    """The fingerprint of a stored document, or None when there is none or it is not one
-    (not MessagePack, as an earlier version's JSON, or a value anyone on the NATS account
-    wrote): then it is replaced. Nothing in it is trusted: a crafted value stopped the
-    publishing of every table's schema."""
-    try:
-        return SchemaDocument.decode(value).fingerprint if value else None
-    except (TypeError, ValueError):  # bytes, NaN or the like inside: not a document of ours
-        return None
-
-
-async def publish_schema(
-    js: JetStreamContext,
-    kv: KeyValue,
-    doc: SchemaDocument,
-    prefix: str = "init",
-    announce_current: bool = False,
-) -> bool:
-    """Store `doc` in KV unless it is already there, and announce the new revision on INIT.
-    With `announce_current`, the stored revision is announced even when unchanged (at start: a
-    snapshotter may have died between the two writes). True when KV changed."""
-    key = kv_key(doc.namespace, doc.table)
-    payload = doc.model_copy(update={"timestamp": int(time.time())}).encode()
-    while True:
-        try:
-            entry: Any = await kv.get(key)
-        except KeyNotFoundError:
-            entry = None
-        stored = stored_fingerprint(entry.value) if entry is not None else None
-        if entry is not None and stored is None and entry.value:
-            metrics.foreign_values.inc()
-            log.warning(
-                "KV %s key %s (revision %d) is not a schema document; replacing it",
-                entry.bucket,
-                key,
-                entry.revision,
-            )
-        if stored == doc.fingerprint:
-            if not announce_current:
-                return False
-            revision, payload, changed = entry.revision, entry.value, False
-            break
-        try:
-            if entry is None:
-                revision = await kv.create(key, payload)
-            else:
-                revision = await kv.update(key, payload, last=entry.revision)
-            changed = True
-            break
-        except KeyWrongLastSequenceError:
-            continue  # another snapshotter wrote first: compare with what it wrote
-    token = contract.table_token(doc.namespace, doc.table)
-    await js.publish(
-        contract.schema_subject(doc.namespace, doc.table, prefix),
-        payload,
-        headers={"Nats-Msg-Id": contract.schema_msg_id(token, revision)},
-    )
-    if changed:
-        metrics.schemas.inc()
-        log.info(
-            "published schema of %s.%s (%d columns, %s, revision %d)",
-            doc.namespace,
-            doc.table,
-            len(doc.columns),
-            doc.fingerprint,
-            revision,
-        )
-    return changed
-
-
-def _log_publication_change(old: SchemaDocument, new: SchemaDocument) -> None:
-    """What the publication (or the table) now makes consumers see, and what they must do:
-    a copy keeps what it loaded until it takes a new snapshot."""
-    was = [c.name for c in old.columns]
-    now = [c.name for c in new.columns]
-    gone, added = [c for c in was if c not in now], [c for c in now if c not in was]
-    if gone or added:
-        log.warning(
-            "%s.%s: published columns now %s (%s%s); copies hold the old columns until they "
-            "take a new snapshot (bridge snapshot %s.%s)",
-            new.namespace,
-            new.table,
-            ", ".join(now),
-            f"removed {', '.join(gone)}" if gone else "",
-            (", " if gone and added else "") + (f"added {', '.join(added)}" if added else ""),
-            new.namespace,
-            new.table,
-        )
-    if old.row_filter != new.row_filter:
-        log.warning(
-            "%s.%s: the publication's row filter is now %s (was %s); CDC follows it from now "
-            "on, and copies hold the rows the old one admitted until they take a new snapshot "
-            "(bridge snapshot %s.%s)",
-            new.namespace,
-            new.table,
-            new.row_filter or "none (every row)",
-            old.row_filter or "none (every row)",
-            new.namespace,
-            new.table,
-        )
 
 
 class MissingTableError(RuntimeError):
@@ -260,6 +107,41 @@ class SchemaWatcher:
         self.kv: KeyValue | None = None
         self._kv_turn = 0  # where the next poll's KV comparisons begin
 
+    async def run(
+        self,
+        database_url: str,
+        js: JetStreamContext,
+        poll_seconds: float,
+        db_ok: Callable[[bool], None],
+        stop_for: Callable[[str], None],
+        shown: Callable[[str], str],
+    ) -> None:
+        """Publish schema documents as the catalog changes, until cancelled. Only
+        PostgreSQL's failures make the snapshotter report PostgreSQL down (`db_ok`); what NATS
+        refuses or holds (a crafted KV value, a missing bucket) is the watcher's to log and
+        retry per table. A permanent failure (a configured table missing, a refused login)
+        ends the service (`stop_for`)."""
+        while True:
+            try:
+                async with await postgres.connect_async(
+                    database_url, autocommit=True, connect_timeout=5
+                ) as conn:
+                    db_ok(True)
+                    while True:
+                        await self.check(conn, js)
+                        await asyncio.sleep(poll_seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                db_ok(not isinstance(exc, psycopg.Error))
+                if isinstance(exc, MissingTableError) or (
+                    isinstance(exc, psycopg.Error) and pg_errors.is_permanent(exc)
+                ):
+                    stop_for(str(exc).strip())
+                    return
+                log.warning("schema watch: %s; retrying", shown(str(exc).strip()))
+                await asyncio.sleep(2)
+
     async def check(self, conn: psycopg.AsyncConnection[Any], js: JetStreamContext) -> int:
         """Compare the catalog's digests with the last poll's, read and publish the tables
         that changed, and compare a few tables' KV entries with their documents: a purged or
@@ -323,7 +205,7 @@ class SchemaWatcher:
         known = self.published.get(key)
         previous = self.documents.get(key)
         if previous is not None and previous.fingerprint != doc.fingerprint:
-            _log_publication_change(previous, doc)
+            log_publication_change(previous, doc)
         self.documents[key] = doc
         try:
             # The bucket's handle is looked up once (a stream info request), not per table

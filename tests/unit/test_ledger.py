@@ -8,7 +8,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.snapshotter.parallel import Ledger, Segment
+from services.snapshotter.ledger import Ledger
+from services.snapshotter.segments import Segment
 
 
 @settings(max_examples=300, deadline=None)
