@@ -154,9 +154,11 @@ def replicator_env(database_url: str, nats_url: str, table: str, **more: str) ->
     return env
 
 
-def replicator_run(pg: PostgresServer, ns: NatsServer, slot: str, rows: int) -> dict[str, float]:
-    """The replicator draining `slot` into a fresh CDC stream: rows/s from its first message,
-    CPU per event and peak RSS."""
+def replicator_run(
+    pg: PostgresServer, ns: NatsServer, slot: str, rows: int, transactions: int
+) -> dict[str, float]:
+    """The replicator draining `slot` into a fresh CDC stream (a message per row and a commit
+    record per transaction): rows/s from its first message, CPU per event and peak RSS."""
     delete_stream(ns.url)
     env = replicator_env(
         pg.url(), ns.url, "bench", BRIDGE_SLOT=slot, BRIDGE_PUBLICATION="bench_pub"
@@ -173,7 +175,7 @@ def replicator_run(pg: PostgresServer, ns: NatsServer, slot: str, rows: int) -> 
             time.sleep(0.02)
         first = time.monotonic()
         cpu_first = cpu_times(proc.pid)
-        while (count := stream_count(ns.url)) < rows:
+        while (count := stream_count(ns.url)) < rows + transactions:
             if time.monotonic() - first > 600:
                 raise SystemExit(f"replicator stalled at {count} messages")
             time.sleep(0.05)
@@ -226,7 +228,7 @@ def measure(rows: int, rows_per_tx: int, rounds: int = 3) -> dict[str, Any]:
         runs: list[dict[str, float]] = []
         for i in range(rounds):
             recv_rates.append(recvlogical_rate(pg, f"bench_recv_{i}", end_lsn, rows))
-            runs.append(replicator_run(pg, ns, f"bench_bridge_{i}", rows))
+            runs.append(replicator_run(pg, ns, f"bench_bridge_{i}", rows, txs))
             print(
                 f"round {i + 1}: pg_recvlogical {recv_rates[-1]:>9,.0f} rows/s, "
                 f"replicator {runs[-1]['rate']:>9,.0f} rows/s "

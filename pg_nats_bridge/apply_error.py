@@ -43,6 +43,9 @@ class ApplyError(RuntimeError):
         self.table: str | None = getattr(item, "table", None)
         self.key = key
         self.seq: int | None = getattr(item, "seq", None)
+        # The CDC sequence to follow on from (`state_before`): the change itself, or the first
+        # change of its transaction when the copy undid the whole transaction (`MemoryCopy`).
+        self.retry_from: int | None = self.seq
         self.commit_lsn: str | None = getattr(item, "commit_lsn", None)
         what = type(item).__name__.lower()
         where = []

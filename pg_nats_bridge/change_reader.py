@@ -14,7 +14,6 @@ from pg_nats_bridge import contract
 from pg_nats_bridge.changes import (
     Delete,
     Insert,
-    Item,
     Oversized,
     Row,
     TableSchema,
@@ -25,6 +24,9 @@ from pg_nats_bridge.follow_errors import FollowError, Undecodable
 from pg_nats_bridge.lsn import Lsn
 
 log = logging.getLogger("pg_nats_bridge.follower")
+
+CdcChange = Insert | Update | Delete | Truncate | Oversized
+"""What one CDC event becomes."""
 
 UNPACK = contract.UNPACK_OPTIONS
 
@@ -76,7 +78,7 @@ class ChangeReader:
             if self.replay_closed.get(t, seq + 1) > seq
         }
 
-    def read(self, subject: bytes, seq: int, data: bytes) -> Item | None:
+    def read(self, subject: bytes, seq: int, data: bytes) -> CdcChange | None:
         """The change one CDC event asks for, or None when the snapshot already holds it.
         (Every event passes here: the common path is kept to a few operations.)"""
         route = self.routes.get(subject)

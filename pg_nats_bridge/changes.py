@@ -97,13 +97,17 @@ class Backfilled:
     table: str
     snapshot: dict[str, Any]
     state: dict[str, Any]
+    consistent: bool = True  # see `Bootstrapped`: false until CDC passes the backfill's point
 
 
 @dataclass(slots=True)
 class Bootstrapped:
-    """Every table's snapshot is loaded; CDC changes follow. Store `state` with the rows."""
+    """Every table's snapshot is loaded; CDC changes follow. Store `state` with the rows once
+    `consistent`: the tables' snapshots were taken at one point (else the copy holds different
+    moments of them until a `Committed` or `CaughtUp` says it is consistent)."""
 
     state: dict[str, Any]
+    consistent: bool = True
 
 
 @dataclass(slots=True)
@@ -188,10 +192,25 @@ class TableFailed:
 
 @dataclass(slots=True)
 class CaughtUp:
-    """No change is waiting: the copy is current. Store `state` (its `seq` moves on while other
-    tables' events pass), so that a quiet table resumes without a new snapshot."""
+    """No change is waiting: the copy is current, and every transaction handed out ended.
+    Store `state` (its `seq` moves on while other tables' events pass), so that a quiet table
+    resumes without a new snapshot, once `consistent` (see `Bootstrapped`)."""
 
     state: dict[str, Any]
+    consistent: bool = True
+
+
+@dataclass(slots=True)
+class Committed:
+    """A transaction ends: every change of it for the followed tables was handed out before
+    this (its commit record said so, docs/wire-format.md "Transactions"). A copy may make what
+    it applied visible here, and only here (grouping transactions is fine, splitting one is
+    not); `consistent`: every table of the copy is at this one point (see `Bootstrapped`).
+    `seq` is the CDC sequence of the record."""
+
+    commit_lsn: str
+    seq: int
+    consistent: bool = True
 
 
 Change = (
@@ -208,4 +227,4 @@ Change = (
     | Oversized
     | TableFailed
 )
-Item = Change | CaughtUp
+Item = Change | CaughtUp | Committed

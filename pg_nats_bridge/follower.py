@@ -38,13 +38,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamInfo
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from pg_nats_bridge import contract
-from pg_nats_bridge.change_reader import ChangeReader
+from pg_nats_bridge.change_reader import CdcChange, ChangeReader
 from pg_nats_bridge.changes import (
     Backfilled,
     BackfillRows,
     Bootstrapped,
     CaughtUp,
     Item,
+    Oversized,
     Reset,
     Row,
     Rows,
@@ -58,6 +59,7 @@ from pg_nats_bridge.names import kv_key, parse_table_name, table_token
 from pg_nats_bridge.position import StreamFacts, covered, stream_lacks
 from pg_nats_bridge.pull import Idle, Puller, PullError
 from pg_nats_bridge.snapshot_request import SnapshotRefused, ask_for_snapshot
+from pg_nats_bridge.transactions import TransactionTracker
 
 log = logging.getLogger("pg_nats_bridge")
 
@@ -92,6 +94,13 @@ class _Batch:
 
     items: list[Item]
     end: int | None
+
+
+def _commit_lsn(item: CdcChange) -> str:
+    """The commit LSN of a change item (an oversized row's marker carries it)."""
+    if isinstance(item, Oversized):
+        return str(item.marker["commit_lsn"])
+    return item.commit_lsn
 
 
 def _began(meta: dict[str, Any]) -> float | None:
@@ -170,6 +179,10 @@ class TableFollower:
         # What each CDC event asks of the copy: the tables' snapshot points, replay windows
         # and schemas, and the rules reading an event by them (change_reader.py).
         self.changes = ChangeReader(self._by_token)
+        # Where transactions end, and from when the copy is one consistent state
+        # (transactions.py).
+        self.transactions = TransactionTracker(self._by_token, self.changes.before_snapshot)
+        self._commit_subject = contract.commit_subject(contract.CDC).encode()
         self._revisions: dict[str, int] = {}
         self.pending = 0  # events the consumer holds beyond the last one delivered
         self.skipped = 0  # messages on the bridge's subjects that were not its messages
@@ -302,6 +315,7 @@ class TableFollower:
                 continue
             until = Lsn.parse(meta.get("replay_until") or meta["lsn"])
             self.changes.open_window(table, max(until, self.changes.replay_until.get(table, until)))
+            self.transactions.until(until)  # the backfilled rows are newer than the others
             # Cut short, the next one's rows replace these, and the replay from this position
             # covers both windows.
             async for rows in self._chunks(table, meta):
@@ -317,7 +331,7 @@ class TableFollower:
                 ),
                 meta["lsn"],
             )
-            yield Backfilled(table, meta, self.state)
+            yield Backfilled(table, meta, self.state, consistent=self.transactions.consistent)
             if not request.done.done():
                 request.done.set_result(meta)
 
@@ -456,7 +470,17 @@ class TableFollower:
                 + "; ".join(f"{t}: {why}" for t, why in self._failed.items())
             )
         self._seq = start - 1
-        yield Bootstrapped(self.state)
+        self.transactions.reset()
+        points = {
+            max(lsn, self.changes.replay_until.get(table, lsn))
+            for table, lsn in self.changes.snapshots.items()
+        }
+        windows = bool(self.changes.replay_until)
+        if len(points) > 1 or windows:
+            # Different moments of the tables, or a chunked snapshot's rows read over time:
+            # one state once CDC reaches the latest of them.
+            self.transactions.until(max(points))
+        yield Bootstrapped(self.state, consistent=self.transactions.consistent)
 
     async def _load(
         self, table: str, schema: TableSchema, meta: dict[str, Any]
@@ -659,6 +683,7 @@ class TableFollower:
         """A pull consumer of the tables' subjects from the stored position; its name."""
         filters = [contract.cdc_filter(tok) for tok in self.tokens.values()]
         filters += [contract.oversized_subject(tok) for tok in self.tokens.values()]
+        filters.append(contract.commit_subject())
         name = self._consumer_name = self.durable or f"pnb-{secrets.token_hex(6)}"
         config = ConsumerConfig(
             name=name,
@@ -693,6 +718,12 @@ class TableFollower:
             expires=self.idle_seconds,
         )
         await puller.start()
+        if not self.transactions.records_seen:
+            try:  # a stream with any commit record ends every transaction with one
+                await self.js.get_last_msg(self.cdc_stream, contract.commit_subject())
+                self.transactions.records_seen = True
+            except NotFoundError:
+                pass
         delivered = 0  # consumer sequence of the last delivery
         received = seq = self._seq  # the last message received; the position through it
         schema_checked = time.monotonic()
@@ -701,7 +732,7 @@ class TableFollower:
         unchecked = False  # a request went out since the last read of the stream's state
         try:
             while True:
-                if self._backfills:
+                if self._backfills and self.transactions.at_boundary:
                     raise _Backfill
                 if puller.wants_request() and self.pending > puller.outstanding * puller.batch:
                     # These requests are filled entirely whatever the stream holds: no marker
@@ -731,10 +762,14 @@ class TableFollower:
                     if isinstance(entry, Idle):
                         seq = max(seq, entry.marker)
                         self.pending = 0
+                        self.transactions.idle(items)
+                        if not self.transactions.at_boundary:
+                            continue  # the open transaction's record is on its way
                         if time.monotonic() - schema_checked >= self.idle_seconds:
                             schema_checked = time.monotonic()
                             items.extend(await self._schema_changes())
-                        items.append(CaughtUp({**self.state, "seq": seq}))
+                        consistent = self.transactions.consistent
+                        items.append(CaughtUp({**self.state, "seq": seq}, consistent))
                         continue
                     subject, stream_seq, consumer_seq, pending, data = entry
                     if consumer_seq != delivered + 1:
@@ -744,7 +779,16 @@ class TableFollower:
                         )
                     delivered, received, self.pending = consumer_seq, stream_seq, pending
                     try:
+                        if subject == self._commit_subject:
+                            record = contract.CommitRecord.decode(data)
+                            self.transactions.record(record, stream_seq, items)
+                            seq = stream_seq
+                            continue
                         item = self.changes.read(subject, stream_seq, data)
+                        if item is not None:
+                            self.transactions.change(
+                                self.tokens[item.table], _commit_lsn(item), stream_seq, items
+                            )
                     except (Undecodable, KeyError, TypeError, ValueError, AttributeError) as exc:
                         why = str(exc) if isinstance(exc, Undecodable) else "not a CDC event"
                         self.skip(
@@ -754,8 +798,8 @@ class TableFollower:
                     seq = stream_seq
                     if item is not None:
                         items.append(item)
-                for item in reversed(items):
-                    lsn = getattr(item, "commit_lsn", None)
+                for handed in reversed(items):
+                    lsn = getattr(handed, "commit_lsn", None)
                     if lsn is not None:
                         self._last_commit_lsn = lsn
                         break

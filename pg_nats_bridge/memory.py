@@ -9,9 +9,12 @@ from typing import Any
 from pg_nats_bridge.apply_error import ApplyError, key_of
 from pg_nats_bridge.changes import (
     BackfillRows,
+    CaughtUp,
+    Committed,
     Delete,
     Insert,
     Item,
+    Oversized,
     Reset,
     Row,
     Rows,
@@ -22,19 +25,26 @@ from pg_nats_bridge.changes import (
     Update,
 )
 
+_MISSING = object()  # in the undo log: the key had no row
+_CHANGES = (Insert, Update, Delete, Truncate, Oversized)
+
 
 class MemoryCopy:
     """`tables[name]` is a list of the table's rows. Rows are kept by primary key (an update
     or delete finds its row at once), or by the whole old row in a table without one.
 
-    Each item is applied whole or not at all: an item that cannot be applied raises
-    `ApplyError` and leaves the copy holding every item before it, so following on from
-    `TableFollower.state_before(error.seq)` retries it and loses nothing."""
+    A transaction's changes are held until its `Committed` (or `CaughtUp`) and then applied
+    together: `tables` only ever shows whole transactions. A change that cannot be applied
+    undoes the rest of its transaction and raises `ApplyError`: the copy holds every
+    transaction before it and none of it, so following on from
+    `TableFollower.state_before(error.retry_from)` hands the whole transaction out again."""
 
     def __init__(self) -> None:
         self._rows: dict[str, dict[Any, Row]] = {}
         self.schemas: dict[str, TableSchema] = {}
         self.left_out: dict[str, str] = {}  # tables left out of the copy, and why
+        self._open: list[Item] = []  # the open transaction's changes
+        self._undo: list[tuple[str, Any, Any]] | None = None  # while one is applied
 
     @property
     def tables(self) -> dict[str, list[Row]]:
@@ -53,29 +63,63 @@ class MemoryCopy:
             (r for r in rows.values() if all(r.get(c) == v for c, v in match.items())), None
         )
 
-    def _add(self, table: str, row: Row) -> None:
-        self._rows[table][self._key(table, row)] = row
+    def _set(self, table: str, key: Any, row: Row) -> None:
+        rows = self._rows[table]
+        if self._undo is not None:
+            self._undo.append((table, key, rows.get(key, _MISSING)))
+        rows[key] = row
 
-    def _remove(self, table: str, row: Row) -> None:
-        self._rows[table].pop(self._key(table, row), None)
+    def _pop(self, table: str, key: Any) -> None:
+        rows = self._rows[table]
+        if key in rows:
+            if self._undo is not None:
+                self._undo.append((table, key, rows[key]))
+            del rows[key]
 
     def apply_all(self, items: Iterable[Item]) -> None:
         """`apply` each, in order (`TableFollower.batches` hands out such lists)."""
-        add, apply = self._add, self._apply
+        held, apply = self._open.append, self.apply
         for item in items:
+            if type(item) in _CHANGES:  # most of a backlog: the shortest way
+                held(item)
+            else:
+                apply(item)
+
+    def apply(self, item: Item) -> None:
+        if isinstance(item, _CHANGES):
+            self._open.append(item)
+        elif isinstance(item, Committed | CaughtUp):
+            self._apply_open()
+        else:
             try:
-                if type(item) is Insert:  # most of a backlog: the shortest way
-                    add(item.table, item.row)
-                else:
-                    apply(item)
+                self._apply(item)
             except Exception as exc:
                 raise self._error(item, exc) from exc
 
-    def apply(self, item: Item) -> None:
+    def _apply_open(self) -> None:
+        """The held transaction, whole or not at all."""
+        held, self._open = self._open, []
+        if not held:
+            return
+        undo: list[tuple[str, Any, Any]] = []
+        self._undo = undo
         try:
-            self._apply(item)
-        except Exception as exc:
-            raise self._error(item, exc) from exc
+            for item in held:
+                try:
+                    self._apply(item)
+                except Exception as exc:
+                    for table, key, old in reversed(undo):
+                        if key is None:  # a truncate: the rows it replaced
+                            self._rows[table] = old
+                        elif old is _MISSING:
+                            self._rows[table].pop(key, None)
+                        else:
+                            self._rows[table][key] = old
+                    error = self._error(item, exc)
+                    error.retry_from = getattr(held[0], "seq", None)
+                    raise error from exc
+        finally:
+            self._undo = None
 
     def _error(self, item: Item, exc: Exception) -> ApplyError:
         schema = self.schemas.get(getattr(item, "table", ""))
@@ -94,7 +138,7 @@ class MemoryCopy:
             keyed = {self._key(item.table, row): row for row in item.rows}  # hashed here
             self._rows[item.table].update(keyed)
         elif isinstance(item, Insert):
-            self._add(item.table, item.row)
+            self._set(item.table, self._key(item.table, item.row), item.row)
         elif isinstance(item, Update):
             old = self._find(item.table, item.match) or {}
             if not old and item.replay and item.keep:
@@ -102,15 +146,16 @@ class MemoryCopy:
             new = {**{c: old.get(c) for c in item.keep}, **item.row}
             new_key = self._key(item.table, new)
             hash(new_key)  # an array in the key arrives as a list: unhashable
-            rows = self._rows[item.table]
             if old:
-                rows.pop(self._key(item.table, old), None)
-            rows[new_key] = new
+                self._pop(item.table, self._key(item.table, old))
+            self._set(item.table, new_key, new)
         elif isinstance(item, Delete):
             found = self._find(item.table, item.match)
             if found is not None:
-                self._remove(item.table, found)
+                self._pop(item.table, self._key(item.table, found))
         elif isinstance(item, Truncate):
+            if self._undo is not None:
+                self._undo.append((item.table, None, self._rows[item.table]))
             self._rows[item.table] = {}
         elif isinstance(item, SchemaChanged):
             before = self.schemas.get(item.table)

@@ -24,6 +24,7 @@ from pg_nats_bridge.changes import (
     BackfillRows,
     Bootstrapped,
     CaughtUp,
+    Committed,
     Delete,
     Insert,
     Item,
@@ -73,7 +74,11 @@ def conjunction(terms: list[str]) -> str:
 
 
 class SqliteCopy:
-    """Apply follower items to a SQLite file; `commit()` makes them durable with the state.
+    """Apply follower items to a SQLite file; `commit()` makes them durable with the state,
+    and visible to other readers of the file, only where every transaction applied has ended
+    and the copy is one consistent state (`Committed`, `CaughtUp`, `Bootstrapped`; see
+    pg_nats_bridge/transactions.py): a reader never sees part of a transaction, nor tables at
+    different moments. Elsewhere `commit()` commits nothing and says so (False).
 
     An item that cannot be applied rolls the file back to its last commit, so the data and the
     position stored with it stay together, and raises `ApplyError`; the copy then refuses every
@@ -107,6 +112,10 @@ class SqliteCopy:
         self._keys: dict[str, tuple[str, ...]] = {}  # primary keys, from the schemas
         self.applied = 0  # CDC changes applied since opened
         self._applied_at_commit = 0
+        # Every transaction applied has ended; the tables are at one moment (a copy opened is
+        # as it was committed: both).
+        self.at_boundary = True
+        self.consistent = True
 
     # -- state -------------------------------------------------------------------------------
 
@@ -130,12 +139,17 @@ class SqliteCopy:
         doc = self._get(f"schema:{table}")
         return TableSchema.from_document(doc) if doc else None
 
-    def commit(self, state: dict[str, Any] | None) -> None:
+    def commit(self, state: dict[str, Any] | None) -> bool:
+        """Store `state` with what was applied and commit, where that may be seen (see the
+        class); whether it did."""
         self._refuse_after_failure()
+        if not (self.at_boundary and self.consistent):
+            return False
         if state is not None:
             self._put("follower", state)
         self.db.commit()
         self._applied_at_commit = self.applied
+        return True
 
     def _refuse_after_failure(self) -> None:
         """After a rollback the follower's position is past what the file holds: storing it,
@@ -173,12 +187,14 @@ class SqliteCopy:
                     continue
                 if run and table is not None:
                     current = run
+                    self.at_boundary = False
                     self._insert_run(table, columns, run)
                     table, run = None, []
                 current = item
                 self._apply(item)
             if run and table is not None:
                 current = run
+                self.at_boundary = False
                 self._insert_run(table, columns, run)
         except Exception as exc:
             self._fail(current, exc)
@@ -202,6 +218,8 @@ class SqliteCopy:
         self.db.rollback()
         self._forget_shapes()
         self.applied = self._applied_at_commit
+        self.at_boundary = True  # as committed
+        self.consistent = True
         self.failed = ApplyError(current, key, exc)
         log.error(
             "%s; the copy is rolled back to its last commit and stops: a restart retries the "
@@ -298,6 +316,15 @@ class SqliteCopy:
         return found
 
     def _apply(self, item: Item) -> None:
+        if isinstance(item, Committed):
+            self.at_boundary, self.consistent = True, item.consistent
+            return
+        if isinstance(item, Bootstrapped | CaughtUp | Backfilled):
+            self.at_boundary, self.consistent = True, item.consistent
+        elif not isinstance(item, SchemaChanged | TableFailed):
+            self.at_boundary = False
+            if isinstance(item, Reset):
+                self.consistent = False  # a bootstrap: one state again at `Bootstrapped`
         if isinstance(item, Rows):
             self._insert_many(item.table, item.rows)
         elif isinstance(item, BackfillRows):

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 from pg_nats_bridge.contract.control import ControlReply, SnapshotControl, SnapshotRunning
 from pg_nats_bridge.contract.encoding import PACK_OPTIONS, UNPACK_OPTIONS, pack, packer, unpack
-from pg_nats_bridge.contract.events import ChangeEvent, LogicalMessage, OversizedMarker
+from pg_nats_bridge.contract.events import (
+    ChangeEvent,
+    CommitRecord,
+    LogicalMessage,
+    OversizedMarker,
+)
 from pg_nats_bridge.contract.msg_ids import (
     change_msg_id,
     change_msg_id_prefix,
+    commit_msg_id,
     message_msg_id,
     meta_msg_id,
     schema_msg_id,
@@ -49,6 +55,7 @@ from pg_nats_bridge.contract.snapshot import (
 from pg_nats_bridge.contract.subjects import (
     CDC,
     CDC_STREAM,
+    COMMIT_TOKEN,
     CONTROL_PREFIX,
     INIT,
     INIT_KINDS,
@@ -61,6 +68,7 @@ from pg_nats_bridge.contract.subjects import (
     backfill_meta_subject,
     cdc_filter,
     cdc_subject,
+    commit_subject,
     control_subject,
     message_subject,
     meta_subject_of_token,
@@ -90,6 +98,7 @@ from pg_nats_bridge.names import (
 __all__ = [
     "CDC",
     "CDC_STREAM",
+    "COMMIT_TOKEN",
     "CONDITION_OPERATORS",
     "CONTROL_PREFIX",
     "HEARTBEAT_HEADER",
@@ -115,6 +124,7 @@ __all__ = [
     "CdcSubject",
     "ChangeEvent",
     "ChunkHeader",
+    "CommitRecord",
     "Condition",
     "ControlReply",
     "KeySegment",
@@ -137,6 +147,8 @@ __all__ = [
     "change_msg_id_prefix",
     "chunk_header",
     "chunk_rows",
+    "commit_msg_id",
+    "commit_subject",
     "control_subject",
     "escape_name",
     "heartbeat_seconds",

@@ -20,7 +20,12 @@ from pg_nats_bridge.contract.control import (
     SnapshotControl,
     SnapshotRunning,
 )
-from pg_nats_bridge.contract.events import ChangeEvent, LogicalMessage, OversizedMarker
+from pg_nats_bridge.contract.events import (
+    ChangeEvent,
+    CommitRecord,
+    LogicalMessage,
+    OversizedMarker,
+)
 from pg_nats_bridge.contract.schema import SchemaDocument
 from pg_nats_bridge.contract.snapshot import (
     HEARTBEAT_HEADER,
@@ -33,6 +38,7 @@ from pg_nats_bridge.contract.snapshot import (
 )
 from pg_nats_bridge.contract.subjects import (
     CDC,
+    COMMIT_TOKEN,
     CONTROL_PREFIX,
     INIT,
     MESSAGE_TOKEN,
@@ -45,7 +51,10 @@ MSGPACK = "application/msgpack"
 JSON = "application/json"
 
 # The channels the bridge publishes on (the snapshot request is the one it receives).
-SENT = ("change", "oversized", "logicalMessage", "schema", "chunk", "meta", "backfill", "progress")
+SENT = (
+    "change", "oversized", "logicalMessage", "commit", "schema", "chunk", "meta", "backfill",
+    "progress",
+)  # fmt: skip
 
 _TABLE = {"description": "the table's subject token (docs/wire-format.md, Subjects)"}
 
@@ -96,6 +105,7 @@ def document(version: str = "unknown") -> dict[str, Any]:
     """The AsyncAPI 3.0.0 document of the bridge's NATS interface."""
     models: list[type[BaseModel]] = [
         ChangeEvent,
+        CommitRecord,
         OversizedMarker,
         LogicalMessage,
         SnapshotChunk,
@@ -126,6 +136,10 @@ def document(version: str = "unknown") -> dict[str, Any]:
         "logicalMessage": _message(
             "logicalMessage", LogicalMessage, MSGPACK, "a pg_logical_emit_message",
             headers=_msg_id("`<commit_lsn>:<ordinal>`, or `message:<lsn>`"),
+        ),
+        "commit": _message(
+            "commit", CommitRecord, MSGPACK, "a transaction's end, after its last change",
+            headers=_msg_id("`<commit_lsn>:commit`"),
         ),
         "schemaDocument": _message(
             "schemaDocument", SchemaDocument, MSGPACK,
@@ -183,6 +197,10 @@ def document(version: str = "unknown") -> dict[str, Any]:
         "logicalMessage": _channel(
             f"{CDC}.{MESSAGE_TOKEN}.{{prefix}}", "logical decoding messages", ["logicalMessage"],
             prefix={"description": "the message's prefix, escaped like a table name"},
+        ),
+        "commit": _channel(
+            f"{CDC}.{COMMIT_TOKEN}", "every transaction's commit record (the tables' counts)",
+            ["commit"],
         ),
         "schema": _channel(
             f"{INIT}.schema.{{table}}", "each new revision of a table's schema",

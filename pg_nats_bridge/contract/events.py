@@ -88,3 +88,19 @@ class LogicalMessage(_Event):
 
     def _unset(self) -> set[str]:
         return set() if self.transactional else {"commit_lsn", "xid", "ordinal", "commit_time"}
+
+
+class CommitRecord(_Event):
+    """The end of a transaction that published anything, on `cdc.~commit` after its last
+    change (docs/wire-format.md, "Transactions"): how many changes it published, and how many
+    of each table (by subject token), so that a consumer of any set of tables knows, once this
+    arrives, that it holds every change of the transaction for its tables. Changes are row
+    changes and the markers that replace oversized ones (per table) and transactional logical
+    messages (`messages`); `event_count` is all of them. Its Msg-Id is `<commit_lsn>:commit`."""
+
+    commit_lsn: str
+    xid: int
+    commit_time: str
+    event_count: int = Field(ge=1)
+    tables: dict[str, int]  # subject token → changes of that table
+    messages: int = Field(default=0, ge=0)  # transactional logical decoding messages

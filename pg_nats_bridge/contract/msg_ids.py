@@ -27,6 +27,11 @@ def change_msg_id_prefix(commit_lsn_text: str) -> bytes:
     return commit_lsn_text.encode() + b":"
 
 
+def commit_msg_id(commit_lsn_text: str) -> str:
+    """A transaction's commit record: `<commit LSN>:commit` (no change's ordinal is a word)."""
+    return f"{commit_lsn_text}:commit"
+
+
 def message_msg_id(lsn: Lsn) -> str:
     """A non-transactional logical decoding message's Msg-Id (it has no commit)."""
     return f"message:{lsn}"

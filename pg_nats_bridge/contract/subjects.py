@@ -22,6 +22,8 @@ MESSAGE_TOKEN = "~message"
 """`cdc.~message.<prefix>`: a logical decoding message."""
 OVERSIZED_TOKEN = "~oversized"
 """`cdc.~oversized.<table>`: the dead-letter marker of a row larger than max_payload."""
+COMMIT_TOKEN = "~commit"
+"""`cdc.~commit`: every transaction's commit record, after its last change."""
 
 INIT_KINDS = frozenset({"snap", "meta", "backfill", "schema", "progress"})
 """The second token of every INIT subject."""
@@ -44,6 +46,10 @@ def cdc_filter(token: str | None = None) -> str:
 
 def oversized_subject(token: str, prefix: str = CDC) -> str:
     return f"{prefix}.{OVERSIZED_TOKEN}.{token}"
+
+
+def commit_subject(prefix: str = CDC) -> str:
+    return f"{prefix}.{COMMIT_TOKEN}"
 
 
 def message_subject(escaped_prefix: str, prefix: str = CDC) -> str:
@@ -117,18 +123,21 @@ def subjects_overlap(a: str, b: str) -> bool:
 @dataclass(frozen=True, slots=True)
 class CdcSubject:
     """What a subject on the CDC stream is about: a table's change (`token`, `operation`), an
-    oversized row's marker (`token`, operation None), or a logical decoding message (`token`
-    its escaped prefix, `message` true)."""
+    oversized row's marker (`token`, operation None), a logical decoding message (`token` its
+    escaped prefix, `message` true), or a transaction's commit record (`commit` true)."""
 
     token: str
     operation: str | None = None
     message: bool = False
+    commit: bool = False
 
 
 def parse_cdc_subject(subject: str, prefix: str = CDC) -> CdcSubject:
     """The inverse of the CDC subject builders; SubjectError for a subject none of them
     builds (anyone allowed on `cdc.>` may publish anything there)."""
     parts = subject.split(".")
+    if len(parts) == 2 and parts[0] == prefix and parts[1] == COMMIT_TOKEN:
+        return CdcSubject("", commit=True)
     if len(parts) != 3 or parts[0] != prefix or not parts[1] or not parts[2]:
         raise SubjectError(f"{subject!r} is not a CDC subject")
     if parts[1] == OVERSIZED_TOKEN:

@@ -47,6 +47,12 @@ _NONE_UNCHANGED = _K_UNCHANGED + msgpack.packb([])
 _K_COMMIT_LSN = msgpack.packb("commit_lsn")
 _K_XID = msgpack.packb("xid")
 _K_COMMIT_TIME = msgpack.packb("commit_time")
+# A commit record (contract.CommitRecord): a 6-entry map, commit_lsn, xid and commit_time packed
+# as the changes have them.
+_COMMIT_HEAD = b"\x86"
+_K_EVENT_COUNT = msgpack.packb("event_count")
+_K_TABLES = msgpack.packb("tables")
+_K_MESSAGES = msgpack.packb("messages")
 
 
 @dataclass(slots=True)
@@ -117,6 +123,11 @@ class EventBuilder:
         self._second = -1  # the second `_second_text` formats (commit times repeat it)
         self._second_text = ""
         self._ordinal = 0
+        # The open transaction's changes per table token, and its transactional messages: its
+        # commit record (`_commit`) says them.
+        self._counts: dict[str, int] = {}
+        self._messages = 0
+        self._commit_subject = contract.commit_subject(prefix).encode()
 
     def _time_text(self, pg_us: int) -> str:
         """ISO 8601 UTC with microseconds; the date-and-second part is formatted once per
@@ -146,7 +157,7 @@ class EventBuilder:
                 elif fast:  # a Begin
                     self._start_transaction(*fast)
                 else:  # a Commit
-                    self._xid = None
+                    self._commit(out)
                 return
         if len(raw) < po.XLOG_HEADER:
             parse_copy_data(raw)  # raises the framing error
@@ -181,7 +192,7 @@ class EventBuilder:
             self._start_transaction(int(message.final_lsn), message.commit_time, message.xid)
         elif kind is po.Commit:
             assert isinstance(message, po.Commit)
-            self._xid = None
+            self._commit(out)
         elif kind is po.Relation:
             assert isinstance(message, po.Relation)
             self._relation(message)
@@ -198,12 +209,38 @@ class EventBuilder:
         self._xid = xid
         self._final_lsn = final_lsn
         self._ordinal = 0
+        self._counts = {}
+        self._messages = 0
         self._commit_lsn_text = text = lsn_text(final_lsn)
         self._commit_lsn_bytes = contract.change_msg_id_prefix(text)
         self._commit_time_text = self._time_text(commit_time)
         pack = self._packer.pack
         self._tx_middle = _K_COMMIT_LSN + pack(text) + _K_XID + pack(xid)
         self._tx_time = _K_COMMIT_TIME + pack(self._commit_time_text)
+
+    def _commit(self, out: list[Outgoing]) -> None:
+        """The transaction ends: its commit record after its last change, when it published
+        anything (docs/wire-format.md, "Transactions")."""
+        if self._xid is not None and (self._counts or self._messages):
+            counts = self._counts
+            total = sum(counts.values()) + self._messages
+            pack = self._packer.pack
+            payload = b"".join(
+                (
+                    _COMMIT_HEAD,
+                    self._tx_middle,
+                    self._tx_time,
+                    _K_EVENT_COUNT,
+                    pack(total),
+                    _K_TABLES,
+                    pack(counts),
+                    _K_MESSAGES,
+                    pack(self._messages),
+                )
+            )
+            msg_id = self._commit_lsn_bytes + b"commit"
+            out.append(Outgoing(self._commit_subject, payload, msg_id))
+        self._xid = None
 
     def types_to_resolve(self, frames: list[bytes]) -> list[int]:
         """The types of `frames`' Relation messages that may be domains and were never looked
@@ -335,6 +372,8 @@ class EventBuilder:
             )
         )
         msg_id = self._commit_lsn_bytes + b"%d" % ordinal
+        counts = self._counts
+        counts[info.token] = counts.get(info.token, 0) + 1
         if len(payload) + _HEADER_ALLOWANCE > self.max_payload:
             event = self._envelope(info, operation, lsn_str, ordinal)
             event.update(data=data, old=old, unchanged=unchanged)
@@ -363,6 +402,7 @@ class EventBuilder:
             )
             payload = contract.ChangeEvent.model_validate(event).encode()
             msg_id = self._commit_lsn_bytes + b"%d" % ordinal
+            self._counts[info.token] = self._counts.get(info.token, 0) + 1
             if len(payload) + _HEADER_ALLOWANCE > self.max_payload:
                 self._dead_letter(info, event, len(payload), None, msg_id, out)
             else:
@@ -371,6 +411,8 @@ class EventBuilder:
     def _logical_message(self, message: po.LogicalMessage, out: list[Outgoing]) -> None:
         transactional = message.transactional and self._xid is not None
         ordinal = self._next_ordinal() if transactional else None
+        if transactional:
+            self._messages += 1
         event = contract.LogicalMessage(
             prefix=message.prefix,
             content=message.content,

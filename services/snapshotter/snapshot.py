@@ -15,6 +15,7 @@ reader and the publisher, and the chunks awaiting their PubAck).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -137,6 +138,7 @@ async def take_snapshot(
         raise SnapshotError(exc.reason, str(exc)) from exc
     if records is not None:
         await records.finish()
+    await _mark_in_the_wal(context, meta)
     log.info(
         "snapshot %s of %s.%s: %d rows in %d chunks at %s (%.1f s)",
         snapshot_id,
@@ -148,6 +150,34 @@ async def take_snapshot(
         time.monotonic() - started,
     )
     return meta
+
+
+MARKER_PREFIX = "pg-nats-bridge"
+"""The prefix of the logical decoding message written after every snapshot."""
+
+
+async def _mark_in_the_wal(context: SnapshotContext, meta: dict[str, Any]) -> None:
+    """A transaction after the snapshot's point, whatever else the database is doing: a
+    logical decoding message (`cdc.~message.pg-nats-bridge`) whose commit record tells a copy
+    holding tables at different moments that CDC has carried them all to one point
+    (pg_nats_bridge/transactions.py); without it an idle database would leave such a copy
+    unexposed until its next write. Best effort: a copy then waits for that write."""
+    body = json.dumps(
+        {"snapshot_id": meta["snapshot_id"], "schema": meta["schema"], "table": meta["table"]}
+    )
+    try:
+        url = context.primary_url or context.database_url  # a standby takes no writes
+        async with await postgres.connect_async(url, autocommit=True) as conn:
+            await conn.execute(
+                "SELECT pg_logical_emit_message(true, %s, %s)", (MARKER_PREFIX, body)
+            )
+    except psycopg.Error as exc:
+        log.warning(
+            "snapshot %s: no marker written to the WAL (%s); copies holding tables at "
+            "different moments show them once the database commits its next transaction",
+            meta["snapshot_id"],
+            str(exc).strip(),
+        )
 
 
 async def _plan(

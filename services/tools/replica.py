@@ -168,8 +168,9 @@ async def run_replica(
                 progress.current = False
             if batch and isinstance(batch[-1], Bootstrapped | CaughtUp | Backfilled):
                 last_commit = time.monotonic()  # the copy committed with the item's state
-            elif time.monotonic() - last_commit >= commit_seconds:
-                copy.commit(follower.state if bootstrapped else None)
+            elif time.monotonic() - last_commit >= commit_seconds and copy.commit(
+                follower.state if bootstrapped else None
+            ):  # where every transaction applied ended, and the tables are at one moment
                 last_commit = time.monotonic()
             if bootstrapped and progress.due():
                 progress.following(follower, copy.left_out())
@@ -189,15 +190,17 @@ async def run_replica(
         return 3
     finally:
         if copy.failed is None:
+            # Whatever else stopped us (SIGTERM, a NATS error), every batch handed out was
+            # applied whole: it and its position commit together, unless a transaction is
+            # open or the tables are not yet at one moment (then the copy stays at its last
+            # commit, and the next start hands the rest out again).
+            whole = copy.commit(follower.state if bootstrapped else None)
             log.info(
-                "stopped; the copy is committed: %d changes applied, %d foreign messages skipped",
+                "stopped; the copy is committed%s: %d changes applied, %d foreign messages skipped",
+                "" if whole else " through its last whole transaction",
                 progress.applied,
                 follower.skipped,
             )
-            # Whatever else stopped us (SIGTERM, a NATS error), every batch handed out was
-            # applied whole: it and its position commit together; during a bootstrap the file
-            # holds no position and starts over.
-            copy.commit(follower.state if bootstrapped else None)
         copy.close()
         with contextlib.suppress(Exception):
             await nc.close()

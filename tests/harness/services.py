@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import nats
 
+from pg_nats_bridge import contract
 from shared.wire import unpack
 from tests.harness.postgres import Database
 
@@ -143,11 +144,18 @@ def ask_all(
     return asyncio.run(ask())
 
 
+COMMITS = contract.commit_subject()
+# The logical decoding message the snapshotter writes after each snapshot.
+MARKERS = contract.message_subject(contract.escape_name("pg-nats-bridge"))
+BOOKKEEPING = frozenset({COMMITS, MARKERS})
+
+
 def stream_messages(
-    url: str, stream: str = "CDC", **connect_options: Any
+    url: str, stream: str = "CDC", commits: bool = False, **connect_options: Any
 ) -> list[tuple[str, dict[str, str], Any]]:
-    """Every message in the stream, in sequence order: (subject, headers, decoded payload).
-    `connect_options` are nats-py's (tls, user, password…) for a secured server."""
+    """Every message in the stream, in sequence order: (subject, headers, decoded payload),
+    the transactions' commit records (`cdc.~commit`) and the snapshotter's markers only with
+    `commits`. `connect_options` are nats-py's (tls, user, password…) for a secured server."""
 
     async def fetch() -> list[tuple[str, dict[str, str], Any]]:
         nc = await nats.connect(url, **connect_options)
@@ -159,9 +167,10 @@ def stream_messages(
             if total == 0:
                 return out
             sub = await js.subscribe(">", stream=stream, ordered_consumer=True)
-            while len(out) < total:
+            for _ in range(total):
                 msg = await sub.next_msg(timeout=10)
-                out.append((msg.subject, dict(msg.headers or {}), unpack(msg.data)))
+                if commits or msg.subject not in BOOKKEEPING:
+                    out.append((msg.subject, dict(msg.headers or {}), unpack(msg.data)))
             await sub.unsubscribe()
             return out
         finally:
@@ -170,11 +179,20 @@ def stream_messages(
     return asyncio.run(fetch())
 
 
-def stream_count(url: str, stream: str = "CDC") -> int:
+def stream_count(url: str, stream: str = "CDC", commits: bool = False) -> int:
+    """The messages in the stream, the transactions' commit records only with `commits`;
+    -1 when the stream cannot be read."""
+
     async def count() -> int:
         nc = await nats.connect(url)
         try:
-            return int((await nc.jetstream().stream_info(stream)).state.messages)
+            js = nc.jetstream()
+            total = int((await js.stream_info(stream)).state.messages)
+            if commits or stream != "CDC":
+                return total
+            info = await js.stream_info(stream, subjects_filter=f"{contract.CDC}.>")
+            subjects = info.state.subjects or {}
+            return total - sum(int(subjects.get(s, 0)) for s in BOOKKEEPING)
         except Exception:
             return -1
         finally:

@@ -15,6 +15,7 @@ from pg_nats_bridge import ApplyError, MemoryCopy, SqliteCopy
 from pg_nats_bridge.changes import (
     Bootstrapped,
     CaughtUp,
+    Committed,
     Delete,
     Insert,
     Item,
@@ -174,28 +175,34 @@ class PoisonedMemoryCopy(MemoryCopy):
 
 
 @pytest.mark.parametrize("failing", [11, 12, 13, 14, 15])
-def test_memory_copy_holds_every_item_before_the_failing_one_and_none_of_it(
-    failing: int,
-) -> None:
+def test_memory_copy_shows_the_transaction_whole_or_not_at_all(failing: int) -> None:
+    """A change that fails undoes the rest of its transaction: the copy holds every
+    transaction before it and none of it, and following on from `retry_from` (the
+    transaction's first change) applies it whole."""
     copy = PoisonedMemoryCopy()
     copy.apply_all(BOOTSTRAP)
     item = BATCH[failing - 11]
     copy.poisoned = item.row["id"] if isinstance(item, Insert | Update) else 2
+    copy.apply_all(BATCH)
+    assert {t: sorted((r["id"], r["v"]) for r in rows) for t, rows in copy.tables.items()} == (
+        BEFORE
+    )  # held until the transaction ends
     with pytest.raises(ApplyError) as raised:
-        copy.apply_all(BATCH)
-    assert raised.value.seq == failing
-    applied = MemoryCopy()
-    applied.apply_all(BOOTSTRAP + BATCH[: failing - 11])
-    assert copy.tables == applied.tables
-    copy.poisoned = -1  # removed: following on from the change retries it
-    copy.apply_all(BATCH[failing - 11 :])
+        copy.apply(Committed("0/9", 18))
+    assert raised.value.seq == failing and raised.value.retry_from == 11
+    assert {t: sorted((r["id"], r["v"]) for r in rows) for t, rows in copy.tables.items()} == (
+        BEFORE
+    )
+    copy.poisoned = -1  # removed: following on from the transaction retries it
+    copy.apply_all([*BATCH, Committed("0/9", 18)])
     assert {t: sorted((r["id"], r["v"]) for r in rows) for t, rows in copy.tables.items()} == AFTER
 
 
 def test_memory_copy_leaves_a_row_it_cannot_key_alone() -> None:
     copy = MemoryCopy()
     copy.apply_all(BOOTSTRAP)
+    copy.apply(Update(T, {"id": 1}, {"id": [1], "v": "x"}, (), 20, "0/9", "t"))
     with pytest.raises(ApplyError) as raised:  # an array key arrives as a list: unhashable
-        copy.apply(Update(T, {"id": 1}, {"id": [1], "v": "x"}, (), 20, "0/9", "t"))
+        copy.apply(Committed("0/9", 21))
     assert "TypeError" in str(raised.value) and raised.value.key == {"id": 1}
     assert sorted((r["id"], r["v"]) for r in copy.tables[T]) == BEFORE[T]

@@ -124,3 +124,56 @@ def test_the_hand_written_change_encodes_as_the_contract_model(
     assert message.subject == contract.cdc_subject("public", "t", operation).encode()
     assert message.msg_id == contract.change_msg_id(Lsn(commit_lsn), 0).encode()
     assert event.xid == xid and event.operation == operation
+
+
+def _relation(relid: int, schema: str, table: str) -> bytes:
+    columns = b"\x01id\x00" + struct.pack("!Ii", 23, -1)
+    return (
+        b"R" + struct.pack("!I", relid) + schema.encode() + b"\x00" + table.encode() + b"\x00d"
+        + struct.pack("!H", 1) + columns
+    )  # fmt: skip
+
+
+@given(
+    changes=st.lists(st.sampled_from([0, 1, 2]), max_size=40),
+    messages=st.integers(0, 3),
+    xid=st.integers(1, 2**32 - 1),
+    commit_lsn=st.integers(0x1000000, 2**40),
+)
+def test_a_transaction_ends_with_its_commit_record(
+    changes: list[int], messages: int, xid: int, commit_lsn: int
+) -> None:
+    """After a transaction's last change comes its commit record (hand-packed: its bytes are
+    `CommitRecord`'s encoding) with the changes per table and the transactional messages;
+    a transaction that published nothing has none."""
+    tables = [(16384, "public", "a"), (16385, "sales", "Big.Orders"), (16386, "public", "c")]
+    builder = EventBuilder(ValueMode.TYPED, 1 << 20)
+    out: list[Outgoing] = []
+    lsn = commit_lsn - 1000
+    for relid, schema, table in tables:
+        builder.feed(xlog(lsn, _relation(relid, schema, table)), out)
+    builder.feed(xlog(lsn, b"B" + struct.pack("!QqI", commit_lsn, 800_000_000_000_000, xid)), out)
+    for n, index in enumerate(changes):
+        row = struct.pack("!H", 1) + b"t" + struct.pack("!I", 1) + b"7"
+        builder.feed(xlog(lsn + n, b"I" + struct.pack("!I", tables[index][0]) + b"N" + row), out)
+    for _ in range(messages):
+        body = b"M\x01" + struct.pack("!Q", lsn) + b"audit\x00" + struct.pack("!I", 2) + b"hi"
+        builder.feed(xlog(lsn, body), out)
+    commit = b"C\x00" + struct.pack("!QQq", commit_lsn, commit_lsn + 8, 800_000_000_000_000)
+    builder.feed(xlog(commit_lsn, commit), out)
+    if not changes and not messages:
+        assert out == []
+        return
+    *published, last = out
+    assert len(published) == len(changes) + messages
+    assert last.subject == contract.commit_subject().encode()
+    assert last.msg_id == contract.commit_msg_id(str(Lsn(commit_lsn))).encode()
+    record = contract.CommitRecord.decode(last.payload)
+    assert record.encode() == last.payload
+    expected: dict[str, int] = {}
+    for index in changes:
+        token = contract.table_token(*tables[index][1:])
+        expected[token] = expected.get(token, 0) + 1
+    assert record.tables == expected and record.messages == messages
+    assert record.event_count == len(changes) + messages
+    assert record.commit_lsn == str(Lsn(commit_lsn)) and record.xid == xid

@@ -33,6 +33,8 @@ from shared.lsn import Lsn
 
 RELID = 16384
 
+COMMITS = "cdc.~commit"
+
 
 def xlog(lsn: int, payload: bytes) -> bytes:
     return b"w" + struct.pack("!QQq", lsn, lsn, 0) + payload
@@ -201,7 +203,7 @@ class FakeJetStream:
 
     def stored_rows(self) -> set[int]:
         with self.lock:
-            return {int(data["data"]["id"]) for _, _, data in self.messages}
+            return {int(data["data"]["id"]) for s, _, data in self.messages if s != COMMITS}
 
     def publish(
         self, subject: str, msg_id: bytes, last_seq: int, last_id: bytes, payload: bytes
@@ -330,8 +332,20 @@ def run(count: int, seed: int, faults: bool) -> tuple[Walsender, FakeJetStream, 
 @pytest.mark.parametrize("faults", [False, True])
 def test_every_change_once_in_order_and_nothing_confirmed_unstored(seed: int, faults: bool) -> None:
     server, jetstream, restarts = run(60, seed, faults)
-    rows = [int(data["data"]["id"]) for _, _, data in jetstream.messages]
+    rows = [int(data["data"]["id"]) for s, _, data in jetstream.messages if s != COMMITS]
     assert rows == sorted(rows) == list(range(len(rows))), rows[:20]
+    # Every transaction's commit record once, after its changes, counting them.
+    open_counts: dict[str, int] = {}
+    recorded = set()
+    for subject, _, data in jetstream.messages:
+        if subject == COMMITS:
+            assert data["commit_lsn"] not in recorded
+            assert open_counts.pop(data["commit_lsn"]) == data["event_count"]
+            recorded.add(data["commit_lsn"])
+        else:
+            assert data["commit_lsn"] not in recorded
+            open_counts[data["commit_lsn"]] = open_counts.get(data["commit_lsn"], 0) + 1
+    assert recorded and (not open_counts or len(open_counts) == 1)  # the last may be cut
     assert not server.violations, server.violations[:3]
     if not faults:
         assert restarts == 0

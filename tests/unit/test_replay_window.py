@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pg_nats_bridge import MemoryCopy, SqliteCopy
-from pg_nats_bridge.changes import Delete, Insert, Reset, Row, TableSchema, Update
+from pg_nats_bridge.changes import Committed, Delete, Insert, Reset, Row, TableSchema, Update
 
 T = "public.t"
 SCHEMA = TableSchema.from_document(
@@ -40,7 +40,8 @@ class Copy:
         self.copy.apply_all([Reset(T, SCHEMA, {"snapshot_id": "s", "lsn": "0/1"})])
 
     def apply(self, *items: Any) -> None:
-        self.copy.apply_all(list(items))
+        """The items as one transaction."""
+        self.copy.apply_all([*items, Committed("0/1", 2)])
 
     def rows(self) -> list[tuple[Any, ...]]:
         if isinstance(self.copy, MemoryCopy):
