@@ -98,9 +98,10 @@ class MemoryCopy:
 
     def _apply_open(self) -> None:
         """The held transaction, whole or not at all."""
-        held, self._open = self._open, []
-        if not held:
+        if not self._open:
             return
+        held = self._open.copy()
+        self._open.clear()  # the same list: `apply_all` appends to it
         undo: list[tuple[str, Any, Any]] = []
         self._undo = undo
         try:

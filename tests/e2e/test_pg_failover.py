@@ -83,7 +83,7 @@ def first_change_after(nats_url: str, killed_at: int) -> tuple[int, float]:
             while True:
                 msg = await sub.next_msg(timeout=10)
                 event = unpack(msg.data)
-                if event["data"]["id"] >= killed_at:
+                if "data" in event and event["data"]["id"] >= killed_at:  # not a commit record
                     committed = datetime.fromisoformat(event["commit_time"].replace("Z", "+00:00"))
                     stored = msg.metadata.timestamp
                     return event["data"]["id"], (stored - committed).total_seconds()

@@ -202,7 +202,8 @@ def test_metrics_and_health(pg: Database, nats_url: str, services: Callable[...,
     ).wait_healthy()
     pg.execute("INSERT INTO t VALUES (1)")
     wait_for(
-        lambda: "bridge_cdc_events_published_total 1.0" in replicator.metrics(),
+        # The change and its transaction's commit record.
+        lambda: "bridge_cdc_events_published_total 2.0" in replicator.metrics(),
         30,
         "the published counter",
         replicator,
@@ -253,11 +254,15 @@ def test_a_1m_row_transaction_streams_in_bounded_memory(
         try:
             js = nc.jetstream()
             info = await js.stream_info("CDC")
-            return unpack((await js.get_msg("CDC", info.state.last_seq)).data)
+            change = (await js.get_msg("CDC", info.state.last_seq - 1)).data
+            record = (await js.get_msg("CDC", info.state.last_seq)).data
+            return unpack(change), unpack(record)
         finally:
             await nc.close()
 
-    assert asyncio.run(last())["data"]["id"] == 1_000_000
+    change, record = asyncio.run(last())
+    assert change["data"]["id"] == 1_000_000
+    assert record["event_count"] == 1_000_000 and record["tables"] == {"big": 1_000_000}
     assert stream_count(nats_url) == 1_000_000
 
 

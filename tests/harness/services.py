@@ -67,6 +67,14 @@ class Service:
     def metrics(self) -> str:
         return httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
 
+    def published(self) -> float:
+        """The replicator's `bridge_cdc_events_published_total`: the messages JetStream
+        acknowledged (a transaction's changes and its commit record)."""
+        for line in self.metrics().splitlines():
+            if line.startswith("bridge_cdc_events_published_total "):
+                return float(line.split()[1])
+        return 0.0
+
     def kill(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)

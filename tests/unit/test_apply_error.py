@@ -206,3 +206,16 @@ def test_memory_copy_leaves_a_row_it_cannot_key_alone() -> None:
         copy.apply(Committed("0/9", 21))
     assert "TypeError" in str(raised.value) and raised.value.key == {"id": 1}
     assert sorted((r["id"], r["v"]) for r in copy.tables[T]) == BEFORE[T]
+
+
+def test_memory_copy_applies_every_transaction_of_a_batch() -> None:
+    """Several transactions in one batch: each is held until its own `Committed`."""
+    copy = MemoryCopy()
+    copy.apply_all(BOOTSTRAP)
+    first, second = BATCH[:3], BATCH[3:]
+    copy.apply_all([*first, Committed("0/9", 14), *second])
+    assert sorted((r["id"], r["v"]) for r in copy.tables[T]) == [
+        (1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, "e")
+    ]  # fmt: skip
+    copy.apply(Committed("0/A", 18))
+    assert {t: sorted((r["id"], r["v"]) for r in rows) for t, rows in copy.tables.items()} == AFTER
