@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from bench import (
+    atomic_batches,
     cold_factor,
     consumer_backlog,
     live_latency,
@@ -48,6 +49,8 @@ def main() -> int:
     consumers = consumer_backlog.measure(400_000 // scale, 20.0 / (4 if args.quick else 1))
     print("--- the schema watcher's poll: 10 and 1,000 tables", flush=True)
     watch = schema_watch.measure([10, 1000 // scale])
+    print("--- transactions: JetStream atomic batches beside commit records", flush=True)
+    atomic = atomic_batches.measure(5_000 // scale)
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -59,6 +62,7 @@ def main() -> int:
         "big_transaction": big,
         "consumers": consumers,
         "schema_watch": watch,
+        "atomic_batches": atomic,
     }
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print("--- summary")

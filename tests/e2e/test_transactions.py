@@ -2,9 +2,9 @@
 a writer moves money between accounts in two tables in transactions (the total is constant at
 every commit), `bridge replica` follows both into SQLite, and another connection reads the
 file's total all along: through a kill -9 of the replica, the replicator dying half-way
-through publishing a transaction larger than any batch (a failpoint), a copy of one of the two
-tables, and a stream whose commit records were removed (as one written before the bridge
-published them)."""
+through publishing a transaction larger than any batch (a failpoint) and a restart of NATS;
+also a copy of one of the two tables, and a stream whose commit records were removed (as one
+written before the bridge published them)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 import psycopg
@@ -125,7 +126,11 @@ def caught_up(replica: Service, before: int) -> bool:
 
 
 def test_a_copy_shows_only_states_the_database_was_in_through_kills(
-    pg: Database, nats_url: str, services: Callable[..., Service], tmp_path: Path
+    pg: Database,
+    nats_url: str,
+    nats_server: Any,
+    services: Callable[..., Service],
+    tmp_path: Path,
 ) -> None:
     make_accounts(pg)
     # The replicator dies after its 60th batch written to NATS (no PubAck waited for): in the
@@ -140,6 +145,8 @@ def test_a_copy_shows_only_states_the_database_was_in_through_kills(
         replica = start_replica(env, path, tmp_path / "replica-2.log", "a", "b")
         assert replicator.wait(120) != 0, "the failpoint never fired"
         replicator = services("replicator", pg, nats_url, table="a,b").wait_healthy()
+        wait_for(lambda: writer.transactions > 250, 60, "the writer", replicator)
+        nats_server.restart()  # the replica and the replicator lose NATS for a moment
         wait_for(
             lambda: writer.transactions > 400 and len(reader.totals) > 100,
             120,
