@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import nats
 import psycopg
 
 from bench.snapshot_vs_copy import bench_servers, copy_rate, running_snapshotter
+from pg_nats_bridge.snapshot_request import ask_for_snapshot
 
 OLDEST_TRANSACTION = (
     "SELECT coalesce(max(extract(epoch FROM now() - xact_start)), 0) FROM pg_stat_activity"
@@ -70,10 +70,12 @@ async def request(nats_url: str, mode: str) -> tuple[dict[str, Any], float]:
     nc = await nats.connect(nats_url)
     try:
         started = time.monotonic()
-        body = json.dumps({"mode": mode}).encode()
-        reply = await nc.request("bridge.snapshot.bench", body, timeout=1800)
-        await nc.jetstream().purge_stream("INIT")  # room for the next one
-        return json.loads(reply.data), time.monotonic() - started
+        js = nc.jetstream()
+        # As the library and `bridge snapshot` ask (pg_nats_bridge/snapshot_request.py).
+        meta = await ask_for_snapshot(nc, js, "bench", {"mode": mode}, table="public.bench")
+        seconds = time.monotonic() - started
+        await js.purge_stream("INIT")  # room for the next one
+        return meta, seconds
     finally:
         await nc.close()
 

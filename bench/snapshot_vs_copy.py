@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import httpx
 import nats
 import psycopg
 
+from pg_nats_bridge.snapshot_request import ask_for_snapshot
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer
 from tests.harness.processes import free_port, peak_rss_mb
@@ -42,8 +42,9 @@ async def snapshot(url: str) -> tuple[dict[str, object], float]:
     nc = await nats.connect(url)
     try:
         started = time.monotonic()
-        reply = await nc.request("bridge.snapshot.bench", b"", timeout=600)
-        return json.loads(reply.data), time.monotonic() - started
+        # As the library and `bridge snapshot` ask (pg_nats_bridge/snapshot_request.py).
+        meta = await ask_for_snapshot(nc, nc.jetstream(), "bench", {}, table="public.bench")
+        return meta, time.monotonic() - started
     finally:
         await nc.close()
 

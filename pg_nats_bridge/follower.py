@@ -55,9 +55,10 @@ from pg_nats_bridge.changes import (
 )
 from pg_nats_bridge.follow_errors import FollowError, Undecodable
 from pg_nats_bridge.lsn import Lsn
+from pg_nats_bridge.marked_pull import MarkedPull, StreamLacks
 from pg_nats_bridge.names import kv_key, parse_table_name, table_token
 from pg_nats_bridge.position import StreamFacts, covered, stream_lacks
-from pg_nats_bridge.pull import Idle, Puller, PullError
+from pg_nats_bridge.pull import Idle, Puller
 from pg_nats_bridge.snapshot_request import SnapshotRefused, ask_for_snapshot
 from pg_nats_bridge.transactions import TransactionTracker
 
@@ -702,14 +703,9 @@ class TableFollower:
         return name
 
     async def _follow(self) -> AsyncIterator[_Batch]:
-        """The consumer's messages as changes, a batch for what arrived together. Before each
-        pull request the stream's state is read: `_stream_lacks` after the last message
-        received, and its last sequence as the request's marker, so that when the request
-        ends with nothing pending every event of these tables up to that sequence has been
-        delivered (`Idle`), and the position may move past other tables' events there. The
-        read is answered while what arrived before is applied, and with a backlog larger than
-        the requests the next ones go out at once (a request waiting for the read cost a
-        backlog 15-20% of its rate)."""
+        """The consumer's messages as changes, a batch for what arrived together (the pull
+        requests and their markers: marked_pull.py), with a `Committed` where each
+        transaction ends and `CaughtUp` when nothing more is pending at a boundary."""
         puller = Puller(
             self.nc,
             self.cdc_stream,
@@ -718,6 +714,7 @@ class TableFollower:
             expires=self.idle_seconds,
         )
         await puller.start()
+        pull = MarkedPull(puller, self.js, self.cdc_stream, self.idle_seconds, self._stream_lacks)
         if not self.transactions.records_seen:
             try:  # a stream with any commit record ends every transaction with one
                 await self.js.get_last_msg(self.cdc_stream, contract.commit_subject())
@@ -727,36 +724,14 @@ class TableFollower:
         delivered = 0  # consumer sequence of the last delivery
         received = seq = self._seq  # the last message received; the position through it
         schema_checked = time.monotonic()
-        state: asyncio.Task[StreamInfo] | None = None  # the stream's, read for the requests
-        state_after = received  # the last message received when it was asked for
-        unchecked = False  # a request went out since the last read of the stream's state
         try:
             while True:
                 if self._backfills and self.transactions.at_boundary:
                     raise _Backfill
-                if puller.wants_request() and self.pending > puller.outstanding * puller.batch:
-                    # These requests are filled entirely whatever the stream holds: no marker
-                    # to wait for (its answer queues behind the messages already sent).
-                    while puller.wants_request():
-                        await puller.request()
-                    unchecked = True
-                if state is None and (unchecked or puller.wants_request()):
-                    state = asyncio.ensure_future(self.js.stream_info(self.cdc_stream))
-                    state.add_done_callback(lambda _: puller.arrived.set())
-                    state_after, unchecked = received, False
-                if state is not None and state.done():
-                    info, state = state.result(), None
-                    why = self._stream_lacks(info, state_after)
-                    if why is not None:
-                        raise _Rebootstrap(why)
-                    while puller.wants_request():
-                        await puller.request(marker=info.state.last_seq)
-                arrived = await puller.take(self.idle_seconds)
-                if not arrived and puller.silent_for() > 3 * self.idle_seconds + 5:
-                    raise PullError(
-                        f"no answer to pull requests on {self.cdc_stream} for "
-                        f"{puller.silent_for():.0f} s; reading again from the stored position"
-                    )
+                try:
+                    arrived = await pull.take(received, self.pending)
+                except StreamLacks as exc:
+                    raise _Rebootstrap(str(exc)) from None
                 items: list[Item] = []
                 for entry in arrived:
                     if isinstance(entry, Idle):
@@ -806,11 +781,7 @@ class TableFollower:
                 if arrived:
                     yield _Batch(items, seq)
         finally:
-            if state is not None:
-                state.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await state
-            await puller.stop()
+            await pull.stop()
             if not self.durable:  # an ephemeral one would linger until its inactive threshold
                 with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                     await self.js.delete_consumer(self.cdc_stream, self._consumer_name)

@@ -149,7 +149,8 @@ class CdcCollector:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.messages: list[tuple[str, str, dict[str, Any]]] = []
+        self.messages: list[tuple[str, str, dict[str, Any]]] = []  # the changes
+        self.commits: list[dict[str, Any]] = []  # the transactions' commit records
         self.ready = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -169,9 +170,12 @@ class CdcCollector:
                 except nats.errors.TimeoutError:
                     continue
                 headers = msg.headers or {}
-                self.messages.append(
-                    (msg.subject, headers.get("Nats-Msg-Id", ""), msgpack.unpackb(msg.data))
-                )
+                if msg.subject == "cdc.~commit":
+                    self.commits.append(msgpack.unpackb(msg.data))
+                elif not msg.subject.startswith("cdc.~message."):  # the snapshots' markers
+                    self.messages.append(
+                        (msg.subject, headers.get("Nats-Msg-Id", ""), msgpack.unpackb(msg.data))
+                    )
         finally:
             await nc.close()
 
@@ -253,6 +257,11 @@ def _exercise(stack: Stack, cdc: CdcCollector) -> None:
     wait_until(lambda: len(cdc.notes()) >= 5, 60, "the five rows on CDC", stack)
     assert cdc.notes() == [f"exec {i}" for i in range(1, 6)]
     assert {s for s, _, _ in cdc.messages} == {"cdc.demo.insert"}
+    # One transaction: its commit record after its five changes (a snapshot's marker has one
+    # of its own, naming no table).
+    wait_until(
+        lambda: any(c["tables"] == {"demo": 5} for c in cdc.commits), 30, "its record", stack
+    )
 
     reply, rows, meta = snapshot(stack.nats_url, "demo")
     assert reply["row_count"] == 5 and sorted(r["note"] for r in rows) == sorted(cdc.notes())

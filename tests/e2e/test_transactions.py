@@ -31,9 +31,9 @@ TOTAL = 2 * ACCOUNTS * BALANCE  # at every commit
 
 
 class Transfers:
-    """Moves money between accounts of `a` and `b`, in transactions: one transfer each, and
-    every 50th a transaction of 2,400 row updates (more than a follower's batch of 2,000);
-    about 300 transactions a second."""
+    """Moves money between accounts of `a` and `b`, in transactions: one transfer each, every
+    50th a transaction of 2,400 row updates (more than a follower's batch of 2,000), and the
+    300th one of 100,000; about 300 transactions a second."""
 
     def __init__(self, url: str, seed: int = 1) -> None:
         self.url, self.rng = url, random.Random(seed)
@@ -53,7 +53,11 @@ class Transfers:
         with psycopg.connect(self.url, autocommit=True) as conn:
             while not self.done.is_set():
                 with conn.transaction():
-                    if self.transactions % 50 == 49:
+                    if self.transactions == 299:
+                        for _ in range(250):  # 250 x 2 x 200 rows, one unit each way
+                            conn.execute("UPDATE a SET balance = balance - 1")
+                            conn.execute("UPDATE b SET balance = balance + 1")
+                    elif self.transactions % 50 == 49:
                         for _ in range(6):  # 6 x 2 x 200 rows, one unit each way
                             conn.execute("UPDATE a SET balance = balance - 1")
                             conn.execute("UPDATE b SET balance = balance + 1")
