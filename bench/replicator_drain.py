@@ -175,7 +175,9 @@ def replicator_run(
             time.sleep(0.02)
         first = time.monotonic()
         cpu_first = cpu_times(proc.pid)
-        while (count := stream_count(ns.url)) < rows + transactions:
+        # The stream's last sequence: it keeps at most 1,000,000 messages (the seed's limit),
+        # and the 1M-row transaction's commit record is its 1,000,001st.
+        while (count := cdc_state(ns.url)[1]) < rows + transactions:
             if time.monotonic() - first > 600:
                 raise SystemExit(f"replicator stalled at {count} messages")
             time.sleep(0.05)

@@ -534,7 +534,9 @@ class TableFollower:
             meta["row_count"],
             meta["lsn"],
         )
-        yield Bootstrapped(self.state)
+        # Newer than the other tables: one moment again once CDC passes its point.
+        self.transactions.until(Lsn.parse(meta.get("replay_until") or meta["lsn"]))
+        yield Bootstrapped(self.state, consistent=self.transactions.consistent)
 
     async def _schema(self, table: str) -> TableSchema:
         kv = await self.js.key_value(self.kv_bucket)

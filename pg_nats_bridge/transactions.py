@@ -46,7 +46,7 @@ class TransactionTracker:
         self.before_snapshot = before_snapshot
         self.open: _Open | None = None
         self.ended_without_record: str | None = None  # the last one taken to end at idle
-        self.records_seen = False  # the stream has commit records (written by a 0.x+ bridge)
+        self.records_seen = False  # the stream carries commit records (from some point on)
         self.said_no_records = False
         self.incomplete = 0  # transactions whose record counted changes that did not arrive
         # Until a record at or past this LSN arrives, the copy holds different moments of its

@@ -53,6 +53,7 @@ _COMMIT_HEAD = b"\x86"
 _K_EVENT_COUNT = msgpack.packb("event_count")
 _K_TABLES = msgpack.packb("tables")
 _K_MESSAGES = msgpack.packb("messages")
+_NO_MESSAGES = _K_MESSAGES + msgpack.packb(0)
 
 
 @dataclass(slots=True)
@@ -128,6 +129,7 @@ class EventBuilder:
         self._counts: dict[str, int] = {}
         self._messages = 0
         self._commit_subject = contract.commit_subject(prefix).encode()
+        self._one_table: dict[str, bytes] = {}  # token → the packed `tables` map's head
 
     def _time_text(self, pg_us: int) -> str:
         """ISO 8601 UTC with microseconds; the date-and-second part is formatted once per
@@ -222,22 +224,24 @@ class EventBuilder:
         """The transaction ends: its commit record after its last change, when it published
         anything (docs/wire-format.md, "Transactions")."""
         if self._xid is not None and (self._counts or self._messages):
-            counts = self._counts
-            total = sum(counts.values()) + self._messages
+            counts, messages = self._counts, self._messages
             pack = self._packer.pack
-            payload = b"".join(
-                (
-                    _COMMIT_HEAD,
-                    self._tx_middle,
-                    self._tx_time,
-                    _K_EVENT_COUNT,
-                    pack(total),
-                    _K_TABLES,
-                    pack(counts),
-                    _K_MESSAGES,
-                    pack(self._messages),
-                )
-            )
+            if len(counts) == 1 and not messages:  # nearly every transaction: one table
+                ((token, n),) = counts.items()
+                one = self._one_table.get(token)
+                if one is None:
+                    one = self._one_table[token] = b"\x81" + pack(token)
+                packed = pack(n)
+                tail = _K_EVENT_COUNT + packed + _K_TABLES + one + packed + _NO_MESSAGES
+            else:
+                total = sum(counts.values()) + messages
+                tail = b"".join(
+                    (
+                        _K_EVENT_COUNT, pack(total), _K_TABLES, pack(counts), _K_MESSAGES,
+                        pack(messages),
+                    )
+                )  # fmt: skip
+            payload = _COMMIT_HEAD + self._tx_middle + self._tx_time + tail
             msg_id = self._commit_lsn_bytes + b"commit"
             out.append(Outgoing(self._commit_subject, payload, msg_id))
         self._xid = None
