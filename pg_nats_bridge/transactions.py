@@ -93,10 +93,7 @@ class TransactionTracker:
         if open_ is not None and open_.commit_lsn != record.commit_lsn:
             self._ended_without_record(out)
             open_ = None
-        lsn = Lsn.parse(record.commit_lsn)
-        became_consistent = self.consistent_from is not None and lsn >= self.consistent_from
-        if became_consistent:
-            self.consistent_from = None
+        became_consistent = self._reached(record.commit_lsn)
         if open_ is None:
             expected = {t: n for t, n in record.tables.items() if t in self.tokens}
             if expected and record.commit_lsn != self.ended_without_record:
@@ -130,10 +127,16 @@ class TransactionTracker:
             )
         self.open = None
         self.ended_without_record = open_.commit_lsn
-        lsn = Lsn.parse(open_.commit_lsn)
-        if self.consistent_from is not None and lsn >= self.consistent_from:
-            self.consistent_from = None
+        self._reached(open_.commit_lsn)
         out.append(Committed(open_.commit_lsn, open_.seq, consistent=self.consistent))
+
+    def _reached(self, commit_lsn: str) -> bool:
+        """Whether CDC at `commit_lsn` makes the copy one moment again (parsed only while it
+        is not: once per transaction otherwise)."""
+        if self.consistent_from is None or Lsn.parse(commit_lsn) < self.consistent_from:
+            return False
+        self.consistent_from = None
+        return True
 
     def _missing(self, commit_lsn: str, expected: dict[str, int], got: dict[str, int]) -> None:
         """A record counts changes of the followed tables that did not all arrive: said, and

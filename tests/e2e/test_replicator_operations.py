@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from shared.wire import unpack
 from tests.harness.postgres import Database, PostgresServer
 from tests.harness.processes import peak_rss_mb
 from tests.harness.services import Service, slot_lag, stream_count, stream_messages, wait_for
+from tests.harness.streams import ask
 
 
 def test_a_table_without_a_key_is_refused_before_it_is_published(
@@ -112,21 +112,9 @@ def test_sigterm_drains_and_exits_0(
     assert slot_lag(pg) < 1_000_000
 
 
-async def ask_shutdown(nats_url: str, headers: dict[str, str] | None) -> dict[str, Any]:
+def ask_shutdown(nats_url: str, headers: dict[str, str] | None) -> dict[str, Any]:
     """The replicator's answer to a shutdown request over NATS (waiting for it to subscribe)."""
-    nc = await nats.connect(nats_url)
-    try:
-        for _ in range(50):
-            try:
-                reply = await nc.request(
-                    "bridge.control.replicator.shutdown", b"", timeout=1, headers=headers
-                )
-                return dict(json.loads(reply.data))
-            except nats.errors.NoRespondersError:
-                await asyncio.sleep(0.2)
-        raise AssertionError("no responder on the control subject")
-    finally:
-        await nc.close()
+    return ask(nats_url, "bridge.control.replicator.shutdown", timeout=1, headers=headers)
 
 
 def test_shutdown_over_nats_needs_the_control_token(
@@ -140,13 +128,13 @@ def test_shutdown_over_nats_needs_the_control_token(
     replicator.wait_healthy()
 
     for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
-        refused = asyncio.run(ask_shutdown(nats_url, headers))
+        refused = ask_shutdown(nats_url, headers)
         assert refused == {"error": "missing or wrong control token", "reason": "unauthorized"}
     assert replicator.health() == 200
     # Logged once for the three (a flood of them must not flood the log), counted each.
     assert replicator.output().count("refused a control request on bridge.control.") == 1
     assert "bridge_control_requests_refused_total 3.0" in replicator.metrics()
-    answer = asyncio.run(ask_shutdown(nats_url, {"Authorization": f"Bearer {token}"}))
+    answer = ask_shutdown(nats_url, {"Authorization": f"Bearer {token}"})
     assert answer == {"status": "shutting down"}
     assert replicator.wait(30) == 0
     assert token not in replicator.output()
@@ -158,7 +146,7 @@ def test_control_requests_are_refused_when_no_token_is_configured(
     pg.execute("CREATE TABLE t (id int PRIMARY KEY)")
     replicator = services("replicator", pg, nats_url, table="t").wait_healthy()
 
-    reply = asyncio.run(ask_shutdown(nats_url, None))
+    reply = ask_shutdown(nats_url, None)
     assert reply["reason"] == "unauthorized"
     assert "control requests are disabled: set BRIDGE_CONTROL_TOKEN" in reply["error"]
     assert replicator.health() == 200

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ import nats
 import psycopg
 
 from pg_nats_bridge import contract
+from tests.harness.background import Background
 from tests.harness.copies import bridge, start_replica
 from tests.harness.postgres import Database
 from tests.harness.services import Service, wait_for
@@ -30,38 +30,29 @@ BALANCE = 1000
 TOTAL = 2 * ACCOUNTS * BALANCE  # at every commit
 
 
-class Transfers:
+class Transfers(Background):
     """Moves money between accounts of `a` and `b`, in transactions: one transfer each, every
     50th a transaction of 2,400 row updates (more than a follower's batch of 2,000), and the
     300th one of 100,000; about 300 transactions a second."""
 
     def __init__(self, url: str, seed: int = 1) -> None:
+        super().__init__()
         self.url, self.rng = url, random.Random(seed)
-        self.done = threading.Event()
         self.transactions = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Transfers:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.thread.join(30)
 
     def _run(self) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
             while not self.done.is_set():
+                rounds = 0  # of 2 x 200 rows, one unit each way: the big transactions
+                if self.transactions == 299:
+                    rounds = 250
+                elif self.transactions % 50 == 49:
+                    rounds = 6
                 with conn.transaction():
-                    if self.transactions == 299:
-                        for _ in range(250):  # 250 x 2 x 200 rows, one unit each way
-                            conn.execute("UPDATE a SET balance = balance - 1")
-                            conn.execute("UPDATE b SET balance = balance + 1")
-                    elif self.transactions % 50 == 49:
-                        for _ in range(6):  # 6 x 2 x 200 rows, one unit each way
-                            conn.execute("UPDATE a SET balance = balance - 1")
-                            conn.execute("UPDATE b SET balance = balance + 1")
-                    else:
+                    for _ in range(rounds):
+                        conn.execute("UPDATE a SET balance = balance - 1")
+                        conn.execute("UPDATE b SET balance = balance + 1")
+                    if not rounds:
                         source, target = self.rng.choice("ab"), self.rng.choice("ab")
                         amount = self.rng.randint(1, 50)
                         conn.execute(
@@ -76,22 +67,13 @@ class Transfers:
                 time.sleep(0.003)
 
 
-class Reader:
+class Reader(Background):
     """Another connection reading the copy's total over and over: every state it sees."""
 
     def __init__(self, path: Path, tables: tuple[str, ...] = ("public.a", "public.b")) -> None:
+        super().__init__()
         self.path, self.tables = path, tables
         self.totals: list[float] = []
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Reader:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.thread.join(30)
 
     def _run(self) -> None:
         query = "SELECT " + " + ".join(f'(SELECT total(balance) FROM "{t}")' for t in self.tables)

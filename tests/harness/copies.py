@@ -19,6 +19,7 @@ import psycopg
 
 from pg_nats_bridge import CaughtUp, SqliteCopy, TableFollower
 from pg_nats_bridge.sqlite import stored_value
+from tests.harness.background import Background
 from tests.harness.postgres import Database
 from tests.harness.services import BRIDGE, Service, copy_rows, slot_lag, wait_for
 
@@ -73,30 +74,23 @@ def assert_loaded_the_continued_snapshot(
         assert "no reply and no chunk" not in log and "re-bootstrapping" not in log, log[-3000:]
 
 
-class Writer:
+class Writer(Background):
     """Random single-row transactions (inserts, updates of a TOASTed column or not, deletes,
     key changes) on `items`, and inserts/updates/deletes on the key-less `events`, in a thread."""
 
+    join_seconds = 20.0
+
     def __init__(self, url: str, seed: int = 1) -> None:
+        super().__init__()
         self.url = url
         self.rng = random.Random(seed)
-        self.stop = threading.Event()
         self.transactions = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Writer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(20)
 
     def _run(self) -> None:
         rng = self.rng
         with psycopg.connect(self.url, autocommit=True) as conn:
             next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM items").fetchone()[0]
-            while not self.stop.is_set():
+            while not self.done.is_set():
                 roll = rng.random()
                 with conn.transaction():
                     if roll < 0.3:

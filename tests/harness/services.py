@@ -195,11 +195,11 @@ def stream_count(url: str, stream: str = "CDC", commits: bool = False) -> int:
         nc = await nats.connect(url)
         try:
             js = nc.jetstream()
-            total = int((await js.stream_info(stream)).state.messages)
             if commits or stream != "CDC":
-                return total
+                return int((await js.stream_info(stream)).state.messages)
             info = await js.stream_info(stream, subjects_filter=f"{contract.CDC}.>")
             subjects = info.state.subjects or {}
+            total = int(info.state.messages)
             return total - sum(int(subjects.get(s, 0)) for s in BOOKKEEPING)
         except Exception:
             return -1

@@ -11,23 +11,37 @@ import msgpack
 import nats
 
 
-def request(
-    url: str, table: str, body: bytes = b"", timeout: float = 120, prefix: str = "bridge.snapshot"
+def ask(
+    url: str,
+    subject: str,
+    body: bytes = b"",
+    timeout: float = 120,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    async def ask() -> dict[str, Any]:
+    """The JSON answer to a request, asked again while nobody subscribes yet (a service
+    starting)."""
+
+    async def asking() -> dict[str, Any]:
         nc = await nats.connect(url)
         try:
             for _ in range(100):
                 try:
-                    reply = await nc.request(f"{prefix}.{table}", body, timeout=timeout)
+                    reply = await nc.request(subject, body, timeout=timeout, headers=headers)
                     return dict(json.loads(reply.data))
                 except nats.errors.NoRespondersError:
                     await asyncio.sleep(0.1)
-            raise AssertionError("no snapshotter answered")
+            raise AssertionError(f"nobody answered on {subject}")
         finally:
             await nc.close()
 
-    return asyncio.run(ask())
+    return asyncio.run(asking())
+
+
+def request(
+    url: str, table: str, body: bytes = b"", timeout: float = 120, prefix: str = "bridge.snapshot"
+) -> dict[str, Any]:
+    """A snapshot request's answer."""
+    return ask(url, f"{prefix}.{table}", body, timeout)
 
 
 def init_messages(url: str, subject: str) -> list[tuple[str, dict[str, str], bytes]]:
