@@ -330,9 +330,9 @@ def test_foreign_messages_on_cdc_never_stop_a_consumer_or_a_tool(
     pg: Database, nats_url: str, services: Callable[..., Service], tmp_path: Path
 ) -> None:
     """Foreign messages on `cdc.t.insert` — the stream's very first one (read when a copy
-    checks whether a snapshot can be reused), others while a copy follows — and a malformed
-    schema document: `bridge replica` skips and counts them, `bridge tail` shows them as
-    skipped, and both go on."""
+    checks whether a snapshot can be reused), others while a copy follows — on the commit
+    records' `cdc.~commit`, and a malformed schema document: `bridge replica` skips and counts
+    them, `bridge tail` shows them as skipped, and both go on."""
     sentinel = Sentinel(pg)
     stack = start(pg, nats_url, services)
     foreign = [
@@ -343,12 +343,12 @@ def test_foreign_messages_on_cdc_never_stop_a_consumer_or_a_tool(
         msgpack.packb({"operation": "[red]x[/]", "schema": "[bold]", "table": "t"}),
     ]
 
-    async def publish(payloads: list[bytes]) -> None:
+    async def publish(payloads: list[bytes], subject: str = "cdc.t.insert") -> None:
         nc = await nats.connect(nats_url)
         try:
             js = nc.jetstream()
             for payload in payloads:
-                await js.publish("cdc.t.insert", payload, headers={"Nats-Msg-Id": repr(payload)})
+                await js.publish(subject, payload, headers={"Nats-Msg-Id": repr(payload)})
         finally:
             await nc.close()
 
@@ -376,6 +376,8 @@ def test_foreign_messages_on_cdc_never_stop_a_consumer_or_a_tool(
         asyncio.run(publish(foreign[1:]))
         pg.execute("INSERT INTO t VALUES (1002, 'after')")
         wait_for(lambda: 1002 in copied(), 30, "the replica past the foreign messages", replica)
+        not_records = [b"\xc1", msgpack.packb({"commit_lsn": "0/1", "tables": "all"})]
+        asyncio.run(publish(not_records, "cdc.~commit"))
         asyncio.run(_put_kv(nats_url, "t", msgpack.packb({"nope": 1})))
         pg.execute("INSERT INTO t VALUES (1003, 'later')")
         wait_for(lambda: 1003 in copied(), 30, "the replica to go on", replica)
