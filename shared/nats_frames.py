@@ -32,6 +32,7 @@ _EXPECTED = b"\r\nNats-Expected-Last-Sequence: "
 _EXPECTED_ID = b"\r\nNats-Expected-Last-Msg-Id: "
 _HEADER_END = b"\r\n\r\n"
 _HEADER_FIXED = len(b"NATS/1.0\r\nNats-Msg-Id: ") + len(_EXPECTED) + len(_HEADER_END)
+_HEADER_FIXED_ID = _HEADER_FIXED + len(_EXPECTED_ID)
 
 
 def hpub(
@@ -44,10 +45,22 @@ def hpub(
 ) -> bytes:
     """One HPUB frame with `Nats-Msg-Id`, `Nats-Expected-Last-Sequence` and, when given,
     `Nats-Expected-Last-Msg-Id` (`reply` empty for none). Subjects and ids are the
-    replicator's own (table tokens, LSNs): no spaces or line breaks, nothing to escape."""
+    replicator's own (table tokens, LSNs): no spaces or line breaks, nothing to escape.
+    One formatting per frame (the replicator writes one per message)."""
     last = b"%d" % expected_last
     if expected_last_id:
-        last += _EXPECTED_ID + expected_last_id
+        hlen = _HEADER_FIXED_ID + len(msg_id) + len(last) + len(expected_last_id)
+        if reply:
+            return (
+                b"HPUB %b %b %d %d\r\nNATS/1.0\r\nNats-Msg-Id: %b"
+                b"\r\nNats-Expected-Last-Sequence: %b\r\nNats-Expected-Last-Msg-Id: %b"
+                b"\r\n\r\n%b\r\n"
+            ) % (subject, reply, hlen, hlen + len(payload), msg_id, last, expected_last_id, payload)
+        return (
+            b"HPUB %b %d %d\r\nNATS/1.0\r\nNats-Msg-Id: %b"
+            b"\r\nNats-Expected-Last-Sequence: %b\r\nNats-Expected-Last-Msg-Id: %b"
+            b"\r\n\r\n%b\r\n"
+        ) % (subject, hlen, hlen + len(payload), msg_id, last, expected_last_id, payload)
     hlen = _HEADER_FIXED + len(msg_id) + len(last)
     if reply:
         return b"HPUB %b %b %d %d\r\nNATS/1.0\r\nNats-Msg-Id: %b%b%b%b%b\r\n" % (

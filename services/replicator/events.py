@@ -23,7 +23,7 @@ from services.replicator.protocol import (
 )
 from shared.codec import RowCodec, ValueMode
 from shared.codec.domains import oids_to_resolve, with_base_types
-from shared.lsn import Lsn, lsn_from_u64, lsn_text
+from shared.lsn import Lsn, lsn_from_u64
 
 TypeResolver = Callable[[list[int]], list[tuple[int, int]]]
 """Given type OIDs that may be domains, returns (oid, base type oid) pairs (a catalog query)."""
@@ -54,6 +54,8 @@ _K_EVENT_COUNT = msgpack.packb("event_count")
 _K_TABLES = msgpack.packb("tables")
 _K_MESSAGES = msgpack.packb("messages")
 _NO_MESSAGES = _K_MESSAGES + msgpack.packb(0)
+# The record ends of one-table transactions kept per table (event counts 1 to this, usually).
+_TAILS_PER_TABLE = 64
 
 
 @dataclass(slots=True)
@@ -115,32 +117,20 @@ class EventBuilder:
         self.oversized_count = 0
         self._xid: int | None = None  # the open transaction's xid; None between transactions
         self._final_lsn = 0  # its commit LSN, as Begin announced it
-        self._commit_lsn_text = ""
-        self._commit_lsn_bytes = b""
-        self._commit_time_text = ""
+        self._commit_lsn_bytes = b""  # `<commit LSN>:`, each change's Msg-Id before its ordinal
         self._tx_middle = b""  # packed commit_lsn and xid entries
         self._tx_time = b""  # packed commit_time entry
         self._packer = contract.packer()
-        self._second = -1  # the second `_second_text` formats (commit times repeat it)
-        self._second_text = ""
+        self._second = -1  # the second `_second_bytes` formats (commit times repeat it)
+        self._second_bytes = b""
         self._ordinal = 0
         # The open transaction's changes per table token, and its transactional messages: its
         # commit record (`_commit`) says them.
         self._counts: dict[str, int] = {}
         self._messages = 0
         self._commit_subject = contract.commit_subject(prefix).encode()
-        self._one_table: dict[str, bytes] = {}  # token → the packed `tables` map's head
-
-    def _time_text(self, pg_us: int) -> str:
-        """ISO 8601 UTC with microseconds; the date-and-second part is formatted once per
-        second, not once per transaction."""
-        second, micro = divmod(pg_us, 1_000_000)
-        if second != self._second:
-            self._second = second
-            self._second_text = pg_time_to_datetime(second * 1_000_000).strftime(
-                "%Y-%m-%dT%H:%M:%S"
-            )
-        return f"{self._second_text}.{micro:06d}Z"
+        # token → event count → the end of a one-table transaction's record, packed
+        self._one_table: dict[str, dict[int, bytes]] = {}
 
     def feed(self, raw: bytes, out: list[Outgoing]) -> None:
         """One XLogData CopyData message (`w` and its header included), as the reader read it.
@@ -208,42 +198,79 @@ class EventBuilder:
         # every column's type OID (user-defined types are sent as text output).
 
     def _start_transaction(self, final_lsn: int, commit_time: int, xid: int) -> None:
+        """What every change and the commit record of the transaction repeat, packed once as
+        bytes (the texts the rare paths need are read back from them): a cost per transaction,
+        so per event for single-row ones."""
         self._xid = xid
         self._final_lsn = final_lsn
         self._ordinal = 0
         self._counts = {}
         self._messages = 0
-        self._commit_lsn_text = text = lsn_text(final_lsn)
-        self._commit_lsn_bytes = contract.change_msg_id_prefix(text)
-        self._commit_time_text = self._time_text(commit_time)
-        pack = self._packer.pack
-        self._tx_middle = _K_COMMIT_LSN + pack(text) + _K_XID + pack(xid)
-        self._tx_time = _K_COMMIT_TIME + pack(self._commit_time_text)
+        lsn = b"%X/%X" % (final_lsn >> 32, final_lsn & 0xFFFFFFFF)  # lsn_text's, as bytes
+        self._commit_lsn_bytes = lsn + b":"  # contract.change_msg_id_prefix
+        second, micro = divmod(commit_time, 1_000_000)
+        if second != self._second:
+            self._set_second(second)
+        moment = b"%b.%06dZ" % (self._second_bytes, micro)
+        # Both texts are fixstr (at most 17 and 27 bytes): a one-byte header, 0xa0 | length.
+        self._tx_middle = b"%b%c%b%b%b" % (
+            _K_COMMIT_LSN, 0xA0 | len(lsn), lsn, _K_XID, self._packer.pack(xid),
+        )  # fmt: skip
+        self._tx_time = b"%b%c%b" % (_K_COMMIT_TIME, 0xA0 | len(moment), moment)
+
+    def _set_second(self, second: int) -> None:
+        self._second = second
+        self._second_bytes = (
+            pg_time_to_datetime(second * 1_000_000).strftime("%Y-%m-%dT%H:%M:%S").encode()
+        )
+
+    @property
+    def _commit_lsn_text(self) -> str:
+        """The open transaction's commit LSN (`X/Y`)."""
+        return self._commit_lsn_bytes[:-1].decode()
+
+    @property
+    def _commit_time_text(self) -> str:
+        """The open transaction's commit time, ISO 8601 UTC with microseconds."""
+        return self._tx_time[len(_K_COMMIT_TIME) + 1 :].decode()
 
     def _commit(self, out: list[Outgoing]) -> None:
         """The transaction ends: its commit record after its last change, when it published
         anything (docs/wire-format.md, "Transactions")."""
-        if self._xid is not None and (self._counts or self._messages):
-            counts, messages = self._counts, self._messages
-            pack = self._packer.pack
+        counts, messages = self._counts, self._messages
+        if self._xid is not None and (counts or messages):
             if len(counts) == 1 and not messages:  # nearly every transaction: one table
                 ((token, n),) = counts.items()
-                one = self._one_table.get(token)
-                if one is None:
-                    one = self._one_table[token] = b"\x81" + pack(token)
-                packed = pack(n)
-                tail = _K_EVENT_COUNT + packed + _K_TABLES + one + packed + _NO_MESSAGES
+                tails = self._one_table.get(token)
+                if tails is None:
+                    tails = self._one_table[token] = {}
+                tail = tails.get(n)
+                if tail is None:
+                    pack = self._packer.pack
+                    packed = pack(n)
+                    tail = b"".join(
+                        (
+                            _K_EVENT_COUNT, packed, _K_TABLES, b"\x81", pack(token), packed,
+                            _NO_MESSAGES,
+                        )
+                    )  # fmt: skip
+                    if len(tails) < _TAILS_PER_TABLE:
+                        tails[n] = tail
             else:
-                total = sum(counts.values()) + messages
+                pack = self._packer.pack
                 tail = b"".join(
                     (
-                        _K_EVENT_COUNT, pack(total), _K_TABLES, pack(counts), _K_MESSAGES,
-                        pack(messages),
+                        _K_EVENT_COUNT, pack(sum(counts.values()) + messages), _K_TABLES,
+                        pack(counts), _K_MESSAGES, pack(messages),
                     )
                 )  # fmt: skip
-            payload = _COMMIT_HEAD + self._tx_middle + self._tx_time + tail
-            msg_id = self._commit_lsn_bytes + b"commit"
-            out.append(Outgoing(self._commit_subject, payload, msg_id))
+            out.append(
+                Outgoing(
+                    self._commit_subject,
+                    b"%b%b%b%b" % (_COMMIT_HEAD, self._tx_middle, self._tx_time, tail),
+                    self._commit_lsn_bytes + b"commit",
+                )
+            )
         self._xid = None
 
     def types_to_resolve(self, frames: list[bytes]) -> list[int]:
