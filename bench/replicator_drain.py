@@ -157,8 +157,9 @@ def replicator_env(database_url: str, nats_url: str, table: str, **more: str) ->
 def replicator_run(
     pg: PostgresServer, ns: NatsServer, slot: str, rows: int, transactions: int
 ) -> dict[str, float]:
-    """The replicator draining `slot` into a fresh CDC stream (a message per row and a commit
-    record per transaction): rows/s from its first message, CPU per event and peak RSS."""
+    """The replicator draining `slot` into a fresh CDC stream (a message per row, a commit
+    record per transaction, the table's schema change): rows/s from its first message, CPU
+    per event and peak RSS."""
     delete_stream(ns.url)
     env = replicator_env(
         pg.url(), ns.url, "bench", BRIDGE_SLOT=slot, BRIDGE_PUBLICATION="bench_pub"
@@ -176,8 +177,9 @@ def replicator_run(
         first = time.monotonic()
         cpu_first = cpu_times(proc.pid)
         # The stream's last sequence: it keeps at most 1,000,000 messages (the seed's limit),
-        # and the 1M-row transaction's commit record is its 1,000,001st.
-        while (count := cdc_state(ns.url)[1]) < rows + transactions:
+        # and the 1M-row transaction's commit record is its 1,000,001st. Besides the rows and
+        # the records, the table's shape before its first change (a schema change).
+        while (count := cdc_state(ns.url)[1]) < rows + transactions + 1:
             if time.monotonic() - first > 600:
                 raise SystemExit(f"replicator stalled at {count} messages")
             time.sleep(0.05)

@@ -16,6 +16,8 @@ from pg_nats_bridge.changes import (
     Insert,
     Oversized,
     Row,
+    SchemaChanged,
+    TableFailed,
     TableSchema,
     Truncate,
     Update,
@@ -26,7 +28,26 @@ from pg_nats_bridge.lsn import Lsn
 log = logging.getLogger("pg_nats_bridge.follower")
 
 CdcChange = Insert | Update | Delete | Truncate | Oversized
-"""What one CDC event becomes."""
+"""What one CDC change event becomes."""
+
+# What a subject carries (`route`).
+_CHANGE, _OVERSIZED, _SCHEMA = 0, 1, 2
+
+
+class Reload:
+    """A schema change the copy cannot follow in place (a column added, retyped, renamed; a
+    new key): existing rows may hold values PostgreSQL changed without row changes (a
+    DEFAULT, a rewrite), so the table is read again from a snapshot taken after it. The
+    follower asks for one; the table's changes until then are in that snapshot."""
+
+    __slots__ = ("commit_lsn", "seq", "table", "why")
+
+    def __init__(self, table: str, why: str, seq: int, commit_lsn: str) -> None:
+        self.table, self.why, self.seq, self.commit_lsn = table, why, seq, commit_lsn
+
+
+ShapeChange = SchemaChanged | TableFailed | Reload
+"""What a schema change on the stream asks of a copy (`ChangeReader.shape`)."""
 
 UNPACK = contract.UNPACK_OPTIONS
 
@@ -47,7 +68,10 @@ class ChangeReader:
         # Tables an event committed at or after the snapshot was seen for: commit LSNs only
         # grow along the stream, so later events of these tables need no comparison.
         self.past_snapshot: set[str] = set()
-        self.routes: dict[bytes, tuple[str, bool]] = {}  # subject → what `route` says
+        self.routes: dict[bytes, tuple[str, int]] = {}  # subject → what `route` says
+        # Tables being read again after a schema change (`Reload`): the snapshot asked for
+        # holds every change of theirs until it is loaded.
+        self.reloading: set[str] = set()
         self.last_commit_time: str | None = None
 
     def reset(self, snapshots: dict[str, Lsn], replay_until: dict[str, Lsn]) -> None:
@@ -62,6 +86,7 @@ class ChangeReader:
         """The table was (re)loaded from a snapshot at `lsn`."""
         self.snapshots[table] = lsn
         self.past_snapshot.discard(table)
+        self.reloading.discard(table)
 
     def open_window(self, table: str, until: Lsn) -> None:
         """Changes of the table committed below `until` replay (a chunked snapshot's or a
@@ -78,13 +103,13 @@ class ChangeReader:
             if self.replay_closed.get(t, seq + 1) > seq
         }
 
-    def read(self, subject: bytes, seq: int, data: bytes) -> CdcChange | None:
+    def read(self, subject: bytes, seq: int, data: bytes) -> CdcChange | ShapeChange | None:
         """The change one CDC event asks for, or None when the snapshot already holds it.
         (Every event passes here: the common path is kept to a few operations.)"""
         route = self.routes.get(subject)
         if route is None:
             route = self.route(subject)
-        table, oversized = route
+        table, kind = route
         try:
             event = msgpack.unpackb(data, **UNPACK)
         except (ValueError, TypeError) as exc:  # msgpack's own errors are ValueErrors
@@ -92,7 +117,9 @@ class ChangeReader:
         lsn = event["commit_lsn"]
         if table not in self.past_snapshot and self.before_snapshot(table, lsn):
             return None  # committed before the snapshot: already in it
-        if oversized:
+        if kind:
+            if kind == _SCHEMA:
+                return self.shape(table, contract.SchemaChange.model_validate(event), seq)
             log.error(
                 "%s: a %s of %d bytes did not fit NATS and is missing from the copy (key %s)",
                 table,
@@ -118,17 +145,22 @@ class ChangeReader:
             return Truncate(table, seq, lsn, when)
         raise FollowError(f"{table}: unknown operation {op!r} at CDC sequence {seq}")
 
-    def route(self, subject: bytes) -> tuple[str, bool]:
-        """The table a subject is about, and whether it is an oversized-row marker's
-        (KeyError for another table's)."""
+    def route(self, subject: bytes) -> tuple[str, int]:
+        """The table a subject is about, and what it carries: a change, an oversized row's
+        marker or a schema change (KeyError for another table's)."""
         try:
             parsed = contract.parse_cdc_subject(subject.decode(), self.cdc_prefix)
         except contract.SubjectError:
             raise KeyError(subject) from None  # not one of ours: skipped as foreign
         if parsed.message:
             raise KeyError(subject)
-        oversized = parsed.operation is None
-        route = (self.by_token[parsed.token], oversized)
+        if parsed.operation is None:
+            kind = _OVERSIZED
+        elif parsed.operation == contract.SCHEMA_CHANGE:
+            kind = _SCHEMA
+        else:
+            kind = _CHANGE
+        route = (self.by_token[parsed.token], kind)
         if len(self.routes) < 1024:  # a few per table; foreign ones may be any
             self.routes[subject] = route
         return route
@@ -148,7 +180,7 @@ class ChangeReader:
         """Whether the snapshot holds the change already (every change, for a table left out:
         the copy has nothing of it to change)."""
         loaded_at = self.snapshots.get(table)
-        if loaded_at is None or Lsn.parse(commit_lsn) < loaded_at:
+        if loaded_at is None or table in self.reloading or Lsn.parse(commit_lsn) < loaded_at:
             return True
         self.past_snapshot.add(table)
         return False
@@ -165,3 +197,87 @@ class ChangeReader:
             f"{table}: a {event['operation']} at {event['commit_lsn']} carries no old row and "
             "the table has no primary key: give it one or set REPLICA IDENTITY FULL"
         )
+
+    def shape(self, table: str, event: contract.SchemaChange, seq: int) -> ShapeChange | None:
+        """What a schema change asks of the copy (docs/wire-format.md, "Schema changes"):
+        nothing when the table has the shape the copy holds (the replicator says a table's
+        shape again after it restarts); the copy's columns dropped in place when only columns
+        went away; the table read again otherwise; left out when it was renamed."""
+        name = f"{event.schema_}.{event.table}"
+        if name != table:
+            self.snapshots.pop(table, None)
+            self.reloading.discard(table)
+            self.past_snapshot.discard(table)
+            return TableFailed(
+                table,
+                f"renamed to {name} at {event.commit_lsn} (CDC sequence {seq}): follow {name}",
+            )
+        known = self.schemas.get(table)
+        if known is None:
+            return None
+        differs = _differences(known, event)
+        if not differs:
+            return None
+        names = [c.name for c in event.columns]
+        if differs == {"dropped"}:
+            kept = [c for c in known.document.columns if c.name in names]
+            document = known.document.model_copy(update={"columns": kept})
+            schema = self.schemas[table] = TableSchema.from_document(document)
+            log.info(
+                "%s: columns %s dropped at %s (CDC sequence %d)",
+                table,
+                ", ".join(c for c in known.columns if c not in names),
+                event.commit_lsn,
+                seq,
+            )
+            return SchemaChanged(table, schema)
+        self.reloading.add(table)
+        self.past_snapshot.discard(table)
+        return Reload(
+            table,
+            f"{', '.join(sorted(differs))} at {event.commit_lsn} (CDC sequence {seq}): "
+            f"columns {list(known.columns)} -> {names}",
+            seq,
+            event.commit_lsn,
+        )
+
+
+_IDENTITY_KEY_ALL = "full"
+
+
+def _differences(known: TableSchema, event: contract.SchemaChange) -> set[str]:
+    """How the shape a schema change says differs from the one the copy holds: `dropped`
+    (columns gone, the others as they were), `columns` (added, renamed, reordered), `types`
+    (a type or its modifier: numeric's scale, a varchar's length; also when the copy's
+    document does not say its types), `rewritten` (the DDL rewrote the table), `key`,
+    `replica identity`."""
+    differs: set[str] = set()
+    document = known.document
+    by_name = {c.name: c for c in document.columns}
+    names = [c.name for c in event.columns]
+    if names != list(known.columns):
+        if [c for c in known.columns if c in names] == names:
+            differs.add("dropped")
+        else:
+            differs.add("columns")
+    for column in event.columns:
+        was = by_name.get(column.name)
+        if was is not None and (was.type_oid, was.type_modifier) != (
+            column.type_oid,
+            column.type_modifier,
+        ):
+            differs.add("types")
+    if event.rewritten:
+        differs.add("rewritten")
+    if event.replica_identity != known.replica_identity:
+        differs.add("replica identity")
+    key = {c.name for c in event.columns if c.key}
+    if event.replica_identity == "default":
+        expected = set(document.primary_key)
+    elif event.replica_identity == _IDENTITY_KEY_ALL:
+        expected = set(names)
+    else:
+        expected = key  # nothing: none; index: the copy's document does not say which
+    if key != expected:
+        differs.add("key")
+    return differs

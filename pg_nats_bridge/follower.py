@@ -25,10 +25,9 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import nats.errors
@@ -38,20 +37,23 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamInfo
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from pg_nats_bridge import contract
-from pg_nats_bridge.change_reader import CdcChange, ChangeReader
+from pg_nats_bridge.change_reader import CdcChange, ChangeReader, Reload
 from pg_nats_bridge.changes import (
     Backfilled,
     BackfillRows,
     Bootstrapped,
     CaughtUp,
+    Delete,
+    Insert,
     Item,
     Oversized,
     Reset,
     Row,
     Rows,
-    SchemaChanged,
     TableFailed,
     TableSchema,
+    Truncate,
+    Update,
 )
 from pg_nats_bridge.follow_errors import FollowError, Undecodable
 from pg_nats_bridge.lsn import Lsn
@@ -71,6 +73,14 @@ class _Rebootstrap(Exception):
 
 class _Backfill(Exception):
     """A backfill was asked for: following stops at the position handed out so far."""
+
+
+class _Reload(Exception):
+    """A table's schema changed so that it is read again: following stops at the position
+    handed out so far (a transaction boundary)."""
+
+
+_CHANGES = frozenset({Insert, Update, Delete, Truncate, Oversized})
 
 
 @dataclass
@@ -193,6 +203,8 @@ class TableFollower:
         # Tables that could not be loaded, and why: left out while the others go on, asked
         # for again at the next start (`_load_failed`).
         self._failed: dict[str, str] = {}
+        # Tables to read again after a schema change, and why (`_reload`).
+        self._reloads: dict[str, str] = {}
 
     # -- the position ------------------------------------------------------------------------
 
@@ -210,6 +222,15 @@ class TableFollower:
             state["replay_until"] = windows
         if self._failed:
             state["failed"] = dict(self._failed)
+        shapes = {
+            t: schema.document.fingerprint
+            for t, schema in self.changes.schemas.items()
+            if t not in self._failed and t not in self._reloads
+        }
+        if shapes:
+            # What the copy's tables look like: at a resume, a table whose schema document is
+            # not this any more changed while the copy was stopped, and is read again.
+            state["shapes"] = shapes
         return state
 
     def state_before(self, seq: int) -> dict[str, Any]:
@@ -364,9 +385,14 @@ class TableFollower:
 
     async def _batches(self) -> AsyncGenerator[_Batch, None]:
         attempt = 0
-        backfill_due = False
+        backfill_due = reload_due = False
         while True:
             try:
+                if reload_due:
+                    reload_due = False
+                    async for item in self._reload():
+                        yield _Batch([item], None)
+                    self._stored = self.state
                 if backfill_due:
                     # Here, not in the handler of `_Backfill`: a NATS error while it loads is
                     # handled below like any other (and the backfill asked again).
@@ -384,12 +410,22 @@ class TableFollower:
                         {t: Lsn.parse(v) for t, v in (stored.get("replay_until") or {}).items()},
                     )
                     self._failed = dict(stored.get("failed") or {})
+                    shapes = stored.get("shapes") or {}
                     for table in self.tables:
                         if table not in self._failed:
-                            self.changes.schemas[table] = await self._schema(table)
+                            schema = await self._schema(table)
+                            if shapes.get(table, schema.document.fingerprint) != (
+                                schema.document.fingerprint
+                            ):
+                                self._reload_later(
+                                    table, "its schema changed while the copy was stopped"
+                                )
                     log.info("resuming %s after CDC sequence %d", ", ".join(self.tables), self._seq)
                     for table in list(self._failed):
                         async for item in self._load_failed(table):
+                            yield _Batch([item], None)
+                    if self._reloads:
+                        async for item in self._reload():
                             yield _Batch([item], None)
                 else:
                     log.info("bootstrapping %s: %s", ", ".join(self.tables), why)
@@ -404,6 +440,9 @@ class TableFollower:
                 self._stored = None
             except _Backfill:
                 backfill_due = True
+                self._stored = self.state
+            except _Reload:
+                reload_due = True
                 self._stored = self.state
             except (TimeoutError, nats.errors.Error, _ChunksMissing, _NoSchemaDocument) as exc:
                 attempt += 1
@@ -537,6 +576,46 @@ class TableFollower:
         # Newer than the other tables: one moment again once CDC passes its point.
         self.transactions.until(Lsn.parse(meta.get("replay_until") or meta["lsn"]))
         yield Bootstrapped(self.state, consistent=self.transactions.consistent)
+
+    def _reload_later(self, table: str, why: str) -> None:
+        """Read `table` again at the next transaction boundary (`_reload`); until it is
+        loaded, its changes are in the snapshot asked for, and the copy is not one state."""
+        self._reloads[table] = why
+        self.changes.reloading.add(table)
+        self.changes.past_snapshot.discard(table)
+        self.transactions.hold(table)
+        log.info("%s: read again from a new snapshot: %s", table, why)
+
+    async def _reload(self) -> AsyncIterator[Item]:
+        """The tables whose schema changed, each from a snapshot taken now: after the change,
+        so in the new shape and with every value PostgreSQL gave the existing rows (a
+        DEFAULT, a rewrite) that no row change carried. The copy holds different moments of
+        its tables until CDC passes the snapshot's point, so it is not one state before."""
+        while self._reloads:
+            table, why = next(iter(self._reloads.items()))
+            try:
+                meta = await self._request_snapshot(table)
+                schema = await self._schema(table)
+            except FollowError as exc:
+                del self._reloads[table]
+                self.changes.reloading.discard(table)
+                self.transactions.release(table)
+                yield self._left_out(table, exc)
+                continue
+            async for item in self._load(table, schema, meta):
+                yield item
+            del self._reloads[table]
+            self.transactions.release(table)
+            log.info(
+                "%s: snapshot %s loaded (%d rows, lsn %s) after its schema changed (%s)",
+                table,
+                meta["snapshot_id"],
+                meta["row_count"],
+                meta["lsn"],
+                why,
+            )
+            self.transactions.until(Lsn.parse(meta.get("replay_until") or meta["lsn"]))
+            yield Bootstrapped(self.state, consistent=self.transactions.consistent)
 
     async def _schema(self, table: str) -> TableSchema:
         kv = await self.js.key_value(self.kv_bucket)
@@ -725,9 +804,10 @@ class TableFollower:
                 pass
         delivered = 0  # consumer sequence of the last delivery
         received = seq = self._seq  # the last message received; the position through it
-        schema_checked = time.monotonic()
         try:
             while True:
+                if self._reloads and self.transactions.at_boundary:
+                    raise _Reload
                 if self._backfills and self.transactions.at_boundary:
                     raise _Backfill
                 try:
@@ -742,9 +822,6 @@ class TableFollower:
                         self.transactions.idle(items)
                         if not self.transactions.at_boundary:
                             continue  # the open transaction's record is on its way
-                        if time.monotonic() - schema_checked >= self.idle_seconds:
-                            schema_checked = time.monotonic()
-                            items.extend(await self._schema_changes())
                         consistent = self.transactions.consistent
                         items.append(CaughtUp({**self.state, "seq": seq}, consistent))
                         continue
@@ -761,11 +838,19 @@ class TableFollower:
                             self.transactions.record(record, stream_seq, items)
                             seq = stream_seq
                             continue
-                        item = self.changes.read(subject, stream_seq, data)
-                        if item is not None:
+                        read = self.changes.read(subject, stream_seq, data)
+                        item: Item | None = None
+                        if type(read) in _CHANGES:
+                            item = change = cast(CdcChange, read)
                             self.transactions.change(
-                                self.tokens[item.table], _commit_lsn(item), stream_seq, items
+                                self.tokens[change.table], _commit_lsn(change), stream_seq, items
                             )
+                        elif isinstance(read, Reload):
+                            self._reload_later(read.table, read.why)
+                        elif read is not None:  # the copy's columns dropped, the table renamed
+                            if isinstance(read, TableFailed):
+                                self._left_out(read.table, FollowError(read.reason))
+                            item = read
                     except (Undecodable, KeyError, TypeError, ValueError, AttributeError) as exc:
                         why = str(exc) if isinstance(exc, Undecodable) else "not a CDC event"
                         self.skip(
@@ -787,30 +872,6 @@ class TableFollower:
             if not self.durable:  # an ephemeral one would linger until its inactive threshold
                 with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                     await self.js.delete_consumer(self.cdc_stream, self._consumer_name)
-
-    async def _schema_changes(self) -> list[SchemaChanged]:
-        kv = await self.js.key_value(self.kv_bucket)
-        changed = []
-        for table in self.tables:
-            if table in self._failed:
-                continue  # not in the copy
-            try:
-                entry = await kv.get(kv_key(*self._names[table]))
-            except KeyNotFoundError:
-                continue
-            if entry.revision == self._revisions.get(table) or entry.value is None:
-                continue
-            assert entry.revision is not None
-            self._revisions[table] = entry.revision
-            try:
-                schema = TableSchema.from_document(_unpack(entry.value))
-            except ValueError as exc:
-                self.skip(f"KV {self.kv_bucket}", entry.key, entry.revision, str(exc))
-                continue
-            if schema != self.changes.schemas.get(table):
-                self.changes.schemas[table] = schema
-                changed.append(SchemaChanged(table, schema))
-        return changed
 
     def skip(self, where: str, subject: str | None, seq: int | None, why: str) -> None:
         """One message the bridge did not publish: logged with where it is, counted."""

@@ -9,6 +9,7 @@ from typing import Any
 from pg_nats_bridge.apply_error import ApplyError, key_of
 from pg_nats_bridge.changes import (
     BackfillRows,
+    Bootstrapped,
     CaughtUp,
     Committed,
     Delete,
@@ -37,13 +38,17 @@ class MemoryCopy:
     together: `tables` only ever shows whole transactions. A change that cannot be applied
     undoes the rest of its transaction and raises `ApplyError`: the copy holds every
     transaction before it and none of it, so following on from
-    `TableFollower.state_before(error.retry_from)` hands the whole transaction out again."""
+    `TableFollower.state_before(error.retry_from)` hands the whole transaction out again.
+    A table read again after a schema change keeps its rows until the new ones are all there
+    (`Bootstrapped`), then has them."""
 
     def __init__(self) -> None:
         self._rows: dict[str, dict[Any, Row]] = {}
         self.schemas: dict[str, TableSchema] = {}
         self.left_out: dict[str, str] = {}  # tables left out of the copy, and why
         self._open: list[Item] = []  # the open transaction's changes
+        # Tables being read again (a schema change), until their `Bootstrapped`: rows, schema
+        self._staged: dict[str, tuple[dict[Any, Row], TableSchema]] = {}
         self._undo: list[tuple[str, Any, Any]] | None = None  # while one is applied
 
     @property
@@ -130,12 +135,26 @@ class MemoryCopy:
         """Everything that can fail (a key, a lookup) comes before the first change to the
         rows, so that a failed item changes nothing."""
         if isinstance(item, Reset):
-            self._rows[item.table] = {}
-            self.schemas[item.table] = item.schema
+            if item.table in self._rows:  # read again (a schema change): swapped in whole
+                self._staged[item.table] = ({}, item.schema)
+            else:
+                self._rows[item.table] = {}
+                self.schemas[item.table] = item.schema
             self.left_out.pop(item.table, None)
+        elif isinstance(item, Bootstrapped):
+            for table, (rows, schema) in self._staged.items():
+                self._rows[table], self.schemas[table] = rows, schema
+            self._staged.clear()
         elif isinstance(item, TableFailed):
             self.left_out[item.table] = item.reason
         elif isinstance(item, Rows | BackfillRows):  # a backfill's replace theirs by key
+            staged = self._staged.get(item.table)
+            if staged is not None:
+                names = staged[1].primary_key
+                staged[0].update(
+                    {(tuple(row[k] for k in names) if names else id(row)): row for row in item.rows}
+                )
+                return
             keyed = {self._key(item.table, row): row for row in item.rows}  # hashed here
             self._rows[item.table].update(keyed)
         elif isinstance(item, Insert):
@@ -160,6 +179,11 @@ class MemoryCopy:
             self._rows[item.table] = {}
         elif isinstance(item, SchemaChanged):
             before = self.schemas.get(item.table)
+            if before is not None and set(before.columns) - set(item.schema.columns):
+                kept = item.schema.columns  # columns dropped: gone from every row
+                for row in self._rows.get(item.table, {}).values():
+                    for name in [c for c in row if c not in kept]:
+                        del row[name]
             if before is None or before.primary_key != item.schema.primary_key:
                 names = item.schema.primary_key
                 held = self._rows.get(item.table, {}).values()  # keyed anew

@@ -350,6 +350,7 @@ class SqliteCopy:
             self._put(f"schema:{item.table}", item.schema.document.as_dict())
             self._floats.pop(item.table, None)
             self._keys.pop(item.table, None)
+            self._drop_columns(item.table, item.schema.columns)
             self._ensure_columns(item.table, item.schema.columns)
         elif isinstance(item, Oversized):
             self.db.execute(
@@ -403,6 +404,22 @@ class SqliteCopy:
             if name not in known:  # a column added since the copy's last schema
                 self.db.execute(f"ALTER TABLE {ident(table)} ADD COLUMN {ident(name)}")
                 known.append(name)
+
+    def _drop_columns(self, table: str, names: Any) -> None:
+        """Columns the table no longer has (dropped in PostgreSQL): gone from the copy too.
+        (Never a key column: a new key reads the table again.)"""
+        keep = set(names)
+        gone = [c for c in self.columns(table) if c not in keep]
+        if not gone:
+            return
+        every = [row[1] for row in self.db.execute(f"PRAGMA table_info({ident(table)})")]
+        if len(gone) == len(self.columns(table)) and NO_COLUMNS not in every:
+            # SQLite keeps at least one column
+            self.db.execute(f"ALTER TABLE {ident(table)} ADD COLUMN {ident(NO_COLUMNS)}")
+        for name in gone:
+            self.db.execute(f"ALTER TABLE {ident(table)} DROP COLUMN {ident(name)}")
+        self._columns.pop(table, None)
+        self._inserts = {k: sql for k, sql in self._inserts.items() if k[0] != table}
 
     def _insert_sql(self, table: str, names: tuple[str, ...]) -> str:
         sql = self._inserts.get((table, names))

@@ -52,6 +52,7 @@ class TransactionTracker:
         # Until a record at or past this LSN arrives, the copy holds different moments of its
         # tables (None: it is one consistent state).
         self.consistent_from: Lsn | None = None
+        self.held: set[str] = set()  # tables to be read again (`hold`)
 
     @property
     def at_boundary(self) -> bool:
@@ -60,7 +61,15 @@ class TransactionTracker:
 
     @property
     def consistent(self) -> bool:
-        return self.consistent_from is None
+        return self.consistent_from is None and not self.held
+
+    def hold(self, table: str) -> None:
+        """`table` is about to be read again (a schema change): the copy is not one state
+        until it is loaded and CDC passes its point (`release`, then `until`)."""
+        self.held.add(table)
+
+    def release(self, table: str) -> None:
+        self.held.discard(table)
 
     def until(self, lsn: Lsn) -> None:
         """The copy holds a moment at `lsn` of some table (a snapshot's point, the end of a
@@ -98,7 +107,7 @@ class TransactionTracker:
             expected = {t: n for t, n in record.tables.items() if t in self.tokens}
             if expected and record.commit_lsn != self.ended_without_record:
                 self._missing(record.commit_lsn, expected, {})
-            if became_consistent:
+            if became_consistent and not self.held:
                 out.append(Committed(record.commit_lsn, seq, consistent=True))
             return
         expected = {t: n for t, n in record.tables.items() if t in self.tokens}

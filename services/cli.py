@@ -50,6 +50,15 @@ def provision_streams(settings: BridgeSettings) -> int:
     return asyncio.run(run())
 
 
+def print_ddl_trigger_sql(settings: Any) -> int:
+    """The event trigger the replicator installs when its role is a superuser, for a
+    superuser to run by hand (services/replicator/ddl_capture.py)."""
+    from services.replicator.ddl_capture import install_sql
+
+    print(install_sql(settings.publication))
+    return 0
+
+
 def run_replicator(settings: Any) -> int:
     from services.replicator.supervisor import Replicator
 
@@ -118,6 +127,11 @@ COMMANDS: dict[str, Command] = {
         "create the CDC and INIT streams and the schemas KV bucket where missing",
         SETTINGS,
         "services.cli:provision_streams",
+    ),
+    "ddl-trigger-sql": Command(
+        "print the SQL (for a superuser) that announces schema changes at the DDL",
+        SETTINGS,
+        "services.cli:print_ddl_trigger_sql",
     ),
     "tail": Command(
         "print CDC events as they arrive",

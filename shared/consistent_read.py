@@ -40,6 +40,21 @@ STORAGE_QUERY = (
 storage. (`pg_partition_tree` alone lists nothing for a table that is not partitioned.)"""
 
 
+SHAPE_QUERY = (
+    "SELECT md5(concat_ws('|', c.relreplident, pg_relation_filenode(c.oid),"
+    " (SELECT string_agg(concat_ws(',', a.attnum, a.attname, a.atttypid, a.atttypmod), ';'"
+    " ORDER BY a.attnum) FROM pg_attribute a"
+    " WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),"
+    " (SELECT string_agg(i.indkey::text, ';' ORDER BY i.indexrelid) FROM pg_index i"
+    " WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident))))"
+    " FROM pg_class c WHERE c.oid = %(table)s::regclass"
+)
+"""A digest of a table's shape and storage as the query's snapshot sees the catalog: its
+columns (number, name, type, modifier), replica identity, key and relfilenode (a rewrite
+gives new storage). A chunked snapshot compares it in every range: all its rows have one
+shape (pass `{"table": <quoted name>}`)."""
+
+
 def export_snapshot(
     database_url: str,
     slot: str,

@@ -25,6 +25,7 @@ from pg_nats_bridge.contract.events import (
     CommitRecord,
     LogicalMessage,
     OversizedMarker,
+    SchemaChange,
 )
 from pg_nats_bridge.contract.schema import SchemaDocument
 from pg_nats_bridge.contract.snapshot import (
@@ -106,6 +107,7 @@ def document(version: str = "unknown") -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         ChangeEvent,
         CommitRecord,
+        SchemaChange,
         OversizedMarker,
         LogicalMessage,
         SnapshotChunk,
@@ -140,6 +142,11 @@ def document(version: str = "unknown") -> dict[str, Any]:
         "commit": _message(
             "commit", CommitRecord, MSGPACK, "a transaction's end, after its last change",
             headers=_msg_id("`<commit_lsn>:commit`"),
+        ),
+        "schemaChange": _message(
+            "schemaChange", SchemaChange, MSGPACK,
+            "a table's shape, before the first change written under it",
+            headers=_msg_id("`<commit_lsn>:schema:<relation_oid>:<n>`"),
         ),
         "schemaDocument": _message(
             "schemaDocument", SchemaDocument, MSGPACK,
@@ -201,6 +208,10 @@ def document(version: str = "unknown") -> dict[str, Any]:
         "commit": _channel(
             f"{CDC}.{COMMIT_TOKEN}", "every transaction's commit record (the tables' counts)",
             ["commit"],
+        ),
+        "schemaChange": _channel(
+            f"{CDC}.{{table}}.schema", "a table's shape, at its place among its changes",
+            ["schemaChange"], table=_TABLE,
         ),
         "schema": _channel(
             f"{INIT}.schema.{{table}}", "each new revision of a table's schema",

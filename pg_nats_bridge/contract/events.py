@@ -1,5 +1,6 @@
 """What the CDC stream carries (docs/wire-format.md, "CDC event payload"): a row change, the
-marker of a row too large for NATS, a logical decoding message. The replicator's hot path
+marker of a row too large for NATS, a logical decoding message, a table's new shape, a
+transaction's commit record. The replicator's hot path
 writes a change by hand (services/replicator/events.py); a property test holds its bytes to
 `ChangeEvent`'s encoding, field for field and in this order."""
 
@@ -104,3 +105,45 @@ class CommitRecord(_Event):
     event_count: int = Field(ge=1)
     tables: dict[str, int]  # subject token → changes of that table
     messages: int = Field(default=0, ge=0)  # transactional logical decoding messages
+
+
+class RelationColumn(BaseModel):
+    """A published column as PostgreSQL's logical decoding describes it to the replicator."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    type_oid: int  # pg_attribute.atttypid
+    type_modifier: int  # pg_attribute.atttypmod (-1: none), e.g. numeric's precision and scale
+    key: bool  # part of the replica identity's key
+
+
+class SchemaChange(_Event):
+    """A table's shape, on `cdc.<table>.schema`, at its place among the changes: every change
+    of the table after it in the stream was written under this shape (docs/wire-format.md,
+    "Schema changes"). The replicator publishes one where PostgreSQL's logical decoding
+    describes the table anew (a Relation message): before the first change after any
+    ALTER TABLE, and at the first change of each table after the replicator starts. So it
+    may repeat a shape: a consumer compares it with the one it holds. `version` is the WAL
+    position where the shape is first seen (the event's `lsn`). Not a change: the commit
+    record does not count it. Its Msg-Id is `<commit_lsn>:schema:<relation_oid>:<n>`, or
+    `<commit_lsn>:ddl:<lsn>:<relation_oid>` for one the DDL announced (`source` `ddl`)."""
+
+    schema_: str = Field(alias="schema")
+    table: str
+    operation: Literal["schema"] = "schema"
+    lsn: str
+    commit_lsn: str
+    xid: int
+    commit_time: str
+    version: str
+    relation_oid: int
+    columns: list[RelationColumn]
+    replica_identity: Literal["default", "nothing", "full", "index"]
+    # `ddl`: written by the DDL itself (an event trigger the bridge installs where it may), at
+    # the DDL; `relation`: where logical decoding described the table anew.
+    source: Literal["relation", "ddl"] = "relation"
+    # The DDL rewrote the table (a type change, a volatile DEFAULT): stored values may have
+    # changed even where the shape did not (ALTER COLUMN … TYPE text USING upper(…)).
+    rewritten: bool = False
+    command: str | None = None  # the DDL's command tag (`ddl` only)

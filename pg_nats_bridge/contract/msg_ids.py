@@ -32,6 +32,18 @@ def commit_msg_id(commit_lsn_text: str) -> str:
     return f"{commit_lsn_text}:commit"
 
 
+def schema_change_msg_id(commit_lsn_text: str, relation_oid: int, n: int) -> str:
+    """A table's `n`-th schema change in a transaction (the first is 0): PostgreSQL
+    describes a table once per replication session and again after each change of it, so a
+    replay may describe it where the first run did not; not a change, it takes no ordinal."""
+    return f"{commit_lsn_text}:schema:{relation_oid}:{n}"
+
+
+def ddl_change_msg_id(commit_lsn_text: str, lsn: str, relation_oid: int) -> str:
+    """A table's schema change announced by the DDL itself: its message's LSN is unique."""
+    return f"{commit_lsn_text}:ddl:{lsn}:{relation_oid}"
+
+
 def message_msg_id(lsn: Lsn) -> str:
     """A non-transactional logical decoding message's Msg-Id (it has no commit)."""
     return f"message:{lsn}"

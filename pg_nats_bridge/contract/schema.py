@@ -25,6 +25,10 @@ class SchemaColumn(BaseModel):
     is_nullable: str | None = None  # YES or NO
     column_default: str | None = None
     position: int | None = None  # the column's ordinal position in the table
+    # pg_attribute's atttypid and atttypmod, as a schema change on the CDC stream says them
+    # (contract.RelationColumn): a consumer compares the two (None in documents written before)
+    type_oid: int | None = None
+    type_modifier: int | None = None
 
 
 class SchemaDocument(BaseModel):

@@ -264,6 +264,9 @@ class ProgressRecord(BaseModel):
     # a waiting requester needs to ask again as soon as that is possible (absent from records
     # of earlier releases).
     takeover_seconds: float | None = None
+    # The table's shape digest when the snapshot began: a continuation that finds another
+    # one (an ALTER TABLE committed meanwhile) is refused with `table_rewritten`.
+    shape: str | None = None
 
     @field_validator("after", mode="before")
     @classmethod

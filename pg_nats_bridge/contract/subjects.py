@@ -35,6 +35,15 @@ def cdc_subject(schema: str, table: str, operation: str, prefix: str = CDC) -> s
     return f"{prefix}.{table_token(schema, table)}.{operation}"
 
 
+SCHEMA_CHANGE = "schema"
+"""The last token of a table's schema-change subject, `cdc.<table>.schema` (not an operation:
+no row changes there), so that a consumer of `cdc.<table>.*` receives it among the changes."""
+
+
+def schema_change_subject(token: str, prefix: str = CDC) -> str:
+    return f"{prefix}.{token}.{SCHEMA_CHANGE}"
+
+
 def token_cdc_subject(token: str, operation: str, prefix: str = CDC) -> str:
     return f"{prefix}.{token}.{operation}"
 
@@ -122,7 +131,8 @@ def subjects_overlap(a: str, b: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class CdcSubject:
-    """What a subject on the CDC stream is about: a table's change (`token`, `operation`), an
+    """What a subject on the CDC stream is about: a table's change (`token`, `operation`; the
+    operation `schema` for its schema change), an
     oversized row's marker (`token`, operation None), a logical decoding message (`token` its
     escaped prefix, `message` true), or a transaction's commit record (`commit` true)."""
 
@@ -144,6 +154,8 @@ def parse_cdc_subject(subject: str, prefix: str = CDC) -> CdcSubject:
         return CdcSubject(parts[2])
     if parts[1] == MESSAGE_TOKEN:
         return CdcSubject(parts[2], message=True)
+    if parts[2] == SCHEMA_CHANGE:
+        return CdcSubject(parts[1], parts[2])
     if parts[2] not in OPERATIONS:
         raise SubjectError(f"{subject!r}: {parts[2]!r} is not an operation")
     return CdcSubject(parts[1], parts[2])

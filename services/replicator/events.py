@@ -6,6 +6,8 @@ Owns what the wire contract says about an event: subject, Msg-Id, payload fields
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -14,6 +16,7 @@ import msgpack
 
 from pg_nats_bridge import contract
 from services.replicator import pgoutput as po
+from services.replicator.ddl_capture import MESSAGE_PREFIX as DDL_MESSAGE_PREFIX
 from services.replicator.errors import OversizedRowError
 from services.replicator.protocol import (
     parse_copy_data,
@@ -24,6 +27,8 @@ from services.replicator.protocol import (
 from shared.codec import RowCodec, ValueMode
 from shared.codec.domains import oids_to_resolve, with_base_types
 from shared.lsn import Lsn, lsn_from_u64
+
+log = logging.getLogger(__name__)
 
 TypeResolver = Callable[[list[int]], list[tuple[int, int]]]
 """Given type OIDs that may be domains, returns (oid, base type oid) pairs (a catalog query)."""
@@ -78,6 +83,10 @@ class _RelationInfo:
     """Per operation: the packed map header and its schema/table/operation entries."""
 
 
+_IDENTITIES: dict[str, Literal["default", "nothing", "full", "index"]] = {
+    "d": "default", "n": "nothing", "f": "full", "i": "index",
+}  # fmt: skip
+
 # Messages of a transaction streamed before it commits (protocol 2+ with `streaming`).
 _K_RELATION = 0x52  # R
 _STREAMED = (po.StreamStart, po.StreamStop, po.StreamCommit, po.StreamAbort, po.StreamPrepare)
@@ -104,8 +113,16 @@ class EventBuilder:
         oversized_policy: Literal["dead-letter", "stop"] = "dead-letter",
         prefix: str = "cdc",
         resolve_types: TypeResolver | None = None,
+        replayed_through: int = 0,
+        publication: str | None = None,
     ) -> None:
         self.mode = mode
+        self.publication = publication  # whose DDL messages to read (None: any)
+        # Transactions committed at or below this LSN are in the stream already (a restart
+        # replays them): a schema change is announced for none of them, since one the first
+        # run did not announce (PostgreSQL describes a table once per session) would be stored
+        # after the changes that follow it.
+        self.replayed_through = replayed_through
         self.resolve_types = resolve_types
         self._base_types: dict[int, int] = {}
         self.max_payload = max_payload
@@ -129,6 +146,9 @@ class EventBuilder:
         self._counts: dict[str, int] = {}
         self._messages = 0
         self._commit_subject = contract.commit_subject(prefix).encode()
+        # (relation OID, subject token) → the transaction of its last schema change, and how
+        # many it had (their Msg-Ids count them)
+        self._schema_changes: dict[tuple[int, str], tuple[str, int]] = {}
         # token → event count → the end of a one-table transaction's record, packed
         self._one_table: dict[str, dict[int, bytes]] = {}
 
@@ -187,7 +207,7 @@ class EventBuilder:
             self._commit(out)
         elif kind is po.Relation:
             assert isinstance(message, po.Relation)
-            self._relation(message)
+            self._relation(message, raw, out)
         elif kind is po.Truncate:
             assert isinstance(message, po.Truncate)
             self._truncate(message, xlog_data_start(raw), out)
@@ -299,18 +319,68 @@ class EventBuilder:
         self._base_types.update((oid, oid) for oid in oids)
         self._base_types.update(resolved)
 
-    def _relation(self, rel: po.Relation) -> None:
+    def _relation(self, rel: po.Relation, raw: bytes, out: list[Outgoing]) -> None:
         names = [c.name for c in rel.columns]
         oids = [c.type_oid for c in rel.columns]
         unknown = [oid for oid in oids_to_resolve(oids) if oid not in self._base_types]
         if unknown and self.resolve_types is not None:
             # Fed without the decoder's `types_to_resolve` first (a test, a tool): ask now.
             self.learn_types(unknown, self.resolve_types(unknown))
-        self.relations[rel.oid] = _RelationInfo(
+        before = self.relations.get(rel.oid)
+        info = self.relations[rel.oid] = _RelationInfo(
             relation=rel,
             codec=RowCodec(names, with_base_types(oids, self._base_types.items()), self.mode),
             token=contract.table_token(rel.namespace, rel.name),
             key_columns=frozenset(c.name for c in rel.columns if c.is_key),
+        )
+        if self._xid is None or self._final_lsn <= self.replayed_through:
+            return  # outside a transaction (pgoutput describes a table inside one), a replay
+        shape = (rel.namespace, rel.name, rel.replica_identity, rel.columns)
+        if before is not None:
+            was = before.relation
+            if (was.namespace, was.name, was.replica_identity, was.columns) == shape:
+                return  # described again (a new session, an invalidation), unchanged
+        self._schema_change(info, raw, out)
+        if before is not None and before.token != info.token:
+            # Renamed: said on the old name's subject too, to consumers that know it by it.
+            self._schema_change(info, raw, out, before.token)
+
+    def _schema_change(
+        self, info: _RelationInfo, raw: bytes, out: list[Outgoing], token: str | None = None
+    ) -> None:
+        """The table's shape at its place among the changes (contract.SchemaChange): every
+        change of it after this was written under this shape."""
+        rel = info.relation
+        lsn = xlog_data_start_text(raw)
+        commit_lsn = self._commit_lsn_text
+        event = contract.SchemaChange(
+            schema=rel.namespace,
+            table=rel.name,
+            lsn=lsn,
+            commit_lsn=commit_lsn,
+            xid=self._xid or 0,
+            commit_time=self._commit_time_text,
+            version=lsn,
+            relation_oid=rel.oid,
+            columns=[
+                contract.RelationColumn(
+                    name=c.name, type_oid=c.type_oid, type_modifier=c.type_modifier, key=c.is_key
+                )
+                for c in rel.columns
+            ],
+            replica_identity=_IDENTITIES[rel.replica_identity],
+        )
+        token = token or info.token
+        seen = self._schema_changes.get((rel.oid, token))
+        n = seen[1] + 1 if seen is not None and seen[0] == commit_lsn else 0
+        self._schema_changes[(rel.oid, token)] = (commit_lsn, n)
+        msg_id = contract.schema_change_msg_id(commit_lsn, rel.oid, n)
+        out.append(
+            Outgoing(
+                contract.schema_change_subject(token, self.prefix).encode(),
+                event.encode(),
+                msg_id.encode(),
+            )
         )
 
     def _info(self, oid: int) -> _RelationInfo:
@@ -441,6 +511,9 @@ class EventBuilder:
 
     def _logical_message(self, message: po.LogicalMessage, out: list[Outgoing]) -> None:
         transactional = message.transactional and self._xid is not None
+        if transactional and message.prefix == DDL_MESSAGE_PREFIX:
+            self._ddl(message, out)
+            return
         ordinal = self._next_ordinal() if transactional else None
         if transactional:
             self._messages += 1
@@ -460,6 +533,57 @@ class EventBuilder:
             msg_id = contract.message_msg_id(message.lsn)
         subject = contract.message_subject(contract.escape_name(message.prefix or "_"), self.prefix)
         out.append(Outgoing(subject.encode(), event.encode(), msg_id.encode()))
+
+    def _ddl(self, message: po.LogicalMessage, out: list[Outgoing]) -> None:
+        """The bridge's event trigger's message (services/replicator/ddl_capture.py): the
+        new shape of each published table the DDL changed, as a schema change here, at the
+        DDL. Not published itself, nor counted. Anything unreadable in it is said and passed
+        over: the shape is then said with the table's next change."""
+        lsn = str(message.lsn)
+        try:
+            body = json.loads(message.content)
+            if self.publication is not None and body["publication"] != self.publication:
+                return  # another bridge's
+            tables = list(body["tables"])
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("DDL message at %s not read (%s): %r", lsn, exc, message.content[:200])
+            return
+        commit_lsn = self._commit_lsn_text
+        for table in tables:
+            try:
+                event = contract.SchemaChange(
+                    schema=table["schema"],
+                    table=table["table"],
+                    lsn=lsn,
+                    commit_lsn=commit_lsn,
+                    xid=self._xid or 0,
+                    commit_time=self._commit_time_text,
+                    version=lsn,
+                    relation_oid=table["oid"],
+                    columns=table["columns"],
+                    replica_identity=table["replica_identity"],
+                    source="ddl",
+                    rewritten=bool(table.get("rewritten")),
+                    command=body.get("command"),
+                )
+            except (ValueError, KeyError, TypeError) as exc:  # ValidationError is a ValueError
+                log.warning("DDL message at %s: a table not read (%s)", lsn, exc)
+                continue
+            payload = event.encode()
+            msg_id = contract.ddl_change_msg_id(commit_lsn, lsn, event.relation_oid).encode()
+            token = contract.table_token(event.schema_, event.table)
+            tokens = [token]
+            known = self.relations.get(event.relation_oid)
+            if known is not None and known.token != token:
+                tokens.append(known.token)  # renamed: said to those who know the old name
+            for n, each in enumerate(tokens):
+                out.append(
+                    Outgoing(
+                        contract.schema_change_subject(each, self.prefix).encode(),
+                        payload,
+                        msg_id if n == 0 else msg_id + b":was",
+                    )
+                )
 
     def _dead_letter(
         self,

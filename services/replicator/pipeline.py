@@ -63,7 +63,12 @@ class Pipeline:
         )
         self.actors.append(publisher)
         builder = EventBuilder(
-            s.value_mode, link.max_payload, s.oversized_policy, resolve_types=self._base_types
+            s.value_mode,
+            link.max_payload,
+            s.oversized_policy,
+            resolve_types=self._base_types,
+            replayed_through=link.stored_through,
+            publication=s.publication,
         )
         decoder = Decoder.start(builder, publisher, self.io, self.failure)
         self.actors.append(decoder)

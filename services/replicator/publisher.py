@@ -45,6 +45,7 @@ import pykka
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
+from pg_nats_bridge.contract import unpack
 from services.replicator import metrics
 from services.replicator.errors import PermanentError, StreamUnansweredError, TransientError
 from services.replicator.events import Outgoing
@@ -53,6 +54,7 @@ from services.replicator.io_loop import IoLoop
 from services.replicator.loop_actor import LoopActor
 from services.replicator.messages import Acked, AttachReader, Publish
 from shared import failpoints
+from shared.lsn import Lsn
 from shared.nats_connection import connect
 from shared.nats_frames import FrameWriter, hpub
 from shared.pub_acks import raw_refusal
@@ -101,6 +103,9 @@ class JetStreamLink:
     inbox_prefix: str
     ack_sid: int
     closing: bool = False
+    # The commit LSN of the last transaction the stream holds anything of (0: none found):
+    # what is decoded up to it is a replay, which must publish nothing new (EventBuilder).
+    stored_through: int = 0
 
     def writer(self) -> FrameWriter:
         return FrameWriter(self.nc)
@@ -139,7 +144,32 @@ async def open_link(settings: BridgeSettings, stream: str, failure: FailureSigna
     inbox_prefix = nc.new_inbox() + "."
     sub = await nc.subscribe(inbox_prefix + "*")
     link = JetStreamLink(nc, stream, info.state.last_seq, nc.max_payload, inbox_prefix, sub._id)
+    link.stored_through = await _stored_through(
+        nc, stream, info.state.first_seq, info.state.last_seq
+    )
     return link
+
+
+# Messages read back from the stream's end for the last commit LSN it holds (past foreign
+# messages, which carry none).
+_STORED_LOOKBACK = 50
+
+
+async def _stored_through(nc: Client, stream: str, first: int, last: int) -> int:
+    """The commit LSN of the newest message of the stream that has one (0 for none)."""
+    js = nc.jetstream(timeout=START_API_TIMEOUT)
+    for seq in range(last, max(first, last - _STORED_LOOKBACK + 1) - 1, -1):
+        if seq <= 0:
+            break
+        try:
+            msg = await js.get_msg(stream, seq=seq)
+            body = unpack(msg.data or b"")
+            return int(Lsn.parse(str(body["commit_lsn"])))
+        except NotFoundError:
+            continue  # deleted
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue  # not one of the bridge's, or one without a commit LSN
+    return 0
 
 
 class Publisher(LoopActor):

@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 
 from pg_nats_bridge import contract
-from services.replicator import failover, standby
+from services.replicator import ddl_capture, failover, standby
 from services.replicator.errors import PermanentError, TransientError, is_permanent
 from services.replicator.publication import (
     Parts,
@@ -228,6 +228,39 @@ def follow_renames(
     return current
 
 
+_said_ddl: set[tuple[str, bool]] = set()  # what `announce_ddl` said, once per process
+
+
+def announce_ddl(conn: psycopg.Connection, publication: str) -> None:
+    """Schema changes at the DDL where the role may install the event trigger
+    (ddl_capture.py); else said once what they fall back to, and the grant."""
+    try:
+        why = ddl_capture.install(conn, publication)
+    except psycopg.Error as exc:
+        if is_permanent(exc) or isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+            why = f"installing the event trigger failed: {str(exc).strip()}"
+        else:
+            raise
+    if (publication, why is None) in _said_ddl:
+        return
+    _said_ddl.add((publication, why is None))
+    if why is None:
+        log.info(
+            "schema changes of publication %s are announced at the DDL (event trigger %s)",
+            publication,
+            ddl_capture.names(publication)[1],
+        )
+    else:
+        log.warning(
+            "schema changes are announced with each table's next change after the DDL, not at "
+            "the DDL: %s. To announce them at the DDL (and say rewrites that keep a table's "
+            "shape: ALTER COLUMN ... TYPE ... USING), a superuser runs the SQL of `bridge "
+            "ddl-trigger-sql` once, or the replicator runs once as a superuser "
+            "(docs/services.md)",
+            why,
+        )
+
+
 def prepare(
     database_url: str,
     tables: list[str],
@@ -288,6 +321,7 @@ def prepare(
                         )
                     else:  # the operator's publication decides, PostgreSQL checks its tables
                         check_followed_publication(writer, publication)
+                    announce_ddl(writer, publication)
                 except psycopg.errors.ReadOnlySqlTransaction as exc:
                     raise standby.read_only_refusal(exc) from exc
                 if writer is not conn:

@@ -319,6 +319,9 @@ class Snapshotter:
                     init_stream=self.settings.init_stream,
                     js=self.js,
                     owner=self.owner,
+                    publish_schema=lambda conn, schema, table: self.watcher.publish_now(
+                        conn, js, schema, table
+                    ),
                 )
                 work = asyncio.ensure_future(
                     take_snapshot(

@@ -30,10 +30,11 @@ from psycopg import sql
 from services.snapshotter.chunk_packing import Chunk, ChunkBuilder, RangeDone
 from services.snapshotter.conditions import bound
 from services.snapshotter.copy_rows import CopyRowPacker
+from services.snapshotter.errors import SnapshotError
 from services.snapshotter.table_plan import TablePlan
 from shared import postgres
 from shared.codec.copy_text import split_line
-from shared.consistent_read import PINNED_SEARCH_PATH
+from shared.consistent_read import PINNED_SEARCH_PATH, SHAPE_QUERY
 from shared.lsn import Lsn
 from shared.pg_cancel import QueryCanceller
 
@@ -116,6 +117,17 @@ def read_key_ranges(
                 conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(limit_ms))
                 conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(limit_ms))
                 conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(plan.identifier))
+                if plan.shape is not None:
+                    regclass = plan.identifier.as_string(conn)
+                    (now,) = conn.execute(SHAPE_QUERY, {"table": regclass}).fetchone() or ("",)
+                    if now != plan.shape:
+                        raise SnapshotError(
+                            "table_rewritten",
+                            f"{plan.what} was altered while its chunked snapshot was read "
+                            f"({builder.row_count} rows read): an ALTER TABLE changed its "
+                            "columns, key or storage, so its rows would not all have one "
+                            "shape; ask again for a new snapshot",
+                        )
                 conn.execute(PINNED_SEARCH_PATH)
                 query = plan.copy_query(read.start, read.end, after, limit)
                 for lines in postgres.copy_out_blocks(conn, query, _BLOCK_LINES):

@@ -16,6 +16,7 @@ processes (parallel.py), whose records then hold each segment's key read through
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -32,9 +33,10 @@ from services.snapshotter.parallel import read_ranges_parallel
 from services.snapshotter.resume import ChunkedRecords
 from services.snapshotter.segments import LockBusy, Segment, plan_segments
 from services.snapshotter.snapshot_context import TableSnapshot
+from services.snapshotter.table_plan import TablePlan
 from services.snapshotter.table_read import publish_chunks
 from shared import postgres
-from shared.consistent_read import snapshot_transaction_async
+from shared.consistent_read import SHAPE_QUERY, snapshot_transaction_async
 from shared.lsn import Lsn
 from shared.pg_cancel import QueryCanceller
 
@@ -62,8 +64,17 @@ async def read_ranged_snapshot(
         if previous is not None
         else await _consistent_point(catalog, snapshot)
     )
+    shape = await _shape(catalog, plan)
+    if previous is not None and previous.shape not in (None, shape):
+        raise SnapshotError(
+            "table_rewritten",
+            f"{plan.what} was altered after the chunked snapshot {previous.snapshot_id} "
+            f"began ({previous.row_count} rows read): an ALTER TABLE changed its columns, key "
+            "or storage, so its rows would not all have one shape; ask again for a new one",
+        )
+    snapshot.plan = dataclasses.replace(plan, shape=shape)
     if records is not None:
-        await records.claim(str(lsn))
+        await records.claim(str(lsn), shape)
     segments = await _segments(catalog, snapshot, previous)
     if segments:
         until = await _read_by_processes(catalog, snapshot, segments)
@@ -75,6 +86,13 @@ async def read_ranged_snapshot(
     if records is not None:
         extra["started"] = records.started
     return lsn, extra
+
+
+async def _shape(catalog: psycopg.AsyncConnection[Any], plan: TablePlan) -> str:
+    """The table's shape digest every range compares (services/snapshotter/key_ranges.py)."""
+    cursor = await catalog.execute(SHAPE_QUERY, {"table": plan.identifier.as_string(catalog)})
+    row = await cursor.fetchone()
+    return str(row[0]) if row else ""
 
 
 async def _consistent_point(catalog: psycopg.AsyncConnection[Any], snapshot: TableSnapshot) -> Lsn:

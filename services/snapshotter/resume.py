@@ -156,6 +156,7 @@ class ChunkedRecords:
         self.next_chunk = previous.next_chunk if previous else 0
         self.row_count = previous.row_count if previous else 0
         self.segments = previous.segments if previous else None
+        self.shape = previous.shape if previous else None
         self.attempt = f"r{secrets.token_hex(3)}"  # this continuation's, in its chunks' Msg-Ids
 
     @classmethod
@@ -222,11 +223,12 @@ class ChunkedRecords:
             state=state,  # type: ignore[arg-type]
             segments=self.segments,
             takeover_seconds=self.takeover_seconds,
+            shape=self.shape,
         )
 
-    async def claim(self, lsn: str) -> None:
+    async def claim(self, lsn: str, shape: str | None) -> None:
         """This reader's first record: a second claimant's fails."""
-        self.lsn = lsn
+        self.lsn, self.shape = lsn, shape
         await self.recorder.write(self._record())
 
     async def record(self, done: RangeDone | SegmentsDone) -> None:

@@ -30,10 +30,12 @@ from shared.tables import PRIMARY_KEY_QUERY
 log = logging.getLogger(__name__)
 
 _COLUMNS = """
-SELECT column_name, data_type, is_nullable, column_default, ordinal_position
-FROM information_schema.columns
-WHERE table_schema = %s AND table_name = %s
-ORDER BY ordinal_position
+SELECT c.column_name, c.data_type, c.is_nullable, c.column_default, c.ordinal_position,
+       a.atttypid::int8, a.atttypmod
+FROM information_schema.columns c
+JOIN pg_attribute a ON a.attrelid = %s::regclass AND a.attname = c.column_name
+WHERE c.table_schema = %s AND c.table_name = %s
+ORDER BY c.ordinal_position
 """
 
 # What `old` carries in update and delete events.
@@ -46,7 +48,8 @@ async def read_schema(
 ) -> SchemaDocument:
     part = await published_part(conn, schema, table, publication)
     published = set((await published_columns(conn, schema, table, publication, part)).names)
-    cur = await conn.execute(_COLUMNS, (schema, table))
+    regclass = sql.Identifier(schema, table).as_string(conn)
+    cur = await conn.execute(_COLUMNS, (regclass, schema, table))
     columns = [
         SchemaColumn(
             name=name,
@@ -54,11 +57,14 @@ async def read_schema(
             is_nullable=nullable,
             column_default=default,
             position=position,
+            type_oid=type_oid,
+            type_modifier=type_modifier,
         )
-        for name, data_type, nullable, default, position in await cur.fetchall()
+        for name, data_type, nullable, default, position, type_oid, type_modifier in (
+            await cur.fetchall()
+        )
         if name in published
     ]
-    regclass = sql.Identifier(schema, table).as_string(conn)
     cur = await conn.execute(PRIMARY_KEY_QUERY, (regclass,))
     found = await cur.fetchone()
     key = list(found[0]) if found else []

@@ -199,6 +199,16 @@ class SchemaWatcher:
                     "following %s.%s: publication %s publishes it", schema, table, self.publication
                 )
 
+    async def publish_now(
+        self, conn: psycopg.AsyncConnection[Any], js: JetStreamContext, schema: str, table: str
+    ) -> None:
+        """The table's document as the catalog has it now, into KV before a snapshot's meta
+        is published: a consumer loading the snapshot after a schema change reads the shape
+        the rows have, not the one the last poll saw. (A change after this is announced on the
+        CDC stream, and the next poll publishes it.)"""
+        doc = await read_schema(conn, schema, table, self.publication)
+        await self._publish(js, doc)
+
     async def _publish(self, js: JetStreamContext, doc: SchemaDocument) -> bool:
         """`doc` into KV (when it is not what KV holds) and announced; whether KV changed."""
         key = (doc.namespace, doc.table)

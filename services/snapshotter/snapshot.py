@@ -106,6 +106,8 @@ async def take_snapshot(
             else:
                 lsn = await read_exported_snapshot(catalog, snapshot)
             await publisher.wait_acked()
+            if context.publish_schema is not None and not options.where:
+                await context.publish_schema(catalog, schema, table)
     except BaseException as exc:
         await _fail(exc, records, snapshot_id, f"{schema}.{table}", builder)
     meta: dict[str, Any] = {
@@ -214,7 +216,8 @@ async def _fail(
     builder: ChunkBuilder,
 ) -> NoReturn:
     """Raise a failed read as what it is, its records told first: a pause or cancel is
-    recorded as such, any other failure as `stopped` (a request may continue it at once)."""
+    recorded as such, an ALTER TABLE during the read as `cancelled` (its rows would not have
+    one shape), any other failure as `stopped` (a request may continue it at once)."""
     if isinstance(exc, Interrupted) and records is not None:
         done = "paused" if exc.action == "pause" else "cancelled"
         await records.mark(done)
@@ -223,6 +226,9 @@ async def _fail(
             f"the chunked snapshot {snapshot_id} of {what} was {done} by an operator after "
             f"{builder.row_count} rows" + ("; resume it to go on" if done == "paused" else ""),
         ) from None
+    if isinstance(exc, SnapshotError) and exc.reason == "table_rewritten" and records:
+        await records.mark("cancelled")  # its rows so far have another shape: never continued
+        raise exc
     if records is not None and not isinstance(exc, asyncio.CancelledError):
         await records.stop()
     if isinstance(exc, psycopg.OperationalError | psycopg.errors.QueryCanceled):

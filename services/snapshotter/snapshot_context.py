@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from nats.js import JetStreamContext
 
@@ -21,6 +22,9 @@ from services.snapshotter.table_plan import TablePlan
 from shared.codec import ValueMode
 
 log = logging.getLogger(__name__)
+
+# Publishes a table's schema document (a connection, the schema, the table).
+SchemaPublisher = Callable[[Any, str, str], Awaitable[None]]
 
 # What a read hands the publisher: a chunk, or a point to record (chunked mode).
 Piece = Chunk | RangeDone | SegmentsDone
@@ -39,6 +43,8 @@ class SnapshotContext:
     init_stream: str = contract.INIT_STREAM
     js: JetStreamContext | None = None  # chunked snapshots keep their records there
     owner: str = ""  # this snapshotter process, in its records
+    # The table's schema document published now, before the meta (SchemaWatcher.publish_now)
+    publish_schema: SchemaPublisher | None = None
 
 
 @dataclass(frozen=True)

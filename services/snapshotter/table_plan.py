@@ -32,6 +32,9 @@ class TablePlan:
     row_filter: str | None = None  # the publication's, as PostgreSQL deparses it
     mode: ValueMode = ValueMode.TYPED
     conditions: tuple[Condition, ...] = ()  # a partial backfill's (conditions.py)
+    # A chunked read's: the table's shape digest (consistent_read.SHAPE_QUERY) every range
+    # must find, so that every row has the shape of the snapshot's schema document.
+    shape: str | None = None
 
     @property
     def identifier(self) -> sql.Identifier:
@@ -78,6 +81,7 @@ class TablePlan:
             "row_filter": self.row_filter,
             "mode": str(self.mode),
             "conditions": [c.model_dump() for c in self.conditions],
+            "shape": self.shape,
         }
 
     @classmethod
@@ -91,6 +95,7 @@ class TablePlan:
             row_filter=body.get("row_filter"),
             mode=ValueMode(body["mode"]),
             conditions=tuple(Condition(**c) for c in body.get("conditions", ())),
+            shape=body.get("shape"),
         )
 
 

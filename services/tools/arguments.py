@@ -62,7 +62,11 @@ class TailArguments(BridgeSettings):
         json_schema_extra={"metavar": "TABLE"},
     )
     from_start: bool = Field(False, description="from the stream's first event, not from now")
-    count: int = Field(0, ge=0, description="stop after this many events; 0: never")
+    count: int = Field(
+        0,
+        ge=0,
+        description="stop after this many events (schema changes are shown, not counted); 0: never",
+    )
 
 
 class SnapshotArguments(BridgeSettings):

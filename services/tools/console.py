@@ -55,6 +55,9 @@ def format_event(event: dict[str, Any]) -> str:
         f"[bold]{escape(event['schema'])}.{escape(event['table'])}[/]"
     )
     parts = []
+    if op == contract.SCHEMA_CHANGE and isinstance(event.get("columns"), list):
+        names = [c.get("name") for c in event["columns"] if isinstance(c, dict)]
+        parts.append(f"columns={names} replica_identity={event.get('replica_identity')}")
     if event.get("old"):
         parts.append(f"old={event['old']}")
     if event.get("data") is not None:
@@ -62,6 +65,10 @@ def format_event(event: dict[str, Any]) -> str:
     if event.get("unchanged"):
         parts.append(f"unchanged={event['unchanged']}")
     return head + " " + escape(" ".join(parts))
+
+
+# A table's schema change (`cdc.<table>.schema`): shown, but `--count` counts changes.
+SCHEMA_SUFFIX = "." + contract.SCHEMA_CHANGE
 
 
 def tail(settings: TailArguments) -> int:
@@ -97,7 +104,8 @@ def tail(settings: TailArguments) -> int:
                     )
                     continue
                 console.print(line, soft_wrap=True)
-                seen += 1
+                if not msg.subject.endswith(SCHEMA_SUFFIX):  # shown, not counted
+                    seen += 1
                 if settings.count and seen >= settings.count:
                     break
             if skipped:

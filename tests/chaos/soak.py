@@ -452,8 +452,8 @@ def scan_stream(url: str, report: Report) -> None:
                     report.duplicated += 1
                 ids.add(msg_id)
                 event = msgpack.unpackb(msg.data, raw=False)
-                if "commit_lsn" not in event or "table" not in event:
-                    continue
+                if "commit_lsn" not in event or "ordinal" not in event or "table" not in event:
+                    continue  # a commit record, a table's schema change
                 position = (int(Lsn.parse(event["commit_lsn"])), int(event["ordinal"]))
                 table = event["table"]
                 if table in last and position <= last[table]:

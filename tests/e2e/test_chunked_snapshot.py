@@ -467,3 +467,46 @@ def test_a_partitioned_table_with_a_generated_column_snapshots_alike_in_both_mod
     assert rows["chunked"] == rows["exported"] and len(rows["chunked"]) == 4000
     total = pg.execute("SELECT total FROM m WHERE id = 7")[0][0]
     assert rows["chunked"][6].get("total") == total, rows["chunked"][6]
+
+
+def test_a_table_altered_during_its_chunked_snapshot_is_refused_and_read_again(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    """An ALTER TABLE that commits between two ranges (the snapshotter stalls 4 s after its
+    3rd chunk) would leave the snapshot's first rows in the old shape and the rest in the new:
+    the next range finds another shape digest, the request is answered `table_rewritten`,
+    the snapshot's record says cancelled (never continued), and the next request reads a new
+    snapshot whose every row has the added column's default."""
+    grow_items(pg)
+    settings = {"table": "items", "snapshot_transaction_seconds": 0.01, "chunk_size": 100}
+    services("replicator", pg, nats_url, table="items").wait_healthy()
+    snapshotter = services(
+        "snapshotter", pg, nats_url, failpoints="snapshot.after_chunk=sleep:4@3", **settings
+    ).wait_healthy()
+
+    def ask() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [BRIDGE, "snapshot", "items", "--snapshot-mode", "chunked"],
+            env=snapshotter.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    def chunks() -> list[tuple[str, Any]]:
+        init = stream_messages(nats_url, "INIT")
+        return [(s, m) for s, _, m in init if s.startswith("init.snap.items.")]
+
+    request = ask()
+    wait_for(lambda: len(chunks()) >= 3, 30, "the snapshot's first chunks", snapshotter)
+    pg.execute("ALTER TABLE items ADD COLUMN extra int NOT NULL DEFAULT 7")
+    out, _ = request.communicate(timeout=60)
+    assert request.returncode == 1 and "table_rewritten" in out, out
+    assert "was altered while its chunked snapshot was read" in " ".join(out.split()), out
+    first = chunks()[0][0].split(".")[3]
+
+    again = ask()
+    out, _ = again.communicate(timeout=60)
+    assert again.returncode == 0, out
+    (meta,) = [m for s, _, m in stream_messages(nats_url, "INIT") if s == "init.meta.items"]
+    assert meta["snapshot_id"] != first and "resumed" not in meta, meta
+    rows = [row for s, m in chunks() if s.split(".")[3] == meta["snapshot_id"] for row in m["data"]]
+    assert len(rows) == meta["row_count"] == pg.execute("SELECT count(*) FROM items")[0][0]
+    assert {row["extra"] for row in rows} == {7}

@@ -190,8 +190,9 @@ def test_metrics_and_health(pg: Database, nats_url: str, services: Callable[...,
     ).wait_healthy()
     pg.execute("INSERT INTO t VALUES (1)")
     wait_for(
-        # The change and its transaction's commit record.
-        lambda: "bridge_cdc_events_published_total 2.0" in replicator.metrics(),
+        # The table's shape (its first change since the replicator started), the change and its
+        # transaction's commit record.
+        lambda: "bridge_cdc_events_published_total 3.0" in replicator.metrics(),
         30,
         "the published counter",
         replicator,

@@ -68,6 +68,8 @@ def test_schema_documents_in_kv_and_on_init_and_after_alter(
             "is_nullable": "NO",
             "name": "id",
             "position": 1,
+            "type_oid": 23,
+            "type_modifier": -1,
         },
         {
             "column_default": "'x'::text",
@@ -75,6 +77,8 @@ def test_schema_documents_in_kv_and_on_init_and_after_alter(
             "is_nullable": "NO",
             "name": "email",
             "position": 2,
+            "type_oid": 25,
+            "type_modifier": -1,
         },
     ]
     assert isinstance(doc["timestamp"], int)

@@ -126,6 +126,8 @@ class PostgresServer(PostgresProcess):
                         conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
                     try:
                         conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                    except psycopg.errors.UndefinedObject:
+                        pass  # a temporary slot goes with the backend just terminated
                     except psycopg.errors.ObjectInUse:
                         time.sleep(0.1)
             conn.execute("SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin")

@@ -156,14 +156,23 @@ COMMITS = contract.commit_subject()
 # The logical decoding message the snapshotter writes after each snapshot.
 MARKERS = contract.message_subject(contract.escape_name("pg-nats-bridge"))
 BOOKKEEPING = frozenset({COMMITS, MARKERS})
+# A table's schema change (`cdc.<table>.schema`): the replicator's, at a table's first change
+# after it starts and at every change of its shape.
+SCHEMA_SUFFIX = "." + contract.SCHEMA_CHANGE
+
+
+def bookkeeping(subject: str) -> bool:
+    """Not a row change: a commit record, a snapshot's marker, a schema change."""
+    return subject in BOOKKEEPING or subject.endswith(SCHEMA_SUFFIX)
 
 
 def stream_messages(
     url: str, stream: str = "CDC", commits: bool = False, **connect_options: Any
 ) -> list[tuple[str, dict[str, str], Any]]:
     """Every message in the stream, in sequence order: (subject, headers, decoded payload),
-    the transactions' commit records (`cdc.~commit`) and the snapshotter's markers only with
-    `commits`. `connect_options` are nats-py's (tls, user, password…) for a secured server."""
+    the transactions' commit records (`cdc.~commit`), the snapshotter's markers and the
+    schema changes only with `commits`. `connect_options` are nats-py's (tls, user,
+    password…) for a secured server."""
 
     async def fetch() -> list[tuple[str, dict[str, str], Any]]:
         nc = await nats.connect(url, **connect_options)
@@ -177,7 +186,7 @@ def stream_messages(
             sub = await js.subscribe(">", stream=stream, ordered_consumer=True)
             for _ in range(total):
                 msg = await sub.next_msg(timeout=10)
-                if commits or msg.subject not in BOOKKEEPING:
+                if commits or not bookkeeping(msg.subject):
                     out.append((msg.subject, dict(msg.headers or {}), unpack(msg.data)))
             await sub.unsubscribe()
             return out
@@ -188,8 +197,8 @@ def stream_messages(
 
 
 def stream_count(url: str, stream: str = "CDC", commits: bool = False) -> int:
-    """The messages in the stream, the transactions' commit records only with `commits`;
-    -1 when the stream cannot be read."""
+    """The messages in the stream, the transactions' commit records, the snapshotter's markers
+    and the schema changes only with `commits`; -1 when the stream cannot be read."""
 
     async def count() -> int:
         nc = await nats.connect(url)
@@ -200,7 +209,7 @@ def stream_count(url: str, stream: str = "CDC", commits: bool = False) -> int:
             info = await js.stream_info(stream, subjects_filter=f"{contract.CDC}.>")
             subjects = info.state.subjects or {}
             total = int(info.state.messages)
-            return total - sum(int(subjects.get(s, 0)) for s in BOOKKEEPING)
+            return total - sum(int(n) for s, n in subjects.items() if bookkeeping(s))
         except Exception:
             return -1
         finally:

@@ -44,6 +44,7 @@ def test_every_subject_the_contract_builds_is_a_channel() -> None:
         contract.cdc_subject("public", "t", "insert"),
         contract.oversized_subject(token),
         contract.commit_subject(),
+        contract.schema_change_subject(token),
         contract.message_subject("audit"),
         contract.schema_subject("sales", "a.b"),
         contract.snapshot_chunk_subject("sales", "a.b", "snap-1-abc", 7),
@@ -67,7 +68,7 @@ def test_every_subject_the_contract_builds_is_a_channel() -> None:
     } | {"meta_subject_of_token"}
     assert builders == {
         "cdc_subject", "token_cdc_subject", "oversized_subject", "message_subject",
-        "commit_subject",
+        "commit_subject", "schema_change_subject",
         "schema_subject", "snapshot_chunk_subject", "snapshot_meta_subject",
         "meta_subject_of_token", "backfill_meta_subject", "progress_subject",
         "snapshot_request_subject", "control_subject",

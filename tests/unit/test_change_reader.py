@@ -9,8 +9,17 @@ from typing import Any
 import pytest
 
 from pg_nats_bridge import contract
-from pg_nats_bridge.change_reader import ChangeReader
-from pg_nats_bridge.changes import Delete, Insert, Oversized, TableSchema, Truncate, Update
+from pg_nats_bridge.change_reader import ChangeReader, Reload
+from pg_nats_bridge.changes import (
+    Delete,
+    Insert,
+    Oversized,
+    SchemaChanged,
+    TableFailed,
+    TableSchema,
+    Truncate,
+    Update,
+)
 from pg_nats_bridge.follow_errors import FollowError, Undecodable
 from pg_nats_bridge.lsn import Lsn
 
@@ -119,3 +128,104 @@ def test_oversized_markers_and_foreign_subjects() -> None:
             changes.route(foreign if isinstance(foreign, bytes) else foreign.encode())
     with pytest.raises(Undecodable):
         changes.read(subject("insert"), 1, b"\xc1 not msgpack")
+
+
+# -- schema changes (docs/wire-format.md, "Schema changes") ------------------------------------
+
+TYPED = [
+    {"name": "id", "data_type": "integer", "type_oid": 23, "type_modifier": -1},
+    {"name": "price", "data_type": "numeric", "type_oid": 1700, "type_modifier": 786438},
+    {"name": "note", "data_type": "text", "type_oid": 25, "type_modifier": -1},
+]
+
+
+def typed_reader(columns: list[dict[str, Any]] | None = None) -> ChangeReader:
+    changes = ChangeReader({"t": T})
+    changes.schemas[T] = TableSchema.from_document(
+        {"schema": T, "table": "t", "columns": columns or TYPED, "primary_key": ["id"]}
+    )
+    changes.reset({T: Lsn.parse("0/100")}, {})
+    return changes
+
+
+def shape(
+    columns: list[tuple[str, int, int, bool]],
+    *,
+    table: str = "t",
+    identity: str = "default",
+    rewritten: bool = False,
+    lsn: str = "0/200",
+) -> bytes:
+    return contract.SchemaChange(
+        schema="public",
+        table=table,
+        lsn=lsn,
+        commit_lsn=lsn,
+        xid=7,
+        commit_time="2026-12-07T00:00:00.000000Z",
+        version=lsn,
+        relation_oid=16384,
+        columns=[
+            contract.RelationColumn(name=n, type_oid=o, type_modifier=m, key=k)
+            for n, o, m, k in columns
+        ],
+        replica_identity=identity,  # type: ignore[arg-type]
+        rewritten=rewritten,
+    ).encode()
+
+
+SAME = [("id", 23, -1, True), ("price", 1700, 786438, False), ("note", 25, -1, False)]
+SUBJECT = b"cdc.t.schema"
+
+
+def test_a_repeated_shape_asks_nothing() -> None:
+    assert typed_reader().read(SUBJECT, 5, shape(SAME)) is None
+
+
+def test_a_schema_change_the_snapshot_holds_asks_nothing() -> None:
+    assert typed_reader().read(SUBJECT, 5, shape(SAME[:1], lsn="0/50")) is None
+
+
+def test_columns_only_dropped_are_dropped_in_place() -> None:
+    changes = typed_reader()
+    got = changes.read(SUBJECT, 5, shape([SAME[0], SAME[2]]))
+    assert isinstance(got, SchemaChanged)
+    assert got.schema.columns == ("id", "note") and changes.schemas[T] is got.schema
+    assert [c.type_oid for c in got.schema.document.columns] == [23, 25]
+    assert changes.read(SUBJECT, 6, shape([SAME[0], SAME[2]])) is None  # now the same
+
+
+@pytest.mark.parametrize(
+    ("columns", "options", "why"),
+    [
+        ([*SAME, ("color", 25, -1, False)], {}, "columns"),  # added (a DEFAULT, maybe)
+        ([SAME[0], ("title", 1700, 786438, False), SAME[2]], {}, "columns"),  # renamed
+        ([SAME[0], ("price", 1700, 786437, False), SAME[2]], {}, "types"),  # scale 2 -> 1
+        ([SAME[0], ("price", 23, -1, False), SAME[2]], {}, "types"),  # numeric -> int
+        (SAME, {"rewritten": True}, "rewritten"),  # USING upper(note): same shape
+        ([("id", 23, -1, True), ("price", 1700, 786438, True), SAME[2]], {}, "key"),
+        ([(n, o, m, True) for n, o, m, _ in SAME], {"identity": "full"}, "replica identity"),
+    ],
+)
+def test_anything_else_reads_the_table_again(
+    columns: list[tuple[str, int, int, bool]], options: dict[str, Any], why: str
+) -> None:
+    changes = typed_reader()
+    got = changes.read(SUBJECT, 5, shape(columns, **options))
+    assert isinstance(got, Reload) and got.table == T and why in got.why
+    assert (got.seq, got.commit_lsn) == (5, "0/200")
+    # Until it is loaded again, the snapshot asked for holds the table's changes.
+    assert changes.read(b"cdc.t.insert", 6, event("insert", "0/300", data={"id": 1})) is None
+
+
+def test_a_document_without_types_reads_the_table_again_once() -> None:
+    untyped = [{"name": c["name"], "data_type": c["data_type"]} for c in TYPED]
+    got = typed_reader(untyped).read(SUBJECT, 5, shape(SAME))
+    assert isinstance(got, Reload) and "types" in got.why
+
+
+def test_a_renamed_table_leaves_the_copy() -> None:
+    changes = typed_reader()
+    got = changes.read(SUBJECT, 5, shape(SAME, table="u"))
+    assert isinstance(got, TableFailed) and "renamed to public.u" in got.reason
+    assert changes.read(b"cdc.t.insert", 6, event("insert", "0/300", data={"id": 1})) is None

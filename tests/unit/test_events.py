@@ -4,6 +4,7 @@ streamed transaction may still abort."""
 
 from __future__ import annotations
 
+import json
 import struct
 
 import pytest
@@ -177,3 +178,112 @@ def test_a_transaction_ends_with_its_commit_record(
     assert record.tables == expected and record.messages == messages
     assert record.event_count == len(changes) + messages
     assert record.commit_lsn == str(Lsn(commit_lsn)) and record.xid == xid
+
+
+def _shaped(relid: int, table: str, columns: list[tuple[str, int, int, bool]]) -> bytes:
+    body = b"".join(
+        bytes([int(key)]) + name.encode() + b"\x00" + struct.pack("!Ii", oid, modifier)
+        for name, oid, modifier, key in columns
+    )
+    return (
+        b"R" + struct.pack("!I", relid) + b"public\x00" + table.encode() + b"\x00d"
+        + struct.pack("!H", len(columns)) + body
+    )  # fmt: skip
+
+
+def _transaction(
+    builder: EventBuilder, commit_lsn: int, frames: list[bytes], out: list[Outgoing]
+) -> None:
+    builder.feed(xlog(commit_lsn - 100, b"B" + struct.pack("!QqI", commit_lsn, 8 * 10**14, 9)), out)
+    for frame in frames:
+        builder.feed(xlog(commit_lsn - 50, frame), out)
+    commit = b"C\x00" + struct.pack("!QQq", commit_lsn, commit_lsn + 8, 8 * 10**14)
+    builder.feed(xlog(commit_lsn, commit), out)
+
+
+def _insert(relid: int, values: int) -> bytes:
+    row = struct.pack("!H", values) + (b"t" + struct.pack("!I", 1) + b"7") * values
+    return b"I" + struct.pack("!I", relid) + b"N" + row
+
+
+def test_a_table_s_shape_is_announced_before_its_first_change_and_at_each_change() -> None:
+    """The first description of a table in a run, and every one that differs, is a schema
+    change before the change it precedes (not counted by the record); one that repeats the
+    shape (an invalidation, a new session) is not; a renamed table is announced on its old
+    name's subject too."""
+    builder = EventBuilder(ValueMode.TYPED, 1 << 20)
+    out: list[Outgoing] = []
+    shape = [("id", 23, -1, True), ("price", 1700, (12 << 16 | 2) + 4, False)]
+    _transaction(builder, 0x1000, [_shaped(7, "t", shape), _insert(7, 2)], out)
+    _transaction(builder, 0x2000, [_shaped(7, "t", shape), _insert(7, 2)], out)
+    retyped = [shape[0], ("price", 1700, (12 << 16 | 1) + 4, False)]
+    _transaction(builder, 0x3000, [_shaped(7, "t", retyped), _insert(7, 2)], out)
+    _transaction(builder, 0x4000, [_shaped(7, "u", retyped), _insert(7, 2)], out)
+    subjects = [m.subject.decode() for m in out]
+    assert subjects == [
+        "cdc.t.schema", "cdc.t.insert", "cdc.~commit",
+        "cdc.t.insert", "cdc.~commit",
+        "cdc.t.schema", "cdc.t.insert", "cdc.~commit",
+        "cdc.u.schema", "cdc.t.schema", "cdc.u.insert", "cdc.~commit",
+    ]  # fmt: skip
+    first = contract.SchemaChange.decode(out[0].payload)
+    assert first.encode() == out[0].payload
+    assert [(c.name, c.type_modifier, c.key) for c in first.columns] == [
+        ("id", -1, True),
+        ("price", (12 << 16 | 2) + 4, False),
+    ]
+    assert first.version == first.lsn and first.source == "relation"
+    assert out[0].msg_id == b"0/1000:schema:7:0"
+    renamed = contract.SchemaChange.decode(out[9].payload)
+    assert (renamed.table, out[9].msg_id) == ("u", b"0/4000:schema:7:0")
+    records = [contract.CommitRecord.decode(m.payload) for m in out if b"~commit" in m.subject]
+    assert [r.event_count for r in records] == [1, 1, 1, 1]
+
+
+def test_a_replay_announces_no_shape_the_stream_may_lack_before_its_changes() -> None:
+    """Transactions at or below what the stream holds are a replay: PostgreSQL describes a
+    table once per session, so the first run may not have announced a shape there, and
+    announcing it now would store it after changes that follow it."""
+    builder = EventBuilder(ValueMode.TYPED, 1 << 20, replayed_through=0x2000)
+    out: list[Outgoing] = []
+    shape = [("id", 23, -1, True)]
+    _transaction(builder, 0x2000, [_shaped(7, "t", shape), _insert(7, 1)], out)
+    _transaction(builder, 0x3000, [_insert(7, 1)], out)
+    other = [("id", 20, -1, True)]
+    _transaction(builder, 0x4000, [_shaped(7, "t", other), _insert(7, 1)], out)
+    assert [m.subject.decode() for m in out] == [
+        "cdc.t.insert", "cdc.~commit", "cdc.t.insert", "cdc.~commit",
+        "cdc.t.schema", "cdc.t.insert", "cdc.~commit",
+    ]  # fmt: skip
+
+
+def test_the_ddl_message_is_a_schema_change_at_the_ddl() -> None:
+    """The event trigger's message (services/replicator/ddl_capture.py) becomes a schema
+    change of each table in it, for this publication only; it is not published itself."""
+    builder = EventBuilder(ValueMode.TYPED, 1 << 20, publication="bridge_pub")
+    out: list[Outgoing] = []
+    table = {
+        "oid": 7, "schema": "public", "table": "t", "replica_identity": "full",
+        "rewritten": True,
+        "columns": [{"name": "id", "type_oid": 23, "type_modifier": -1, "key": True}],
+    }  # fmt: skip
+
+    def message(publication: str) -> bytes:
+        content = json.dumps(
+            {"publication": publication, "command": "ALTER TABLE", "tables": [table]}
+        ).encode()
+        return (
+            b"M\x01" + struct.pack("!Q", 0xF00) + b"pg-nats-bridge.ddl\x00"
+            + struct.pack("!I", len(content)) + content
+        )  # fmt: skip
+
+    _transaction(builder, 0x1000, [message("bridge_pub"), message("another")], out)
+    assert [m.subject for m in out] == [b"cdc.t.schema"]  # nothing published: no record
+    event = contract.SchemaChange.decode(out[0].payload)
+    assert (event.source, event.rewritten, event.command) == ("ddl", True, "ALTER TABLE")
+    assert (event.lsn, event.commit_lsn, event.replica_identity) == ("0/F00", "0/1000", "full")
+    assert out[0].msg_id == b"0/1000:ddl:0/F00:7"
+    broken = b"M\x01" + struct.pack("!Q", 0xF00) + b"pg-nats-bridge.ddl\x00" + b"\0\0\0\x02{x"
+    out.clear()
+    _transaction(builder, 0x2000, [broken], out)
+    assert out == []  # said in the log; the next change says the shape

@@ -1,0 +1,145 @@
+"""Schema changes announced at the DDL itself: an event trigger writes a logical decoding
+message in the DDL's transaction with the new shape of every published table it changed
+(docs/wire-format.md, "Schema changes"), so the replicator publishes the schema change where
+the DDL committed, and says a rewrite (ALTER COLUMN … TYPE … USING, a volatile DEFAULT) that
+keeps the shape but changes stored values, which nothing else in the WAL says.
+
+Creating an event trigger takes a superuser. Without one, schema changes are said where
+logical decoding describes the table anew: with the table's next change after the DDL (the
+replicator says so at start). Idempotent: installed or replaced at every start.
+
+The trigger never fails a DDL: anything going wrong inside it is a WARNING to the session
+that ran the DDL, and the schema change is then said with the table's next change."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import psycopg
+from psycopg import sql
+
+log = logging.getLogger(__name__)
+
+MESSAGE_PREFIX = "pg-nats-bridge.ddl"
+"""The prefix of the trigger's logical decoding messages (their content is JSON)."""
+
+SCHEMA = "nats_bridge"  # ("pg_" names are reserved for system schemas)
+
+# The tables a DDL changed (ddl_command_end) or rewrote (table_rewrite, which comes first
+# and is remembered in a transaction-local setting), with the shape the publication
+# publishes: columns as pgoutput describes them (key: in the replica identity's key).
+_FUNCTION = """
+CREATE OR REPLACE FUNCTION {function}() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+  changed oid[];
+  rewritten text := coalesce(current_setting('pg_nats_bridge.rewritten', true), '');
+  tables jsonb;
+BEGIN
+  IF tg_event = 'table_rewrite' THEN
+    PERFORM set_config('pg_nats_bridge.rewritten',
+      rewritten || ',' || pg_event_trigger_table_rewrite_oid()::text, true);
+    RETURN;
+  END IF;
+  SELECT array_agg(DISTINCT objid) INTO changed FROM pg_event_trigger_ddl_commands()
+   WHERE classid = 'pg_class'::regclass AND object_type IN ('table', 'table column');
+  IF changed IS NULL THEN
+    RETURN;
+  END IF;
+  SELECT jsonb_agg(jsonb_build_object(
+      'oid', c.oid, 'schema', n.nspname, 'table', c.relname,
+      'replica_identity', CASE c.relreplident WHEN 'd' THEN 'default' WHEN 'f' THEN 'full'
+        WHEN 'i' THEN 'index' ELSE 'nothing' END,
+      'rewritten', c.oid::text = ANY (string_to_array(rewritten, ',')),
+      'columns', (
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+            'name', a.attname, 'type_oid', a.atttypid, 'type_modifier', a.atttypmod,
+            'key', CASE c.relreplident WHEN 'f' THEN true WHEN 'n' THEN false
+              ELSE EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid
+                AND a.attnum = ANY (i.indkey)
+                AND CASE c.relreplident WHEN 'd' THEN i.indisprimary ELSE i.indisreplident END)
+              END) ORDER BY a.attnum), '[]')
+        FROM pg_attribute a
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          AND a.attname = ANY (p.attnames))))
+    INTO tables
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_publication_tables p ON p.pubname = {publication}
+      AND p.schemaname = n.nspname AND p.tablename = c.relname
+   WHERE c.oid = ANY (changed);
+  IF tables IS NOT NULL THEN
+    PERFORM pg_logical_emit_message(true, {prefix},
+      jsonb_build_object('publication', {publication}, 'command', tg_tag, 'tables', tables)::text);
+  END IF;
+EXCEPTION WHEN OTHERS THEN
+  RAISE WARNING 'pg-nats-bridge: schema change not announced at the DDL (%): it is announced '
+    'with the table''s next change', SQLERRM;
+END
+$fn$
+"""
+
+
+def names(publication: str) -> tuple[str, str]:
+    """The function's and the triggers' names for a publication (one set per publication: a
+    database may feed several bridges)."""
+    digest = hashlib.sha256(publication.encode()).hexdigest()[:12]
+    return f"ddl_{digest}", f"pg_nats_bridge_ddl_{digest}"
+
+
+def install(conn: psycopg.Connection, publication: str) -> str | None:
+    """Install or replace the trigger for `publication`; None when done, else why not (the
+    role is not a superuser)."""
+    (superuser,) = conn.execute(  # type: ignore[misc]
+        "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    if not superuser:
+        return "creating an event trigger takes a superuser, and the bridge's role is not one"
+    function_name, trigger = names(publication)
+    function = sql.Identifier(SCHEMA, function_name)
+    with conn.transaction():
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
+        conn.execute(
+            sql.SQL(_FUNCTION).format(
+                function=function,
+                publication=sql.Literal(publication),
+                prefix=sql.Literal(MESSAGE_PREFIX),
+            )
+        )
+        for suffix, event, tags in (
+            ("", "ddl_command_end", ("ALTER TABLE",)),
+            ("_rewrite", "table_rewrite", ("ALTER TABLE",)),
+        ):
+            name = sql.Identifier(trigger + suffix)
+            conn.execute(sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(name))
+            conn.execute(
+                sql.SQL(
+                    "CREATE EVENT TRIGGER {} ON {} WHEN TAG IN ({}) EXECUTE FUNCTION {}()"
+                ).format(
+                    name,
+                    sql.SQL(event),
+                    sql.SQL(", ").join(sql.Literal(t) for t in tags),
+                    function,
+                )
+            )
+    return None
+
+
+def install_sql(publication: str) -> str:
+    """What `install` runs, for a superuser to run by hand (docs/services.md)."""
+    function_name, trigger = names(publication)
+    function = f'"{SCHEMA}"."{function_name}"'
+    quoted = "'" + publication.replace("'", "''") + "'"
+    body = (
+        _FUNCTION.replace("{function}", function)
+        .replace("{publication}", quoted)
+        .replace("{prefix}", f"'{MESSAGE_PREFIX}'")
+    )
+    lines = [f'CREATE SCHEMA IF NOT EXISTS "{SCHEMA}";', body.strip() + ";"]
+    for suffix, event in (("", "ddl_command_end"), ("_rewrite", "table_rewrite")):
+        lines.append(f'DROP EVENT TRIGGER IF EXISTS "{trigger}{suffix}";')
+        lines.append(
+            f"CREATE EVENT TRIGGER \"{trigger}{suffix}\" ON {event} WHEN TAG IN ('ALTER TABLE')"
+            f" EXECUTE FUNCTION {function}();"
+        )
+    return "\n".join(lines)
