@@ -194,7 +194,6 @@ class TableFollower:
         # (transactions.py).
         self.transactions = TransactionTracker(self._by_token, self.changes.before_snapshot)
         self._commit_subject = contract.commit_subject(contract.CDC).encode()
-        self._revisions: dict[str, int] = {}
         self.pending = 0  # events the consumer holds beyond the last one delivered
         self.skipped = 0  # messages on the bridge's subjects that were not its messages
         self._consumer_name = ""
@@ -470,7 +469,7 @@ class TableFollower:
         for table in self.tables:
             try:
                 meta, reused_from = await self._snapshot(table)
-                schema = await self._schema(table)
+                schema = await self._schema(table, meta)
             except FollowError as exc:
                 yield self._left_out(table, exc)
                 continue
@@ -559,7 +558,7 @@ class TableFollower:
                     break
             else:
                 raise FollowError(f"every snapshot of {table} asked for was one running already")
-            schema = await self._schema(table)
+            schema = await self._schema(table, meta)
         except FollowError as exc:
             yield self._left_out(table, exc)
             return
@@ -595,7 +594,7 @@ class TableFollower:
             table, why = next(iter(self._reloads.items()))
             try:
                 meta = await self._request_snapshot(table)
-                schema = await self._schema(table)
+                schema = await self._schema(table, meta)
             except FollowError as exc:
                 del self._reloads[table]
                 self.changes.reloading.discard(table)
@@ -617,23 +616,21 @@ class TableFollower:
             self.transactions.until(Lsn.parse(meta.get("replay_until") or meta["lsn"]))
             yield Bootstrapped(self.state, consistent=self.transactions.consistent)
 
-    async def _schema(self, table: str) -> TableSchema:
-        kv = await self.js.key_value(self.kv_bucket)
+    async def _schema(self, table: str, meta: dict[str, Any] | None = None) -> TableSchema:
+        """The table as a snapshot's rows have it: its meta's document (read under the
+        snapshot; KV may already hold the next ALTER TABLE's), else (a snapshotter of an
+        earlier release, or no snapshot) KV's."""
+        document = (meta or {}).get("schema_document")
         try:
-            entry = await kv.get(kv_key(*self._names[table]))
-        except KeyNotFoundError:
-            raise FollowError(
-                f"no schema document for {table} in KV bucket {self.kv_bucket}: is the "
-                "snapshotter running with this table in BRIDGE_TABLE?"
-            ) from None
-        assert entry.revision is not None
-        try:
-            schema = TableSchema.from_document(_unpack(entry.value))
+            schema = (
+                TableSchema.from_document(document)
+                if document is not None
+                else await self._stored_schema(table)
+            )
         except ValueError as exc:
-            self.skip(f"KV {self.kv_bucket}", entry.key, entry.revision, str(exc))
-            raise _NoSchemaDocument(
-                f"the KV entry of {table} (revision {entry.revision}) is not a schema "
-                "document; waiting for the snapshotter to replace it"
+            raise FollowError(
+                f"snapshot {(meta or {}).get('snapshot_id')} of {table}: its schema document "
+                f"is not one: {exc}"
             ) from None
         if schema.unpublished_key and schema.replica_identity != "full":
             raise FollowError(
@@ -648,8 +645,26 @@ class TableFollower:
                 "its rows cannot be located; give it a primary key or REPLICA IDENTITY FULL"
             )
         self.changes.schemas[table] = schema
-        self._revisions[table] = entry.revision
         return schema
+
+    async def _stored_schema(self, table: str) -> TableSchema:
+        kv = await self.js.key_value(self.kv_bucket)
+        try:
+            entry = await kv.get(kv_key(*self._names[table]))
+        except KeyNotFoundError:
+            raise FollowError(
+                f"no schema document for {table} in KV bucket {self.kv_bucket}: is the "
+                "snapshotter running with this table in BRIDGE_TABLE?"
+            ) from None
+        assert entry.revision is not None
+        try:
+            return TableSchema.from_document(_unpack(entry.value))
+        except ValueError as exc:
+            self.skip(f"KV {self.kv_bucket}", entry.key, entry.revision, str(exc))
+            raise _NoSchemaDocument(
+                f"the KV entry of {table} (revision {entry.revision}) is not a schema "
+                "document; waiting for the snapshotter to replace it"
+            ) from None
 
     async def _snapshot(self, table: str) -> tuple[dict[str, Any], int | None]:
         """A complete snapshot to load, and the CDC sequence to read from when it is an

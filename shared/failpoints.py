@@ -11,7 +11,8 @@ Points: `reader.after_acked` (the reader took an acknowledgement, before any sta
 about it), `reader.after_status` (a status update was sent), `publisher.after_write` (a
 batch's messages were written to NATS, before any PubAck), `snapshot.after_chunk` (a snapshot
 chunk was sent to JetStream, before the next), `snapshot.before_readers` (a parallel exported
-snapshot was exported; its reader processes are about to start).
+snapshot was exported; its reader processes are about to start), `snapshot.after_read` (every
+chunk is stored; the schema document and the meta are not published yet).
 """
 
 from __future__ import annotations

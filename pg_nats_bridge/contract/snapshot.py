@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from pg_nats_bridge.contract.encoding import UNPACK_OPTIONS, pack, unpack
+from pg_nats_bridge.contract.schema import SchemaDocument
 from pg_nats_bridge.lsn import Lsn
 
 MAX_CHUNK_SIZE = 10_000
@@ -102,6 +103,10 @@ class SnapshotMeta(BaseModel):
     resumed: bool = False  # chunked: continued after its first reader stopped
     started: int | None = None  # chunked: unix time the snapshot began
     where: list[Condition] | None = None  # a backfill's conditions (with `partial`)
+    # The table as its rows are in this snapshot (read under the snapshot, or unchanged over
+    # a chunked one's ranges): a copy builds the table from it, not from KV, whose document
+    # may already describe an ALTER TABLE committed after the snapshot's point.
+    schema_document: SchemaDocument | None = None
 
     @field_validator("lsn", "replay_until")
     @classmethod

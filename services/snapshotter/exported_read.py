@@ -34,6 +34,7 @@ import psycopg
 
 from services.snapshotter.errors import SnapshotError
 from services.snapshotter.parallel import read_exported_parallel
+from services.snapshotter.schema_documents import read_schema
 from services.snapshotter.segments import LockBusy, Segment, plan_segments
 from services.snapshotter.snapshot_context import TableSnapshot
 from services.snapshotter.table_plan import TablePlan, redescribe
@@ -151,7 +152,11 @@ async def _read(
             # The readers hold the table's lock now: its storage can no longer change.
             if not await unchanged():
                 raise Rewritten
-            return await redescribe(conn, snapshot.plan, context.publication)
+            plan = snapshot.plan
+            snapshot.document = await read_schema(
+                conn, plan.schema, plan.table, context.publication
+            )
+            return await redescribe(conn, plan, context.publication)
 
         try:
             if segments:

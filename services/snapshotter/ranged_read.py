@@ -31,6 +31,7 @@ from services.snapshotter.key_ranges import END_QUERY, Interrupted, KeyRangeRead
 from services.snapshotter.ledger import Ledger
 from services.snapshotter.parallel import read_ranges_parallel
 from services.snapshotter.resume import ChunkedRecords
+from services.snapshotter.schema_documents import read_schema
 from services.snapshotter.segments import LockBusy, Segment, plan_segments
 from services.snapshotter.snapshot_context import TableSnapshot
 from services.snapshotter.table_plan import TablePlan
@@ -73,6 +74,10 @@ async def read_ranged_snapshot(
             "or storage, so its rows would not all have one shape; ask again for a new one",
         )
     snapshot.plan = dataclasses.replace(plan, shape=shape)
+    # Read after the digest: an ALTER TABLE between the two fails the first range.
+    snapshot.document = await read_schema(
+        catalog, plan.schema, plan.table, snapshot.context.publication
+    )
     if records is not None:
         await records.claim(str(lsn), shape)
     segments = await _segments(catalog, snapshot, previous)

@@ -106,6 +106,7 @@ async def take_snapshot(
             else:
                 lsn = await read_exported_snapshot(catalog, snapshot)
             await publisher.wait_acked()
+            failpoints.hit("snapshot.after_read")
             if context.publish_schema is not None and not options.where:
                 await context.publish_schema(catalog, schema, table)
     except BaseException as exc:
@@ -120,6 +121,8 @@ async def take_snapshot(
         "timestamp": int(time.time()),
         **extra,
     }
+    if snapshot.document is not None and not options.where:
+        meta["schema_document"] = snapshot.document.as_dict()
     if options.where:
         meta["partial"] = True
         meta["where"] = [c.model_dump() for c in options.where]

@@ -12,7 +12,7 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from pg_nats_bridge import contract
-from pg_nats_bridge.contract import Condition, KeySegment
+from pg_nats_bridge.contract import Condition, KeySegment, SchemaDocument
 from services.snapshotter.chunk_packing import Chunk, ChunkBuilder, RangeDone
 from services.snapshotter.key_ranges import Operator
 from services.snapshotter.ledger import SegmentsDone
@@ -78,6 +78,8 @@ class TableSnapshot:
     builder: ChunkBuilder
     publish: Callable[[Piece], Awaitable[None]]
     operator: Operator
+    # The table as the snapshot's rows have it (the meta's `schema_document`), once read.
+    document: SchemaDocument | None = None
 
     def reader_job(self, snapshot: str | None = None, plan: TablePlan | None = None) -> ReaderJob:
         """What its reader processes are told (services/snapshotter/parallel.py), each given

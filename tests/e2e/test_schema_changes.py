@@ -231,3 +231,46 @@ def test_without_a_superuser_the_next_change_announces_it(
         if s == "cdc.shop.schema"
     ]  # fmt: skip
     assert "relation" in sources and sources[-1] == "ddl", sources
+
+
+def test_a_copy_builds_a_table_from_its_snapshot_s_own_schema_document(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    """An ALTER TABLE that commits after the snapshot's read and before the snapshotter
+    publishes the schema document to KV (it stalls 3 s there) leaves KV describing a column no
+    snapshot row has. The meta carries the document read under the snapshot: the copy builds
+    the table in the rows' shape, then the change at its place in the stream makes it read the
+    table again, every row with the column's default. (From KV, the copy would hold the column
+    NULL in every row and see nothing to follow.)"""
+    pg.execute(
+        "CREATE TABLE shop (id int PRIMARY KEY, note text);"
+        "INSERT INTO shop SELECT g, 'n' || g FROM generate_series(1, 2000) g"
+    )
+    replicator = services("replicator", pg, nats_url, table="shop").wait_healthy()
+    snapshotter = services(
+        "snapshotter", pg, nats_url, table="shop", chunk_size=100,
+        failpoints="snapshot.after_read=sleep:3",
+    ).wait_healthy()  # fmt: skip
+
+    def chunks() -> int:
+        init = stream_messages(nats_url, "INIT")
+        return sum(1 for s, _, _ in init if s.startswith("init.snap.shop."))
+
+    memory = FollowedCopy(nats_url, ["shop"], MemoryCopy).start()
+    wait_for(lambda: chunks() == 20, 30, "the snapshot's chunks", snapshotter)
+    pg.execute("ALTER TABLE shop ADD COLUMN color text NOT NULL DEFAULT 'red'")
+
+    def colored() -> bool:
+        try:
+            rows = list(memory.copy.tables["public.shop"])
+        except (KeyError, RuntimeError):  # not loaded yet, or changing under this thread
+            return False
+        return len(rows) == 2000 and all(row.get("color") == "red" for row in rows)
+
+    wait_for(colored, 60, "the copy to read shop again in its new shape", replicator)
+    memory.stop()
+    init = stream_messages(nats_url, "INIT", commits=True)
+    meta = next(m for s, _, m in init if s == "init.meta.shop")
+    assert [c["name"] for c in meta["schema_document"]["columns"]] == ["id", "note"], meta
+    stored = [m for s, _, m in init if s == "init.schema.shop"][-1]
+    assert [c["name"] for c in stored["columns"]] == ["id", "note", "color"], stored
