@@ -115,6 +115,8 @@ class ChangeReader:
         except (ValueError, TypeError) as exc:  # msgpack's own errors are ValueErrors
             raise Undecodable(f"not MessagePack ({type(exc).__name__})") from None
         lsn = event["commit_lsn"]
+        if kind == _SCHEMA and table not in self.snapshots and table not in self.reloading:
+            return self.published_again(table, contract.SchemaChange.model_validate(event), seq)
         if table not in self.past_snapshot and self.before_snapshot(table, lsn):
             return None  # committed before the snapshot: already in it
         if kind:
@@ -198,20 +200,40 @@ class ChangeReader:
             "the table has no primary key: give it one or set REPLICA IDENTITY FULL"
         )
 
+    def published_again(
+        self, table: str, event: contract.SchemaChange, seq: int
+    ) -> ShapeChange | None:
+        """A schema change of a table the copy left out: read it when the DDL put it (back)
+        in the publication."""
+        if not (event.published and event.source == "ddl" and event.command == _JOINED):
+            return None
+        if f"{event.schema_}.{event.table}" != table:
+            return None
+        self.reloading.add(table)
+        return Reload(
+            table, f"published at {event.commit_lsn} (CDC sequence {seq})", seq, event.commit_lsn
+        )
+
     def shape(self, table: str, event: contract.SchemaChange, seq: int) -> ShapeChange | None:
         """What a schema change asks of the copy (docs/wire-format.md, "Schema changes"):
         nothing when the table has the shape the copy holds (the replicator says a table's
         shape again after it restarts); the copy's columns dropped in place when only columns
-        went away; the table read again otherwise; left out when it was renamed."""
+        went away; the table read again otherwise; dropped from the copy when it was renamed,
+        dropped or taken out of the publication."""
         name = f"{event.schema_}.{event.table}"
+        gone = None
         if name != table:
+            gone = f"renamed to {name} at {event.commit_lsn} (CDC sequence {seq}): follow {name}"
+        elif not event.published:
+            gone = (
+                f"{'dropped' if event.command == 'DROP TABLE' else 'taken out of the publication'}"
+                f" at {event.commit_lsn} (CDC sequence {seq})"
+            )
+        if gone is not None:
             self.snapshots.pop(table, None)
             self.reloading.discard(table)
             self.past_snapshot.discard(table)
-            return TableFailed(
-                table,
-                f"renamed to {name} at {event.commit_lsn} (CDC sequence {seq}): follow {name}",
-            )
+            return TableFailed(table, gone, dropped=True)
         known = self.schemas.get(table)
         if known is None:
             return None
@@ -243,14 +265,15 @@ class ChangeReader:
 
 
 _IDENTITY_KEY_ALL = "full"
+_JOINED = "ALTER PUBLICATION"  # the command that puts a table in a publication
 
 
 def _differences(known: TableSchema, event: contract.SchemaChange) -> set[str]:
     """How the shape a schema change says differs from the one the copy holds: `dropped`
     (columns gone, the others as they were), `columns` (added, renamed, reordered), `types`
     (a type or its modifier: numeric's scale, a varchar's length; also when the copy's
-    document does not say its types), `rewritten` (the DDL rewrote the table), `key`,
-    `replica identity`."""
+    document does not say its types), `rewritten` (the DDL rewrote the table), `row filter`
+    (the publication's; only the DDL's own announcement says it), `key`, `replica identity`."""
     differs: set[str] = set()
     document = known.document
     by_name = {c.name: c for c in document.columns}
@@ -269,6 +292,8 @@ def _differences(known: TableSchema, event: contract.SchemaChange) -> set[str]:
             differs.add("types")
     if event.rewritten:
         differs.add("rewritten")
+    if event.source == "ddl" and event.row_filter != document.row_filter:
+        differs.add("row filter")  # rows it let through, or not, that no change says
     if event.replica_identity != known.replica_identity:
         differs.add("replica identity")
     key = {c.name for c in event.columns if c.key}

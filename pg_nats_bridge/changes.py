@@ -183,11 +183,15 @@ class Oversized:
 @dataclass(slots=True)
 class TableFailed:
     """`table` could not be loaded (`reason`: a snapshot the bridge refuses for good, a table
-    whose rows cannot be located): the copy goes on with the other tables without it, and
-    the follower asks for it again when it is next started."""
+    whose rows cannot be located), or is no longer published: the copy goes on with the other
+    tables without it, and the follower asks for it again when it is next started (or when
+    the table joins the publication again)."""
 
     table: str
     reason: str
+    # The table is gone from what the bridge publishes (dropped, renamed, taken out of the
+    # publication): a copy drops its rows rather than keep a table PostgreSQL no longer has.
+    dropped: bool = False
 
 
 @dataclass(slots=True)

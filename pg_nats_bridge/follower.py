@@ -604,6 +604,7 @@ class TableFollower:
             async for item in self._load(table, schema, meta):
                 yield item
             del self._reloads[table]
+            self._failed.pop(table, None)  # left out before it joined the publication
             self.transactions.release(table)
             log.info(
                 "%s: snapshot %s loaded (%d rows, lsn %s) after its schema changed (%s)",

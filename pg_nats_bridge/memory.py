@@ -147,6 +147,10 @@ class MemoryCopy:
             self._staged.clear()
         elif isinstance(item, TableFailed):
             self.left_out[item.table] = item.reason
+            if item.dropped:  # PostgreSQL no longer has it, or no longer publishes it
+                self._rows.pop(item.table, None)
+                self.schemas.pop(item.table, None)
+                self._staged.pop(item.table, None)
         elif isinstance(item, Rows | BackfillRows):  # a backfill's replace theirs by key
             staged = self._staged.get(item.table)
             if staged is not None:

@@ -359,6 +359,8 @@ class SqliteCopy:
             )
         elif isinstance(item, TableFailed):
             self._put(f"failed:{item.table}", item.reason)
+            if item.dropped:  # PostgreSQL no longer has it, or no longer publishes it
+                self._drop_table(item.table)
         elif isinstance(item, Backfilled):
             self._put(f"backfill:{item.table}", item.snapshot)
             self.commit(item.state)
@@ -385,6 +387,15 @@ class SqliteCopy:
         self._put(f"schema:{item.table}", item.schema.document.as_dict())
         self._put(f"snapshot:{item.table}", item.snapshot)
         self.db.execute("DELETE FROM _bridge_state WHERE name = ?", (f"failed:{item.table}",))
+
+    def _drop_table(self, table: str) -> None:
+        self.db.execute(f"DROP TABLE IF EXISTS {ident(table)}")
+        for name in ("schema", "snapshot", "backfill"):
+            self.db.execute("DELETE FROM _bridge_state WHERE name = ?", (f"{name}:{table}",))
+        self._columns.pop(table, None)
+        self._inserts = {k: sql for k, sql in self._inserts.items() if k[0] != table}
+        self._floats.pop(table, None)
+        self._keys.pop(table, None)
 
     def has_table(self, table: str) -> bool:
         found = self.db.execute(

@@ -147,3 +147,9 @@ class SchemaChange(_Event):
     # changed even where the shape did not (ALTER COLUMN … TYPE text USING upper(…)).
     rewritten: bool = False
     command: str | None = None  # the DDL's command tag (`ddl` only)
+    # False: the table left the publication (dropped, or taken out of it); nothing of it
+    # follows, and `columns` is empty. (`ddl` only: without the event trigger nothing says so.)
+    published: bool = True
+    # The publication's row filter of the table, as PostgreSQL deparses it, or None for none
+    # (`ddl` only: logical decoding's Relation message does not say it).
+    row_filter: str | None = None

@@ -26,9 +26,12 @@ MESSAGE_PREFIX = "pg-nats-bridge.ddl"
 
 SCHEMA = "nats_bridge"  # ("pg_" names are reserved for system schemas)
 
-# The tables a DDL changed (ddl_command_end) or rewrote (table_rewrite, which comes first
-# and is remembered in a transaction-local setting), with the shape the publication
-# publishes: columns as pgoutput describes them (key: in the replica identity's key).
+# The tables a DDL changed (ddl_command_end: ALTER TABLE, or ALTER PUBLICATION adding one or
+# changing its column list or row filter) or rewrote (table_rewrite, which comes first and is
+# remembered in a transaction-local setting), with the shape the publication publishes:
+# columns as pgoutput describes them (key: in the replica identity's key), the row filter as
+# the snapshotter deparses it (shared/published.py). And (sql_drop) the tables that left the
+# publication: dropped, or taken out of it (`published` false).
 _FUNCTION = """
 CREATE OR REPLACE FUNCTION {function}() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
@@ -42,13 +45,47 @@ BEGIN
       rewritten || ',' || pg_event_trigger_table_rewrite_oid()::text, true);
     RETURN;
   END IF;
-  SELECT array_agg(DISTINCT objid) INTO changed FROM pg_event_trigger_ddl_commands()
-   WHERE classid = 'pg_class'::regclass AND object_type IN ('table', 'table column');
+  IF tg_event = 'sql_drop' THEN
+    SELECT jsonb_agg(jsonb_build_object('oid', gone.oid::bigint, 'schema', gone.nspname,
+        'table', gone.relname, 'published', false))
+      INTO tables
+      FROM (
+        SELECT DISTINCT coalesce(t.objid, to_regclass(format('%I.%I', r.address_names[1],
+            r.address_names[2]))::oid, 0) AS oid, r.address_names[1] AS nspname,
+          r.address_names[2] AS relname
+          FROM pg_event_trigger_dropped_objects() r
+          LEFT JOIN pg_event_trigger_dropped_objects() t ON t.object_type = 'table'
+            AND t.schema_name = r.address_names[1] AND t.object_name = r.address_names[2]
+         WHERE r.object_type = 'publication relation' AND r.address_args[1] = {publication}
+        UNION
+        SELECT t.objid, t.schema_name, t.object_name
+          FROM pg_event_trigger_dropped_objects() t
+          JOIN pg_publication p ON p.pubname = {publication}
+         WHERE t.object_type = 'table' AND (p.puballtables OR EXISTS (
+           SELECT FROM pg_publication_namespace pn JOIN pg_namespace n ON n.oid = pn.pnnspid
+            WHERE pn.pnpubid = p.oid AND n.nspname = t.schema_name))
+      ) gone;
+    IF tables IS NOT NULL THEN
+      PERFORM pg_logical_emit_message(true, {prefix}, jsonb_build_object(
+        'publication', {publication}, 'command', tg_tag, 'tables', tables)::text);
+    END IF;
+    RETURN;
+  END IF;
+  SELECT array_agg(DISTINCT x.objid) INTO changed FROM (
+    SELECT d.objid FROM pg_event_trigger_ddl_commands() d
+     WHERE d.classid = 'pg_class'::regclass AND d.object_type IN ('table', 'table column')
+    UNION ALL
+    SELECT r.prrelid FROM pg_event_trigger_ddl_commands() d
+      JOIN pg_publication_rel r ON r.oid = d.objid
+     WHERE d.object_type = 'publication relation') x;
   IF changed IS NULL THEN
     RETURN;
   END IF;
   SELECT jsonb_agg(jsonb_build_object(
-      'oid', c.oid, 'schema', n.nspname, 'table', c.relname,
+      'oid', c.oid::bigint, 'schema', n.nspname, 'table', c.relname, 'published', true,
+      'row_filter', (SELECT pg_get_expr(r.prqual, r.prrelid) FROM pg_publication_rel r
+        JOIN pg_publication pp ON pp.oid = r.prpubid
+       WHERE pp.pubname = {publication} AND r.prrelid = c.oid),
       'replica_identity', CASE c.relreplident WHEN 'd' THEN 'default' WHEN 'f' THEN 'full'
         WHEN 'i' THEN 'index' ELSE 'nothing' END,
       'rewritten', c.oid::text = ANY (string_to_array(rewritten, ',')),
@@ -80,6 +117,14 @@ $fn$
 """
 
 
+_TRIGGERS = (
+    ("", "ddl_command_end", ("ALTER TABLE", "ALTER PUBLICATION")),
+    ("_rewrite", "table_rewrite", ("ALTER TABLE",)),
+    ("_drop", "sql_drop", ("ALTER PUBLICATION", "DROP TABLE")),
+)
+"""Each trigger's name suffix, event and command tags."""
+
+
 def names(publication: str) -> tuple[str, str]:
     """The function's and the triggers' names for a publication (one set per publication: a
     database may feed several bridges)."""
@@ -95,6 +140,8 @@ def install(conn: psycopg.Connection, publication: str) -> str | None:
     ).fetchone()
     if not superuser:
         return "creating an event trigger takes a superuser, and the bridge's role is not one"
+    if conn.info.server_version < 150000:
+        return "the trigger reads publications' column lists, which PostgreSQL 15 introduced"
     function_name, trigger = names(publication)
     function = sql.Identifier(SCHEMA, function_name)
     with conn.transaction():
@@ -106,10 +153,7 @@ def install(conn: psycopg.Connection, publication: str) -> str | None:
                 prefix=sql.Literal(MESSAGE_PREFIX),
             )
         )
-        for suffix, event, tags in (
-            ("", "ddl_command_end", ("ALTER TABLE",)),
-            ("_rewrite", "table_rewrite", ("ALTER TABLE",)),
-        ):
+        for suffix, event, tags in _TRIGGERS:
             name = sql.Identifier(trigger + suffix)
             conn.execute(sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(name))
             conn.execute(
@@ -136,10 +180,11 @@ def install_sql(publication: str) -> str:
         .replace("{prefix}", f"'{MESSAGE_PREFIX}'")
     )
     lines = [f'CREATE SCHEMA IF NOT EXISTS "{SCHEMA}";', body.strip() + ";"]
-    for suffix, event in (("", "ddl_command_end"), ("_rewrite", "table_rewrite")):
+    for suffix, event, tags in _TRIGGERS:
         lines.append(f'DROP EVENT TRIGGER IF EXISTS "{trigger}{suffix}";')
+        listed = ", ".join(f"'{tag}'" for tag in tags)
         lines.append(
-            f"CREATE EVENT TRIGGER \"{trigger}{suffix}\" ON {event} WHEN TAG IN ('ALTER TABLE')"
+            f'CREATE EVENT TRIGGER "{trigger}{suffix}" ON {event} WHEN TAG IN ({listed})'
             f" EXECUTE FUNCTION {function}();"
         )
     return "\n".join(lines)

@@ -560,11 +560,13 @@ class EventBuilder:
                     commit_time=self._commit_time_text,
                     version=lsn,
                     relation_oid=table["oid"],
-                    columns=table["columns"],
-                    replica_identity=table["replica_identity"],
+                    columns=table.get("columns", []),
+                    replica_identity=table.get("replica_identity", "default"),
                     source="ddl",
                     rewritten=bool(table.get("rewritten")),
                     command=body.get("command"),
+                    published=table.get("published", True),
+                    row_filter=table.get("row_filter"),
                 )
             except (ValueError, KeyError, TypeError) as exc:  # ValidationError is a ValueError
                 log.warning("DDL message at %s: a table not read (%s)", lsn, exc)

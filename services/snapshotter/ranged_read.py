@@ -60,18 +60,21 @@ async def read_ranged_snapshot(
             "exported snapshot), or give the table a primary key",
         )
     previous = records.previous if records is not None else None
+    began = previous.shape if previous is not None else await _shape(catalog, plan)
     lsn = (
         Lsn.parse(previous.lsn)
         if previous is not None
         else await _consistent_point(catalog, snapshot)
     )
+    # The same shape on both sides of the consistent point: no ALTER TABLE between it and
+    # the ranges, whose changes before it would have the old shape and the rows the new.
     shape = await _shape(catalog, plan)
-    if previous is not None and previous.shape not in (None, shape):
+    if began not in (None, shape):
         raise SnapshotError(
             "table_rewritten",
-            f"{plan.what} was altered after the chunked snapshot {previous.snapshot_id} "
-            f"began ({previous.row_count} rows read): an ALTER TABLE changed its columns, key "
-            "or storage, so its rows would not all have one shape; ask again for a new one",
+            f"{plan.what} was altered after its chunked snapshot began: an ALTER TABLE "
+            "changed its columns, key or storage, so its rows would not all have one shape; "
+            "ask again for a new one",
         )
     snapshot.plan = dataclasses.replace(plan, shape=shape)
     # Read after the digest: an ALTER TABLE between the two fails the first range.

@@ -230,7 +230,8 @@ async def _fail(
             f"{builder.row_count} rows" + ("; resume it to go on" if done == "paused" else ""),
         ) from None
     if isinstance(exc, SnapshotError) and exc.reason == "table_rewritten" and records:
-        await records.mark("cancelled")  # its rows so far have another shape: never continued
+        if records.lsn:  # claimed: its rows so far have another shape, never to be continued
+            await records.mark("cancelled")
         raise exc
     if records is not None and not isinstance(exc, asyncio.CancelledError):
         await records.stop()

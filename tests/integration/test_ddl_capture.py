@@ -79,4 +79,42 @@ def test_the_sql_for_a_superuser_is_what_install_runs(pg: Database) -> None:
             "SELECT evtname, evtevent, pg_get_functiondef(evtfoid) FROM pg_event_trigger"
             " ORDER BY evtname"
         ).fetchall()
-    assert len(by_hand) == 2 and by_hand == installed
+    assert len(by_hand) == 3 and by_hand == installed
+
+
+def test_tables_joining_and_leaving_the_publication_are_said(pg: Database) -> None:
+    """ALTER PUBLICATION adding a table, or changing its row filter, says its shape and
+    filter; taking it out of the publication, or dropping it, says it is no longer published
+    (also for a publication of a whole schema, which lists no table)."""
+    pg.execute(
+        "CREATE TABLE shop (id int PRIMARY KEY, note text);"
+        "CREATE TABLE other (id int PRIMARY KEY, n int);"
+        "CREATE SCHEMA sales; CREATE TABLE sales.orders (id int PRIMARY KEY);"
+        "CREATE PUBLICATION bridge_pub FOR TABLE shop, TABLES IN SCHEMA sales;"
+        "CREATE PUBLICATION elsewhere FOR TABLE shop"
+    )
+    pg.execute("SELECT pg_create_logical_replication_slot('ddl', 'pgoutput')")
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        assert ddl_capture.install(conn, "bridge_pub") is None
+    pg.execute("ALTER PUBLICATION bridge_pub ADD TABLE other WHERE (n > 5)")
+    pg.execute("ALTER PUBLICATION elsewhere DROP TABLE shop")  # not this publication's
+    pg.execute("ALTER PUBLICATION bridge_pub DROP TABLE shop")
+    pg.execute("DROP TABLE other")
+    pg.execute("DROP TABLE sales.orders")
+    found = messages(pg, "ddl")
+
+    def said(message: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return [
+            (t["schema"], t["table"], t["published"], t.get("row_filter"))
+            for t in message["tables"]
+        ]
+
+    assert [m["command"] for m in found] == [
+        "ALTER PUBLICATION", "ALTER PUBLICATION", "DROP TABLE", "DROP TABLE",
+    ]  # fmt: skip
+    assert said(found[0]) == [("public", "other", True, "(n > 5)")]
+    assert [c["name"] for c in found[0]["tables"][0]["columns"]] == ["id", "n"]
+    assert said(found[1]) == [("public", "shop", False, None)]
+    assert said(found[2]) == [("public", "other", False, None)]
+    assert said(found[3]) == [("sales", "orders", False, None)]
+    assert all(t["oid"] > 0 for m in found for t in m["tables"])

@@ -155,6 +155,7 @@ def shape(
     identity: str = "default",
     rewritten: bool = False,
     lsn: str = "0/200",
+    **ddl: Any,
 ) -> bytes:
     return contract.SchemaChange(
         schema="public",
@@ -171,6 +172,7 @@ def shape(
         ],
         replica_identity=identity,  # type: ignore[arg-type]
         rewritten=rewritten,
+        **ddl,
     ).encode()
 
 
@@ -227,5 +229,37 @@ def test_a_document_without_types_reads_the_table_again_once() -> None:
 def test_a_renamed_table_leaves_the_copy() -> None:
     changes = typed_reader()
     got = changes.read(SUBJECT, 5, shape(SAME, table="u"))
-    assert isinstance(got, TableFailed) and "renamed to public.u" in got.reason
+    assert isinstance(got, TableFailed) and "renamed to public.u" in got.reason and got.dropped
     assert changes.read(b"cdc.t.insert", 6, event("insert", "0/300", data={"id": 1})) is None
+
+
+@pytest.mark.parametrize(
+    ("command", "said"), [("DROP TABLE", "dropped"), ("ALTER PUBLICATION", "taken out")]
+)
+def test_a_table_that_left_the_publication_leaves_the_copy(command: str, said: str) -> None:
+    changes = typed_reader()
+    gone = shape([], source="ddl", command=command, published=False)
+    got = changes.read(SUBJECT, 5, gone)
+    assert isinstance(got, TableFailed) and said in got.reason and got.dropped
+    assert changes.read(b"cdc.t.insert", 6, event("insert", "0/300", data={"id": 1})) is None
+    # Put back in the publication: read again from a snapshot.
+    back = shape(SAME, source="ddl", command="ALTER PUBLICATION", lsn="0/400")
+    again = changes.read(SUBJECT, 7, back)
+    assert isinstance(again, Reload) and "published at 0/400" in again.why
+    # A relation message, or another DDL, of a table left out asks nothing.
+    assert typed_reader_left_out().read(SUBJECT, 5, shape(SAME)) is None
+    other = shape(SAME, source="ddl", command="ALTER TABLE")
+    assert typed_reader_left_out().read(SUBJECT, 5, other) is None
+
+
+def typed_reader_left_out() -> ChangeReader:
+    changes = typed_reader()
+    changes.snapshots.pop(T)
+    return changes
+
+
+def test_a_row_filter_the_ddl_changed_reads_the_table_again() -> None:
+    got = typed_reader().read(SUBJECT, 5, shape(SAME, source="ddl", row_filter="(id > 5)"))
+    assert isinstance(got, Reload) and "row filter" in got.why
+    unchanged = shape(SAME, source="ddl", command="ALTER TABLE")
+    assert typed_reader().read(SUBJECT, 5, unchanged) is None

@@ -16,6 +16,7 @@ from pg_nats_bridge.changes import (
     Reset,
     Rows,
     SchemaChanged,
+    TableFailed,
     TableSchema,
     Update,
 )
@@ -88,3 +89,21 @@ def test_a_key_with_an_unpublished_column_locates_rows_by_the_whole_row() -> Non
     table = schema(["a"], key=["a", "b"])
     assert table.primary_key == () and table.unpublished_key == ("b",)
     assert schema(["a", "b"], key=["a", "b"]).primary_key == ("a", "b")
+
+
+def test_a_table_gone_from_the_publication_is_dropped_and_read_again_later(
+    tmp_path: Path,
+) -> None:
+    """Dropped, renamed or taken out of the publication: the copy no longer holds a table
+    PostgreSQL does not publish, and says why; loaded again, it is a table like before."""
+    copy = loaded(tmp_path / "c.db", schema(["id"], ["id"]), [{"id": "1"}])
+    copy.apply(TableFailed(T, "dropped at 0/5", dropped=True))
+    assert not copy.has_table(T) and copy.left_out() == {T: "dropped at 0/5"}
+    copy.apply_all(
+        [
+            Reset(T, schema(["id", "n"], ["id"]), {"snapshot_id": "s2", "lsn": "0/9"}),
+            Rows(T, [{"id": "2", "n": "x"}]),
+            Bootstrapped({"seq": 9, "snapshots": {T: "0/9"}, "stream": "CDC"}),
+        ]
+    )
+    assert list(copy.rows(T, ["id", "n"])) == [("2", "x")] and copy.left_out() == {}
