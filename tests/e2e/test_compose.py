@@ -151,6 +151,8 @@ class CdcCollector:
         self.url = url
         self.messages: list[tuple[str, str, dict[str, Any]]] = []  # the changes
         self.commits: list[dict[str, Any]] = []  # the transactions' commit records
+        # Each schema change, with the number of changes received before it.
+        self.schemas: list[tuple[int, dict[str, Any]]] = []
         self.ready = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -172,6 +174,8 @@ class CdcCollector:
                 headers = msg.headers or {}
                 if msg.subject == "cdc.~commit":
                     self.commits.append(msgpack.unpackb(msg.data))
+                elif msg.subject.endswith(".schema"):
+                    self.schemas.append((len(self.messages), msgpack.unpackb(msg.data)))
                 elif not msg.subject.startswith("cdc.~message."):  # the snapshots' markers
                     self.messages.append(
                         (msg.subject, headers.get("Nats-Msg-Id", ""), msgpack.unpackb(msg.data))
@@ -257,6 +261,9 @@ def _exercise(stack: Stack, cdc: CdcCollector) -> None:
     wait_until(lambda: len(cdc.notes()) >= 5, 60, "the five rows on CDC", stack)
     assert cdc.notes() == [f"exec {i}" for i in range(1, 6)]
     assert {s for s, _, _ in cdc.messages} == {"cdc.demo.insert"}
+    # The table's shape came before its first change (the replicator says it at a start).
+    assert cdc.schemas and cdc.schemas[0][0] == 0, cdc.schemas
+    assert [c["name"] for c in cdc.schemas[0][1]["columns"]] == ["id", "note", "created_at"]
     # One transaction: its commit record after its five changes (a snapshot's marker has one
     # of its own, naming no table).
     wait_until(
