@@ -127,7 +127,8 @@ class SchemaChange(_Event):
     may repeat a shape: a consumer compares it with the one it holds. `version` is the WAL
     position where the shape is first seen (the event's `lsn`). Not a change: the commit
     record does not count it. Its Msg-Id is `<commit_lsn>:schema:<relation_oid>:<n>`, or
-    `<commit_lsn>:ddl:<lsn>:<relation_oid>` for one the DDL announced (`source` `ddl`)."""
+    `<commit_lsn>:ddl:<lsn>:<relation_oid>` for one the DDL announced (`source` `ddl`), with
+    `:was` after either on a renamed table's old name."""
 
     schema_: str = Field(alias="schema")
     table: str

@@ -99,6 +99,15 @@ class UnknownRelationError(po.DecodeError):
         )
 
 
+@dataclass(frozen=True)
+class PublishedNames:
+    """The publication's tables' subject tokens by OID, as the catalog had them at WAL
+    position `at` (services/replicator/pipeline.py reads them when a run begins)."""
+
+    tokens: dict[int, str]
+    at: int
+
+
 class EventBuilder:
     """Turns one slot's XLogData frames, in order, into `Outgoing` messages.
 
@@ -115,9 +124,14 @@ class EventBuilder:
         resolve_types: TypeResolver | None = None,
         replayed_through: int = 0,
         publication: str | None = None,
+        names: PublishedNames | None = None,
     ) -> None:
         self.mode = mode
         self.publication = publication  # whose DDL messages to read (None: any)
+        # The published tables' names when the run began (their subject tokens by OID) and
+        # the WAL position then: a table renamed in a transaction after that position, before
+        # any change of it in this run, is announced on its old name's subject too.
+        self.names = names or PublishedNames({}, 0)
         # Transactions committed at or below this LSN are in the stream already (a restart
         # replays them): a schema change is announced for none of them, since one the first
         # run did not announce (PostgreSQL describes a table once per session) would be stored
@@ -341,9 +355,15 @@ class EventBuilder:
             if (was.namespace, was.name, was.replica_identity, was.columns) == shape:
                 return  # described again (a new session, an invalidation), unchanged
         self._schema_change(info, raw, out)
-        if before is not None and before.token != info.token:
+        if before is not None:
+            old: str | None = before.token
+        elif self._final_lsn > self.names.at:  # renamed, if at all, after the names were read
+            old = self.names.tokens.get(rel.oid)
+        else:
+            old = None  # the names may be from after this transaction: they tell nothing
+        if old is not None and old != info.token:
             # Renamed: said on the old name's subject too, to consumers that know it by it.
-            self._schema_change(info, raw, out, before.token)
+            self._schema_change(info, raw, out, old)
 
     def _schema_change(
         self, info: _RelationInfo, raw: bytes, out: list[Outgoing], token: str | None = None
@@ -370,11 +390,13 @@ class EventBuilder:
             ],
             replica_identity=_IDENTITIES[rel.replica_identity],
         )
+        was = token is not None  # the copy for a renamed table's old name
         token = token or info.token
         seen = self._schema_changes.get((rel.oid, token))
         n = seen[1] + 1 if seen is not None and seen[0] == commit_lsn else 0
         self._schema_changes[(rel.oid, token)] = (commit_lsn, n)
-        msg_id = contract.schema_change_msg_id(commit_lsn, rel.oid, n)
+        # Unique per subject: JetStream would drop the old name's copy as a duplicate.
+        msg_id = contract.schema_change_msg_id(commit_lsn, rel.oid, n) + (":was" if was else "")
         out.append(
             Outgoing(
                 contract.schema_change_subject(token, self.prefix).encode(),

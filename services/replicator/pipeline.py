@@ -11,10 +11,12 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import psycopg
 import pykka
 
+from pg_nats_bridge.contract import table_token
 from services.replicator.decoder import Decoder
-from services.replicator.events import EventBuilder
+from services.replicator.events import EventBuilder, PublishedNames
 from services.replicator.failure import FailureSignal
 from services.replicator.flow import InFlightBudget
 from services.replicator.io_loop import IoLoop
@@ -27,6 +29,14 @@ from shared.codec.domains import BASE_TYPES_QUERY
 from shared.postgres import pgoutput_options
 
 log = logging.getLogger(__name__)
+
+_PUBLISHED_NAMES = (
+    "SELECT c.oid, n.nspname, c.relname, (CASE WHEN pg_is_in_recovery()"
+    " THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn)::bigint"
+    " FROM pg_publication_tables p JOIN pg_namespace n ON n.nspname = p.schemaname"
+    " JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename"
+    " WHERE p.pubname = %s"
+)
 
 
 OpenLink = Callable[[ReplicatorSettings, str, FailureSignal], Coroutine[Any, Any, JetStreamLink]]
@@ -69,6 +79,7 @@ class Pipeline:
             resolve_types=self._base_types,
             replayed_through=link.stored_through,
             publication=s.publication,
+            names=self._published_names() if self.open_stream is None else None,
         )
         decoder = Decoder.start(builder, publisher, self.io, self.failure)
         self.actors.append(decoder)
@@ -97,6 +108,20 @@ class Pipeline:
         url = self.settings.database_dsn()
         with postgres.connect(url, autocommit=True, connect_timeout=10) as conn:
             return [(a, b) for a, b in conn.execute(BASE_TYPES_QUERY, (oids,)).fetchall()]
+
+    def _published_names(self) -> PublishedNames | None:
+        """The published tables' names now, and the WAL position now (best effort: without
+        them a table renamed before its first change in this run is said on its new name's
+        subject only)."""
+        url = self.settings.database_dsn()
+        try:
+            with postgres.connect(url, autocommit=True, connect_timeout=10) as conn:
+                rows = conn.execute(_PUBLISHED_NAMES, (self.settings.publication,)).fetchall()
+        except psycopg.Error as exc:
+            log.warning("the published tables' names were not read (%s)", str(exc).strip())
+            return None
+        at = int(rows[0][3]) if rows else 0
+        return PublishedNames({oid: table_token(ns, name) for oid, ns, name, _ in rows}, at)
 
     def _raise_if_failed(self) -> None:
         if self.failure.failed:

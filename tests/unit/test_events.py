@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pg_nats_bridge import contract
 from pg_nats_bridge.lsn import Lsn
 from services.replicator import pgoutput as po
-from services.replicator.events import EventBuilder, Outgoing
+from services.replicator.events import EventBuilder, Outgoing, PublishedNames
 from shared.codec import ValueMode
 
 
@@ -235,7 +235,8 @@ def test_a_table_s_shape_is_announced_before_its_first_change_and_at_each_change
     assert first.version == first.lsn and first.source == "relation"
     assert out[0].msg_id == b"0/1000:schema:7:0"
     renamed = contract.SchemaChange.decode(out[9].payload)
-    assert (renamed.table, out[9].msg_id) == ("u", b"0/4000:schema:7:0")
+    assert (renamed.table, out[9].msg_id) == ("u", b"0/4000:schema:7:0:was")
+    assert out[8].msg_id == b"0/4000:schema:7:0"  # one Msg-Id per subject: none dropped
     records = [contract.CommitRecord.decode(m.payload) for m in out if b"~commit" in m.subject]
     assert [r.event_count for r in records] == [1, 1, 1, 1]
 
@@ -287,3 +288,18 @@ def test_the_ddl_message_is_a_schema_change_at_the_ddl() -> None:
     out.clear()
     _transaction(builder, 0x2000, [broken], out)
     assert out == []  # said in the log; the next change says the shape
+
+
+def test_a_table_renamed_before_its_first_change_of_the_run_is_said_on_its_old_name() -> None:
+    """Without a change of the table before the rename in this run, its old name is the one
+    the catalog had when the run began: used for a transaction after that position only (a
+    backlog's earlier transactions may carry a name the catalog no longer had then)."""
+    shape = [("id", 23, -1, True)]
+    names = PublishedNames({7: "t"}, at=0x1800)
+    subjects = []
+    for commit_lsn in (0x1000, 0x2000):
+        builder = EventBuilder(ValueMode.TYPED, 1 << 20, names=names)
+        out: list[Outgoing] = []
+        _transaction(builder, commit_lsn, [_shaped(7, "u", shape), _insert(7, 1)], out)
+        subjects.append([m.subject.decode() for m in out if m.subject.endswith(b".schema")])
+    assert subjects == [["cdc.u.schema"], ["cdc.u.schema", "cdc.t.schema"]]
