@@ -24,7 +24,7 @@ from pg_nats_bridge import contract
 from pg_nats_bridge.contract.schema import SchemaColumn, SchemaDocument
 from pg_nats_bridge.names import kv_key
 from services.snapshotter import metrics
-from shared.published import published_columns, published_part
+from shared.published import PINNED_SEARCH_PATH, published_columns, published_part
 from shared.tables import PRIMARY_KEY_QUERY
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,12 @@ async def read_schema(
     part = await published_part(conn, schema, table, publication)
     published = set((await published_columns(conn, schema, table, publication, part)).names)
     regclass = sql.Identifier(schema, table).as_string(conn)
-    cur = await conn.execute(_COLUMNS, (regclass, schema, table))
+    # Defaults deparsed under one search path, whatever the session's: a document read under
+    # a snapshot (pinned there) and one read on another connection are the same document.
+    async with conn.transaction():
+        await conn.execute(PINNED_SEARCH_PATH)
+        cur = await conn.execute(_COLUMNS, (regclass, schema, table))
+        found_columns = await cur.fetchall()
     columns = [
         SchemaColumn(
             name=name,
@@ -60,9 +65,7 @@ async def read_schema(
             type_oid=type_oid,
             type_modifier=type_modifier,
         )
-        for name, data_type, nullable, default, position, type_oid, type_modifier in (
-            await cur.fetchall()
-        )
+        for name, data_type, nullable, default, position, type_oid, type_modifier in found_columns
         if name in published
     ]
     cur = await conn.execute(PRIMARY_KEY_QUERY, (regclass,))

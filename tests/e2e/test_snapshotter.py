@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import threading
 import time
@@ -109,6 +110,26 @@ def test_schema_documents_in_kv_and_on_init_and_after_alter(
         "the new replica identity",
     )
     assert len(init_messages(nats_url, "init.schema.users")) == 4
+
+
+def test_a_snapshot_s_schema_document_is_the_one_kv_holds(
+    pg: Database, nats_url: str, services: Callable[..., Service]
+) -> None:
+    """The meta's schema document is read under the snapshot (its search path pinned) and
+    KV's on a plain connection: defaults naming a sequence and a function of `public` are
+    deparsed alike, so a copy that compares them (at a resume) sees the same table."""
+    pg.execute(
+        "CREATE FUNCTION public.label() RETURNS text LANGUAGE sql AS $$ SELECT 'l' $$;"
+        "CREATE TABLE t (id serial PRIMARY KEY, tag text DEFAULT public.label());"
+        "INSERT INTO t (tag) VALUES ('a'), ('b')"
+    )
+    services("snapshotter", pg, nats_url, table="t").wait_healthy()
+    stored = wait_for(lambda: kv_get(nats_url, "t"), 30, "the schema in KV")
+    del stored["timestamp"]
+    for mode in ("exported", "chunked"):
+        meta = request(nats_url, "t", json.dumps({"mode": mode}).encode())
+        assert meta["schema_document"] == stored, (mode, meta["schema_document"], stored)
+    assert "t_id_seq" in stored["columns"][0]["column_default"]
 
 
 def test_every_init_message_and_kv_value_is_plain_messagepack(
