@@ -221,14 +221,15 @@ def test_the_ddl_itself_announces_a_change_no_write_follows(
 def _without_a_superuser(pg: Database, nats_url: str, services: Callable[..., Service]) -> Service:
     """The replicator and the snapshotter as a role that owns `shop` (300 rows) and may
     replicate, but is no superuser: no event trigger."""
+    role = f"bridge_{pg.name}"  # roles are the server's, not the test database's
     pg.execute(
-        "CREATE ROLE bridge_user LOGIN REPLICATION PASSWORD 'bridge-pw';"
-        f'GRANT CREATE ON DATABASE "{pg.name}" TO bridge_user;'
+        f"CREATE ROLE {role} LOGIN REPLICATION PASSWORD 'bridge-pw';"
+        f'GRANT CREATE ON DATABASE "{pg.name}" TO {role};'
         "CREATE TABLE shop (id int PRIMARY KEY, note text);"
-        "ALTER TABLE shop OWNER TO bridge_user;"
+        f"ALTER TABLE shop OWNER TO {role};"
         "INSERT INTO shop SELECT g, 'n' || g FROM generate_series(1, 300) g"
     )
-    url = make_conninfo(pg.url, user="bridge_user", password="bridge-pw")
+    url = make_conninfo(pg.url, user=role, password="bridge-pw")
     replicator = services("replicator", pg, nats_url, table="shop", database_url=url)
     replicator.wait_healthy()
     services("snapshotter", pg, nats_url, table="shop", database_url=url).wait_healthy()
