@@ -14,10 +14,13 @@ that ran the DDL, and the schema change is then said with the table's next chang
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 
 import psycopg
 from psycopg import sql
+
+from shared.published import PINNED_SEARCH_PATH
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +29,40 @@ MESSAGE_PREFIX = "pg-nats-bridge.ddl"
 
 SCHEMA = "nats_bridge"  # ("pg_" names are reserved for system schemas)
 
+# The shape the publication publishes of the tables `{changed}` (an oid[]): columns as
+# pgoutput describes them (key: in the replica identity's key), the row filter as the
+# snapshotter deparses it (shared/published.py), whether `{rewritten}` (a text of
+# comma-separated OIDs) names it. The trigger and `announce` read it alike.
+_SHAPES = """
+  SELECT jsonb_agg(jsonb_build_object(
+      'oid', c.oid::bigint, 'schema', n.nspname, 'table', c.relname, 'published', true,
+      'row_filter', (SELECT pg_get_expr(r.prqual, r.prrelid) FROM pg_publication_rel r
+        JOIN pg_publication pp ON pp.oid = r.prpubid
+       WHERE pp.pubname = {publication} AND r.prrelid = c.oid),
+      'replica_identity', CASE c.relreplident WHEN 'd' THEN 'default' WHEN 'f' THEN 'full'
+        WHEN 'i' THEN 'index' ELSE 'nothing' END,
+      'rewritten', c.oid::text = ANY (string_to_array({rewritten}, ',')),
+      'columns', (
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+            'name', a.attname, 'type_oid', a.atttypid::bigint, 'type_modifier', a.atttypmod,
+            'key', CASE c.relreplident WHEN 'f' THEN true WHEN 'n' THEN false
+              ELSE EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid
+                AND a.attnum = ANY (i.indkey)
+                AND CASE c.relreplident WHEN 'd' THEN i.indisprimary ELSE i.indisreplident END)
+              END) ORDER BY a.attnum), '[]')
+        FROM pg_attribute a
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          AND a.attname = ANY (p.attnames))))
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_publication_tables p ON p.pubname = {publication}
+      AND p.schemaname = n.nspname AND p.tablename = c.relname
+   WHERE c.oid = ANY ({changed})
+"""
+
 # The tables a DDL changed (ddl_command_end: ALTER TABLE, or ALTER PUBLICATION adding one or
 # changing its column list or row filter) or rewrote (table_rewrite, which comes first and is
-# remembered in a transaction-local setting), with the shape the publication publishes:
-# columns as pgoutput describes them (key: in the replica identity's key), the row filter as
-# the snapshotter deparses it (shared/published.py). And (sql_drop) the tables that left the
-# publication: dropped, or taken out of it (`published` false).
+# remembered in a transaction-local setting), with their shapes (`_SHAPES`). And (sql_drop)
+# the tables that left the publication: dropped, or taken out of it (`published` false).
 _FUNCTION = """
 CREATE OR REPLACE FUNCTION {function}() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
@@ -81,30 +112,7 @@ BEGIN
   IF changed IS NULL THEN
     RETURN;
   END IF;
-  SELECT jsonb_agg(jsonb_build_object(
-      'oid', c.oid::bigint, 'schema', n.nspname, 'table', c.relname, 'published', true,
-      'row_filter', (SELECT pg_get_expr(r.prqual, r.prrelid) FROM pg_publication_rel r
-        JOIN pg_publication pp ON pp.oid = r.prpubid
-       WHERE pp.pubname = {publication} AND r.prrelid = c.oid),
-      'replica_identity', CASE c.relreplident WHEN 'd' THEN 'default' WHEN 'f' THEN 'full'
-        WHEN 'i' THEN 'index' ELSE 'nothing' END,
-      'rewritten', c.oid::text = ANY (string_to_array(rewritten, ',')),
-      'columns', (
-        SELECT coalesce(jsonb_agg(jsonb_build_object(
-            'name', a.attname, 'type_oid', a.atttypid, 'type_modifier', a.atttypmod,
-            'key', CASE c.relreplident WHEN 'f' THEN true WHEN 'n' THEN false
-              ELSE EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid
-                AND a.attnum = ANY (i.indkey)
-                AND CASE c.relreplident WHEN 'd' THEN i.indisprimary ELSE i.indisreplident END)
-              END) ORDER BY a.attnum), '[]')
-        FROM pg_attribute a
-        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-          AND a.attname = ANY (p.attnames))))
-    INTO tables
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    JOIN pg_publication_tables p ON p.pubname = {publication}
-      AND p.schemaname = n.nspname AND p.tablename = c.relname
-   WHERE c.oid = ANY (changed);
+  tables := ({shapes});
   IF tables IS NOT NULL THEN
     PERFORM pg_logical_emit_message(true, {prefix},
       jsonb_build_object('publication', {publication}, 'command', tg_tag, 'tables', tables)::text);
@@ -115,6 +123,9 @@ EXCEPTION WHEN OTHERS THEN
 END
 $fn$
 """
+_FUNCTION = _FUNCTION.replace(
+    "{shapes}", _SHAPES.replace("{changed}", "changed").replace("{rewritten}", "rewritten").strip()
+)
 
 
 _TRIGGERS = (
@@ -188,3 +199,44 @@ def install_sql(publication: str) -> str:
             f" EXECUTE FUNCTION {function}();"
         )
     return "\n".join(lines)
+
+
+def installed(conn: psycopg.Connection, publication: str) -> bool:
+    """Whether the trigger of `publication` is there and enabled."""
+    found = conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_event_trigger WHERE evtname = %s AND evtenabled <> 'D')",
+        (names(publication)[1],),
+    ).fetchone()
+    return bool(found and found[0])
+
+
+def announce(
+    conn: psycopg.Connection,
+    publication: str,
+    joined: list[int],
+    left: list[tuple[int, str, str]],
+) -> None:
+    """What the trigger says of an ALTER PUBLICATION, for the replicator's own changes of the
+    publication it manages where the trigger is not installed: the shapes of the tables
+    `joined` (OIDs: added, or given another column list or row filter) and that the tables
+    `left` (OID, schema, table) are no longer published. In the caller's transaction, after
+    its ALTER PUBLICATION, so that the message is at the change's place in the WAL."""
+    gone = [{"oid": oid, "schema": s, "table": t, "published": False} for oid, s, t in left]
+    shapes = sql.SQL(_SHAPES).format(  # type: ignore[arg-type]
+        publication=sql.Literal(publication),
+        changed=sql.SQL("%(joined)s::oid[]"),
+        rewritten=sql.Literal(""),
+    )
+    conn.execute(PINNED_SEARCH_PATH)  # the row filter deparsed as the snapshotter does
+    conn.execute(
+        sql.SQL(
+            "SELECT pg_logical_emit_message(true, {prefix}, jsonb_build_object("
+            "'publication', {publication}, 'command', 'ALTER PUBLICATION', 'tables', "
+            "coalesce(({shapes}), '[]'::jsonb) || %(gone)s::jsonb)::text)"
+        ).format(
+            prefix=sql.Literal(MESSAGE_PREFIX),
+            publication=sql.Literal(publication),
+            shapes=shapes,
+        ),
+        {"joined": joined, "gone": json.dumps(gone)},
+    )

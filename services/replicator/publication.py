@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from services.replicator import ddl_capture
 from services.replicator.errors import PermanentError
 from shared.published import published_tables_query
 from shared.tables import TableName
@@ -233,6 +234,12 @@ def ensure_publication(
         raise _privilege_error(conn, name, tables, exc) from exc
 
 
+def _oid(conn: psycopg.Connection, table: TableName) -> int:
+    found = conn.execute("SELECT %s::regclass::oid", (table.ident().as_string(conn),)).fetchone()
+    assert found is not None
+    return int(found[0])
+
+
 def _create(
     conn: psycopg.Connection,
     name: str,
@@ -277,10 +284,17 @@ def _follow_settings(
         log.info("publication %s: set %s", name, ", ".join(f"{k}={v}" for k, v in options.items()))
     if current.all_tables:
         return
+    # Where the event trigger does not say these changes to consumers, the replicator does.
+    announcing = not ddl_capture.installed(conn, name)
     wanted = set(tables)
     for table in tables:
         if table not in current.members:
-            conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(ident, _only(table)))
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(ident, _only(table))
+                )
+                if announcing:
+                    ddl_capture.announce(conn, name, [_oid(conn, table)], [])
             log.warning(
                 "added %s to publication %s: its changes stream from now on; consumers need a "
                 "snapshot of it for the rows it had (bridge snapshot %s, or the snapshotter's "
@@ -290,7 +304,11 @@ def _follow_settings(
                 table,
             )
     for table in sorted(current.members - wanted, key=str):
-        conn.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(ident, table.ident()))
+        with conn.transaction():
+            left = [(_oid(conn, table), table.schema, table.name)] if announcing else []
+            conn.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(ident, table.ident()))
+            if announcing:
+                ddl_capture.announce(conn, name, [], left)
         log.warning("removed %s from publication %s: it is no longer in --table", table, name)
     wanted_parts = _parts_json(parts) if parts else ""
     if wanted_parts == current.parts:
@@ -303,6 +321,8 @@ def _follow_settings(
         )
         conn.execute(_comment_sql(name, parts))
         check_replica_identity(conn, list(parts))
+        if announcing:
+            ddl_capture.announce(conn, name, [_oid(conn, t) for t in tables], [])
     before = json.loads(current.parts) if current.parts else {}
     after = json.loads(wanted_parts) if wanted_parts else {}
     for table in sorted(set(before) | set(after)):

@@ -370,3 +370,27 @@ def test_keys_identity_row_filters_and_publication_membership_are_followed(
     assert writer.transactions > 100, writer.transactions
     follows("ALTER TABLE shop RENAME TO shop_old", marker=LEFT_OUT)
     assert "renamed to public.shop_old at" in left_out()["public.shop"]
+
+
+def test_without_a_superuser_a_table_taken_out_of_the_publication_leaves_the_copy(
+    pg: Database, nats_url: str, services: Callable[..., Service], tmp_path: Path
+) -> None:
+    """The replicator says the changes it makes to the publication it manages itself (in
+    the transaction of its ALTER PUBLICATION), so with no event trigger too a copy learns that
+    a table left `--table`: restarted with another table, the copy following `shop` drops
+    it and says why."""
+    replicator = _without_a_superuser(pg, nats_url, services)
+    role = f"bridge_{pg.name}"
+    pg.execute(f"CREATE TABLE other (id int PRIMARY KEY); ALTER TABLE other OWNER TO {role}")
+    path, log = tmp_path / "copy.db", tmp_path / "replica.log"
+    replica = start_replica(replicator.env, path, log, "shop")
+    wait_for(lambda: CAUGHT_UP in replica.output(), 60, "the copy to follow", replica)
+    assert replicator.terminate() == 0
+    url = make_conninfo(pg.url, user=role, password="bridge-pw")
+    services("replicator", pg, nats_url, table="other", database_url=url).wait_healthy()
+    wait_for(lambda: LEFT_OUT in replica.output(), 60, "the copy to drop shop", replica)
+    assert replica.terminate() == 0
+    copy = SqliteCopy(path)
+    assert not copy.has_table("public.shop")
+    assert "taken out of the publication at" in copy.left_out()["public.shop"]
+    copy.close()

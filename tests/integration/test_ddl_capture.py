@@ -118,3 +118,41 @@ def test_tables_joining_and_leaving_the_publication_are_said(pg: Database) -> No
     assert said(found[2]) == [("public", "other", False, None)]
     assert said(found[3]) == [("sales", "orders", False, None)]
     assert all(t["oid"] > 0 for m in found for t in m["tables"])
+
+
+def test_the_replicator_says_its_own_publication_changes_as_the_trigger_would(
+    pg: Database,
+) -> None:
+    """Where the trigger is not installed, `announce` (run by the replicator in the
+    transaction of its own ALTER PUBLICATION) writes the message the trigger writes."""
+    pg.execute(
+        "CREATE TABLE shop (id int PRIMARY KEY, region text, secret text);"
+        "CREATE PUBLICATION bridge_pub FOR TABLE shop (id, region) WHERE (region = 'eu')"
+    )
+    pg.execute("SELECT pg_create_logical_replication_slot('ddl', 'pgoutput')")
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        assert not ddl_capture.installed(conn, "bridge_pub")
+        (oid,) = conn.execute("SELECT 'shop'::regclass::oid").fetchone()  # type: ignore[misc]
+        with conn.transaction():
+            ddl_capture.announce(conn, "bridge_pub", [oid], [])
+        with conn.transaction():
+            ddl_capture.announce(conn, "bridge_pub", [], [(oid, "public", "shop")])
+        assert ddl_capture.install(conn, "bridge_pub") is None
+        assert ddl_capture.installed(conn, "bridge_pub")
+    # Another filter and back: each SET takes the table out and puts it back.
+    for region in ("us", "eu"):
+        pg.execute(
+            f"ALTER PUBLICATION bridge_pub SET TABLE shop (id, region) WHERE (region = '{region}')"
+        )
+    pg.execute("ALTER PUBLICATION bridge_pub DROP TABLE shop")
+    said, gone, *by_trigger = messages(pg, "ddl")
+    assert [t["published"] for m in by_trigger for t in m["tables"]] == [
+        False, True, False, True, False,
+    ]  # fmt: skip
+    assert said["tables"][0]["row_filter"] == "(region = 'eu'::text)"
+    assert said["tables"] == by_trigger[3]["tables"]
+    assert (
+        gone["tables"]
+        == by_trigger[4]["tables"]
+        == [{"oid": oid, "schema": "public", "table": "shop", "published": False}]
+    )
