@@ -160,9 +160,9 @@ class EventBuilder:
         self._counts: dict[str, int] = {}
         self._messages = 0
         self._commit_subject = contract.commit_subject(prefix).encode()
-        # (relation OID, subject token) → the transaction of its last schema change, and how
-        # many it had (their Msg-Ids count them)
-        self._schema_changes: dict[tuple[int, str], tuple[str, int]] = {}
+        # relation OID → the transaction of its last schema change, and how many it had (their
+        # Msg-Ids count them)
+        self._schema_changes: dict[int, tuple[str, int]] = {}
         # token → event count → the end of a one-table transaction's record, packed
         self._one_table: dict[str, dict[int, bytes]] = {}
 
@@ -341,6 +341,7 @@ class EventBuilder:
             # Fed without the decoder's `types_to_resolve` first (a test, a tool): ask now.
             self.learn_types(unknown, self.resolve_types(unknown))
         before = self.relations.get(rel.oid)
+        old = self._known_token(rel.oid)
         info = self.relations[rel.oid] = _RelationInfo(
             relation=rel,
             codec=RowCodec(names, with_base_types(oids, self._base_types.items()), self.mode),
@@ -354,19 +355,34 @@ class EventBuilder:
             was = before.relation
             if (was.namespace, was.name, was.replica_identity, was.columns) == shape:
                 return  # described again (a new session, an invalidation), unchanged
-        self._schema_change(info, raw, out)
-        if before is not None:
-            old: str | None = before.token
-        elif self._final_lsn > self.names.at:  # renamed, if at all, after the names were read
-            old = self.names.tokens.get(rel.oid)
-        else:
-            old = None  # the names may be from after this transaction: they tell nothing
-        if old is not None and old != info.token:
-            # Renamed: said on the old name's subject too, to consumers that know it by it.
-            self._schema_change(info, raw, out, old)
+        self._schema_change(info, raw, old, out)
+
+    def _known_token(self, oid: int) -> str | None:
+        """The name consumers know a table by before this transaction: the one of its last
+        description in this run, else the catalog's when the run began (for a transaction
+        after that position only: one before it may carry a name the catalog had not yet)."""
+        known = self.relations.get(oid)
+        if known is not None:
+            return known.token
+        if self._final_lsn > self.names.at:
+            return self.names.tokens.get(oid)
+        return None
+
+    def _publish_schema_change(
+        self, payload: bytes, msg_id: bytes, token: str, old: str | None, out: list[Outgoing]
+    ) -> None:
+        """On the table's subject, and after a rename on its old name's too, for consumers
+        that know it by that (with a Msg-Id of its own: JetStream would drop it as a
+        duplicate)."""
+        out.append(
+            Outgoing(contract.schema_change_subject(token, self.prefix).encode(), payload, msg_id)
+        )
+        if old is not None and old != token:
+            subject = contract.schema_change_subject(old, self.prefix).encode()
+            out.append(Outgoing(subject, payload, msg_id + b":was"))
 
     def _schema_change(
-        self, info: _RelationInfo, raw: bytes, out: list[Outgoing], token: str | None = None
+        self, info: _RelationInfo, raw: bytes, old: str | None, out: list[Outgoing]
     ) -> None:
         """The table's shape at its place among the changes (contract.SchemaChange): every
         change of it after this was written under this shape."""
@@ -390,20 +406,11 @@ class EventBuilder:
             ],
             replica_identity=_IDENTITIES[rel.replica_identity],
         )
-        was = token is not None  # the copy for a renamed table's old name
-        token = token or info.token
-        seen = self._schema_changes.get((rel.oid, token))
+        seen = self._schema_changes.get(rel.oid)
         n = seen[1] + 1 if seen is not None and seen[0] == commit_lsn else 0
-        self._schema_changes[(rel.oid, token)] = (commit_lsn, n)
-        # Unique per subject: JetStream would drop the old name's copy as a duplicate.
-        msg_id = contract.schema_change_msg_id(commit_lsn, rel.oid, n) + (":was" if was else "")
-        out.append(
-            Outgoing(
-                contract.schema_change_subject(token, self.prefix).encode(),
-                event.encode(),
-                msg_id.encode(),
-            )
-        )
+        self._schema_changes[rel.oid] = (commit_lsn, n)
+        msg_id = contract.schema_change_msg_id(commit_lsn, rel.oid, n).encode()
+        self._publish_schema_change(event.encode(), msg_id, info.token, old, out)
 
     def _info(self, oid: int) -> _RelationInfo:
         info = self.relations.get(oid)
@@ -593,21 +600,14 @@ class EventBuilder:
             except (ValueError, KeyError, TypeError) as exc:  # ValidationError is a ValueError
                 log.warning("DDL message at %s: a table not read (%s)", lsn, exc)
                 continue
-            payload = event.encode()
             msg_id = contract.ddl_change_msg_id(commit_lsn, lsn, event.relation_oid).encode()
-            token = contract.table_token(event.schema_, event.table)
-            tokens = [token]
-            known = self.relations.get(event.relation_oid)
-            if known is not None and known.token != token:
-                tokens.append(known.token)  # renamed: said to those who know the old name
-            for n, each in enumerate(tokens):
-                out.append(
-                    Outgoing(
-                        contract.schema_change_subject(each, self.prefix).encode(),
-                        payload,
-                        msg_id if n == 0 else msg_id + b":was",
-                    )
-                )
+            self._publish_schema_change(
+                event.encode(),
+                msg_id,
+                contract.table_token(event.schema_, event.table),
+                self._known_token(event.relation_oid),
+                out,
+            )
 
     def _dead_letter(
         self,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -258,6 +259,17 @@ def test_a_replay_announces_no_shape_the_stream_may_lack_before_its_changes() ->
     ]  # fmt: skip
 
 
+def _ddl_message(tables: list[dict[str, Any]], publication: str = "bridge_pub") -> bytes:
+    """The event trigger's logical message (at 0/F00) saying `tables`' shapes."""
+    content = json.dumps(
+        {"publication": publication, "command": "ALTER TABLE", "tables": tables}
+    ).encode()
+    return (
+        b"M\x01" + struct.pack("!Q", 0xF00) + b"pg-nats-bridge.ddl\x00"
+        + struct.pack("!I", len(content)) + content
+    )  # fmt: skip
+
+
 def test_the_ddl_message_is_a_schema_change_at_the_ddl() -> None:
     """The event trigger's message (services/replicator/ddl_capture.py) becomes a schema
     change of each table in it, for this publication only; it is not published itself."""
@@ -269,16 +281,8 @@ def test_the_ddl_message_is_a_schema_change_at_the_ddl() -> None:
         "columns": [{"name": "id", "type_oid": 23, "type_modifier": -1, "key": True}],
     }  # fmt: skip
 
-    def message(publication: str) -> bytes:
-        content = json.dumps(
-            {"publication": publication, "command": "ALTER TABLE", "tables": [table]}
-        ).encode()
-        return (
-            b"M\x01" + struct.pack("!Q", 0xF00) + b"pg-nats-bridge.ddl\x00"
-            + struct.pack("!I", len(content)) + content
-        )  # fmt: skip
-
-    _transaction(builder, 0x1000, [message("bridge_pub"), message("another")], out)
+    ours, another = _ddl_message([table]), _ddl_message([table], "another")
+    _transaction(builder, 0x1000, [ours, another], out)
     assert [m.subject for m in out] == [b"cdc.t.schema"]  # nothing published: no record
     event = contract.SchemaChange.decode(out[0].payload)
     assert (event.source, event.rewritten, event.command) == ("ddl", True, "ALTER TABLE")
@@ -293,13 +297,19 @@ def test_the_ddl_message_is_a_schema_change_at_the_ddl() -> None:
 def test_a_table_renamed_before_its_first_change_of_the_run_is_said_on_its_old_name() -> None:
     """Without a change of the table before the rename in this run, its old name is the one
     the catalog had when the run began: used for a transaction after that position only (a
-    backlog's earlier transactions may carry a name the catalog no longer had then)."""
+    backlog's earlier transactions may carry a name the catalog no longer had then). Alike
+    whether logical decoding or the event trigger says the rename."""
     shape = [("id", 23, -1, True)]
+    renamed = {
+        "oid": 7, "schema": "public", "table": "u", "replica_identity": "default",
+        "columns": [{"name": "id", "type_oid": 23, "type_modifier": -1, "key": True}],
+    }  # fmt: skip
     names = PublishedNames({7: "t"}, at=0x1800)
-    subjects = []
-    for commit_lsn in (0x1000, 0x2000):
-        builder = EventBuilder(ValueMode.TYPED, 1 << 20, names=names)
-        out: list[Outgoing] = []
-        _transaction(builder, commit_lsn, [_shaped(7, "u", shape), _insert(7, 1)], out)
-        subjects.append([m.subject.decode() for m in out if m.subject.endswith(b".schema")])
-    assert subjects == [["cdc.u.schema"], ["cdc.u.schema", "cdc.t.schema"]]
+    for frames in ([_shaped(7, "u", shape), _insert(7, 1)], [_ddl_message([renamed])]):
+        subjects = []
+        for commit_lsn in (0x1000, 0x2000):
+            builder = EventBuilder(ValueMode.TYPED, 1 << 20, names=names)
+            out: list[Outgoing] = []
+            _transaction(builder, commit_lsn, frames, out)
+            subjects.append([m.subject.decode() for m in out if m.subject.endswith(b".schema")])
+        assert subjects == [["cdc.u.schema"], ["cdc.u.schema", "cdc.t.schema"]], frames
