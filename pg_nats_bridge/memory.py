@@ -56,8 +56,7 @@ class MemoryCopy:
         return {table: list(rows.values()) for table, rows in self._rows.items()}
 
     def _key(self, table: str, row: Row) -> Any:
-        key = self.schemas[table].primary_key
-        return tuple(row[k] for k in key) if key else id(row)
+        return _key_in(self.schemas[table], row)
 
     def _find(self, table: str, match: Row) -> Row | None:
         key = self.schemas[table].primary_key
@@ -154,10 +153,8 @@ class MemoryCopy:
         elif isinstance(item, Rows | BackfillRows):  # a backfill's replace theirs by key
             staged = self._staged.get(item.table)
             if staged is not None:
-                names = staged[1].primary_key
-                staged[0].update(
-                    {(tuple(row[k] for k in names) if names else id(row)): row for row in item.rows}
-                )
+                rows, schema = staged
+                rows.update({_key_in(schema, row): row for row in item.rows})
                 return
             keyed = {self._key(item.table, row): row for row in item.rows}  # hashed here
             self._rows[item.table].update(keyed)
@@ -189,9 +186,12 @@ class MemoryCopy:
                     for name in [c for c in row if c not in kept]:
                         del row[name]
             if before is None or before.primary_key != item.schema.primary_key:
-                names = item.schema.primary_key
                 held = self._rows.get(item.table, {}).values()  # keyed anew
-                self._rows[item.table] = {
-                    (tuple(row[k] for k in names) if names else id(row)): row for row in held
-                }
+                self._rows[item.table] = {_key_in(item.schema, row): row for row in held}
             self.schemas[item.table] = item.schema
+
+
+def _key_in(schema: TableSchema, row: Row) -> Any:
+    """Where a row is kept: by its primary key, or by itself in a table without one."""
+    key = schema.primary_key
+    return tuple(row[k] for k in key) if key else id(row)

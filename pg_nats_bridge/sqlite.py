@@ -348,8 +348,7 @@ class SqliteCopy:
             self._reset(item)
         elif isinstance(item, SchemaChanged):
             self._put(f"schema:{item.table}", item.schema.document.as_dict())
-            self._floats.pop(item.table, None)
-            self._keys.pop(item.table, None)
+            self._forget(item.table)
             self._drop_columns(item.table, item.schema.columns)
             self._ensure_columns(item.table, item.schema.columns)
         elif isinstance(item, Oversized):
@@ -378,10 +377,8 @@ class SqliteCopy:
                 f"CREATE INDEX {ident('key:' + item.table)} ON {table}"
                 f" ({', '.join(map(ident, key))})"
             )
+        self._forget(item.table)
         self._columns[item.table] = columns
-        self._inserts = {k: sql for k, sql in self._inserts.items() if k[0] != item.table}
-        self._floats.pop(item.table, None)
-        self._keys.pop(item.table, None)
         # Until Bootstrapped, the file holds no position: a copy interrupted mid-load starts over.
         self.db.execute("DELETE FROM _bridge_state WHERE name = 'follower'")
         self._put(f"schema:{item.table}", item.schema.document.as_dict())
@@ -392,6 +389,11 @@ class SqliteCopy:
         self.db.execute(f"DROP TABLE IF EXISTS {ident(table)}")
         for name in ("schema", "snapshot", "backfill"):
             self.db.execute("DELETE FROM _bridge_state WHERE name = ?", (f"{name}:{table}",))
+        self._forget(table)
+
+    def _forget(self, table: str) -> None:
+        """What is cached of the table's shape: its columns, insert statements, float
+        columns and key, read again when next needed."""
         self._columns.pop(table, None)
         self._inserts = {k: sql for k, sql in self._inserts.items() if k[0] != table}
         self._floats.pop(table, None)
@@ -429,8 +431,7 @@ class SqliteCopy:
             self.db.execute(f"ALTER TABLE {ident(table)} ADD COLUMN {ident(NO_COLUMNS)}")
         for name in gone:
             self.db.execute(f"ALTER TABLE {ident(table)} DROP COLUMN {ident(name)}")
-        self._columns.pop(table, None)
-        self._inserts = {k: sql for k, sql in self._inserts.items() if k[0] != table}
+        self._forget(table)
 
     def _insert_sql(self, table: str, names: tuple[str, ...]) -> str:
         sql = self._inserts.get((table, names))
