@@ -161,6 +161,16 @@ def parse_cdc_subject(subject: str, prefix: str = CDC) -> CdcSubject:
     return CdcSubject(parts[1], parts[2])
 
 
+def is_schema_change(subject: str, prefix: str = CDC) -> bool:
+    """Whether `subject` is a table's schema change (`cdc.<table>.schema`; not a logical
+    decoding message whose prefix is `schema`)."""
+    try:
+        parsed = parse_cdc_subject(subject, prefix)
+    except SubjectError:
+        return False
+    return parsed.operation == SCHEMA_CHANGE and not parsed.message
+
+
 def parse_init_subject(subject: str, prefix: str = INIT) -> tuple[str, str]:
     """`init.<kind>.<table>…` → (kind, table token): kind is `snap`, `meta`, `backfill`,
     `schema` or `progress`; SubjectError otherwise."""

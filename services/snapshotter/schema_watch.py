@@ -203,9 +203,8 @@ class SchemaWatcher:
         self, conn: psycopg.AsyncConnection[Any], js: JetStreamContext, schema: str, table: str
     ) -> None:
         """The table's document as the catalog has it now, into KV before a snapshot's meta
-        is published: a consumer loading the snapshot after a schema change reads the shape
-        the rows have, not the one the last poll saw. (A change after this is announced on the
-        CDC stream, and the next poll publishes it.)"""
+        is published, rather than at the next poll. (Copies load a snapshot with the meta's
+        own document, read with its rows: KV may already describe a later ALTER TABLE.)"""
         doc = await read_schema(conn, schema, table, self.publication)
         await self._publish(js, doc)
 

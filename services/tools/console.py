@@ -67,10 +67,6 @@ def format_event(event: dict[str, Any]) -> str:
     return head + " " + escape(" ".join(parts))
 
 
-# A table's schema change (`cdc.<table>.schema`): shown, but `--count` counts changes.
-SCHEMA_SUFFIX = "." + contract.SCHEMA_CHANGE
-
-
 def tail(settings: TailArguments) -> int:
     table = settings.tail_table
     subject = contract.cdc_filter(_token(table) if table else None)
@@ -104,7 +100,7 @@ def tail(settings: TailArguments) -> int:
                     )
                     continue
                 console.print(line, soft_wrap=True)
-                if not msg.subject.endswith(SCHEMA_SUFFIX):  # shown, not counted
+                if not contract.is_schema_change(msg.subject):  # shown, not counted
                     seen += 1
                 if settings.count and seen >= settings.count:
                     break

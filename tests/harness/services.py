@@ -156,14 +156,13 @@ COMMITS = contract.commit_subject()
 # The logical decoding message the snapshotter writes after each snapshot.
 MARKERS = contract.message_subject(contract.escape_name("pg-nats-bridge"))
 BOOKKEEPING = frozenset({COMMITS, MARKERS})
-# A table's schema change (`cdc.<table>.schema`): the replicator's, at a table's first change
-# after it starts and at every change of its shape.
-SCHEMA_SUFFIX = "." + contract.SCHEMA_CHANGE
 
 
 def bookkeeping(subject: str) -> bool:
-    """Not a row change: a commit record, a snapshot's marker, a schema change."""
-    return subject in BOOKKEEPING or subject.endswith(SCHEMA_SUFFIX)
+    """Not a row change: a commit record, a snapshot's marker, a table's schema change (the
+    replicator's, at a table's first change after it starts and at every change of its
+    shape)."""
+    return subject in BOOKKEEPING or contract.is_schema_change(subject)
 
 
 def stream_messages(

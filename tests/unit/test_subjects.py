@@ -137,3 +137,12 @@ def test_cdc_and_init_subjects_parse_back_to_what_built_them() -> None:
     )
     with pytest.raises(contract.SubjectError):
         contract.parse_init_subject("init.elsewhere.t")
+
+
+def test_a_schema_change_subject_is_told_from_a_message_with_that_prefix() -> None:
+    assert subjects.is_schema_change("cdc.items.schema")
+    assert subjects.is_schema_change("cdc.sales~orders.schema")
+    assert not subjects.is_schema_change("cdc.~message.schema")  # prefix `schema`
+    assert not subjects.is_schema_change("cdc.items.insert")
+    assert not subjects.is_schema_change("cdc.~commit")
+    assert not subjects.is_schema_change("other.items.schema")
