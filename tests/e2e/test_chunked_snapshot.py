@@ -123,6 +123,14 @@ def test_a_table_without_a_primary_key_is_refused_a_chunked_snapshot(
     assert taken.returncode == 0, taken.stdout
 
 
+def ask_chunked(env: dict[str, str]) -> subprocess.Popen[str]:
+    """`bridge snapshot items --snapshot-mode chunked`, running."""
+    return subprocess.Popen(
+        [BRIDGE, "snapshot", "items", "--snapshot-mode", "chunked"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
 def test_a_chunked_snapshot_killed_mid_way_is_continued_by_another_snapshotter(
     pg: Database,
     nats_url: str,
@@ -255,17 +263,11 @@ def test_an_operator_pauses_resumes_and_cancels_a_chunked_snapshot(
     admin = httpx.Client(base_url=f"http://127.0.0.1:{front.port}", timeout=30)
     auth = {"Authorization": "Bearer adm"}
 
-    def ask() -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [BRIDGE, "snapshot", "items", "--snapshot-mode", "chunked"],
-            env=snapshotter.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-
     def running() -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = admin.get("/status").json()["snapshotter"]["running"]
         return found
 
-    request = ask()
+    request = ask_chunked(snapshotter.env)
     wait_for(lambda: running() and running()[0]["rows_done"] > 0, 30, "the snapshot to run")
     assert admin.post("/snapshots/items/pause").status_code in (401, 403)  # no token
     paused = admin.post("/snapshots/items/pause", headers=auth)
@@ -273,7 +275,7 @@ def test_an_operator_pauses_resumes_and_cancels_a_chunked_snapshot(
     out, _ = request.communicate(timeout=60)
     assert request.returncode == 1 and "paused" in out, out
     assert running() == []
-    again = ask()
+    again = ask_chunked(snapshotter.env)
     out, _ = again.communicate(timeout=60)
     assert again.returncode == 1 and "paused by an operator" in " ".join(out.split()), out
 
@@ -294,13 +296,13 @@ def test_an_operator_pauses_resumes_and_cancels_a_chunked_snapshot(
     assert numbers == list(range(done["batch_count"])), "a chunk missing or twice"
     assert admin.post("/snapshots/items/resume", headers=auth).status_code == 404  # done
 
-    request = ask()  # a new one (the last is done); cancelled while it runs
+    request = ask_chunked(snapshotter.env)  # a new one (the last is done); cancelled while it runs
     wait_for(lambda: running() and running()[0]["rows_done"] > 0, 30, "the next snapshot")
     cancelled = admin.post("/snapshots/items/cancel", headers=auth)
     assert cancelled.status_code == 200, cancelled.text
     out, _ = request.communicate(timeout=60)
     assert request.returncode == 1 and "cancelled" in out, out
-    fresh = ask()
+    fresh = ask_chunked(snapshotter.env)
     out, _ = fresh.communicate(timeout=120)
     assert fresh.returncode == 0, out
     assert snapshot_id not in out and "chunked" in out
@@ -484,17 +486,11 @@ def test_a_table_altered_during_its_chunked_snapshot_is_refused_and_read_again(
         "snapshotter", pg, nats_url, failpoints="snapshot.after_chunk=sleep:4@3", **settings
     ).wait_healthy()
 
-    def ask() -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [BRIDGE, "snapshot", "items", "--snapshot-mode", "chunked"],
-            env=snapshotter.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-
     def chunks() -> list[tuple[str, Any]]:
         init = stream_messages(nats_url, "INIT")
         return [(s, m) for s, _, m in init if s.startswith("init.snap.items.")]
 
-    request = ask()
+    request = ask_chunked(snapshotter.env)
     wait_for(lambda: len(chunks()) >= 3, 30, "the snapshot's first chunks", snapshotter)
     pg.execute("ALTER TABLE items ADD COLUMN extra int NOT NULL DEFAULT 7")
     out, _ = request.communicate(timeout=60)
@@ -502,7 +498,7 @@ def test_a_table_altered_during_its_chunked_snapshot_is_refused_and_read_again(
     assert "was altered while its chunked snapshot was read" in " ".join(out.split()), out
     first = chunks()[0][0].split(".")[3]
 
-    again = ask()
+    again = ask_chunked(snapshotter.env)
     out, _ = again.communicate(timeout=60)
     assert again.returncode == 0, out
     (meta,) = [m for s, _, m in stream_messages(nats_url, "INIT") if s == "init.meta.items"]
