@@ -331,8 +331,10 @@ def test_foreign_messages_on_cdc_never_stop_a_consumer_or_a_tool(
 ) -> None:
     """Foreign messages on `cdc.t.insert` — the stream's very first one (read when a copy
     checks whether a snapshot can be reused), others while a copy follows — on the commit
-    records' `cdc.~commit`, and a malformed schema document: `bridge replica` skips and counts
-    them, `bridge tail` shows them as skipped, and both go on."""
+    records' `cdc.~commit`, on a table's schema changes' `cdc.t.schema` (not MessagePack; a
+    schema change whose columns are not a list), and a malformed schema document: `bridge
+    replica` skips and counts them, `bridge tail` shows them as skipped (the one that is not
+    MessagePack; the other as it came, with no columns), and both go on."""
     sentinel = Sentinel(pg)
     stack = start(pg, nats_url, services)
     foreign = [
@@ -378,6 +380,14 @@ def test_foreign_messages_on_cdc_never_stop_a_consumer_or_a_tool(
         wait_for(lambda: 1002 in copied(), 30, "the replica past the foreign messages", replica)
         not_records = [b"\xc1", msgpack.packb({"commit_lsn": "0/1", "tables": "all"})]
         asyncio.run(publish(not_records, "cdc.~commit"))
+        not_shapes = [
+            b"\xc1 not a shape",  # (another Msg-Id than the first foreign message's)
+            msgpack.packb(
+                {"operation": "schema", "schema": "public", "table": "t", "commit_lsn": "F/0",
+                 "columns": "x"}
+            ),
+        ]  # fmt: skip
+        asyncio.run(publish(not_shapes, "cdc.t.schema"))
         asyncio.run(_put_kv(nats_url, "t", msgpack.packb({"nope": 1})))
         pg.execute("INSERT INTO t VALUES (1003, 'later')")
         wait_for(lambda: 1003 in copied(), 30, "the replica to go on", replica)
@@ -394,6 +404,7 @@ def test_foreign_messages_on_cdc_never_stop_a_consumer_or_a_tool(
         len(foreign) - 1 <= logged
         and f"{logged} foreign messages skipped" in output.rsplit("stopped;", 1)[-1]
     ), output[-3000:]
+    assert output.count("(cdc.t.schema)") == 2, output[-3000:]  # each shape skipped, said
     assert copied() == {r[0] for r in pg.execute("SELECT id FROM t")}
 
     tail = subprocess.run(
@@ -404,7 +415,9 @@ def test_foreign_messages_on_cdc_never_stop_a_consumer_or_a_tool(
         timeout=60,
     )
     assert tail.returncode == 0, tail.stdout + tail.stderr
-    assert f"{len(foreign)} foreign message(s) skipped" in tail.stdout, tail.stdout
+    not_msgpack_shapes = 1
+    skipped = len(foreign) + not_msgpack_shapes
+    assert f"{skipped} foreign message(s) skipped" in tail.stdout, tail.stdout
     assert "1001" in tail.stdout and "1003" in tail.stdout
     assert "[red]x[/]" not in tail.stdout  # shown as skipped, never as markup
     all_healthy(stack)
