@@ -10,12 +10,15 @@ STAMP  := $(VENV)/.installed
 install: $(STAMP)
 
 # Every dependency at the version and hash requirements-dev.lock names (the Dockerfile installs
-# requirements.lock, the same versions without the dev tools); then the project itself.
-# Re-installs only when the lock or the project's metadata changed since the last install.
-$(STAMP): pyproject.toml requirements-dev.lock
+# requirements.lock, the same versions without the dev tools); then the project itself, its
+# compiled hot path (shared/compiled) built by the locked Cython and setuptools where a C
+# compiler is (without one, the pure-Python path: `bridge --version` says which runs).
+# Re-installs only when the lock, the project's metadata or the compiled source changed.
+$(STAMP): pyproject.toml setup.py requirements-dev.lock shared/compiled/_rows.pyx
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $(STAMP)
 
 # Re-resolve both lock files from pyproject.toml (after changing a dependency there; UPGRADE=pkg
@@ -25,6 +28,8 @@ LOCK = $(BIN)/uv pip compile pyproject.toml --generate-hashes --universal --pyth
 lock: install
 	$(LOCK) -o requirements.lock
 	$(LOCK) --extra dev -o requirements-dev.lock
+	$(BIN)/uv pip compile requirements-build.in --generate-hashes --universal --python-version 3.11 \
+		--quiet -o requirements-build.lock
 
 # The status-page test renders the admin page in Debian's Chromium (installed here, as root,
 # when missing; the test itself installs nothing).

@@ -24,6 +24,7 @@ from services.replicator.protocol import (
     xlog_data_start,
     xlog_data_start_text,
 )
+from shared import compiled
 from shared.codec import RowCodec, ValueMode
 from shared.codec.domains import oids_to_resolve, with_base_types
 from shared.lsn import Lsn, lsn_from_u64
@@ -81,6 +82,9 @@ class _RelationInfo:
     subjects: dict[str, bytes] = field(default_factory=dict)
     heads: dict[str, bytes] = field(default_factory=dict)
     """Per operation: the packed map header and its schema/table/operation entries."""
+
+
+_OPERATIONS = ("insert", "update", "delete")  # the compiled loop's order
 
 
 _IDENTITIES: dict[str, Literal["default", "nothing", "full", "index"]] = {
@@ -144,7 +148,11 @@ class EventBuilder:
         self.prefix = prefix
         self.decoder = po.PgOutputDecoder()
         self.read_fast = po.read_fast  # the decoder's shortcut (a test switches it off)
+        # The compiled row changes (shared/compiled), asked before anything else; None: the
+        # pure-Python path only (a test switches it off before the first Relation).
+        self.compiled = compiled.rows
         self.relations: dict[int, _RelationInfo] = {}
+        self._shapes: dict[int, Any] = {}  # relation OID → its compiled `ChangeShape`
         self.oversized_count = 0
         self._xid: int | None = None  # the open transaction's xid; None between transactions
         self._final_lsn = 0  # its commit LSN, as Begin announced it
@@ -175,6 +183,8 @@ class EventBuilder:
         wrong with it. The two agree on every well-formed frame (a unit test holds them to it).
         """
         if not self.decoder.in_stream:
+            if self._shapes and self._xid is not None and self._compiled_change(raw, out):
+                return
             fast = self.read_fast(raw)
             if fast is not None:
                 if len(fast) == 5:  # a row change, nearly every frame
@@ -230,6 +240,25 @@ class EventBuilder:
             self._logical_message(message, out)
         # Origin and Type need nothing: origins are not filtered, and Relation already gives
         # every column's type OID (user-defined types are sent as text output).
+
+    def _compiled_change(self, raw: bytes, out: list[Outgoing]) -> bool:
+        """A row change of a table with a compiled shape, read and packed by the compiled loop
+        in one call; False for the pure path to take the frame (not a plain row change, a
+        value the loop leaves to the reference, a row too large to publish)."""
+        done = self.compiled.encode_change(  # type: ignore[union-attr]
+            raw, self._shapes, self._tx_middle, self._tx_time, self._ordinal
+        )
+        if done is None:
+            return False
+        subject, token, payload = done
+        if len(payload) + _HEADER_ALLOWANCE > self.max_payload:
+            return False
+        ordinal = self._ordinal
+        self._ordinal = ordinal + 1
+        counts = self._counts
+        counts[token] = counts.get(token, 0) + 1
+        out.append(Outgoing(subject, payload, self._commit_lsn_bytes + b"%d" % ordinal))
+        return True
 
     def _start_transaction(self, final_lsn: int, commit_time: int, xid: int) -> None:
         """What every change and the commit record of the transaction repeat, packed once as
@@ -348,6 +377,15 @@ class EventBuilder:
             token=contract.table_token(rel.namespace, rel.name),
             key_columns=frozenset(c.name for c in rel.columns if c.is_key),
         )
+        if self.compiled is not None:
+            self._shapes[rel.oid] = self.compiled.ChangeShape(
+                names,
+                info.codec.kinds,
+                bytes(c.is_key for c in rel.columns),
+                [self._head(info, operation) for operation in _OPERATIONS],
+                [self._subject(info, operation) for operation in _OPERATIONS],
+                info.token,
+            )
         if self._xid is None or self._final_lsn <= self.replayed_through:
             return  # outside a transaction (pgoutput describes a table inside one), a replay
         shape = (rel.namespace, rel.name, rel.replica_identity, rel.columns)

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from shared.codec.binary import binary_converter
 from shared.codec.errors import CodecError
-from shared.codec.text import TextConverter, text_converter, typed_converter
+from shared.codec.text import CONVERTER_KINDS, TextConverter, text_converter, typed_converter
 
 __all__ = ["UNCHANGED_TOAST", "BinaryValue", "CodecError", "RowCodec", "ValueMode"]
 
@@ -78,6 +78,11 @@ class RowCodec:
     @property
     def names(self) -> tuple[str, ...]:
         return self._names
+
+    @property
+    def kinds(self) -> bytes:
+        """Each column's conversion as the compiled loops name it (shared/compiled)."""
+        return bytes(CONVERTER_KINDS[convert] for convert in self._converters)
 
     @property
     def converters(self) -> tuple[TextConverter, ...]:

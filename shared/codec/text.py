@@ -63,6 +63,11 @@ _TYPED: dict[int, TextConverter] = {
 }
 
 
+# Each converter as the compiled loops name it (KIND_* of shared/compiled/_rows.pyx, which
+# converts the same text the same way without building the value).
+CONVERTER_KINDS: dict[TextConverter, int] = {as_str: 0, int: 1, float: 2, as_bool: 3, as_bytea: 4}
+
+
 def typed_converter(type_oid: int) -> TextConverter:
     """The `typed` mode: numbers, booleans and bytea become native values, the rest `str`."""
     return _TYPED.get(type_oid, as_str)

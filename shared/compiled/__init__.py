@@ -1,0 +1,31 @@
+"""The hot loops' implementation: compiled (`_rows`, Cython, built by `make install` and the
+Docker image's build stage where a C compiler is) or the pure-Python reference.
+
+`rows` is the compiled module, or None when it is not built here or `BRIDGE_PURE_PYTHON=1`
+asks for the reference (CI runs the encoder and decoder tests once so); `HOT_PATH` names
+the one that runs (`bridge --version`, the services' /status). The callers keep the pure
+path as it was and ask the compiled one first: it returns None for anything it does not take
+exactly as the reference does, so both give the same bytes (tests/unit/test_compiled_rows.py).
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Final
+
+PURE_PYTHON_VARIABLE: Final = "BRIDGE_PURE_PYTHON"
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get(PURE_PYTHON_VARIABLE, "").strip() not in ("", "0"):
+        return None
+    try:
+        from shared.compiled import _rows
+    except ImportError:  # not built here: the pure-Python path
+        return None
+    return _rows
+
+
+rows: Final = _load()
+HOT_PATH: Final = "compiled" if rows is not None else "pure-python"

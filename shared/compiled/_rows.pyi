@@ -1,0 +1,33 @@
+from collections.abc import Sequence
+
+KIND_STR: int
+KIND_INT: int
+KIND_FLOAT: int
+KIND_BOOL: int
+KIND_BYTEA: int
+
+class RowShape:
+    width: int
+    def __init__(self, names: Sequence[str], kinds: bytes, keys: bytes | None = None) -> None: ...
+
+class ChangeShape(RowShape):
+    subjects: tuple[bytes, bytes, bytes]
+    token: str
+    def __init__(
+        self,
+        names: Sequence[str],
+        kinds: bytes,
+        keys: bytes,
+        heads: Sequence[bytes],
+        subjects: Sequence[bytes],
+        token: str,
+    ) -> None: ...
+
+def encode_change(
+    raw: bytes,
+    shapes: dict[int, ChangeShape],
+    tx_middle: bytes,
+    tx_time: bytes,
+    ordinal: int,
+) -> tuple[bytes, str, bytes] | None: ...
+def pack_copy_lines(lines: list[bytes], shape: RowShape) -> list[bytes] | None: ...
