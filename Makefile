@@ -18,7 +18,6 @@ $(STAMP): pyproject.toml setup.py requirements-dev.lock shared/compiled/_rows.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $(STAMP)
 
 # Re-resolve both lock files from pyproject.toml (after changing a dependency there; UPGRADE=pkg

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import importlib.metadata
 import logging
 import sys
 import textwrap
@@ -15,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from shared import build
 from shared.command_line import parse
 from shared.nats_connection import NatsRefused, NatsUnavailable, connect
 from shared.provisioning import ProvisioningError, provision
@@ -166,13 +166,6 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def version() -> str:
-    try:
-        return importlib.metadata.version("pg-nats-bridge")
-    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
-        return "unknown"
-
-
 def overview() -> str:
     """`bridge --help`: the commands as a table."""
     width = max(map(len, COMMANDS))
@@ -206,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(overview(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
-        print(f"bridge {version()}")
+        print(f"bridge {build.describe()}")
         return 0
     command = argv[0]
     if command not in COMMANDS:

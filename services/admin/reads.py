@@ -13,7 +13,7 @@ from pg_nats_bridge.contract.asyncapi import document as asyncapi_document
 from services.admin import report
 from services.admin.state import State
 from services.admin.streams import streams_probe
-from services.cli import version as package_version
+from shared.build import version as package_version
 
 STATUS_PAGE = Path(__file__).with_name("status.html")
 

@@ -77,9 +77,11 @@ async def status(state: AdminState, streams: dict[str, Any]) -> dict[str, Any]:
         "replicator": {
             "up": rep_page is not None,
             "tables_refused": int(r(replicator.tables_refused)),
+            "hot_path": _hot_path(rep_page),
         },
         "snapshotter": {
             "up": snap_page is not None,
+            "hot_path": _hot_path(snap_page),
             "snapshots_in_progress": int(s(snapshotter.in_progress)),
             "rows_published": int(s(snapshotter.rows)),
             "chunks_published": int(s(snapshotter.chunks)),
@@ -114,6 +116,17 @@ def _describe(resp: httpx.Response | None) -> str:
     if resp is None:
         return "unreachable"
     return "ok" if resp.status_code == 200 else f"unhealthy (HTTP {resp.status_code})"
+
+
+def _hot_path(resp: httpx.Response | None) -> str | None:
+    """`compiled` or `pure-python`, as the service's `bridge_build_info` says (None: it did
+    not answer)."""
+    if resp is None or resp.status_code != 200:
+        return None
+    try:
+        return next(iter(by_label(resp.text, "hot_path")), None)
+    except ValueError:
+        return None
 
 
 def _running_snapshots(resp: httpx.Response | None) -> list[dict[str, Any]]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from shared.metrics import uptime_gauge
+from shared.metrics import build_info, uptime_gauge
 
 REGISTRY = CollectorRegistry()
 
 uptime = uptime_gauge(REGISTRY, "replicator")
+build = build_info(REGISTRY)
 wal_messages = Counter(
     "bridge_wal_messages_received", "XLogData messages received from PostgreSQL", registry=REGISTRY
 )

@@ -5,11 +5,12 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pg_nats_bridge.contract import REFUSALS
-from shared.metrics import uptime_gauge
+from shared.metrics import build_info, uptime_gauge
 
 REGISTRY = CollectorRegistry()
 
 uptime = uptime_gauge(REGISTRY, "snapshotter")
+build = build_info(REGISTRY)
 rows = Counter(
     "bridge_snapshot_rows_published", "Snapshot rows published to INIT", registry=REGISTRY
 )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from shared import compiled
 from tests.harness.postgres import Database
 from tests.harness.services import Service, stream_count, wait_for
 from tests.harness.stacks import PASSWORD, TOKEN, api
@@ -51,6 +52,9 @@ def test_read_endpoints(pg: Database, nats_url: str, services: Callable[..., Ser
         assert status["status"] == "ok" and status["is_connected"] is True
         assert "/" in status["current_lsn"] and status["current_lsn"] != "0/0"
         assert status["snapshotter"]["up"] is True
+        # Which hot path each service runs (bridge_build_info): the install's.
+        assert status["replicator"]["hot_path"] == compiled.HOT_PATH
+        assert status["snapshotter"]["hot_path"] == compiled.HOT_PATH
         assert status["streams"]["CDC"]["messages"] >= 10
         info = http.get("/streams/info", params={"stream": "CDC"})
         assert info.status_code == 200 and info.json()["config"]["subjects"] == ["cdc.>"]

@@ -278,6 +278,9 @@ def _exercise(stack: Stack, cdc: CdcCollector) -> None:
     assert health.status_code == 200, health.text
     status = httpx.get(f"{stack.admin}/status", timeout=10).json()
     assert status["status"] == "ok" and status["cdc_events_published"] >= 5, status
+    # The image's build stage compiled the hot path (shared/compiled): the services run it.
+    assert status["replicator"]["hot_path"] == "compiled", status
+    assert status["snapshotter"]["hot_path"] == "compiled", status
 
     # A load while the replicator is killed twice: once as a crash (the restart policy
     # brings it back by itself), once with `docker compose kill` (an operator's stop, which

@@ -3,11 +3,15 @@ arguments first, placeholders a person reads, every setting's environment variab
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 from services.cli import COMMANDS, main
+from shared import compiled
 
 PYTHON_TYPE_NAMES = re.compile(
     r"\b(SecretStr|Path|list\[|dict\[|str\b|int\b|float\b|null\b|NoneType)"
@@ -82,9 +86,21 @@ def test_the_overview_lists_every_command(capsys: pytest.CaptureFixture[str]) ->
     assert "unknown command 'no-such-command'" in capsys.readouterr().err
 
 
-def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+def test_version_says_which_hot_path_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
-    assert re.fullmatch(r"bridge \d+\.\d+\.\d+\S*\n", capsys.readouterr().out)
+    assert re.fullmatch(
+        rf"bridge \d+\.\d+\.\d+\S* \({compiled.HOT_PATH} hot path\)\n", capsys.readouterr().out
+    )
+
+
+def test_bridge_pure_python_runs_the_pure_path_in_a_fresh_process() -> None:
+    """The switch CI's pure-Python run of the decoder tests relies on."""
+    env = {**os.environ, compiled.PURE_PYTHON_VARIABLE: "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "--version"], env=env, capture_output=True,
+        text=True, check=True,
+    )  # fmt: skip
+    assert done.stdout.endswith("(pure-python hot path)\n")
 
 
 def test_a_missing_argument_names_it(capsys: pytest.CaptureFixture[str]) -> None:
