@@ -2,7 +2,9 @@
 
 Both read the same WAL (pgoutput slots created before the load) in the same run, in
 alternating rounds, so the ratio compares the replicator (decode, encode, publish to
-JetStream, wait for PubAcks) with the ceiling of just receiving the bytes.
+JetStream, wait for PubAcks) with the ceiling of just receiving the bytes. Each round runs
+the replicator twice, with its compiled hot path and with the pure-Python one
+(BRIDGE_PURE_PYTHON=1, shared/compiled): before and after, in the same run.
 Prints figures; asserts nothing.
 
     python -m bench.replicator_drain [--rows 200000] [--rows-per-tx 1] [--rounds 3]
@@ -25,6 +27,7 @@ import nats.js.errors
 import psycopg
 
 from pg_nats_bridge import contract
+from shared.compiled import HOT_PATH, PURE_PYTHON_VARIABLE
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer
 from tests.harness.processes import cpu_times, free_port, peak_rss_mb
@@ -155,15 +158,16 @@ def replicator_env(database_url: str, nats_url: str, table: str, **more: str) ->
 
 
 def replicator_run(
-    pg: PostgresServer, ns: NatsServer, slot: str, rows: int, transactions: int
+    pg: PostgresServer, ns: NatsServer, slot: str, rows: int, transactions: int, pure: bool
 ) -> dict[str, float]:
     """The replicator draining `slot` into a fresh CDC stream (a message per row, a commit
     record per transaction, the table's schema change): rows/s from its first message, CPU
-    per event and peak RSS."""
+    per event and peak RSS. `pure`: on the pure-Python hot path."""
     delete_stream(ns.url)
     env = replicator_env(
-        pg.url(), ns.url, "bench", BRIDGE_SLOT=slot, BRIDGE_PUBLICATION="bench_pub"
-    )
+        pg.url(), ns.url, "bench", BRIDGE_SLOT=slot, BRIDGE_PUBLICATION="bench_pub",
+        **({PURE_PYTHON_VARIABLE: "1"} if pure else {}),
+    )  # fmt: skip
     bridge = str(Path(sys.executable).parent / "bridge")
     log_path = pg.root / f"replicator-{slot}.log"
     log = open(log_path, "wb")  # noqa: SIM115
@@ -209,7 +213,7 @@ def measure(rows: int, rows_per_tx: int, rounds: int = 3) -> dict[str, Any]:
             conn.execute("CREATE TABLE bench (id int PRIMARY KEY, name text, amount float8)")
             conn.execute("CREATE PUBLICATION bench_pub FOR TABLE bench")
             for i in range(rounds):
-                for slot in (f"bench_bridge_{i}", f"bench_recv_{i}"):
+                for slot in (f"bench_bridge_{i}", f"bench_pure_{i}", f"bench_recv_{i}"):
                     conn.execute(
                         "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)
                     )
@@ -230,13 +234,17 @@ def measure(rows: int, rows_per_tx: int, rounds: int = 3) -> dict[str, Any]:
         )
         recv_rates: list[float] = []
         runs: list[dict[str, float]] = []
+        pure_runs: list[dict[str, float]] = []
         for i in range(rounds):
             recv_rates.append(recvlogical_rate(pg, f"bench_recv_{i}", end_lsn, rows))
-            runs.append(replicator_run(pg, ns, f"bench_bridge_{i}", rows, txs))
+            runs.append(replicator_run(pg, ns, f"bench_bridge_{i}", rows, txs, pure=False))
+            pure_runs.append(replicator_run(pg, ns, f"bench_pure_{i}", rows, txs, pure=True))
             print(
                 f"round {i + 1}: pg_recvlogical {recv_rates[-1]:>9,.0f} rows/s, "
-                f"replicator {runs[-1]['rate']:>9,.0f} rows/s "
-                f"({runs[-1]['cpu_us']:.1f} µs CPU/event, peak RSS {runs[-1]['peak_mb']:.0f} MB)",
+                f"replicator ({HOT_PATH}) {runs[-1]['rate']:>9,.0f} rows/s "
+                f"({runs[-1]['cpu_us']:.1f} µs CPU/event, peak RSS {runs[-1]['peak_mb']:.0f} MB), "
+                f"pure-python {pure_runs[-1]['rate']:>9,.0f} rows/s "
+                f"({pure_runs[-1]['cpu_us']:.1f} µs CPU/event)",
                 flush=True,
             )
     finally:
@@ -248,14 +256,22 @@ def measure(rows: int, rows_per_tx: int, rounds: int = 3) -> dict[str, Any]:
     kernel_us = statistics.median(r["kernel_us"] for r in runs)
     peak_mb = max(r["peak_mb"] for r in runs)
     bridge_rates = [r["rate"] for r in runs]
+    pure_rate = statistics.median(r["rate"] for r in pure_runs)
+    pure_cpu_us = statistics.median(r["cpu_us"] for r in pure_runs)
     print(
         f"median of {rounds}: pg_recvlogical (ceiling) {recv_rate:,.0f} rows/s "
         f"[{min(recv_rates):,.0f} to {max(recv_rates):,.0f}], replicator → JetStream "
         f"{bridge_rate:,.0f} rows/s [{min(bridge_rates):,.0f} to {max(bridge_rates):,.0f}], "
         f"{cpu_us:.1f} µs CPU/event ({kernel_us:.1f} in the kernel), peak RSS {peak_mb:.0f} MB"
     )
-    print(f"ratio replicator / pg_recvlogical: {bridge_rate / recv_rate:.2f}", flush=True)
+    print(f"pure-python hot path (before): {pure_rate:,.0f} rows/s, {pure_cpu_us:.1f} µs CPU/event")
+    print(
+        f"ratio replicator / pg_recvlogical: {bridge_rate / recv_rate:.2f} ({HOT_PATH}), "
+        f"{pure_rate / recv_rate:.2f} (pure-python)",
+        flush=True,
+    )
     return {
+        "hot_path": HOT_PATH,
         "rows": rows,
         "rows_per_tx": rows_per_tx,
         "rounds": rounds,
@@ -267,6 +283,11 @@ def measure(rows: int, rows_per_tx: int, rounds: int = 3) -> dict[str, Any]:
         "cpu_us_per_event": round(cpu_us, 1),
         "kernel_cpu_us_per_event": round(kernel_us, 2),
         "peak_rss_mb": round(peak_mb),
+        "pure_python_rows_per_s": round(pure_rate),
+        "pure_python_runs": [round(r["rate"]) for r in pure_runs],
+        "pure_python_ratio": round(pure_rate / recv_rate, 3),
+        "pure_python_cpu_us_per_event": round(pure_cpu_us, 1),
+        "pure_python_peak_rss_mb": round(max(r["peak_mb"] for r in pure_runs)),
     }
 
 
