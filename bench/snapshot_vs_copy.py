@@ -24,6 +24,7 @@ import nats
 import psycopg
 
 from pg_nats_bridge.snapshot_request import ask_for_snapshot
+from shared.compiled import HOT_PATH
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer
 from tests.harness.processes import free_port, peak_rss_mb
@@ -117,7 +118,8 @@ def snapshot_stack(rows: int) -> Iterator[tuple[str, str, subprocess.Popen[bytes
 
 
 def measure(rows: int) -> dict[str, Any]:
-    """Snapshot a `rows`-row table beside a plain COPY of it; the figures."""
+    """Snapshot a `rows`-row table beside a plain COPY of it, on the snapshotter's hot path
+    and then on the pure-Python one (BRIDGE_PURE_PYTHON=1, the before); the figures."""
     with snapshot_stack(rows) as (url, nats_url, proc):
         ceiling = copy_rate(url, rows)
         meta, seconds = asyncio.run(snapshot(nats_url))
@@ -127,15 +129,26 @@ def measure(rows: int) -> dict[str, Any]:
         print(f"COPY … TO STDOUT (ceiling): {ceiling:>10,.0f} rows/s")
         print(
             f"snapshot → JetStream INIT:  {rate:>10,.0f} rows/s  ({seconds:.2f} s; "
-            f"peak RSS {peak_mb:.0f} MB)"
+            f"peak RSS {peak_mb:.0f} MB; {HOT_PATH})"
         )
-        print(f"ratio snapshot / COPY: {rate / ceiling:.2f}", flush=True)
+        with running_snapshotter(url, nats_url, pure_python="1"):
+            _, pure_seconds = asyncio.run(snapshot(nats_url))
+        pure_rate = rows / pure_seconds
+        print(f"the same, pure-python:      {pure_rate:>10,.0f} rows/s  ({pure_seconds:.2f} s)")
+        print(
+            f"ratio snapshot / COPY: {rate / ceiling:.2f} ({HOT_PATH}), "
+            f"{pure_rate / ceiling:.2f} (pure-python)",
+            flush=True,
+        )
     return {
         "rows": rows,
+        "hot_path": HOT_PATH,
         "copy_rows_per_s": round(ceiling),
         "snapshot_rows_per_s": round(rate),
         "ratio": round(rate / ceiling, 3),
         "peak_rss_mb": round(peak_mb),
+        "pure_python_rows_per_s": round(pure_rate),
+        "pure_python_ratio": round(pure_rate / ceiling, 3),
     }
 
 
