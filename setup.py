@@ -1,4 +1,4 @@
-"""The compiled hot loops (shared/compiled/_rows.pyx), built where a C compiler is.
+"""The compiled hot loops (shared/compiled/*.pyx), built where a C compiler is.
 
 Everything else is in pyproject.toml. Without Cython or a compiler the build says so and
 installs the pure-Python path, which runs the same (shared/compiled/__init__.py); set
@@ -42,7 +42,6 @@ class OptionalBuildExt(build_ext):
 
 
 def extensions() -> list[Extension]:
-    source = "shared/compiled/_rows.pyx"
     try:
         from Cython.Build import cythonize
     except ImportError:
@@ -50,8 +49,11 @@ def extensions() -> list[Extension]:
             raise
         print("pg-nats-bridge: Cython is not installed; pure-Python path only", file=sys.stderr)
         return []
-    ext = Extension("shared.compiled._rows", [source], extra_compile_args=["-O2"])
-    return cythonize([ext], language_level=3, quiet=True)
+    modules = [
+        Extension(f"shared.compiled.{name}", [f"shared/compiled/{name}.pyx"])
+        for name in ("_rows", "_frames")
+    ]
+    return cythonize(modules, language_level=3, quiet=True)
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

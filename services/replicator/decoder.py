@@ -90,8 +90,7 @@ class Decoder(LoopActor):
         started = time.perf_counter()
         builder = self.builder
         out: list[Outgoing] = []
-        for frame in message.frames:
-            builder.feed(frame, out)
+        builder.feed_all(message.frames, out)
         if out:
             metrics.processing_us.set((time.perf_counter() - started) * 1e6 / len(out))
         if builder.oversized_count:

@@ -174,8 +174,35 @@ class EventBuilder:
         # token → event count → the end of a one-table transaction's record, packed
         self._one_table: dict[str, dict[int, bytes]] = {}
 
+    def feed_all(self, frames: list[bytes], out: list[Outgoing]) -> None:
+        """A read's frames, in order, each as `feed` takes one; runs of row changes go to the
+        compiled loop whole (one call for the run, not one per frame), the rest frame by
+        frame."""
+        compiled_changes = self.compiled.encode_changes if self.compiled is not None else None
+        i, n = 0, len(frames)
+        while i < n:
+            if (
+                compiled_changes is not None
+                and self._shapes
+                and self._xid is not None
+                and not self.decoder.in_stream
+            ):
+                i, self._ordinal = compiled_changes(
+                    frames, i, self._shapes, self._tx_middle, self._tx_time, self._ordinal,
+                    self._commit_lsn_bytes, self._counts, self.max_payload - _HEADER_ALLOWANCE,
+                    out, Outgoing,
+                )  # fmt: skip
+                if i == n:
+                    return
+            self._feed_one(frames[i], out)
+            i += 1
+
     def feed(self, raw: bytes, out: list[Outgoing]) -> None:
-        """One XLogData CopyData message (`w` and its header included), as the reader read it.
+        """One XLogData CopyData message (`w` and its header included), as the reader read it."""
+        self.feed_all([raw], out)
+
+    def _feed_one(self, raw: bytes, out: list[Outgoing]) -> None:
+        """One frame, the pure-Python way (the compiled loop's reference).
 
         Begin, Commit and row changes, nearly every frame of a stream, are read in place from
         the frame (`_fast`); anything else, or anything the fast path finds malformed, goes
@@ -183,8 +210,6 @@ class EventBuilder:
         wrong with it. The two agree on every well-formed frame (a unit test holds them to it).
         """
         if not self.decoder.in_stream:
-            if self._shapes and self._xid is not None and self._compiled_change(raw, out):
-                return
             fast = self.read_fast(raw)
             if fast is not None:
                 if len(fast) == 5:  # a row change, nearly every frame
@@ -240,25 +265,6 @@ class EventBuilder:
             self._logical_message(message, out)
         # Origin and Type need nothing: origins are not filtered, and Relation already gives
         # every column's type OID (user-defined types are sent as text output).
-
-    def _compiled_change(self, raw: bytes, out: list[Outgoing]) -> bool:
-        """A row change of a table with a compiled shape, read and packed by the compiled loop
-        in one call; False for the pure path to take the frame (not a plain row change, a
-        value the loop leaves to the reference, a row too large to publish)."""
-        done = self.compiled.encode_change(  # type: ignore[union-attr]
-            raw, self._shapes, self._tx_middle, self._tx_time, self._ordinal
-        )
-        if done is None:
-            return False
-        subject, token, payload = done
-        if len(payload) + _HEADER_ALLOWANCE > self.max_payload:
-            return False
-        ordinal = self._ordinal
-        self._ordinal = ordinal + 1
-        counts = self._counts
-        counts[token] = counts.get(token, 0) + 1
-        out.append(Outgoing(subject, payload, self._commit_lsn_bytes + b"%d" % ordinal))
-        return True
 
     def _start_transaction(self, final_lsn: int, commit_time: int, xid: int) -> None:
         """What every change and the commit record of the transaction repeat, packed once as

@@ -53,7 +53,7 @@ from services.replicator.failure import FailureSignal, reports_expected_failures
 from services.replicator.io_loop import IoLoop
 from services.replicator.loop_actor import LoopActor
 from services.replicator.messages import Acked, AttachReader, Publish
-from shared import failpoints
+from shared import compiled, failpoints
 from shared.lsn import Lsn
 from shared.nats_connection import connect
 from shared.nats_frames import FrameWriter, hpub
@@ -215,6 +215,7 @@ class Publisher(LoopActor):
         self.stream_last = link.stream_last
         self.probe: tuple[int, asyncio.Future[dict[str, Any]]] | None = None
         self.last_id = b""  # Msg-Id of the last message sent after probing
+        self.compiled = compiled.frames  # a run's frames in one call; None: `hpub` each
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -338,6 +339,14 @@ class Publisher(LoopActor):
         last."""
         expected, previous = self.expected, self.last_id
         assert expected is not None
+        if self.compiled is not None:  # the same bytes, in one call (shared/compiled)
+            self.seq += end - start
+            reply = b"%b%d" % (self.inbox_prefix_bytes, self.seq)
+            chained: bytes = self.compiled.chain(messages, start, end, expected, previous, reply)
+            self.expected = expected + end - start
+            self.last_id = messages[end - 1].msg_id
+            self.waiting[self.seq] = self.expected
+            return chained
         frames: list[bytes] = []
         append = frames.append
         for message in messages[start : end - 1]:

@@ -1,11 +1,13 @@
-"""The hot loops' implementation: compiled (`_rows`, Cython, built by `make install` and the
-Docker image's build stage where a C compiler is) or the pure-Python reference.
+"""The hot loops' implementation: compiled (Cython, built by `make install` and the Docker
+image's build stage where a C compiler is) or the pure-Python reference.
 
-`rows` is the compiled module, or None when it is not built here or `BRIDGE_PURE_PYTHON=1`
-asks for the reference (CI runs the encoder and decoder tests once so); `HOT_PATH` names
-the one that runs (`bridge --version`, the services' /status). The callers keep the pure
-path as it was and ask the compiled one first: it returns None for anything it does not take
-exactly as the reference does, so both give the same bytes (tests/unit/test_compiled_rows.py).
+`rows` (row bytes → MessagePack, `_rows.pyx`) and `frames` (the publisher's HPUB frames,
+`_frames.pyx`) are the compiled modules, or None when they are not built here or
+`BRIDGE_PURE_PYTHON=1` asks for the reference (CI runs the encoder and decoder tests once
+so); `HOT_PATH` names the one that runs (`bridge --version`, the services' /status). The
+callers keep the pure path as it was and ask the compiled one first; `rows` returns None for
+anything it does not take exactly as the reference does, so both give the same bytes
+(tests/unit/test_compiled_rows.py, test_compiled_frames.py).
 """
 
 from __future__ import annotations
@@ -17,15 +19,15 @@ from typing import Final
 PURE_PYTHON_VARIABLE: Final = "BRIDGE_PURE_PYTHON"
 
 
-def _load() -> ModuleType | None:
+def _load() -> tuple[ModuleType, ModuleType] | tuple[None, None]:
     if os.environ.get(PURE_PYTHON_VARIABLE, "").strip() not in ("", "0"):
-        return None
+        return None, None
     try:
-        from shared.compiled import _rows
+        from shared.compiled import _frames, _rows
     except ImportError:  # not built here: the pure-Python path
-        return None
-    return _rows
+        return None, None
+    return _rows, _frames
 
 
-rows: Final = _load()
+rows, frames = _load()
 HOT_PATH: Final = "compiled" if rows is not None else "pure-python"

@@ -1,4 +1,5 @@
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 KIND_STR: int
 KIND_INT: int
@@ -30,4 +31,17 @@ def encode_change(
     tx_time: bytes,
     ordinal: int,
 ) -> tuple[bytes, str, bytes] | None: ...
+def encode_changes(
+    frames: list[bytes],
+    start: int,
+    shapes: dict[int, ChangeShape],
+    tx_middle: bytes,
+    tx_time: bytes,
+    ordinal: int,
+    msg_id_prefix: bytes,
+    counts: dict[str, int],
+    limit: int,
+    out: list[Any],
+    make: Callable[[bytes, bytes, bytes], Any],
+) -> tuple[int, int]: ...
 def pack_copy_lines(lines: list[bytes], shape: RowShape) -> list[bytes] | None: ...

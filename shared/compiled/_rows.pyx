@@ -509,10 +509,33 @@ cdef inline int hex_text(char *out, uint64_t v, int at) noexcept:
     return at
 
 
-def encode_change(bytes raw, dict shapes, bytes tx_middle, bytes tx_time, int64_t ordinal):
-    """An XLogData frame (`w` and its header included) holding an Insert, Update or Delete of a
-    table in `shapes` (relation OID → `ChangeShape`): `(subject, token, payload)` as
-    `EventBuilder` publishes it, or None for the reference to read it."""
+cdef struct Scratch:
+    Buf out
+    Buf data
+    Buf old
+    Buf unchanged
+
+
+cdef int scratch_init(Scratch *s) except -1:
+    s.out.data = s.data.data = s.old.data = s.unchanged.data = NULL
+    buf_init(&s.out, 512)
+    buf_init(&s.data, 256)
+    buf_init(&s.old, 64)
+    buf_init(&s.unchanged, 32)
+    return 0
+
+
+cdef void scratch_free(Scratch *s) noexcept:
+    PyMem_Free(s.out.data)
+    PyMem_Free(s.data.data)
+    PyMem_Free(s.old.data)
+    PyMem_Free(s.unchanged.data)
+
+
+cdef ChangeShape encode(bytes raw, dict shapes, bytes tx_middle, bytes tx_time, int64_t ordinal,
+                        Scratch *s, int *op_out):
+    """The event of one row-change frame into `s.out`: its table's shape (the operation in
+    `op_out`), or None for the reference to read the frame."""
     cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(raw)
     cdef Py_ssize_t size = PyBytes_GET_SIZE(raw), pos
     cdef uint8_t kind, marker
@@ -520,7 +543,6 @@ def encode_change(bytes raw, dict shapes, bytes tx_middle, bytes tx_time, int64_
     cdef uint64_t lsn = 0
     cdef int op, i
     cdef ChangeShape shape
-    cdef Buf out, data, old, unchanged
     cdef Py_ssize_t data_count = 0, old_count = 0, unchanged_count = 0, ignored = 0
     cdef bint has_old = False
     if size < _XLOG_HEADER + 6:
@@ -541,64 +563,124 @@ def encode_change(bytes raw, dict shapes, bytes tx_middle, bytes tx_time, int64_
     shape = <ChangeShape>found
     marker = p[30]
     pos = 31
-    buf_init(&data, 256)
-    buf_init(&old, 64)
-    buf_init(&unchanged, 32)
-    buf_init(&out, 512)
-    try:
-        if marker == 0x4E:  # N: the new row (an update without an old tuple)
-            if op == 2:
-                return None
-            pos = read_tuple(p, pos, size, shape, _MODE_NEW, &data, &data_count, &unchanged,
-                             &unchanged_count)
-        elif (marker == 0x4B or marker == 0x4F) and op != 0:  # K, O: the old key or row
-            has_old = True
-            pos = read_tuple(p, pos, size, shape, _MODE_KEY if marker == 0x4B else _MODE_OLD,
-                             &old, &old_count, &unchanged, &ignored)
-            if pos < 0:
-                return None
-            if op == 1:
-                if pos >= size or p[pos] != 0x4E:
-                    return None
-                pos = read_tuple(p, pos + 1, size, shape, _MODE_NEW, &data, &data_count,
-                                 &unchanged, &unchanged_count)
-        else:
-            return None
-        if pos != size:
-            return None
-        # The map as EventBuilder._change joins it: head (schema, table, operation), lsn,
-        # commit_lsn and xid, ordinal, commit_time, data, old, unchanged.
-        head = <bytes>shape._heads[op]
-        put(&out, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
-        put(&out, b"\xa3lsn", 4)
-        for i in range(8):
-            lsn = (lsn << 8) | p[1 + i]
-        put_lsn_text(&out, lsn)
-        put(&out, PyBytes_AS_STRING(tx_middle), PyBytes_GET_SIZE(tx_middle))
-        put(&out, b"\xa7ordinal", 8)
-        put_int(&out, ordinal)
-        put(&out, PyBytes_AS_STRING(tx_time), PyBytes_GET_SIZE(tx_time))
-        put(&out, b"\xa4data", 5)
+    s.out.size = s.data.size = s.old.size = s.unchanged.size = 0
+    if marker == 0x4E:  # N: the new row (an update without an old tuple)
         if op == 2:
-            put_byte(&out, 0xC0)
-        else:
-            put_map_head(&out, data_count)
-            put(&out, data.data, data.size)
-        put(&out, b"\xa3old", 4)
-        if has_old:
-            put_map_head(&out, old_count)
-            put(&out, old.data, old.size)
-        else:
-            put_byte(&out, 0xC0)
-        put(&out, b"\xa9unchanged", 10)
-        put_array_head(&out, unchanged_count)
-        put(&out, unchanged.data, unchanged.size)
-        return (shape.subjects[op], shape.token, buf_bytes(&out))
+            return None
+        pos = read_tuple(p, pos, size, shape, _MODE_NEW, &s.data, &data_count, &s.unchanged,
+                         &unchanged_count)
+    elif (marker == 0x4B or marker == 0x4F) and op != 0:  # K, O: the old key or row
+        has_old = True
+        pos = read_tuple(p, pos, size, shape, _MODE_KEY if marker == 0x4B else _MODE_OLD,
+                         &s.old, &old_count, &s.unchanged, &ignored)
+        if pos < 0:
+            return None
+        if op == 1:
+            if pos >= size or p[pos] != 0x4E:
+                return None
+            pos = read_tuple(p, pos + 1, size, shape, _MODE_NEW, &s.data, &data_count,
+                             &s.unchanged, &unchanged_count)
+    else:
+        return None
+    if pos != size:
+        return None
+    # The map as EventBuilder._change joins it: head (schema, table, operation), lsn,
+    # commit_lsn and xid, ordinal, commit_time, data, old, unchanged.
+    head = <bytes>shape._heads[op]
+    put(&s.out, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
+    put(&s.out, b"\xa3lsn", 4)
+    for i in range(8):
+        lsn = (lsn << 8) | p[1 + i]
+    put_lsn_text(&s.out, lsn)
+    put(&s.out, PyBytes_AS_STRING(tx_middle), PyBytes_GET_SIZE(tx_middle))
+    put(&s.out, b"\xa7ordinal", 8)
+    put_int(&s.out, ordinal)
+    put(&s.out, PyBytes_AS_STRING(tx_time), PyBytes_GET_SIZE(tx_time))
+    put(&s.out, b"\xa4data", 5)
+    if op == 2:
+        put_byte(&s.out, 0xC0)
+    else:
+        put_map_head(&s.out, data_count)
+        put(&s.out, s.data.data, s.data.size)
+    put(&s.out, b"\xa3old", 4)
+    if has_old:
+        put_map_head(&s.out, old_count)
+        put(&s.out, s.old.data, s.old.size)
+    else:
+        put_byte(&s.out, 0xC0)
+    put(&s.out, b"\xa9unchanged", 10)
+    put_array_head(&s.out, unchanged_count)
+    put(&s.out, s.unchanged.data, s.unchanged.size)
+    op_out[0] = op
+    return shape
+
+
+def encode_change(bytes raw, dict shapes, bytes tx_middle, bytes tx_time, int64_t ordinal):
+    """An XLogData frame (`w` and its header included) holding an Insert, Update or Delete of a
+    table in `shapes` (relation OID → `ChangeShape`): `(subject, token, payload)` as
+    `EventBuilder` publishes it, or None for the reference to read it."""
+    cdef Scratch s
+    cdef int op = 0
+    scratch_init(&s)
+    try:
+        shape = encode(raw, shapes, tx_middle, tx_time, ordinal, &s, &op)
+        if shape is None:
+            return None
+        return (shape.subjects[op], shape.token, buf_bytes(&s.out))
     finally:
-        PyMem_Free(data.data)
-        PyMem_Free(old.data)
-        PyMem_Free(unchanged.data)
-        PyMem_Free(out.data)
+        scratch_free(&s)
+
+
+def encode_changes(list frames, Py_ssize_t start, dict shapes, bytes tx_middle, bytes tx_time,
+                   int64_t ordinal, bytes msg_id_prefix, dict counts, Py_ssize_t limit,
+                   list out, object make):
+    """`encode_change` over `frames[start:]` while they are row changes it takes and their
+    payloads are at most `limit` bytes: each appended to `out` as `make(subject, payload,
+    msg_id)` (the Msg-Id `msg_id_prefix` and the ordinal), `counts` (changes per table token)
+    counted. Returns the index of the first frame not taken and the next ordinal."""
+    cdef Scratch s
+    cdef int op = 0
+    cdef Py_ssize_t i = start, n = len(frames), id_size
+    cdef char number[24]
+    cdef Buf msg_id
+    cdef ChangeShape shape
+    scratch_init(&s)
+    buf_init(&msg_id, PyBytes_GET_SIZE(msg_id_prefix) + 24)
+    put(&msg_id, PyBytes_AS_STRING(msg_id_prefix), PyBytes_GET_SIZE(msg_id_prefix))
+    id_size = msg_id.size
+    try:
+        while i < n:
+            shape = encode(<bytes>frames[i], shapes, tx_middle, tx_time, ordinal, &s, &op)
+            if shape is None or s.out.size > limit:
+                break
+            msg_id.size = id_size
+            put(&msg_id, number, decimal_text(number, ordinal))
+            out.append(make(shape.subjects[op], buf_bytes(&s.out), buf_bytes(&msg_id)))
+            token = shape.token
+            counts[token] = counts.get(token, 0) + 1
+            ordinal += 1
+            i += 1
+        return i, ordinal
+    finally:
+        scratch_free(&s)
+        PyMem_Free(msg_id.data)
+
+
+cdef int decimal_text(char *out, int64_t value) noexcept:
+    """`value` (at least 0) in decimal: its length."""
+    cdef char digits[20]
+    cdef int n = 0, i
+    cdef uint64_t v = <uint64_t>value
+    if v == 0:
+        out[0] = 0x30
+        return 1
+    while v:
+        digits[n] = <char>(0x30 + v % 10)
+        v //= 10
+        n += 1
+    for i in range(n):
+        out[i] = digits[n - 1 - i]
+    return n
 
 
 # -- COPY text output ----------------------------------------------------------------------------

@@ -156,8 +156,7 @@ def _events(frames: list[bytes], compiled_on: bool, max_payload: int, mode: Valu
         builder.compiled = None
     out: list[Outgoing] = []
     try:
-        for frame in frames:
-            builder.feed(frame, out)
+        builder.feed_all(frames, out)  # as the decoder feeds a read's frames
     except Exception as exc:  # the same error both ways is the point
         return ("error", type(exc).__name__, str(exc), [(m.subject, m.payload) for m in out])
     return [(m.subject, m.payload, m.msg_id) for m in out]
