@@ -21,7 +21,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcpy
 
 
 cdef extern from "Python.h":
@@ -160,12 +160,21 @@ cdef object buf_bytes(Buf *b):
 
 # -- values: 1 packed, 0 not taken here (the reference decides) -----------------------------
 
+cdef uint64_t _HIGH_BITS = 0x8080808080808080ULL
+
+
 cdef inline bint utf8_valid(const uint8_t *s, Py_ssize_t n) noexcept nogil:
     """Exactly what Python's strict UTF-8 decoder accepts (no surrogates, no overlongs, at most
     U+10FFFF)."""
     cdef Py_ssize_t i = 0
     cdef uint8_t c, c1
+    cdef uint64_t word
     while i < n:
+        if i + 8 <= n:  # eight ASCII bytes at a time (nearly all text)
+            memcpy(&word, s + i, 8)
+            if not (word & _HIGH_BITS):
+                i += 8
+                continue
         c = s[i]
         if c < 0x80:
             i += 1
@@ -693,10 +702,7 @@ cdef int put_copy_field(Buf *b, Buf *scratch, const uint8_t *s, Py_ssize_t n,
     cdef uint8_t c
     if n == 2 and s[0] == 0x5C and s[1] == 0x4E:  # \N
         return put_byte(b, 0xC0) + 1
-    for i in range(n):
-        if s[i] == 0x5C:
-            break
-    else:
+    if memchr(s, 0x5C, n) == NULL:
         return put_value(b, s, n, kind)
     scratch.size = 0
     i = 0
@@ -749,6 +755,7 @@ def pack_copy_lines(list lines, RowShape shape):
     cdef Buf row, scratch
     cdef Py_ssize_t width = shape.width, size, start, end, column
     cdef const uint8_t *p
+    cdef const uint8_t *tab
     cdef const uint8_t *kinds = <const uint8_t *>PyBytes_AS_STRING(shape._kinds)
     cdef list packed = []
     if width == 0:
@@ -766,9 +773,8 @@ def pack_copy_lines(list lines, RowShape shape):
             start = 0
             column = 0
             while True:
-                end = start
-                while end < size and p[end] != 0x09:
-                    end += 1
+                tab = <const uint8_t *>memchr(p + start, 0x09, size - start)
+                end = size if tab == NULL else tab - p
                 if column == width:
                     return None  # more fields than columns
                 shape.put_name(&row, column)
