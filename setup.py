@@ -51,7 +51,7 @@ def extensions() -> list[Extension]:
         return []
     modules = [
         Extension(f"shared.compiled.{name}", [f"shared/compiled/{name}.pyx"])
-        for name in ("_rows", "_frames")
+        for name in ("_rows", "_frames", "_changes")
     ]
     return cythonize(modules, language_level=3, quiet=True)
 

@@ -24,6 +24,7 @@ from pg_nats_bridge.changes import (
 )
 from pg_nats_bridge.follow_errors import FollowError, Undecodable
 from pg_nats_bridge.lsn import Lsn
+from shared import compiled
 
 log = logging.getLogger("pg_nats_bridge.follower")
 
@@ -54,6 +55,7 @@ UNPACK = contract.UNPACK_OPTIONS
 
 class ChangeReader:
     def __init__(self, by_token: dict[str, str], cdc_prefix: str = contract.CDC) -> None:
+        self.compiled = compiled.changes  # None: every event unpacked whole (a test sets it)
         self.by_token = by_token  # subject token → the copy's table name
         self.cdc_prefix = cdc_prefix  # the subjects' first token (docs/wire-format.md)
         self.schemas: dict[str, TableSchema] = {}
@@ -105,15 +107,21 @@ class ChangeReader:
 
     def read(self, subject: bytes, seq: int, data: bytes) -> CdcChange | ShapeChange | None:
         """The change one CDC event asks for, or None when the snapshot already holds it.
-        (Every event passes here: the common path is kept to a few operations.)"""
+        (Every event passes here: the common path is kept to a few operations. Where the
+        compiled reader is built, a change event's entries read below are picked from its
+        bytes, the other six not built; anything it does not take is unpacked whole.)"""
         route = self.routes.get(subject)
         if route is None:
             route = self.route(subject)
         table, kind = route
-        try:
-            event = msgpack.unpackb(data, **UNPACK)
-        except (ValueError, TypeError) as exc:  # msgpack's own errors are ValueErrors
-            raise Undecodable(f"not MessagePack ({type(exc).__name__})") from None
+        event = None
+        if kind == _CHANGE and self.compiled is not None:
+            event = self.compiled.read_change(data)
+        if event is None:
+            try:
+                event = msgpack.unpackb(data, **UNPACK)
+            except (ValueError, TypeError) as exc:  # msgpack's own errors are ValueErrors
+                raise Undecodable(f"not MessagePack ({type(exc).__name__})") from None
         lsn = event["commit_lsn"]
         if kind == _SCHEMA and table not in self.snapshots and table not in self.reloading:
             return self.published_again(table, contract.SchemaChange.model_validate(event), seq)

@@ -1,0 +1,3 @@
+from typing import Any
+
+def read_change(raw: bytes) -> dict[str, Any] | None: ...
