@@ -36,7 +36,9 @@ def main() -> int:
     print("--- backlog drain: 200k single-row transactions", flush=True)
     drain = replicator_drain.measure(200_000 // scale, 1)
     print("--- live load: single-row transactions at steady rates", flush=True)
-    live = live_latency.measure([1000.0, 5000.0], 10 / scale, 8, rounds=1 if args.quick else 3)
+    live = live_latency.measure(
+        [1000.0, 5000.0, 10000.0], 10 / scale, 8, rounds=1 if args.quick else 3
+    )
     print("--- the machine: the same decoding back to back and after 10 ms asleep", flush=True)
     cold = cold_factor.measure(30_000 // scale)
     print("--- snapshot beside COPY", flush=True)
@@ -68,7 +70,8 @@ def main() -> int:
     print("--- summary")
     print(
         f"drain ratio replicator / pg_recvlogical: {drain['ratio']:.2f}, "
-        f"{drain['cpu_us_per_event']} µs CPU/event"
+        f"{drain['cpu_us_per_event']} µs CPU/event ({drain['hot_path']}); pure-python "
+        f"{drain['pure_python_ratio']:.2f}, {drain['pure_python_cpu_us_per_event']} µs CPU/event"
     )
     drain_user = drain["cpu_us_per_event"] - drain["kernel_cpu_us_per_event"]
     for r in live:
@@ -83,7 +86,10 @@ def main() -> int:
         f"the same decoding after 10 ms asleep costs {cold['factor']:.2f}x as much as back to "
         'back on this machine (the floor under "x the drain\'s" at a 10 ms linger)'
     )
-    print(f"snapshot ratio snapshot / COPY: {snapshot['ratio']:.2f}")
+    print(
+        f"snapshot ratio snapshot / COPY: {snapshot['ratio']:.2f} ({snapshot['hot_path']}), "
+        f"{snapshot['pure_python_ratio']:.2f} (pure-python)"
+    )
     for size in modes:
         for readers in snapshot_modes.READERS:
             exported, chunked = size[f"exported_{readers}"], size[f"chunked_{readers}"]
@@ -95,12 +101,16 @@ def main() -> int:
             )
     print(
         f"1M-row transaction: ratio replicator / pg_recvlogical {big['ratio']:.2f}, "
-        f"{big['cpu_us_per_event']} µs CPU/event, peak RSS {big['peak_rss_mb']} MB"
+        f"{big['cpu_us_per_event']} µs CPU/event, peak RSS {big['peak_rss_mb']} MB; "
+        f"pure-python {big['pure_python_ratio']:.2f}, {big['pure_python_cpu_us_per_event']} "
+        f"µs CPU/event, peak RSS {big['pure_python_peak_rss_mb']} MB"
     )
     backlog, steady = consumers["backlog"], consumers["steady_load"]
     print(
         f"consumers: bridge replica {backlog['replica_changes_per_s']:,} changes/s, ratio "
-        f"{backlog['replica_ratio']:.2f} to the replicator's drain; TableFollower + MemoryCopy "
+        f"{backlog['replica_ratio']:.2f} to the replicator's drain (pure-python "
+        f"{backlog['pure_python_replica_changes_per_s']:,}, "
+        f"{backlog['pure_python_replica_ratio']:.2f}); TableFollower + MemoryCopy "
         f"ratio {backlog['library_ratio']:.2f}; under pgbench ({steady['events_per_s']:,} "
         f"events/s) the replica's lag is at most {steady['lag_max']:,} events"
     )

@@ -21,6 +21,7 @@ import asyncio
 import gc
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -35,6 +36,7 @@ import psycopg
 
 from bench.replicator_drain import cdc_state, replicator_env
 from pg_nats_bridge import CaughtUp, Delete, Insert, MemoryCopy, TableFollower, Update
+from shared.compiled import HOT_PATH, PURE_PYTHON_VARIABLE
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer
 from tests.harness.processes import cpu_times
@@ -144,6 +146,31 @@ async def follow_in_memory(
     return follower.state, now - (first or now), applied, time.process_time() - cpu
 
 
+def apply_backlog(
+    stack: Stack, copy_path: Path, argv: list[str], env: dict[str, str], rows: int
+) -> tuple[float, float]:
+    """`bridge replica` applying the stream into the copy at `copy_path`, resuming from its
+    bootstrap: changes/s and CPU µs per change. Timed from its first commit (start-up
+    excluded); a backlog applied before that one (a --quick run) is timed from the launch
+    instead, start-up included."""
+    messages = last_seq(stack.ns.url)
+    launched = time.monotonic()
+    proc = stack.start("replica", argv, env)
+    cpu0 = cpu_times(proc.pid)
+    wait(lambda: copy_position(copy_path) > 0, 120, "the replica's first commit", stack)
+    t0, at0 = time.monotonic(), copy_position(copy_path)
+    if at0 >= messages:
+        t0, at0 = launched, 0
+    else:
+        cpu0 = cpu_times(proc.pid)
+    wait(lambda: copy_position(copy_path) >= messages, 600, "the replica's catch-up", stack)
+    seconds = time.monotonic() - t0
+    cpu = sum(cpu_times(proc.pid)) - sum(cpu0)
+    done = (messages - at0) * rows // messages  # the changes among the messages applied
+    stack.stop("replica")
+    return done / seconds, cpu * 1e6 / done
+
+
 def backlog(stack: Stack, rows: int, per_tx: int) -> dict[str, Any]:
     url = stack.pg.url()
     with psycopg.connect(url, autocommit=True) as conn:
@@ -157,6 +184,9 @@ def backlog(stack: Stack, rows: int, per_tx: int) -> dict[str, Any]:
     stack.start("replica", replica_argv, env)
     wait(lambda: _bootstrapped(copy_path), 120, "the replica's bootstrap", stack)
     stack.stop("replica")
+    # The same copy for the pure-Python hot path's run (the before), bootstrapped as this one.
+    pure_path = stack.pg.root / "copy-pure.db"
+    shutil.copyfile(copy_path, pure_path)
     memory = MemoryCopy()
     memory_state, _, _, _ = asyncio.run(follow_in_memory(stack.ns.url, memory, None, 0))
     stack.stop("replicator")
@@ -184,29 +214,22 @@ def backlog(stack: Stack, rows: int, per_tx: int) -> dict[str, Any]:
         flush=True,
     )
 
-    # `bridge replica` applies it into SQLite, resuming from its bootstrap.
-    # Timed from its first commit (start-up excluded); a backlog applied before that one (a
-    # --quick run) is timed from the launch instead, start-up included.
-    launched = time.monotonic()
-    proc = stack.start("replica", replica_argv, env)
-    cpu0 = cpu_times(proc.pid)
-    wait(lambda: copy_position(copy_path) > 0, 120, "the replica's first commit", stack)
-    t0, at0 = time.monotonic(), copy_position(copy_path)
-    timed = ""
-    if at0 >= messages:
-        t0, at0, timed = launched, 0, ", timed from its launch"
-    else:
-        cpu0 = cpu_times(proc.pid)
-    wait(lambda: copy_position(copy_path) >= messages, 600, "the replica's catch-up", stack)
-    replica_seconds = time.monotonic() - t0
-    replica_cpu = sum(cpu_times(proc.pid)) - sum(cpu0)
-    done = (messages - at0) * rows // messages  # the changes among the messages applied
-    replica_rate = done / replica_seconds
-    stack.stop("replica")
+    # `bridge replica` applies it into SQLite, resuming from its bootstrap, on the hot path
+    # this install runs and then on the pure-Python one.
+    replica_rate, replica_cpu_us = apply_backlog(stack, copy_path, replica_argv, env, rows)
     print(
-        f"  bridge replica → SQLite: {replica_rate:,.0f} changes/s "
-        f"({replica_cpu * 1e6 / done:.1f} µs CPU/change{timed}); "
-        f"ratio to the replicator {replica_rate / drain_rate:.2f}",
+        f"  bridge replica → SQLite ({HOT_PATH}): {replica_rate:,.0f} changes/s "
+        f"({replica_cpu_us:.1f} µs CPU/change); ratio to the replicator "
+        f"{replica_rate / drain_rate:.2f}",
+        flush=True,
+    )
+    pure_argv = [*replica_argv[:2], "--sqlite", str(pure_path), *replica_argv[4:]]
+    pure_rate, pure_cpu_us = apply_backlog(
+        stack, pure_path, pure_argv, {**env, PURE_PYTHON_VARIABLE: "1"}, rows
+    )
+    print(
+        f"  the same, pure-python: {pure_rate:,.0f} changes/s ({pure_cpu_us:.1f} µs "
+        f"CPU/change); ratio to the replicator {pure_rate / drain_rate:.2f}",
         flush=True,
     )
 
@@ -228,9 +251,13 @@ def backlog(stack: Stack, rows: int, per_tx: int) -> dict[str, Any]:
         "rows_per_tx": per_tx,
         "replicator_events_per_s": round(drain_rate),
         "replicator_cpu_us_per_event": round(drain_cpu * 1e6 / rows, 1),
+        "hot_path": HOT_PATH,
         "replica_changes_per_s": round(replica_rate),
-        "replica_cpu_us_per_change": round(replica_cpu * 1e6 / done, 1),
+        "replica_cpu_us_per_change": round(replica_cpu_us, 1),
         "replica_ratio": round(replica_rate / drain_rate, 2),
+        "pure_python_replica_changes_per_s": round(pure_rate),
+        "pure_python_replica_cpu_us_per_change": round(pure_cpu_us, 1),
+        "pure_python_replica_ratio": round(pure_rate / drain_rate, 2),
         "library_changes_per_s": round(library_rate),
         "library_cpu_us_per_change": round(cpu * 1e6 / applied, 1),
         "library_ratio": round(library_rate / drain_rate, 2),
