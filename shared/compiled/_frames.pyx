@@ -125,3 +125,129 @@ def chain(list messages, Py_ssize_t start, Py_ssize_t end, int64_t expected, byt
         return PyBytes_FromStringAndSize(b.data, b.size)
     finally:
         PyMem_Free(b.data)
+
+
+# -- HMSG frames in (a pull consumer's deliveries) ---------------------------------------------
+
+cdef inline Py_ssize_t digits(const unsigned char *p, Py_ssize_t start, Py_ssize_t end,
+                              uint64_t *value) noexcept:
+    """`p[start:end]` as a decimal number: 0, or -1 when empty, not all digits or too long."""
+    cdef uint64_t v = 0
+    cdef Py_ssize_t i
+    if end <= start or end - start > 19:
+        return -1
+    for i in range(start, end):
+        if p[i] < 0x30 or p[i] > 0x39:
+            return -1
+        v = v * 10 + (p[i] - 0x30)
+    value[0] = v
+    return 0
+
+
+cdef inline Py_ssize_t find(const unsigned char *p, Py_ssize_t start, Py_ssize_t end,
+                            unsigned char c) noexcept:
+    cdef Py_ssize_t i
+    for i in range(start, end):
+        if p[i] == c:
+            return i
+    return -1
+
+
+def read_messages(bytes view, Py_ssize_t pos, bytes sid, dict subjects):
+    """The plain deliveries of subscription `sid` in `view` (a read's bytes) from `pos` on, as
+    `Puller._read` reads them: `(entries, pos, quiet)`, each entry `(subject, stream_seq,
+    consumer_seq, pending, data)`, `pos` after the last taken, `quiet` when no entry has
+    `pending` 0. It stops at the first frame that is not an `HMSG` of `sid` with a JetStream
+    ack reply and no status header, or is incomplete: the pure-Python loop goes on from there.
+    `subjects` keeps one bytes object per subject (a consumer keys its tables by them)."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(view)
+    cdef const unsigned char *s = <const unsigned char *>PyBytes_AS_STRING(sid)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(view), sid_size = PyBytes_GET_SIZE(sid)
+    cdef Py_ssize_t end, i, count, start, stop, headers_end, ntok
+    cdef Py_ssize_t spaces[6]
+    cdef Py_ssize_t dots[16]
+    cdef Py_ssize_t r0, r1, t, u
+    cdef uint64_t header_size, total_size, stream_seq, consumer_seq, pending
+    cdef bint quiet = True
+    entries = []
+    while pos + 5 <= size and p[pos] == 0x48 and p[pos + 1] == 0x4D and p[pos + 2] == 0x53 \
+            and p[pos + 3] == 0x47 and p[pos + 4] == 0x20:  # "HMSG "
+        end = -1
+        for i in range(pos + 5, size - 1):
+            if p[i] == 0x0D and p[i + 1] == 0x0A:
+                end = i
+                break
+        if end < 0:
+            break
+        # The control line's fields: subject, sid, reply, header size, total size.
+        count = 0
+        for i in range(pos + 5, end):
+            if p[i] == 0x20:
+                if count == 5:
+                    count = 6
+                    break
+                spaces[count] = i
+                count += 1
+        if count != 4:  # five fields (a reply); four (none) or more: the reference's
+            break
+        if spaces[1] - spaces[0] - 1 != sid_size or \
+                memcmp_(p + spaces[0] + 1, s, sid_size) != 0:
+            break
+        if digits(p, spaces[2] + 1, spaces[3], &header_size) or \
+                digits(p, spaces[3] + 1, end, &total_size):
+            break
+        start = end + 2
+        stop = start + <Py_ssize_t>total_size
+        if header_size > total_size or stop + 2 > size:
+            break
+        headers_end = start + <Py_ssize_t>header_size
+        if start + 9 <= size and memcmp_(p + start, b"NATS/1.0 ", 9) == 0:
+            break  # a status: the reference's
+        # The reply: $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>,
+        # or with domain and account hash tokens ($JS.ACK.<domain>.<hash>.…, 11 or more).
+        r0, r1 = spaces[1] + 1, spaces[2]
+        ntok = 0
+        dots[0] = r0 - 1
+        for i in range(r0, r1):
+            if p[i] == 0x2E:
+                ntok += 1
+                if ntok >= 15:
+                    break
+                dots[ntok] = i
+        if ntok >= 15:
+            break
+        ntok += 1
+        dots[ntok] = r1
+        if ntok == 9:  # tokens 5, 6 and 8
+            t = 5
+            u = 8
+        elif ntok >= 11 and dots[1] == r0 + 3 and memcmp_(p + r0, b"$JS", 3) == 0:
+            t = 7  # tokens 7, 8 and 10
+            u = 10
+        else:
+            break
+        if digits(p, dots[t] + 1, dots[t + 1], &stream_seq) or \
+                digits(p, dots[t + 1] + 1, dots[t + 2], &consumer_seq) or \
+                digits(p, dots[u] + 1, dots[u + 1], &pending):
+            break
+        subject = PyBytes_FromStringAndSize(<const char *>p + pos + 5, spaces[0] - pos - 5)
+        known = subjects.get(subject)
+        if known is None:
+            if len(subjects) < 1024:
+                subjects[subject] = subject
+        else:
+            subject = known
+        data = PyBytes_FromStringAndSize(<const char *>p + headers_end, stop - headers_end)
+        entries.append((subject, stream_seq, consumer_seq, pending, data))
+        if pending == 0:
+            quiet = False
+        pos = stop + 2
+    return entries, pos, quiet
+
+
+cdef inline int memcmp_(const unsigned char *a, const unsigned char *b, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if a[i] != b[i]:
+            return 1
+    return 0
