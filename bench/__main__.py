@@ -17,6 +17,7 @@ from pathlib import Path
 from bench import (
     atomic_batches,
     cold_factor,
+    fast_batch,
     consumer_backlog,
     live_latency,
     replicator_drain,
@@ -53,6 +54,8 @@ def main() -> int:
     watch = schema_watch.measure([10, 1000 // scale])
     print("--- transactions: JetStream atomic batches beside commit records", flush=True)
     atomic = atomic_batches.measure(5_000 // scale)
+    print("--- publishing: JetStream fast batch beside the replicator's chained runs", flush=True)
+    fast = fast_batch.measure(200_000 // scale, 1 if args.quick else 3)
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -65,6 +68,7 @@ def main() -> int:
         "consumers": consumers,
         "schema_watch": watch,
         "atomic_batches": atomic,
+        "fast_batch": fast,
     }
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print("--- summary")
@@ -120,6 +124,11 @@ def main() -> int:
             f"{100 * w['watcher_core_share']:.1f}% of a core for the watcher and "
             f"{100 * w['postgres_core_share']:.1f}% for PostgreSQL at one poll every 2 s"
         )
+    print(
+        f"publishing 200,000 messages: chained runs {fast['chained']['messages_per_s']:,}/s "
+        f"({fast['chained']['server_cpu_us']} µs nats-server CPU each), fast batch "
+        f"{fast['fast_batch']['messages_per_s']:,}/s ({fast['fast_batch']['server_cpu_us']} µs)"
+    )
     print(f"written to {args.out}")
     return 0
 
