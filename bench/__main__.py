@@ -17,8 +17,8 @@ from pathlib import Path
 from bench import (
     atomic_batches,
     cold_factor,
-    fast_batch,
     consumer_backlog,
+    fast_batch,
     live_latency,
     replicator_drain,
     schema_watch,
