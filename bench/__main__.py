@@ -40,6 +40,9 @@ def main() -> int:
     live = live_latency.measure(
         [1000.0, 5000.0, 10000.0], 10 / scale, 8, rounds=1 if args.quick else 3
     )
+    live_pure = live_latency.measure(
+        [10000.0], 10 / scale, 8, rounds=1 if args.quick else 3, pure=True
+    )
     print("--- the machine: the same decoding back to back and after 10 ms asleep", flush=True)
     cold = cold_factor.measure(30_000 // scale)
     print("--- snapshot beside COPY", flush=True)
@@ -61,6 +64,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "drain": drain,
         "live": live,
+        "live_pure_python": live_pure,
         "cold_factor": cold,
         "snapshot": snapshot,
         "snapshot_modes": modes,
@@ -85,6 +89,11 @@ def main() -> int:
             f"{r['cpu_us_per_event']} µs CPU/event "
             f"({r['cpu_us_per_event'] / drain['cpu_us_per_event']:.1f}x the drain's); outside "
             f"the kernel {user:.1f} µs ({user / drain_user:.1f}x the drain's {drain_user:.1f})"
+        )
+    for r in live_pure:
+        print(
+            f"live {r['target_tx_per_s']:,.0f} tx/s, pure-python: p50 {r['p50_ms']} ms, "
+            f"p99 {r['p99_ms']} ms, {r['cpu_us_per_event']} µs CPU/event"
         )
     print(
         f"the same decoding after 10 ms asleep costs {cold['factor']:.2f}x as much as back to "

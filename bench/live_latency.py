@@ -32,6 +32,7 @@ import psycopg
 
 from bench.replicator_drain import replicator_env, stream_count
 from pg_nats_bridge import contract
+from shared.compiled import HOT_PATH, PURE_PYTHON_VARIABLE
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer
 from tests.harness.processes import cpu_times
@@ -95,7 +96,7 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def run_rate(rate: float, seconds: float, connections: int) -> dict[str, Any]:
+def run_rate(rate: float, seconds: float, connections: int, pure: bool = False) -> dict[str, Any]:
     with PostgresServer.create() as pg, NatsServer.create() as ns:
         url = pg.url()
         with psycopg.connect(url, autocommit=True) as conn:
@@ -103,7 +104,7 @@ def run_rate(rate: float, seconds: float, connections: int) -> dict[str, Any]:
                 "CREATE TABLE live (id bigserial PRIMARY KEY, writer int, n int, note text,"
                 " at timestamptz DEFAULT now())"
             )
-        env = replicator_env(url, ns.url, "live")
+        env = replicator_env(url, ns.url, "live", **({PURE_PYTHON_VARIABLE: "1"} if pure else {}))
         bridge = str(Path(sys.executable).parent / "bridge")
         with open(pg.root / "replicator.log", "wb") as log:
             proc = subprocess.Popen([bridge, "replicator"], env=env, stdout=log, stderr=log)
@@ -148,13 +149,14 @@ def run_rate(rate: float, seconds: float, connections: int) -> dict[str, Any]:
 
 
 def measure(
-    rates: list[float], seconds: float, connections: int, rounds: int = 3
+    rates: list[float], seconds: float, connections: int, rounds: int = 3, pure: bool = False
 ) -> list[dict[str, Any]]:
     """Each rate `rounds` times (the runs' CPU per event spread by a fifth on this machine):
-    the medians of each figure, the worst max, and every run."""
+    the medians of each figure, the worst max, and every run. `pure`: the replicator on the
+    pure-Python hot path."""
     results = []
     for rate in rates:
-        runs = [run_rate(rate, seconds, connections) for _ in range(rounds)]
+        runs = [run_rate(rate, seconds, connections, pure) for _ in range(rounds)]
         r = dict(runs[0])
         for key in ("achieved_tx_per_s", "events", "p50_ms", "p99_ms", "cpu_us_per_event",
                     "kernel_cpu_us_per_event", "cpu_share_of_a_core"):  # fmt: skip
@@ -164,13 +166,14 @@ def measure(
         cpus = sorted(run["cpu_us_per_event"] for run in runs)
         p99s = sorted(run["p99_ms"] for run in runs)
         print(
-            f"live {r['target_tx_per_s']:>6,.0f} tx/s (achieved {r['achieved_tx_per_s']:,}), "
+            f"live {r['target_tx_per_s']:>6,.0f} tx/s{' pure-python' if pure else ''} (achieved {r['achieved_tx_per_s']:,}), "
             f"median of {rounds}: commit → stored p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms "
             f"[{p99s[0]} to {p99s[-1]}], max {r['max_ms']} ms; CPU {r['cpu_us_per_event']} "
             f"µs/event [{cpus[0]} to {cpus[-1]}], {r['kernel_cpu_us_per_event']} of it in the "
             f"kernel ({r['cpu_share_of_a_core']:.0%} of a core)",
             flush=True,
         )
+        r["hot_path"] = "pure-python" if pure else HOT_PATH
         results.append(r)
     return results
 
