@@ -166,7 +166,8 @@ def measure(
         cpus = sorted(run["cpu_us_per_event"] for run in runs)
         p99s = sorted(run["p99_ms"] for run in runs)
         print(
-            f"live {r['target_tx_per_s']:>6,.0f} tx/s{' pure-python' if pure else ''} (achieved {r['achieved_tx_per_s']:,}), "
+            f"live {r['target_tx_per_s']:>6,.0f} tx/s{' pure-python' if pure else ''} "
+            f"(achieved {r['achieved_tx_per_s']:,}), "
             f"median of {rounds}: commit → stored p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms "
             f"[{p99s[0]} to {p99s[-1]}], max {r['max_ms']} ms; CPU {r['cpu_us_per_event']} "
             f"µs/event [{cpus[0]} to {cpus[-1]}], {r['kernel_cpu_us_per_event']} of it in the "
