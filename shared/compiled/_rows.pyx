@@ -28,12 +28,24 @@ cdef extern from "Python.h":
     double PyOS_string_to_double(const char *s, char **endptr, PyObject *overflow_exception) except? -1.0
 
 
-# A column's conversion (shared.codec.text): text, int(), float(), as_bool, as_bytea.
-KIND_STR = 0
-KIND_INT = 1
-KIND_FLOAT = 2
-KIND_BOOL = 3
-KIND_BYTEA = 4
+# A column's conversion (shared.codec.text): text, int(), float(), as_bool, as_bytea; C
+# constants (compared per value), and the same numbers for Python.
+cdef enum:
+    _STR = 0
+    _INT = 1
+    _FLOAT = 2
+    _BOOL = 3
+    _BYTEA = 4
+
+KIND_STR = _STR
+KIND_INT = _INT
+KIND_FLOAT = _FLOAT
+KIND_BOOL = _BOOL
+KIND_BYTEA = _BYTEA
+
+cdef uint64_t _U64_MAX = <uint64_t>-1
+cdef uint64_t _I64_MAX = (<uint64_t>1 << 63) - 1
+cdef uint64_t _U32_MASK = (<uint64_t>1 << 32) - 1
 
 cdef enum:
     _XLOG_HEADER = 25  # 'w', data start, WAL end, send time
@@ -243,7 +255,7 @@ cdef int put_int_text(Buf *b, const uint8_t *s, Py_ssize_t n) except -1:
         if not (0x30 <= s[i] <= 0x39):
             return 0
         digit = s[i] - 0x30
-        if v > (0xFFFFFFFFFFFFFFFF - digit) // 10:
+        if v > (_U64_MAX - digit) // 10:
             return 0
         v = v * 10 + digit
         i += 1
@@ -251,7 +263,7 @@ cdef int put_int_text(Buf *b, const uint8_t *s, Py_ssize_t n) except -1:
         if v > (<uint64_t>1 << 63):
             return 0
         put_int(b, <int64_t>(0 - v))  # two's complement: -2**63 too
-    elif v > 0x7FFFFFFFFFFFFFFF:
+    elif v > _I64_MAX:
         put_byte(b, 0xCF)
         put_be(b, v, 8)
     else:
@@ -340,22 +352,22 @@ cdef int put_bytea_text(Buf *b, const uint8_t *s, Py_ssize_t n) except -1:
 
 cdef int put_value(Buf *b, const uint8_t *s, Py_ssize_t n, uint8_t kind) except -1:
     """One column's text output, converted as `shared.codec` converts it, packed."""
-    if kind == KIND_STR:
+    if kind == _STR:
         if not utf8_valid(s, n):
             return 0
         put_str(b, <const char *>s, n)
         return 1
-    if kind == KIND_INT:
+    if kind == _INT:
         return put_int_text(b, s, n)
-    if kind == KIND_FLOAT:
+    if kind == _FLOAT:
         return put_float_text(b, s, n)
-    if kind == KIND_BOOL:
+    if kind == _BOOL:
         if n == 1 and s[0] == 0x74:
             return put_byte(b, 0xC3) + 1
         if n == 1 and s[0] == 0x66:
             return put_byte(b, 0xC2) + 1
         return 0
-    if kind == KIND_BYTEA:
+    if kind == _BYTEA:
         return put_bytea_text(b, s, n)
     return 0
 
@@ -389,7 +401,7 @@ cdef class RowShape:
             self._offsets[i + 1] = self._offsets[i] + len(one)
         self._names = b"".join(packed)
         for kind in kinds:
-            if kind > KIND_BYTEA:
+            if kind > _BYTEA:
                 raise ValueError(f"unknown column kind {kind}")
         self._kinds = bytes(kinds)
         self._keys = bytes(keys) if keys is not None else bytes(self.width)
@@ -494,7 +506,7 @@ cdef inline int put_lsn_text(Buf *b, uint64_t lsn) except -1:
     cdef int n = 0
     n = hex_text(text, lsn >> 32, n)
     text[n] = 0x2F
-    n = hex_text(text, lsn & 0xFFFFFFFF, n + 1)
+    n = hex_text(text, lsn & _U32_MASK, n + 1)
     return put_str(b, text, n)
 
 
