@@ -15,13 +15,14 @@ The replication connection sits on psycopg's libpq layer: psycopg 3 has no repli
 from __future__ import annotations
 
 import select
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from shared import compiled
 from shared.lsn import Lsn
 
 PINNED_SETTINGS = {
@@ -83,6 +84,19 @@ def copy_out(conn: psycopg.Connection[Any], query: sql.Composable) -> Iterator[m
         yield memoryview(block[0])
 
 
+def _take_lines(get_copy_data: Callable[[int], Any], block: list[bytes], limit: int) -> int:
+    """Lines onto `block` until it holds `limit`, libpq asked not to wait: the last call's
+    byte count (0: nothing buffered now, negative: the COPY ended or failed). The compiled
+    path runs the same loop in one call (`shared.compiled.rows.take_copy_lines`)."""
+    nbytes = 0
+    while len(block) < limit:
+        nbytes, data = get_copy_data(1)
+        if nbytes <= 0:
+            return int(nbytes)
+        block.append(bytes(data))
+    return int(nbytes)
+
+
 def copy_out_blocks(
     conn: psycopg.Connection[Any], query: sql.Composable, lines: int
 ) -> Iterator[list[bytes]]:
@@ -96,16 +110,13 @@ def copy_out_blocks(
         raise _psycopg_error(result, pgconn, "COPY did not start")
     sock = pgconn.socket
     get_copy_data = pgconn.get_copy_data
+    take = _take_lines if compiled.rows is None else compiled.rows.take_copy_lines
     block: list[bytes] = []
-    append = block.append
     while True:
-        nbytes, data = get_copy_data(1)
-        if nbytes > 0:
-            append(bytes(data))
-            if len(block) >= lines:
-                yield block
-                block = []
-                append = block.append
+        nbytes = take(get_copy_data, block, lines)
+        if len(block) >= lines:
+            yield block
+            block = []
         elif nbytes == 0:
             select.select([sock], [], [], 1.0)
             pgconn.consume_input()

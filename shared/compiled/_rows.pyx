@@ -803,3 +803,17 @@ def pack_copy_lines(list lines, RowShape shape):
     finally:
         PyMem_Free(row.data)
         PyMem_Free(scratch.data)
+
+
+def take_copy_lines(object get_copy_data, list block, Py_ssize_t limit):
+    """Lines of a `COPY … TO STDOUT` from libpq (psycopg's `PGconn.get_copy_data`, asked not
+    to wait) onto `block` until it holds `limit`: the last call's byte count, as libpq says it
+    (0: nothing buffered now, -1: the COPY ended, -2: an error), or `limit`'s line's. The
+    loop `shared.postgres.copy_out_blocks` runs per line, in one call for a block."""
+    cdef Py_ssize_t nbytes = 0
+    while len(block) < limit:
+        nbytes, data = get_copy_data(1)
+        if nbytes <= 0:
+            return nbytes
+        block.append(bytes(data))
+    return nbytes

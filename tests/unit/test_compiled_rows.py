@@ -23,6 +23,7 @@ from services.snapshotter.copy_rows import CopyRowPacker
 from shared import compiled
 from shared.codec import RowCodec, ValueMode
 from shared.codec import oids as o
+from shared.postgres import _take_lines
 
 if compiled.rows is None:
     if os.environ.get("BRIDGE_TEST_REQUIRE_COMPILED", "").strip() not in ("", "0"):
@@ -291,3 +292,28 @@ def test_every_width_of_a_value_is_msgpacks(oid: int, text: bytes) -> None:
         msgpack.packb({"v": value}, use_bin_type=True)  # past 64 bits: the reference's
     ]  # fmt: skip
     assert rows.pack_copy_lines([line], CopyRowPacker(codec).shape) == expected
+
+
+@given(
+    answers=st.lists(
+        st.tuples(st.integers(-2, 40), st.binary(max_size=8)).map(
+            lambda a: (a[0], memoryview(a[1])) if a[0] > 0 else (a[0], b"")
+        ),
+        max_size=20,
+    ),
+    limit=st.integers(1, 8),
+    held=st.integers(0, 3),
+)
+def test_copy_lines_are_taken_from_libpq_as_the_pure_loop_takes_them(
+    answers: list[tuple[int, Any]], limit: int, held: int
+) -> None:
+    """`take_copy_lines` and `shared.postgres._take_lines` over the same answers of libpq's
+    `get_copy_data` (lines, 0 for none now, -1 the end, -2 an error): the same lines taken,
+    the same count returned, the same answers left."""
+    said = []
+    for take in (rows.take_copy_lines, _take_lines):
+        queue = [*answers, (-1, b"")]
+        block = [b"x"] * held
+        nbytes = take(lambda _, queue=queue: queue.pop(0), block, limit)
+        said.append((nbytes, block, len(queue)))
+    assert said[0] == said[1]
