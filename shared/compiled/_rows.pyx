@@ -671,7 +671,10 @@ def encode_changes(list frames, Py_ssize_t start, dict shapes, bytes tx_middle, 
     id_size = msg_id.size
     try:
         while i < n:
-            shape = encode(<bytes>frames[i], shapes, tx_middle, tx_time, ordinal, &s, &op)
+            frame = frames[i]
+            if type(frame) is not bytes:  # the reference's to judge (the reader reads bytes)
+                break
+            shape = encode(<bytes>frame, shapes, tx_middle, tx_time, ordinal, &s, &op)
             if shape is None or s.out.size > limit:
                 break
             msg_id.size = id_size
@@ -776,6 +779,8 @@ def pack_copy_lines(list lines, RowShape shape):
     buf_init(&scratch, 64)
     try:
         for line in lines:
+            if type(line) is not bytes:  # the reference's to judge (COPY lines are bytes)
+                return None
             p = <const uint8_t *>PyBytes_AS_STRING(line)
             size = PyBytes_GET_SIZE(<bytes>line)
             if size and p[size - 1] == 0x0A:

@@ -317,3 +317,16 @@ def test_copy_lines_are_taken_from_libpq_as_the_pure_loop_takes_them(
         nbytes = take(lambda _, queue=queue: queue.pop(0), block, limit)
         said.append((nbytes, block, len(queue)))
     assert said[0] == said[1]
+
+
+def test_the_compiled_loops_leave_what_is_not_bytes_to_the_reference() -> None:
+    """A line or a frame of another type (the reader and COPY give bytes) is declined, never
+    read as if it were bytes."""
+    codec = RowCodec(["v"], [o.TEXT], ValueMode.TYPED)
+    assert rows.pack_copy_lines([b"a\n", bytearray(b"b\n")], CopyRowPacker(codec).shape) is None
+    out: list[Outgoing] = []
+    frame = bytearray(_xlog(0x120, b"I" + struct.pack("!I", RELID) + b"N\x00\x00"))
+    assert rows.encode_changes(
+        [frame], 0, {}, b"", b"", 0, b"0/1:", {}, 1 << 20, out, Outgoing
+    ) == (0, 0)
+    assert out == []
