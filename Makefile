@@ -14,7 +14,7 @@ install: $(STAMP)
 # compiled hot path (shared/compiled) built by the locked Cython and setuptools where a C
 # compiler is (without one, the pure-Python path: `bridge --version` says which runs).
 # Re-installs only when the lock, the project's metadata or the compiled source changed.
-$(STAMP): pyproject.toml setup.py requirements-dev.lock $(wildcard shared/compiled/*.pyx)
+$(STAMP): pyproject.toml setup.py requirements-dev.lock $(wildcard shared/compiled/*.pyx shared/compiled/*.pxd)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .

@@ -8,59 +8,15 @@ run continues one), `Nats-Expected-Last-Msg-Id`; only the last with a reply subj
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.mem cimport PyMem_Free
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp
 
-
-cdef struct Buf:
-    char *data
-    Py_ssize_t size
-    Py_ssize_t cap
-
-
-cdef inline int room(Buf *b, Py_ssize_t n) except -1:
-    cdef Py_ssize_t cap
-    cdef char *grown
-    if b.size + n <= b.cap:
-        return 0
-    cap = b.cap * 2
-    while cap < b.size + n:
-        cap *= 2
-    grown = <char *>PyMem_Realloc(b.data, cap)
-    if grown == NULL:
-        raise MemoryError()
-    b.data = grown
-    b.cap = cap
-    return 0
-
-
-cdef inline int put(Buf *b, const char *src, Py_ssize_t n) except -1:
-    room(b, n)
-    memcpy(b.data + b.size, src, n)
-    b.size += n
-    return 0
+from shared.compiled._buffer cimport Buf, buf_init, decimal, put
 
 
 cdef inline int put_bytes(Buf *b, bytes value) except -1:
     return put(b, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
-
-
-cdef inline int decimal(char *out, int64_t value) noexcept:
-    """`value` (at least 0) in decimal into `out` (20 bytes): its length."""
-    cdef char digits[20]
-    cdef int n = 0, i
-    cdef uint64_t v = <uint64_t>value
-    if v == 0:
-        out[0] = 0x30
-        return 1
-    while v:
-        digits[n] = <char>(0x30 + v % 10)
-        v //= 10
-        n += 1
-    for i in range(n):
-        out[i] = digits[n - 1 - i]
-    return n
 
 
 cdef int frame(Buf *b, bytes subject, bytes reply, bytes msg_id, int64_t expected,
@@ -109,11 +65,7 @@ def chain(list messages, Py_ssize_t start, Py_ssize_t end, int64_t expected, byt
     cdef bytes msg_id
     if end <= start or start < 0 or end > len(messages) or expected < 0:
         raise ValueError("a run of at least one message")
-    b.data = <char *>PyMem_Malloc(4096)
-    if b.data == NULL:
-        raise MemoryError()
-    b.size = 0
-    b.cap = 4096
+    buf_init(&b, 4096)
     try:
         for i in range(start, end):
             message = messages[i]
@@ -191,7 +143,7 @@ def read_messages(bytes view, Py_ssize_t pos, bytes sid, dict subjects):
         if count != 4:  # five fields (a reply); four (none) or more: the reference's
             break
         if spaces[1] - spaces[0] - 1 != sid_size or \
-                memcmp_(p + spaces[0] + 1, s, sid_size) != 0:
+                memcmp(p + spaces[0] + 1, s, sid_size) != 0:
             break
         if digits(p, spaces[2] + 1, spaces[3], &header_size) or \
                 digits(p, spaces[3] + 1, end, &total_size):
@@ -201,7 +153,7 @@ def read_messages(bytes view, Py_ssize_t pos, bytes sid, dict subjects):
         if header_size > total_size or stop + 2 > size:
             break
         headers_end = start + <Py_ssize_t>header_size
-        if start + 9 <= size and memcmp_(p + start, b"NATS/1.0 ", 9) == 0:
+        if start + 9 <= size and memcmp(p + start, b"NATS/1.0 ", 9) == 0:
             break  # a status: the reference's
         # The reply: $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>,
         # or with domain and account hash tokens ($JS.ACK.<domain>.<hash>.…, 11 or more).
@@ -221,7 +173,7 @@ def read_messages(bytes view, Py_ssize_t pos, bytes sid, dict subjects):
         if ntok == 9:  # tokens 5, 6 and 8
             t = 5
             u = 8
-        elif ntok >= 11 and dots[1] == r0 + 3 and memcmp_(p + r0, b"$JS", 3) == 0:
+        elif ntok >= 11 and dots[1] == r0 + 3 and memcmp(p + r0, b"$JS", 3) == 0:
             t = 7  # tokens 7, 8 and 10
             u = 10
         else:
@@ -243,11 +195,3 @@ def read_messages(bytes view, Py_ssize_t pos, bytes sid, dict subjects):
             quiet = False
         pos = stop + 2
     return entries, pos, quiet
-
-
-cdef inline int memcmp_(const unsigned char *a, const unsigned char *b, Py_ssize_t n) noexcept:
-    cdef Py_ssize_t i
-    for i in range(n):
-        if a[i] != b[i]:
-            return 1
-    return 0

@@ -24,13 +24,6 @@ class ChangeShape(RowShape):
         token: str,
     ) -> None: ...
 
-def encode_change(
-    raw: bytes,
-    shapes: dict[int, ChangeShape],
-    tx_middle: bytes,
-    tx_time: bytes,
-    ordinal: int,
-) -> tuple[bytes, str, bytes] | None: ...
 def encode_changes(
     frames: list[bytes],
     start: int,

@@ -2,26 +2,29 @@
 # cython: initializedcheck=False, infer_types=True
 """Row bytes in, MessagePack bytes out, with no Python object per value (the compiled path).
 
-Two loops a profile showed hot, written over the bytes (shared/compiled/__init__.py says how
-the bridge picks this module or the pure-Python path):
+Loops a profile showed hot, written over the bytes (shared/compiled/__init__.py says how the
+bridge picks this module or the pure-Python path):
 
-- `encode_change`: an XLogData frame holding a pgoutput Insert, Update or Delete → the CDC
-  event's payload, as `EventBuilder._change` packs it.
+- `encode_changes`: a read's pgoutput Inserts, Updates and Deletes → each CDC event's
+  payload, as `EventBuilder._change` packs it.
 - `pack_copy_lines`: `COPY … TO STDOUT` text lines → each row's packed map, as
   `CopyRowPacker.pack_block` packs it.
+- `take_copy_lines`: those lines from libpq, a block at a time (`copy_out_blocks`).
 
-The pure-Python code is the reference: both functions return None for anything they do not
-take exactly as it does (a binary value, an escape-format bytea, an integer past 64 bits, text
-that is not UTF-8, a malformed frame, …), and the caller then runs the reference, which also names
-what is wrong. tests/unit/test_compiled_rows.py holds the two to the same bytes over generated
+The pure-Python code is the reference: the first two stop at, or return None for, anything
+they do not take exactly as it does (a binary value, an escape-format bytea, an integer past
+64 bits, text that is not UTF-8, a malformed frame, …), and the caller then runs the
+reference, which also names what is wrong. tests/unit/test_compiled_rows.py holds the two to the same bytes over generated
 input. Values convert as `shared.codec` converts them: KIND_* below are its converters.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr, memcmp, memcpy
+
+from shared.compiled._buffer cimport Buf, buf_init, buf_room, decimal, put, put_byte
 
 
 cdef extern from "Python.h":
@@ -52,51 +55,6 @@ cdef enum:
 
 
 # -- an output buffer ---------------------------------------------------------------------------
-
-cdef struct Buf:
-    char *data
-    Py_ssize_t size
-    Py_ssize_t cap
-
-
-cdef int buf_init(Buf *b, Py_ssize_t cap) except -1:
-    b.data = <char *>PyMem_Malloc(cap)
-    if b.data == NULL:
-        raise MemoryError()
-    b.size = 0
-    b.cap = cap
-    return 0
-
-
-cdef inline int buf_room(Buf *b, Py_ssize_t n) except -1:
-    cdef Py_ssize_t cap
-    cdef char *grown
-    if b.size + n <= b.cap:
-        return 0
-    cap = b.cap * 2
-    while cap < b.size + n:
-        cap *= 2
-    grown = <char *>PyMem_Realloc(b.data, cap)
-    if grown == NULL:
-        raise MemoryError()
-    b.data = grown
-    b.cap = cap
-    return 0
-
-
-cdef inline int put(Buf *b, const char *src, Py_ssize_t n) except -1:
-    buf_room(b, n)
-    memcpy(b.data + b.size, src, n)
-    b.size += n
-    return 0
-
-
-cdef inline int put_byte(Buf *b, uint8_t c) except -1:
-    buf_room(b, 1)
-    b.data[b.size] = <char>c
-    b.size += 1
-    return 0
-
 
 cdef inline int put_be(Buf *b, uint64_t v, int width) except -1:
     """`width` bytes of `v`, big-endian."""
@@ -277,9 +235,9 @@ cdef bint float_text(const uint8_t *s, Py_ssize_t n) noexcept nogil:
     if n and s[0] == 0x2D:
         i = 1
     if n - i == 8 and s[i] == 0x49:  # Infinity
-        return memcmp_(s + i, b"Infinity", 8)
+        return memcmp(s + i, b"Infinity", 8) == 0
     if i == 0 and n == 3 and s[0] == 0x4E:
-        return memcmp_(s, b"NaN", 3)
+        return memcmp(s, b"NaN", 3) == 0
     start = i
     while i < n and 0x30 <= s[i] <= 0x39:
         i += 1
@@ -302,14 +260,6 @@ cdef bint float_text(const uint8_t *s, Py_ssize_t n) noexcept nogil:
         if i == start:
             return False
     return i == n
-
-
-cdef inline bint memcmp_(const uint8_t *a, const char *b, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        if a[i] != <uint8_t>b[i]:
-            return False
-    return True
 
 
 cdef int put_float_text(Buf *b, const uint8_t *s, Py_ssize_t n) except -1:
@@ -636,29 +586,14 @@ cdef ChangeShape encode(bytes raw, dict shapes, bytes tx_middle, bytes tx_time, 
     return shape
 
 
-def encode_change(bytes raw, dict shapes, bytes tx_middle, bytes tx_time, int64_t ordinal):
-    """An XLogData frame (`w` and its header included) holding an Insert, Update or Delete of a
-    table in `shapes` (relation OID → `ChangeShape`): `(subject, token, payload)` as
-    `EventBuilder` publishes it, or None for the reference to read it."""
-    cdef Scratch s
-    cdef int op = 0
-    scratch_init(&s)
-    try:
-        shape = encode(raw, shapes, tx_middle, tx_time, ordinal, &s, &op)
-        if shape is None:
-            return None
-        return (shape.subjects[op], shape.token, buf_bytes(&s.out))
-    finally:
-        scratch_free(&s)
-
-
 def encode_changes(list frames, Py_ssize_t start, dict shapes, bytes tx_middle, bytes tx_time,
                    int64_t ordinal, bytes msg_id_prefix, dict counts, Py_ssize_t limit,
                    list out, object make):
-    """`encode_change` over `frames[start:]` while they are row changes it takes and their
-    payloads are at most `limit` bytes: each appended to `out` as `make(subject, payload,
-    msg_id)` (the Msg-Id `msg_id_prefix` and the ordinal), `counts` (changes per table token)
-    counted. Returns the index of the first frame not taken and the next ordinal."""
+    """XLogData frames (`w` and their header included) from `frames[start]` on while they are
+    Inserts, Updates or Deletes of a table in `shapes` (relation OID → `ChangeShape`) taken
+    exactly as `EventBuilder._change` packs them, with payloads of at most `limit` bytes: each
+    appended to `out` as `make(subject, payload, msg_id)` (the Msg-Id `msg_id_prefix` and the
+    ordinal), `counts` (changes per table token) counted. Returns the index of the first frame not taken and the next ordinal."""
     cdef Scratch s
     cdef int op = 0
     cdef Py_ssize_t i = start, n = len(frames), id_size
@@ -678,7 +613,7 @@ def encode_changes(list frames, Py_ssize_t start, dict shapes, bytes tx_middle, 
             if shape is None or s.out.size > limit:
                 break
             msg_id.size = id_size
-            put(&msg_id, number, decimal_text(number, ordinal))
+            put(&msg_id, number, decimal(number, ordinal))
             out.append(make(shape.subjects[op], buf_bytes(&s.out), buf_bytes(&msg_id)))
             token = shape.token
             counts[token] = counts.get(token, 0) + 1
@@ -688,23 +623,6 @@ def encode_changes(list frames, Py_ssize_t start, dict shapes, bytes tx_middle, 
     finally:
         scratch_free(&s)
         PyMem_Free(msg_id.data)
-
-
-cdef int decimal_text(char *out, int64_t value) noexcept:
-    """`value` (at least 0) in decimal: its length."""
-    cdef char digits[20]
-    cdef int n = 0, i
-    cdef uint64_t v = <uint64_t>value
-    if v == 0:
-        out[0] = 0x30
-        return 1
-    while v:
-        digits[n] = <char>(0x30 + v % 10)
-        v //= 10
-        n += 1
-    for i in range(n):
-        out[i] = digits[n - 1 - i]
-    return n
 
 
 # -- COPY text output ----------------------------------------------------------------------------

@@ -10,11 +10,9 @@ sets it: there they must run)."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import msgpack
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,14 +20,9 @@ from pg_nats_bridge.change_reader import ChangeReader
 from pg_nats_bridge.changes import Insert, TableSchema, Update
 from pg_nats_bridge.lsn import Lsn
 from shared import compiled
+from tests.harness.compiled import built
 
-if compiled.changes is None:
-    if os.environ.get("BRIDGE_TEST_REQUIRE_COMPILED", "").strip() not in ("", "0"):
-        raise RuntimeError(
-            "the compiled hot path is not built (or BRIDGE_PURE_PYTHON is set) and "
-            "BRIDGE_TEST_REQUIRE_COMPILED=1: make install builds it"
-        )
-    pytest.skip("the compiled hot path is not built here", allow_module_level=True)
+built(compiled.changes)
 
 T = "public.t"
 SUBJECT = b"cdc.t.insert"

@@ -8,7 +8,6 @@ sets it: there they must run)."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -19,16 +18,9 @@ from pg_nats_bridge.pull import Puller, _Request
 from services.replicator.events import Outgoing
 from shared import compiled
 from shared.nats_frames import hpub
+from tests.harness.compiled import built
 
-if compiled.frames is None:
-    if os.environ.get("BRIDGE_TEST_REQUIRE_COMPILED", "").strip() not in ("", "0"):
-        raise RuntimeError(
-            "the compiled hot path is not built (or BRIDGE_PURE_PYTHON is set) and "
-            "BRIDGE_TEST_REQUIRE_COMPILED=1: make install builds it"
-        )
-    pytest.skip("the compiled hot path is not built here", allow_module_level=True)
-
-chain = compiled.frames.chain
+chain = built(compiled.frames).chain
 _TOKEN = st.binary(min_size=1, max_size=40).map(lambda b: b.replace(b" ", b"_"))
 
 

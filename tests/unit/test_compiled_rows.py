@@ -9,7 +9,6 @@ sets it: there they must run)."""
 
 from __future__ import annotations
 
-import os
 import struct
 from typing import Any
 
@@ -24,16 +23,9 @@ from shared import compiled
 from shared.codec import RowCodec, ValueMode
 from shared.codec import oids as o
 from shared.postgres import _take_lines
+from tests.harness.compiled import built
 
-if compiled.rows is None:
-    if os.environ.get("BRIDGE_TEST_REQUIRE_COMPILED", "").strip() not in ("", "0"):
-        raise RuntimeError(
-            "the compiled hot path is not built (or BRIDGE_PURE_PYTHON is set) and "
-            "BRIDGE_TEST_REQUIRE_COMPILED=1: make install builds it"
-        )
-    pytest.skip("the compiled hot path is not built here", allow_module_level=True)
-
-rows: Any = compiled.rows
+rows: Any = built(compiled.rows)
 
 # A type of each conversion, and two the codec passes as text.
 TYPES = [o.INT2, o.INT4, o.INT8, o.OID, o.FLOAT4, o.FLOAT8, o.BOOL, o.BYTEA, o.TEXT, o.NUMERIC,
@@ -186,10 +178,11 @@ def test_the_compiled_loop_takes_every_kind_of_change_and_value() -> None:
         b"D" + head + b"K" + key,
     ]
     for frame in frames:
-        done = rows.encode_change(
-            _xlog(0x120, frame), builder._shapes, builder._tx_middle, builder._tx_time, 3
-        )
-        assert done is not None, frame
+        taken = rows.encode_changes(
+            [_xlog(0x120, frame)], 0, builder._shapes, builder._tx_middle, builder._tx_time, 3,
+            b"0/1:", {}, 1 << 20, [], Outgoing,
+        )  # fmt: skip
+        assert taken == (1, 4), frame  # the loop itself took the frame
         builder.feed(_xlog(0x120, frame), out)
     names = [f"c{i} é" for i in range(len(types))]
     update = msgpack.unpackb(out[-3].payload, raw=False)
