@@ -13,13 +13,20 @@ MessagePack) is None: the reference reads the event and says what is wrong with 
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_New, PyDict_SetItem
-from cpython.list cimport PyList_Append
+from cpython.list cimport PyList_Append, PyList_GET_ITEM
+from cpython.ref cimport PyObject, Py_DECREF
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
 
 cdef extern from "Python.h":
-    object PyUnicode_DecodeUTF8(const char *s, Py_ssize_t size, const char *errors)
+    # Not `object`: a NULL (text that is not UTF-8) is answered here, without the cost of
+    # a try block on every string.
+    PyObject *PyUnicode_DecodeUTF8(const char *s, Py_ssize_t size, const char *errors)
+    void PyErr_Clear()
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+    void *PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
     object PyBytes_FromStringAndSize(const char *v, Py_ssize_t len)
     object PyFloat_FromDouble(double v)
     object PyLong_FromLongLong(long long v)
@@ -73,6 +80,7 @@ cdef object text(Cursor *c):
     """A str (None, with `bad` set, for anything else)."""
     cdef uint8_t head
     cdef Py_ssize_t n
+    cdef PyObject *decoded
     if not need(c, 1):
         return None
     head = c.p[c.pos]
@@ -81,12 +89,44 @@ cdef object text(Cursor *c):
     if n < 0 or not need(c, n):
         c.bad = True
         return None
-    try:
-        value = PyUnicode_DecodeUTF8(<const char *>c.p + c.pos, n, NULL)
-    except UnicodeDecodeError:
+    decoded = PyUnicode_DecodeUTF8(<const char *>c.p + c.pos, n, NULL)
+    if decoded == NULL:
+        PyErr_Clear()
         c.bad = True
         return None
+    value = <object>decoded  # a new reference, taken over
+    Py_DECREF(value)
     c.pos += n
+    return value
+
+
+# The strings every event of a table repeats (its columns' names, the operation, a
+# transaction's commit LSN and time): the one read last at each place is kept, and a key whose
+# bytes are the same is that str again, not a new one decoded (and hashed again by the dict).
+cdef enum:
+    KEPT = 64
+cdef list _kept = [None] * KEPT  # 0-2: operation, commit LSN, commit time; 3-: row keys
+
+
+cdef object kept_text(Cursor *c, Py_ssize_t at):
+    """`text`, answered from `_kept[at]` when its bytes are that ASCII str's."""
+    cdef uint8_t head
+    cdef Py_ssize_t n
+    if at >= KEPT or not need(c, 1):
+        return text(c)
+    head = c.p[c.pos]
+    if (head & 0xE0) != 0xA0:  # a fixstr (the names and LSNs are short); else decoded
+        return text(c)
+    n = head & 0x1F
+    kept = <object>PyList_GET_ITEM(_kept, at)
+    if (kept is not None and PyUnicode_IS_COMPACT_ASCII(kept) and PyUnicode_GET_LENGTH(kept) == n
+            and c.pos + 1 + n <= c.size
+            and memcmp(PyUnicode_DATA(kept), c.p + c.pos + 1, n) == 0):
+        c.pos += 1 + n
+        return kept
+    value = text(c)
+    if not c.bad:
+        _kept[at] = value
     return value
 
 
@@ -173,7 +213,7 @@ cdef object row(Cursor *c):
         return None
     result = PyDict_New()
     for i in range(n):
-        key = text(c)
+        key = kept_text(c, 3 + i)
         if c.bad:
             return None
         value = scalar(c)
@@ -206,8 +246,35 @@ cdef object names(Cursor *c):
     return result
 
 
-cdef int skip(Cursor *c) noexcept:
+cdef int skip_text(Cursor *c):
+    """Past a str that is not read: checked as the reference would (UTF-8), built only when
+    it is not ASCII."""
+    cdef uint8_t head
+    cdef Py_ssize_t n, i, start = c.pos
+    if not need(c, 1):
+        return 0
+    head = c.p[c.pos]
+    c.pos += 1
+    n = length(c, head, 0xE0, 0xA0, 0xD9, 0xDA, 0xDB)
+    if n < 0 or not need(c, n):
+        c.bad = True
+        return 0
+    for i in range(n):
+        if c.p[c.pos + i] & 0x80:
+            c.pos = start
+            text(c)
+            return 0
+    c.pos += n
+    return 0
+
+
+cdef int skip(Cursor *c):
     """Past one value of an entry the copy does not read: a scalar (anything else is `bad`)."""
+    cdef uint8_t head
+    if need(c, 1):
+        head = c.p[c.pos]
+        if (head & 0xE0) == 0xA0 or head == 0xD9 or head == 0xDA or head == 0xDB:
+            return skip_text(c)
     scalar(c)
     return 0
 
@@ -225,7 +292,7 @@ cdef Field field(Cursor *c) noexcept:
         return OTHER
     head = c.p[c.pos]
     if (head & 0xE0) != 0xA0:  # the keys read are short: fixstr (anything longer is OTHER)
-        text(c)
+        skip_text(c)
         return OTHER
     n = head & 0x1F
     c.pos += 1
@@ -246,7 +313,7 @@ cdef Field field(Cursor *c) noexcept:
     if n == 11 and memcmp(k, b"commit_time", 11) == 0:
         return COMMIT_TIME
     c.pos -= n + 1  # another key: checked as text (UTF-8) like the reference would
-    text(c)
+    skip_text(c)
     return OTHER
 
 
@@ -275,7 +342,7 @@ def read_change(bytes raw):
         if c.bad:
             return None
         if which == OPERATION or which == COMMIT_LSN or which == COMMIT_TIME:
-            value = text(&c)
+            value = kept_text(&c, <Py_ssize_t>which - <Py_ssize_t>OPERATION)
             if which == OPERATION:
                 operation = value
             elif which == COMMIT_LSN:

@@ -44,6 +44,9 @@ _ODD = st.recursive(
     max_leaves=6,
 )
 
+_MARK = "\x01mark\x02"  # stands in for bytes of the same length that are not UTF-8
+_NOT_UTF8 = b"\xffmark\xfe"
+
 
 @st.composite
 def events(draw: st.DrawFn) -> bytes:
@@ -62,8 +65,20 @@ def events(draw: st.DrawFn) -> bytes:
         "old": draw(st.none() | _ROWS),
         "unchanged": draw(st.lists(st.sampled_from(["v", "w"]) | st.text(max_size=4), max_size=2)),
     }
-    change = draw(st.sampled_from(["none"] * 6 + ["drop", "retype", "extra", "odd", "order"]))
+    change = draw(
+        st.sampled_from(["none"] * 6 + ["drop", "retype", "extra", "odd", "order", "not utf-8"])
+    )
     key = draw(st.sampled_from(sorted(body)))
+    if change == "not utf-8":  # a str (an entry's, a key, a value) whose bytes are not UTF-8
+        where = draw(st.sampled_from(["value", "key", "row value", "row key"]))
+        if where == "value":
+            body[key] = _MARK
+        elif where == "key":
+            body[_MARK] = draw(_SCALARS)
+        else:
+            row = body["data"] = dict(body["data"] or {})
+            row.update({_MARK: 1} if where == "row key" else {"v": _MARK})
+        return msgpack.packb(body, use_bin_type=True).replace(_MARK.encode(), _NOT_UTF8)
     if change == "drop":
         del body[key]
     elif change == "retype":
