@@ -123,7 +123,11 @@ def main() -> int:
         f"consumers: bridge replica {backlog['replica_changes_per_s']:,} changes/s, ratio "
         f"{backlog['replica_ratio']:.2f} to the replicator's drain (pure-python "
         f"{backlog['pure_python_replica_changes_per_s']:,}, "
-        f"{backlog['pure_python_replica_ratio']:.2f}); TableFollower + MemoryCopy "
+        f"{backlog['pure_python_replica_ratio']:.2f}), {backlog['replica_to_bare_pull']:.2f} "
+        f"of a bare pull ({backlog['bare_pull_messages_per_s']:,}/s, nats-server "
+        f"{backlog['bare_pull_server_cpu_us_per_message']} µs CPU/message; "
+        f"{backlog['replica_server_cpu_us_per_message']} while the replica applies); "
+        f"TableFollower + MemoryCopy "
         f"ratio {backlog['library_ratio']:.2f}; under pgbench ({steady['events_per_s']:,} "
         f"events/s) the replica's lag is at most {steady['lag_max']:,} events"
     )

@@ -5,6 +5,10 @@
    (TableFollower + SqliteCopy, a process of its own) and by the library's loop in this
    process (TableFollower + MemoryCopy), each resuming from a copy bootstrapped before the
    load. The ratio is each consumer's rate over the replicator's, measured in the same run.
+   The consumers' own ceiling is measured too: a pull consumer with the follower's filters
+   that does nothing with what it receives (`bare_pull`), and nats-server's CPU per message
+   it delivers, there and while `bridge replica` applies (on two cores, nats-server delivering
+   and the consumer applying share them).
 2. **Steady load.** pgbench's TPC-B-like script (4 clients) runs for a while against the
    pgbench tables while the replicator publishes and `bridge replica` follows: the lag (CDC
    stream events published but not yet applied by the copy) is sampled every second.
@@ -35,7 +39,9 @@ import nats
 import psycopg
 
 from bench.replicator_drain import cdc_state, replicator_env
-from pg_nats_bridge import CaughtUp, Delete, Insert, MemoryCopy, TableFollower, Update
+from pg_nats_bridge import CaughtUp, Delete, Insert, MemoryCopy, TableFollower, Update, contract
+from pg_nats_bridge.names import table_token
+from pg_nats_bridge.pull import Idle, Puller
 from shared.compiled import HOT_PATH, PURE_PYTHON_VARIABLE
 from tests.harness.nats import NatsServer
 from tests.harness.postgres import PostgresServer
@@ -146,29 +152,73 @@ async def follow_in_memory(
     return follower.state, now - (first or now), applied, time.process_time() - cpu
 
 
+def server_cpu(stack: Stack) -> float:
+    """nats-server's CPU seconds so far."""
+    assert stack.ns.process is not None
+    return sum(cpu_times(stack.ns.process.pid))
+
+
+async def bare_pull(stack: Stack, table: str, messages: int) -> tuple[float, float]:
+    """The consumers' ceiling: a pull consumer of the CDC stream with the follower's filters
+    (the table's changes, its oversized markers, the commit records), pulled as the follower
+    pulls (`Puller`, its batch and requests) by a loop that only counts what arrives: messages/s
+    and nats-server's CPU µs per message delivered."""
+    token = table_token("public", table)
+    nc = await nats.connect(stack.ns.url)
+    js = nc.jetstream()
+    name = "bench-bare-pull"
+    config = nats.js.api.ConsumerConfig(
+        name=name,
+        deliver_policy=nats.js.api.DeliverPolicy.ALL,
+        ack_policy=nats.js.api.AckPolicy.NONE,
+        filter_subjects=[
+            contract.cdc_filter(token),
+            contract.oversized_subject(token),
+            contract.commit_subject(),
+        ],
+        inactive_threshold=300.0,
+    )
+    await js.add_consumer("CDC", config)
+    puller = Puller(nc, "CDC", name)
+    await puller.start()
+    received = 0
+    try:
+        t0, cpu0 = time.monotonic(), server_cpu(stack)
+        while received < messages:
+            while puller.wants_request():
+                await puller.request(marker=True)
+            received += sum(1 for entry in await puller.take(5.0) if not isinstance(entry, Idle))
+        seconds, cpu = time.monotonic() - t0, server_cpu(stack) - cpu0
+    finally:
+        await puller.stop()
+        await js.delete_consumer("CDC", name)
+        await nc.close()
+    return received / seconds, cpu * 1e6 / received
+
+
 def apply_backlog(
     stack: Stack, copy_path: Path, argv: list[str], env: dict[str, str], rows: int
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     """`bridge replica` applying the stream into the copy at `copy_path`, resuming from its
-    bootstrap: changes/s and CPU µs per change. Timed from its first commit (start-up
-    excluded); a backlog applied before that one (a --quick run) is timed from the launch
-    instead, start-up included."""
+    bootstrap: changes/s, CPU µs per change, and nats-server's CPU µs per message meanwhile.
+    Timed from its first commit (start-up excluded); a backlog applied before that one (a
+    --quick run) is timed from the launch instead, start-up included."""
     messages = last_seq(stack.ns.url)
     launched = time.monotonic()
     proc = stack.start("replica", argv, env)
-    cpu0 = cpu_times(proc.pid)
+    cpu0, server0 = cpu_times(proc.pid), server_cpu(stack)
     wait(lambda: copy_position(copy_path) > 0, 120, "the replica's first commit", stack)
     t0, at0 = time.monotonic(), copy_position(copy_path)
     if at0 >= messages:
         t0, at0 = launched, 0
     else:
-        cpu0 = cpu_times(proc.pid)
+        cpu0, server0 = cpu_times(proc.pid), server_cpu(stack)
     wait(lambda: copy_position(copy_path) >= messages, 600, "the replica's catch-up", stack)
     seconds = time.monotonic() - t0
-    cpu = sum(cpu_times(proc.pid)) - sum(cpu0)
+    cpu, server = sum(cpu_times(proc.pid)) - sum(cpu0), server_cpu(stack) - server0
     done = (messages - at0) * rows // messages  # the changes among the messages applied
     stack.stop("replica")
-    return done / seconds, cpu * 1e6 / done
+    return done / seconds, cpu * 1e6 / done, server * 1e6 / (messages - at0)
 
 
 def backlog(stack: Stack, rows: int, per_tx: int) -> dict[str, Any]:
@@ -214,17 +264,29 @@ def backlog(stack: Stack, rows: int, per_tx: int) -> dict[str, Any]:
         flush=True,
     )
 
+    # What nats-server delivers to a consumer that does nothing with it: the consumers' ceiling.
+    bare_rate, bare_server_us = asyncio.run(bare_pull(stack, "bench", messages))
+    print(
+        f"  bare pull (the follower's filters, nothing applied): {bare_rate:,.0f} messages/s, "
+        f"nats-server {bare_server_us:.1f} µs CPU/message; ratio to the replicator "
+        f"{bare_rate / drain_rate:.2f}",
+        flush=True,
+    )
+
     # `bridge replica` applies it into SQLite, resuming from its bootstrap, on the hot path
     # this install runs and then on the pure-Python one.
-    replica_rate, replica_cpu_us = apply_backlog(stack, copy_path, replica_argv, env, rows)
+    replica_rate, replica_cpu_us, replica_server_us = apply_backlog(
+        stack, copy_path, replica_argv, env, rows
+    )
     print(
         f"  bridge replica → SQLite ({HOT_PATH}): {replica_rate:,.0f} changes/s "
-        f"({replica_cpu_us:.1f} µs CPU/change); ratio to the replicator "
-        f"{replica_rate / drain_rate:.2f}",
+        f"({replica_cpu_us:.1f} µs CPU/change, nats-server {replica_server_us:.1f} µs "
+        f"CPU/message); ratio to the replicator {replica_rate / drain_rate:.2f}, to the bare "
+        f"pull {replica_rate / bare_rate:.2f}",
         flush=True,
     )
     pure_argv = [*replica_argv[:2], "--sqlite", str(pure_path), *replica_argv[4:]]
-    pure_rate, pure_cpu_us = apply_backlog(
+    pure_rate, pure_cpu_us, _ = apply_backlog(
         stack, pure_path, pure_argv, {**env, PURE_PYTHON_VARIABLE: "1"}, rows
     )
     print(
@@ -255,6 +317,11 @@ def backlog(stack: Stack, rows: int, per_tx: int) -> dict[str, Any]:
         "replica_changes_per_s": round(replica_rate),
         "replica_cpu_us_per_change": round(replica_cpu_us, 1),
         "replica_ratio": round(replica_rate / drain_rate, 2),
+        "replica_server_cpu_us_per_message": round(replica_server_us, 1),
+        "bare_pull_messages_per_s": round(bare_rate),
+        "bare_pull_server_cpu_us_per_message": round(bare_server_us, 1),
+        "bare_pull_ratio": round(bare_rate / drain_rate, 2),
+        "replica_to_bare_pull": round(replica_rate / bare_rate, 2),
         "pure_python_replica_changes_per_s": round(pure_rate),
         "pure_python_replica_cpu_us_per_change": round(pure_cpu_us, 1),
         "pure_python_replica_ratio": round(pure_rate / drain_rate, 2),
