@@ -162,7 +162,7 @@ class TableFollower:
         reuse_snapshot: bool = True,
         snapshot_stall_seconds: float = 60.0,
         snapshot_heartbeat_seconds: float = 5.0,
-        batch: int = 2000,
+        batch: int = 16000,
         idle_seconds: float = 1.0,
         snapshot_mode: str | None = None,
     ) -> None:

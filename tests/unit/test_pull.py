@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.protocol.parser import Parser
 
-from pg_nats_bridge.pull import Idle, Puller, PullError, _Hooks, _Request
+from pg_nats_bridge.pull import REQUEST_BYTES, Idle, Puller, PullError, _Hooks, _Request
 
 OURS, OTHER = 7, 3
 
@@ -156,6 +156,50 @@ def test_a_request_that_ended_with_messages_pending_is_not_idle() -> None:
     status(puller, b"408 Request Timeout")  # the second one expired after a message
     assert entries(puller) == [1, 2, 3, 4]
     assert not puller.requests
+
+
+def test_a_request_whose_bytes_are_used_up_ends_without_idle_or_error() -> None:
+    puller = make_puller()
+    limit = puller.max_bytes
+    puller.requests.extend([_Request(3, "m1"), _Request(3, "m2")])
+    deliver(puller, 1, 5)
+    status(puller, b"409 Message Size Exceeds MaxBytes")  # the first request ends there
+    deliver(puller, 2, 0)  # the second one's: nothing pending after it
+    assert entries(puller) == [1, 2, Idle("m2")]
+    assert len(puller.requests) == 1 and puller.max_bytes == limit
+    asyncio.run(puller.take(0.01))  # no error
+
+
+def test_a_request_with_a_byte_limit_that_got_all_its_messages_is_counted_out_once() -> None:
+    puller = make_puller()
+    puller.requests.extend([_Request(2, "m1"), _Request(3, "m2")])
+    deliver(puller, 1, 5)
+    deliver(puller, 2, 4)  # the first request's last
+    status(puller, b"409 Batch Completed")  # the server says so, for a request with max_bytes
+    assert [r.marker for r in puller.requests] == ["m2"]
+    asyncio.run(puller.take(0.01))  # no error
+
+
+def test_a_message_larger_than_a_requests_bytes_lifts_the_limit() -> None:
+    puller = make_puller()
+    limit = puller.max_bytes
+    puller.requests.extend([_Request(3, "m1"), _Request(3, "m2")])
+    deliver(puller, 1, 5)  # the server deals messages out in turn: each request had one
+    deliver(puller, 2, 4)
+    puller.requests.append(_Request(3, "m3", received_before=2))
+    for _ in range(2):  # both used up
+        status(puller, b"409 Message Size Exceeds MaxBytes")
+    assert puller.max_bytes == limit and len(puller.requests) == 1
+    status(puller, b"409 Message Size Exceeds MaxBytes")  # nothing since it was sent
+    assert puller.max_bytes is None and not puller.requests
+
+
+def test_a_request_asks_for_at_most_its_bytes_and_more_than_any_message() -> None:
+    class Client:
+        max_payload = 64 << 20  # the largest max_payload a server takes
+
+    assert Puller(Client(), "CDC", "c").max_bytes == (64 << 20) + (64 << 10)  # type: ignore[arg-type]
+    assert make_puller().max_bytes == REQUEST_BYTES
 
 
 def test_metadata_with_domain_and_account_tokens() -> None:
