@@ -27,7 +27,7 @@ import logging
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import msgpack
 import nats.errors
@@ -80,7 +80,7 @@ class _Reload(Exception):
     handed out so far (a transaction boundary)."""
 
 
-_CHANGES = frozenset({Insert, Update, Delete, Truncate, Oversized})
+_CHANGES = (Insert, Update, Delete, Truncate, Oversized)  # what `CdcChange` is
 
 
 @dataclass
@@ -820,6 +820,9 @@ class TableFollower:
                 pass
         delivered = 0  # consumer sequence of the last delivery
         received = seq = self._seq  # the last message received; the position through it
+        # Every change of a backlog passes the loop below: what it calls is looked up once.
+        read_change, track = self.changes.read, self.transactions.change
+        tokens, commit_subject = self.tokens, self._commit_subject
         try:
             while True:
                 if self._reloads and self.transactions.at_boundary:
@@ -849,17 +852,22 @@ class TableFollower:
                         )
                     delivered, received, self.pending = consumer_seq, stream_seq, pending
                     try:
-                        if subject == self._commit_subject:
+                        if subject == commit_subject:
                             record = contract.CommitRecord.decode(data)
                             self.transactions.record(record, stream_seq, items)
                             seq = stream_seq
                             continue
-                        read = self.changes.read(subject, stream_seq, data)
+                        read = read_change(subject, stream_seq, data)
                         item: Item | None = None
-                        if type(read) in _CHANGES:
-                            item = change = cast(CdcChange, read)
-                            self.transactions.change(
-                                self.tokens[change.table], _commit_lsn(change), stream_seq, items
+                        if isinstance(read, _CHANGES):
+                            item = read
+                            track(
+                                tokens[read.table],
+                                _commit_lsn(read)
+                                if isinstance(read, Oversized)
+                                else read.commit_lsn,
+                                stream_seq,
+                                items,
                             )
                         elif isinstance(read, Reload):
                             self._reload_later(read.table, read.why)
