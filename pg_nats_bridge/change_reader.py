@@ -116,7 +116,15 @@ class ChangeReader:
         table, kind = route
         event = None
         if kind == _CHANGE and self.compiled is not None:
-            event = self.compiled.read_change(data)
+            if table in self.past_snapshot and not self.replay_open:
+                # Nothing to compare an insert's LSN with: the compiled reader builds it.
+                read = self.compiled.read_insert(data, table, seq, Insert)
+                if type(read) is Insert:
+                    self.last_commit_time = read.commit_time
+                    return read
+                event = read
+            else:
+                event = self.compiled.read_change(data)
         if event is None:
             try:
                 event = msgpack.unpackb(data, **UNPACK)

@@ -320,6 +320,18 @@ cdef Field field(Cursor *c) noexcept:
 def read_change(bytes raw):
     """The entries of a change event a copy reads, as a dict, or None for the reference to
     unpack it whole."""
+    return parse(raw, None, None, None)
+
+
+def read_insert(bytes raw, table, seq, make):
+    """For a table whose changes need no comparison with a snapshot or a replay window: an
+    insert as the change `make(table, data, seq, commit_lsn, commit_time, False)` (the follower
+    passes `Insert`), without the dict between; any other change event as `read_change` reads
+    it."""
+    return parse(raw, table, seq, make)
+
+
+cdef object parse(bytes raw, object table, object seq, object make):
     cdef Cursor c
     cdef uint8_t head
     cdef Py_ssize_t n, i
@@ -363,6 +375,8 @@ def read_change(bytes raw):
     # Every entry the change path reads present, and nothing after the map.
     if (seen & 0b111110) != 0b111110 or c.pos != c.size:
         return None
+    if make is not None and operation == "insert":
+        return make(table, data, seq, commit_lsn, commit_time, False)
     event = {"operation": operation, "commit_lsn": commit_lsn, "commit_time": commit_time,
              "data": data, "old": old}
     if seen & (1 << <int>UNCHANGED):

@@ -150,3 +150,9 @@ def test_the_compiled_reader_takes_the_replicators_events() -> None:
     assert changes.read(SUBJECT, 2, update) == Update(
         T, {"id": 5}, row, ("w",), 2, "0/300", base["commit_time"], False
     )
+    # Past the snapshot with no window open, an insert is built by the compiled reader.
+    assert T in changes.past_snapshot and not changes.replay_open
+    assert type(compiled.changes.read_insert(insert, T, 3, Insert)) is Insert  # type: ignore[union-attr]
+    assert changes.read(SUBJECT, 3, insert) == Insert(
+        T, row, 3, "0/300", base["commit_time"], False
+    )
