@@ -124,10 +124,12 @@ class Puller:
     def wants_request(self) -> bool:
         return len(self.requests) < self.outstanding
 
-    async def request(self, marker: Any = None) -> None:
-        """Ask for the next batch (the caller takes its marker's state just before)."""
-        self.requests.append(_Request(self.batch, marker, received_before=self.received))
-        body = {"batch": self.batch, "expires": int(self.expires * 1e9)}
+    async def request(self, marker: Any = None, batch: int | None = None) -> None:
+        """Ask for the next `batch` messages (`self.batch` unless smaller; the caller takes its
+        marker's state just before)."""
+        size = self.batch if batch is None else max(1, min(batch, self.batch))
+        self.requests.append(_Request(size, marker, received_before=self.received))
+        body = {"batch": size, "expires": int(self.expires * 1e9)}
         if self.max_bytes is not None:
             body["max_bytes"] = self.max_bytes
         await self.nc.publish(self.subject, json.dumps(body).encode(), reply=self.inbox)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from typing import Any
 
 import nats.errors
@@ -44,6 +45,10 @@ class FakeClient:
         self.others: list[tuple[int, bytes, bytes]] = []
         self.pongs = 0
         self._ps = Parser(self)
+        self.published: list[dict[str, Any]] = []
+
+    async def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
+        self.published.append(json.loads(payload))
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
@@ -200,6 +205,21 @@ def test_a_request_asks_for_at_most_its_bytes_and_more_than_any_message() -> Non
 
     assert Puller(Client(), "CDC", "c").max_bytes == (64 << 20) + (64 << 10)  # type: ignore[arg-type]
     assert make_puller().max_bytes == REQUEST_BYTES
+
+
+def test_a_request_asks_for_its_batch_at_most_the_pullers() -> None:
+    client = FakeClient()
+    puller = make_puller(client)  # batch=3
+
+    async def ask() -> None:
+        await puller.request("m1", 2)
+        await puller.request("m2", 50)
+        await puller.request()
+
+    asyncio.run(ask())
+    assert [body["batch"] for body in client.published] == [2, 3, 3]
+    assert [r.remaining for r in puller.requests] == [2, 3, 3]
+    assert all(body["max_bytes"] == REQUEST_BYTES for body in client.published)
 
 
 def test_metadata_with_domain_and_account_tokens() -> None:
