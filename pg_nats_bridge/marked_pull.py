@@ -27,7 +27,6 @@ from nats.js.api import StreamInfo
 
 from pg_nats_bridge.pull import Delivery, Idle, Puller, PullError
 
-
 MARKED_BATCH = 2000
 
 
