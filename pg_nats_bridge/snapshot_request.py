@@ -12,6 +12,11 @@ If that snapshotter dies the answer never comes, so the requester asks again:
   and chunks; only the unrecorded range is read again) rather than starting over;
 - otherwise (a snapshotter of an earlier release sends no heartbeats) after `stall_seconds`
   without an answer, a heartbeat or a chunk of the table.
+
+Before asking again, a requester that saw chunks of a snapshot takes that snapshot's meta if
+it has been published meanwhile (another requester's request had it continued, and it is
+done): the same snapshot it would have joined, not a second one read again. Its meta says
+`joined`, as a joined snapshot's does: it began before this request.
 """
 
 from __future__ import annotations
@@ -72,9 +77,11 @@ async def ask_for_snapshot(
     inbox = nc.new_inbox()
     replies: asyncio.Queue[Any] = asyncio.Queue()
     seen = {"at": time.monotonic()}  # the last chunk or request
+    part_of: set[str] = set()  # the snapshots whose chunks were seen
 
     async def chunk_arrived(msg: Any) -> None:
         seen["at"] = time.monotonic()
+        part_of.add(msg.subject.rsplit(".", 2)[-2])  # init.snap.<token>.<id>.<chunk>
         if on_chunk is not None:
             on_chunk(msg)
 
@@ -86,6 +93,15 @@ async def ask_for_snapshot(
     reasked_at = 0.0
     try:
         while True:
+            if waits and part_of:  # asking again: one this request saw may be done
+                done = await _published(js, init_stream, token, part_of)
+                if done is not None:
+                    log.info(
+                        "snapshot of %s: snapshot %s was completed meanwhile; taking it",
+                        table,
+                        done["snapshot_id"],
+                    )
+                    return done
             await nc.publish(
                 contract.snapshot_request_subject(token, request_prefix),
                 body,
@@ -149,6 +165,24 @@ async def ask_for_snapshot(
     finally:
         await reply_sub.unsubscribe()
         await chunk_sub.unsubscribe()
+
+
+async def _published(
+    js: JetStreamContext, stream: str, token: str, snapshot_ids: set[str]
+) -> dict[str, Any] | None:
+    """The table's last meta in INIT when it is one of `snapshot_ids`' (marked `joined`), or
+    None."""
+    try:
+        msg = await js.get_last_msg(stream, contract.meta_subject_of_token(token))
+        meta = contract.unpack(msg.data or b"")
+        contract.SnapshotMeta.model_validate(meta)
+    except (nats.errors.Error, TimeoutError):  # looked at again before the next request
+        return None
+    except (ValueError, TypeError, AttributeError):  # not a meta of the bridge's
+        return None
+    if meta.get("snapshot_id") not in snapshot_ids:
+        return None
+    return {**meta, "joined": True}
 
 
 async def _continuable(js: JetStreamContext, stream: str, token: str) -> str | None:
