@@ -13,10 +13,10 @@ If that snapshotter dies the answer never comes, so the requester asks again:
 - otherwise (a snapshotter of an earlier release sends no heartbeats) after `stall_seconds`
   without an answer, a heartbeat or a chunk of the table.
 
-Before asking again, a requester that saw chunks of a snapshot takes that snapshot's meta if
-it has been published meanwhile (another requester's request had it continued, and it is
-done): the same snapshot it would have joined, not a second one read again. Its meta says
-`joined`, as a joined snapshot's does: it began before this request.
+Before asking again, a requester of a whole table's snapshot that saw chunks of one takes
+that snapshot's meta if it has been published meanwhile (another requester's request had it
+continued, and it is done): the same snapshot it would have joined, not a second one read
+again. Its meta says `joined`, as a joined snapshot's does: it began before this request.
 """
 
 from __future__ import annotations
@@ -74,6 +74,9 @@ async def ask_for_snapshot(
     it is published, `on_foreign` (subject, why) each reply that is not the bridge's."""
     body = json.dumps(request).encode()
     chunked = request.get("mode") == "chunked"
+    # Another request's snapshot answers only a request for the whole table, not a
+    # backfill's subset (`where`) nor one that asks for a new snapshot (`fresh`).
+    whole = not request.get("where") and not request.get("fresh")
     inbox = nc.new_inbox()
     replies: asyncio.Queue[Any] = asyncio.Queue()
     seen = {"at": time.monotonic()}  # the last chunk or request
@@ -93,7 +96,7 @@ async def ask_for_snapshot(
     reasked_at = 0.0
     try:
         while True:
-            if waits and part_of:  # asking again: one this request saw may be done
+            if waits and part_of and whole:  # asking again: one it saw may be done
                 done = await _published(js, init_stream, token, part_of)
                 if done is not None:
                     log.info(
