@@ -39,7 +39,8 @@ import nats
 import psycopg
 
 from bench.replicator_drain import cdc_state, replicator_env
-from pg_nats_bridge import CaughtUp, Delete, Insert, MemoryCopy, TableFollower, Update, contract
+from pg_nats_bridge import CaughtUp, Delete, Insert, MemoryCopy, TableFollower, Update
+from pg_nats_bridge.follower import consumer_filters
 from pg_nats_bridge.names import table_token
 from pg_nats_bridge.pull import Idle, Puller
 from shared.compiled import HOT_PATH, PURE_PYTHON_VARIABLE
@@ -171,11 +172,7 @@ async def bare_pull(stack: Stack, table: str, messages: int) -> tuple[float, flo
         name=name,
         deliver_policy=nats.js.api.DeliverPolicy.ALL,
         ack_policy=nats.js.api.AckPolicy.NONE,
-        filter_subjects=[
-            contract.cdc_filter(token),
-            contract.oversized_subject(token),
-            contract.commit_subject(),
-        ],
+        filter_subjects=consumer_filters([token]),
         inactive_threshold=300.0,
     )
     await js.add_consumer("CDC", config)

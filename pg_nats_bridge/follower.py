@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamInfo
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from pg_nats_bridge import contract
-from pg_nats_bridge.change_reader import CdcChange, ChangeReader, Reload
+from pg_nats_bridge.change_reader import ChangeReader, Reload
 from pg_nats_bridge.changes import (
     Backfilled,
     BackfillRows,
@@ -61,7 +61,7 @@ from pg_nats_bridge.marked_pull import MarkedPull, StreamLacks
 from pg_nats_bridge.names import kv_key, parse_table_name, table_token
 from pg_nats_bridge.position import StreamFacts, covered, stream_lacks
 from pg_nats_bridge.pull import Idle, Puller
-from pg_nats_bridge.snapshot_request import SnapshotRefused, ask_for_snapshot
+from pg_nats_bridge.snapshot_request import SnapshotRefused, ask_for_snapshot, last_meta
 from pg_nats_bridge.transactions import TransactionTracker
 
 log = logging.getLogger("pg_nats_bridge")
@@ -107,11 +107,14 @@ class _Batch:
     end: int | None
 
 
-def _commit_lsn(item: CdcChange) -> str:
-    """The commit LSN of a change item (an oversized row's marker carries it)."""
-    if isinstance(item, Oversized):
-        return str(item.marker["commit_lsn"])
-    return item.commit_lsn
+def consumer_filters(tokens: Iterable[str]) -> list[str]:
+    """The subjects a copy of the tables (by token) reads from the CDC stream: their changes,
+    their oversized rows' markers, and the commit records."""
+    tokens = list(tokens)
+    filters = [contract.cdc_filter(tok) for tok in tokens]
+    filters += [contract.oversized_subject(tok) for tok in tokens]
+    filters.append(contract.commit_subject())
+    return filters
 
 
 def _began(meta: dict[str, Any]) -> float | None:
@@ -677,18 +680,9 @@ class TableFollower:
         return await self._request_snapshot(table), None
 
     async def _reusable(self, table: str) -> tuple[dict[str, Any], int] | None:
-        token = self.tokens[table]
-        try:
-            last = await self.js.get_last_msg(
-                self.init_stream, contract.meta_subject_of_token(token)
-            )
-        except NotFoundError:
+        meta = await last_meta(self.js, self.init_stream, self.tokens[table])
+        if meta is None:  # none, or not the bridge's: nothing proves a snapshot reusable
             return None
-        try:
-            meta = _unpack(last.data)
-            contract.SnapshotMeta.model_validate(meta)  # a meta of the bridge's
-        except (Undecodable, AttributeError, KeyError, TypeError, ValueError):  # Validation too
-            return None  # not the bridge's: nothing proves a snapshot reusable
         start, compared = await self._covered(meta["lsn"], _began(meta))
         if start is None:
             log.info("%s: not reusing snapshot %s: %s", table, meta["snapshot_id"], compared)
@@ -779,9 +773,7 @@ class TableFollower:
 
     async def _consumer(self) -> str:
         """A pull consumer of the tables' subjects from the stored position; its name."""
-        filters = [contract.cdc_filter(tok) for tok in self.tokens.values()]
-        filters += [contract.oversized_subject(tok) for tok in self.tokens.values()]
-        filters.append(contract.commit_subject())
+        filters = consumer_filters(self.tokens.values())
         name = self._consumer_name = self.durable or f"pnb-{secrets.token_hex(6)}"
         config = ConsumerConfig(
             name=name,
@@ -861,14 +853,11 @@ class TableFollower:
                         item: Item | None = None
                         if isinstance(read, _CHANGES):
                             item = read
-                            track(
-                                tokens[read.table],
-                                _commit_lsn(read)
-                                if isinstance(read, Oversized)
-                                else read.commit_lsn,
-                                stream_seq,
-                                items,
-                            )
+                            if isinstance(read, Oversized):  # its marker carries the LSN
+                                commit_lsn = str(read.marker["commit_lsn"])
+                            else:
+                                commit_lsn = read.commit_lsn
+                            track(tokens[read.table], commit_lsn, stream_seq, items)
                         elif isinstance(read, Reload):
                             self._reload_later(read.table, read.why)
                         elif read is not None:  # the copy's columns dropped, the table renamed

@@ -170,20 +170,32 @@ async def ask_for_snapshot(
         await chunk_sub.unsubscribe()
 
 
+async def last_meta(js: JetStreamContext, stream: str, token: str) -> dict[str, Any] | None:
+    """The table's last snapshot meta in INIT, or None when it has none or the last is not
+    the bridge's (anyone on the NATS account can publish there); NATS's errors are the
+    caller's."""
+    try:
+        msg = await js.get_last_msg(stream, contract.meta_subject_of_token(token))
+    except NotFoundError:
+        return None
+    try:
+        meta = contract.unpack(msg.data or b"")
+        contract.SnapshotMeta.model_validate(meta)  # ValidationError is a ValueError
+    except (AttributeError, KeyError, TypeError, ValueError):  # msgpack's errors too
+        return None
+    return dict(meta)
+
+
 async def _published(
     js: JetStreamContext, stream: str, token: str, snapshot_ids: set[str]
 ) -> dict[str, Any] | None:
     """The table's last meta in INIT when it is one of `snapshot_ids`' (marked `joined`), or
     None."""
     try:
-        msg = await js.get_last_msg(stream, contract.meta_subject_of_token(token))
-        meta = contract.unpack(msg.data or b"")
-        contract.SnapshotMeta.model_validate(meta)
+        meta = await last_meta(js, stream, token)
     except (nats.errors.Error, TimeoutError):  # looked at again before the next request
         return None
-    except (ValueError, TypeError, AttributeError):  # not a meta of the bridge's
-        return None
-    if meta.get("snapshot_id") not in snapshot_ids:
+    if meta is None or meta.get("snapshot_id") not in snapshot_ids:
         return None
     return {**meta, "joined": True}
 
